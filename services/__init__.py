@@ -1,0 +1,1 @@
+"""Ray Serve deployments, one module per gRPC service (thin: proto <-> library calls)."""
