@@ -38,6 +38,9 @@ def generate(out: Path) -> None:
         for f in sorted(gen.iterdir()):
             text = f.read_text()
             text = re.sub(r"^from lungsearch\.v1 import", "from lungsearch._proto.v1 import", text, flags=re.M)
+            # The messages' __module__ must be importable, or pickling them (Ray Serve passes
+            # requests between the gRPC proxy and replicas by pickle) fails.
+            text = re.sub(r"'lungsearch\.v1\.(\w+_pb2)'", r"'lungsearch._proto.v1.\1'", text)
             (out / "v1" / f.name).write_text(text)
     (out / "__init__.py").write_text(HEADER_INIT)
     (out / "v1" / "__init__.py").write_text(HEADER_INIT)
