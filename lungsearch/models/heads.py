@@ -1,0 +1,303 @@
+"""Classifier heads: fusion output -> ``{"logits": [B, C], "hidden": [B, Dh]}``.
+
+* ``linear`` / ``mlp``: on the fused vector (paper 2's softmax layer is ``linear``).
+* ``bilstm``: a bidirectional LSTM over the fused sequence, masked mean of its outputs.
+* ``sg_bilstm``: the sparse-gated Bi-LSTM of paper 1 (eq. 3-4), see :class:`SparseGatedBiLSTM`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lungsearch.errors import ConfigError
+from lungsearch.models.registry import HEADS, BuildContext, take_params
+
+__all__ = ["LinearHead", "MLPHead", "BiLSTMHead", "SparseGatedBiLSTM", "straight_through"]
+
+
+def _as_sequence(fusion_out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    seq = fusion_out.get("sequence")
+    if seq is None:
+        fused = fusion_out["fused"]
+        return fused[:, None, :], torch.ones(fused.shape[0], 1, dtype=torch.bool, device=fused.device)
+    mask = fusion_out.get("sequence_mask")
+    if mask is None:
+        mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
+    return seq, mask
+
+
+class LinearHead(nn.Module):
+    """``logits = W fused + b``; ``hidden`` is the fused vector itself."""
+
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_dim, num_classes)
+        self.hidden_dim = in_dim
+
+    def forward(self, fusion_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        h = fusion_out["fused"]
+        return {"logits": self.fc(self.drop(h)), "hidden": h}
+
+
+class MLPHead(nn.Module):
+    """One hidden ReLU layer (``hidden``) then linear logits."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 128, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.fc = nn.Linear(hidden, num_classes)
+        self.hidden_dim = hidden
+
+    def forward(self, fusion_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        h = self.body(fusion_out["fused"])
+        return {"logits": self.fc(h), "hidden": h}
+
+
+def _masked_mean(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    w = mask[..., None].to(out.dtype)
+    return (out * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class BiLSTMHead(nn.Module):
+    """Plain Bi-LSTM over the fused sequence (``torch.nn.LSTM``, packed by length), masked mean
+    of the outputs, linear logits. The baseline of :class:`SparseGatedBiLSTM`."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 64, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_dim, hidden, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * hidden, num_classes)
+        self.hidden_dim = 2 * hidden
+
+    def encode(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(1).clamp_min(1)
+        if bool((lengths == seq.shape[1]).all()):
+            out, _ = self.lstm(seq)
+        else:  # valid steps are a prefix (see fusion._sequence): pack them
+            packed = pack_padded_sequence(seq, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=seq.shape[1])
+        return _masked_mean(out, mask)
+
+    def forward(self, fusion_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        seq, mask = _as_sequence(fusion_out)
+        h = self.encode(seq, mask)
+        return {"logits": self.fc(self.drop(h)), "hidden": h}
+
+
+def straight_through(prob: torch.Tensor) -> torch.Tensor:
+    """Binary ``1[prob > 0.5]`` forward, identity gradient to ``prob`` backward."""
+    hard = (prob > 0.5).to(prob.dtype)
+    return hard + prob - prob.detach()
+
+
+class SparseGatedBiLSTM(nn.Module):
+    """Sparse-gated Bi-LSTM (paper 1, eq. 3-4) whose zero gates are skipped at inference.
+
+    Eq. 3 gates feature j at step t with ``g_tj = σ(a(x_t) + b_j) · s_tj``, ``s`` binary, and
+    eq. 4 multiplies the LSTM's input, forget and output gates by ``g_t`` (the printed
+    ``õ_t = i_t ⊙ g_t`` is read as ``o_t ⊙ g_t``). Choices, so that sparsity is real:
+
+    * ``g`` is binary (the paper: "the sparse gate outputs a binary vector"), factorised as
+      ``s_tj = z_t · u_j``: a **step gate** ``z_t = 1[σ(a(x_t) + b) > 0.5]`` computed from the
+      input (eq. 3's ``a(x_t)``; the text's "input is h_t" would make the gate depend on its own
+      output) with a straight-through gradient, and a **unit gate** ``u_j`` learned with a
+      hard-concrete (L0) relaxation in training and thresholded at inference.
+    * With ``g = 0`` eq. 4 gives ``c_t = 0, h_t = 0``: a dropped step resets the state, and a
+      dropped unit is zero everywhere. Hence at inference the sequence splits into independent
+      runs of kept steps, each starting from a zero state, and dropped units disappear from the
+      weight matrices. :meth:`forward` in eval mode without grad runs exactly that: the kept
+      runs as one packed batch through a ``torch.nn.LSTM`` of only the kept units (the same
+      numbers as the step-by-step gated cell, see tests), so the cost scales with kept steps ×
+      kept units².
+    * Padding steps (``sequence_mask`` false) are dropped steps.
+    * The sparsity penalty (:meth:`regularization`) is the mean step-keep probability plus the
+      expected fraction of non-zero unit gates, times ``sparsity`` (a loss weight).
+
+    Output: masked mean of ``[h_fwd, h_bwd]`` over kept steps (zeros where nothing is kept),
+    then linear logits.
+    """
+
+    GAMMA, ZETA, TEMP = -0.1, 1.1, 2.0 / 3.0  # hard-concrete stretch and temperature (Louizos et al.)
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 64, sparsity: float = 0.01,
+                 step_bias: float = 1.0, unit_init: float = 2.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.in_dim, self.hidden = in_dim, hidden
+        k = 1.0 / math.sqrt(hidden)
+        # weights in torch.nn.LSTM's layout (gates i, f, g, o stacked) so the fast path can load them
+        self.w_ih = nn.Parameter(torch.empty(2, 4 * hidden, in_dim).uniform_(-k, k))
+        self.w_hh = nn.Parameter(torch.empty(2, 4 * hidden, hidden).uniform_(-k, k))
+        self.bias = nn.Parameter(torch.empty(2, 4 * hidden).uniform_(-k, k))
+        self.step_gate = nn.Linear(in_dim, 1)
+        nn.init.constant_(self.step_gate.bias, step_bias)  # start with most steps kept
+        self.unit_log_alpha = nn.Parameter(torch.full((hidden,), float(unit_init)))
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * hidden, num_classes)
+        self.hidden_dim = 2 * hidden
+        self.sparsity = sparsity
+        self._penalty: torch.Tensor | None = None
+        self._fast_cache: tuple[tuple, nn.LSTM, torch.Tensor] | None = None
+        self.last_stats: dict[str, float] = {}
+
+    # ---- gates
+    def step_prob(self, seq: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.step_gate(seq).squeeze(-1))
+
+    def unit_gate(self) -> torch.Tensor:
+        """Unit gates ``[H]``: a hard-concrete sample in training, binary at inference."""
+        la = self.unit_log_alpha
+        if self.training:
+            u = torch.rand_like(la).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / self.TEMP)
+            return (s * (self.ZETA - self.GAMMA) + self.GAMMA).clamp(0.0, 1.0)
+        return self.kept_units_mask().to(la.dtype)
+
+    def kept_units_mask(self) -> torch.Tensor:
+        s = torch.sigmoid(self.unit_log_alpha) * (self.ZETA - self.GAMMA) + self.GAMMA
+        return s.clamp(0.0, 1.0) > 0.5
+
+    def unit_keep_prob(self) -> torch.Tensor:
+        return torch.sigmoid(self.unit_log_alpha - self.TEMP * math.log(-self.GAMMA / self.ZETA))
+
+    def regularization(self) -> torch.Tensor:
+        """Sparsity penalty of the last training forward (0 before any)."""
+        if self._penalty is None:
+            return self.fc.weight.new_zeros(())
+        return self._penalty
+
+    # ---- reference path (training; differentiable)
+    def gated_encode(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Step-by-step gated cell (eq. 4); returns the pooled ``[B, 2H]``."""
+        prob = self.step_prob(seq)
+        z = straight_through(prob) * mask.to(seq.dtype)  # [B, T]
+        u = self.unit_gate()  # [H]
+        b, t, _ = seq.shape
+        outs = []
+        for d in (0, 1):
+            xw = seq @ self.w_ih[d].T + self.bias[d]  # [B, T, 4H] in one matmul
+            h = seq.new_zeros(b, self.hidden)
+            c = seq.new_zeros(b, self.hidden)
+            out = [None] * t
+            steps = range(t) if d == 0 else range(t - 1, -1, -1)
+            for s in steps:
+                gates = xw[:, s] + h @ self.w_hh[d].T
+                i, f, g, o = gates.chunk(4, dim=1)
+                gate = z[:, s, None] * u  # g_t = z_t u (binary at inference)
+                i = torch.sigmoid(i) * gate
+                f = torch.sigmoid(f) * gate
+                o = torch.sigmoid(o) * gate
+                c = f * c + i * torch.tanh(g)
+                h = o * torch.tanh(c)
+                out[s] = h
+            outs.append(torch.stack(out, dim=1))
+        hs = torch.cat(outs, dim=-1)  # [B, T, 2H]
+        if self.training:
+            valid = mask.to(seq.dtype)
+            step_term = (prob * valid).sum() / valid.sum().clamp_min(1.0)
+            self._penalty = self.sparsity * (step_term + self.unit_keep_prob().mean())
+        keep = (z.detach() > 0.5)
+        self.last_stats = {"kept_steps": float(keep.sum() / mask.sum().clamp_min(1)),
+                           "kept_units": float((u.detach() > 0).float().mean())}
+        w = z[..., None]
+        return (hs * w).sum(1) / keep.sum(1, keepdim=True).clamp_min(1).to(hs.dtype)
+
+    # ---- fast path (inference)
+    def _shrunk_lstm(self) -> tuple[nn.LSTM, torch.Tensor]:
+        key = (self.w_ih._version, self.w_hh._version, self.bias._version, self.unit_log_alpha._version,
+               self.w_ih.data_ptr(), self.w_ih.device, self.w_ih.dtype)
+        if self._fast_cache is not None and self._fast_cache[0] == key:
+            return self._fast_cache[1], self._fast_cache[2]
+        keep = torch.nonzero(self.kept_units_mask()).squeeze(1)
+        hk = int(keep.numel())
+        rows = torch.cat([keep + j * self.hidden for j in range(4)])
+        lstm = nn.LSTM(self.in_dim, max(hk, 1), batch_first=True, bidirectional=True).to(self.w_ih.device, self.w_ih.dtype)
+        with torch.no_grad():
+            for d, sfx in ((0, ""), (1, "_reverse")):
+                if hk:
+                    getattr(lstm, f"weight_ih_l0{sfx}").copy_(self.w_ih[d][rows])
+                    getattr(lstm, f"weight_hh_l0{sfx}").copy_(self.w_hh[d][rows][:, keep])
+                    getattr(lstm, f"bias_ih_l0{sfx}").copy_(self.bias[d][rows])
+                    getattr(lstm, f"bias_hh_l0{sfx}").zero_()
+        lstm.eval()
+        self._fast_cache = (key, lstm, keep)
+        return lstm, keep
+
+    @torch.no_grad()
+    def sparse_encode(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Inference: only kept steps (as packed runs) and kept units are computed."""
+        b, t, _ = seq.shape
+        lstm, keep_units = self._shrunk_lstm()
+        hk = int(keep_units.numel())
+        pooled = seq.new_zeros(b, 2 * self.hidden)
+        z = (self.step_gate(seq).squeeze(-1) > 0) & mask  # σ(.) > 0.5  <=>  logit > 0
+        n_kept = z.sum(1)
+        self.last_stats = {"kept_steps": float(n_kept.sum() / mask.sum().clamp_min(1)), "kept_units": hk / self.hidden}
+        if hk == 0 or not bool(z.any()):
+            return pooled
+        # runs of consecutive kept steps: a run starts where z turns on
+        zi = z.to(torch.int8)
+        starts = zi.clone()
+        starts[:, 1:] = zi[:, 1:] & (1 - zi[:, :-1])
+        run_id = torch.cumsum(starts.flatten(), 0).view(b, t) - 1  # global run index per step
+        sel = z.flatten()
+        flat_run = run_id.flatten()[sel]
+        n_runs = int(starts.sum())
+        lengths = torch.bincount(flat_run, minlength=n_runs)
+        run_start = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(flat_run.numel(), device=seq.device) - run_start[flat_run]
+        x = seq.new_zeros(n_runs, int(lengths.max()), seq.shape[-1])
+        x[flat_run, pos] = seq.reshape(b * t, -1)[sel]
+        if n_runs == 1 or bool((lengths == lengths[0]).all()):
+            out, _ = lstm(x)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])
+        run_sum = out.sum(1)  # padding outputs are zero
+        run_row = torch.arange(b, device=seq.device)[:, None].expand(b, t).flatten()[sel]
+        first = torch.zeros(n_runs, dtype=torch.long, device=seq.device).scatter_(0, flat_run, run_row)
+        sums = seq.new_zeros(b, 2 * hk).index_add_(0, first, run_sum)
+        sums = sums / n_kept.clamp_min(1)[:, None].to(sums.dtype)
+        pooled[:, keep_units] = sums[:, :hk]
+        pooled[:, self.hidden + keep_units] = sums[:, hk:]
+        return pooled
+
+    def encode(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.is_grad_enabled():
+            return self.sparse_encode(seq, mask)
+        return self.gated_encode(seq, mask)
+
+    def forward(self, fusion_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        seq, mask = _as_sequence(fusion_out)
+        h = self.encode(seq, mask)
+        return {"logits": self.fc(self.drop(h)), "hidden": h}
+
+
+@HEADS.register("linear")
+def _linear(params: dict[str, Any], ctx: BuildContext) -> LinearHead:
+    p = take_params("linear", params, {"dropout": 0.0})
+    return LinearHead(ctx.dims["fused"], ctx.num_classes, **p)
+
+
+@HEADS.register("mlp")
+def _mlp(params: dict[str, Any], ctx: BuildContext) -> MLPHead:
+    p = take_params("mlp", params, {"hidden": 128, "dropout": 0.2})
+    return MLPHead(ctx.dims["fused"], ctx.num_classes, **p)
+
+
+@HEADS.register("bilstm")
+def _bilstm(params: dict[str, Any], ctx: BuildContext) -> BiLSTMHead:
+    p = take_params("bilstm", params, {"hidden": 64, "dropout": 0.0})
+    return BiLSTMHead(ctx.dims.get("sequence") or ctx.dims["fused"], ctx.num_classes, **p)
+
+
+@HEADS.register("sg_bilstm")
+def _sg_bilstm(params: dict[str, Any], ctx: BuildContext) -> SparseGatedBiLSTM:
+    p = take_params("sg_bilstm", params, {"hidden": 64, "sparsity": 0.01, "step_bias": 1.0, "unit_init": 2.0, "dropout": 0.0})
+    return SparseGatedBiLSTM(ctx.dims.get("sequence") or ctx.dims["fused"], ctx.num_classes, **p)
