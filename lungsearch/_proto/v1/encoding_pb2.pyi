@@ -22,20 +22,22 @@ class EncodeRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., report: _Optional[_Union[_common_pb2.Report, _Mapping]] = ..., explain: _Optional[bool] = ..., explain_label: _Optional[str] = ...) -> None: ...
 
 class Features(_message.Message):
-    __slots__ = ("image_pooled", "image_tokens", "report_pooled", "report_tokens", "radiomics", "hash_logits")
+    __slots__ = ("image_pooled", "image_tokens", "report_pooled", "report_tokens", "radiomics", "hash_logits", "logits")
     IMAGE_POOLED_FIELD_NUMBER: _ClassVar[int]
     IMAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REPORT_POOLED_FIELD_NUMBER: _ClassVar[int]
     REPORT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RADIOMICS_FIELD_NUMBER: _ClassVar[int]
     HASH_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
     image_pooled: _common_pb2.Tensor
     image_tokens: _common_pb2.Tensor
     report_pooled: _common_pb2.Tensor
     report_tokens: _common_pb2.Tensor
     radiomics: _common_pb2.Tensor
     hash_logits: _common_pb2.Tensor
-    def __init__(self, image_pooled: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_tokens: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., report_pooled: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., report_tokens: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., radiomics: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., hash_logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    logits: _common_pb2.Tensor
+    def __init__(self, image_pooled: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_tokens: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., report_pooled: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., report_tokens: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., radiomics: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., hash_logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("model", "features", "modality", "view", "heatmap", "heatmap_label")
