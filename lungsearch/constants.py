@@ -21,6 +21,8 @@ __all__ = [
     "TOKENS_FILE",
     "GRPC_PORT",
     "METRICS_PORT",
+    "TARGET",
+    "TOKEN",
 ]
 
 
@@ -47,3 +49,7 @@ RAY_NUM_CPUS = int(_env("RAY_NUM_CPUS", "0") or 0)
 #: gRPC port of the Serve proxy and the metrics port of `lungsearch serve`.
 GRPC_PORT = int(_env("GRPC_PORT", "9000") or 9000)
 METRICS_PORT = int(_env("METRICS_PORT", "9100") or 9100)
+#: Where the SDK/CLI connects by default (host:port of the gRPC endpoint).
+TARGET = _env("TARGET", f"localhost:{GRPC_PORT}")
+#: Bearer token the CLI sends when neither --token nor --token-file is given (keeps it off `ps`).
+TOKEN = _env("TOKEN", "")
