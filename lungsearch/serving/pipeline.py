@@ -1,0 +1,312 @@
+"""The work each deployment does, as pure functions (testable without Ray or gRPC).
+
+Each stage follows preprocess -> predict -> postprocess:
+
+* encoding: :func:`prepare_study` (decoded, de-identified study -> model input, raw radiomics),
+  :func:`encode_batch` (a batch of studies through ``model.encode``, CT slices pooled per case);
+* fusion: :func:`fuse_batch` (features -> L2-normalised embedding and class probabilities);
+* hashing: :func:`hash_code` (hash logits or an embedding -> packed code);
+* gateway: :func:`derive_case_key`, :func:`knn_vote`, :func:`report_excerpt`,
+  :func:`heatmap_png` / :func:`overlay_png` (Grad-CAM rendering with Pillow).
+
+Imports torch lazily (the gateway renders PNGs and votes without it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from lungsearch.errors import InvalidRequestError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lungsearch.config import ProfileConfig
+    from lungsearch.data.types import Study
+    from lungsearch.models.base import LungModel
+
+__all__ = [
+    "StudyInput",
+    "prepare_study",
+    "encode_batch",
+    "fuse_batch",
+    "probabilities",
+    "hash_code",
+    "derive_case_key",
+    "knn_vote",
+    "report_excerpt",
+    "heatmap_png",
+    "overlay_png",
+    "EXCERPT_CHARS",
+]
+
+#: Characters of the report kept as the stored excerpt (the store cuts at 2048 UTF-8 bytes too).
+EXCERPT_CHARS = 600
+
+# Feature keys that are per image (pooled over the slices of a CT case); the rest are per case.
+_PER_IMAGE = ("image_pooled", "image_tokens", "hash_logits", "logits")
+
+
+@dataclass
+class StudyInput:
+    """What the encoder needs for one study (PHI-free: pixels and de-identified text only).
+
+    Attributes:
+        pixels: float32 [S, 1, H, W] preprocessed slices, or None for a text-only query.
+        text: the report text, or None.
+        radiomics: raw radiomics float64 [F] (NaN allowed), for profiles with radiomics.
+        modality, view: from the decoded study ("" when there is no image).
+    """
+
+    pixels: np.ndarray | None
+    text: str | None = None
+    radiomics: np.ndarray | None = None
+    modality: str = ""
+    view: str = ""
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.pixels is None else int(self.pixels.shape[0])
+
+
+def prepare_study(study: "Study | None", text: str | None, cfg: "ProfileConfig", model: "LungModel") -> StudyInput:
+    """Preprocess one study exactly as training does (``lungsearch.data.preprocess_study``).
+
+    Radiomics (ct-ild) are extracted from the decoded pixels (HU for CT) inside the lung mask of
+    each slice and averaged over the slices (``RadiomicsExtractor.extract_study``).
+
+    Raises:
+        InvalidRequestError: neither an image nor a report; a report for a profile without a
+            text encoder is ignored rather than refused (the image still answers).
+    """
+    if study is None and not text:
+        raise InvalidRequestError("give an image, a report, or both", code="empty_query")
+    has_text_encoder = getattr(model, "text_encoder", None) is not None
+    if study is None:
+        if not has_text_encoder:
+            raise InvalidRequestError(f"profile {cfg.profile} cannot search by report text alone",
+                                      code="text_only_unsupported", field="images")
+        return StudyInput(pixels=None, text=text)
+    from lungsearch.data import lung_mask, preprocess_study
+
+    pixels = preprocess_study(study, cfg.data)
+    raw = None
+    radiomics_part = getattr(model, "radiomics", None)
+    if radiomics_part is not None:
+        vol = study.volume()
+        masks = np.stack([lung_mask(s, modality=study.modality) for s in vol])
+        raw = radiomics_part.extractor.extract_study(vol, masks)
+    return StudyInput(pixels=pixels, text=(text or "") if has_text_encoder else None, radiomics=raw,
+                      modality=study.modality, view=study.view)
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().float().numpy()
+
+
+def encode_batch(model: "LungModel", items: Sequence[StudyInput]) -> list[dict[str, np.ndarray]]:
+    """Features of several studies in as few model calls as possible.
+
+    Slices of all image studies go through ``model.encode`` in one batch and are mean-pooled per
+    study (``LungModel.pool_slices``); texts and radiomics of all studies go in one more call.
+
+    Returns:
+        One dict per item: feature name -> float32 array without the batch dimension.
+    """
+    import torch
+
+    out: list[dict[str, np.ndarray]] = [{} for _ in items]
+    with torch.inference_mode():
+        img_idx = [i for i, it in enumerate(items) if it.pixels is not None]
+        if img_idx:
+            slices = [items[i].pixels for i in img_idx]
+            counts = [s.shape[0] for s in slices]
+            images = torch.from_numpy(np.concatenate(slices, axis=0))
+            feats = model.encode(images=images)
+            case_index = torch.repeat_interleave(torch.arange(len(img_idx)), torch.tensor(counts))
+            for name, value in feats.items():
+                if name not in _PER_IMAGE:
+                    continue
+                flat = value.reshape(value.shape[0], -1)
+                pooled = flat if max(counts) == 1 else model.pool_slices(flat, case_index, len(img_idx))
+                pooled = pooled.reshape(len(img_idx), *value.shape[1:])
+                for j, i in enumerate(img_idx):
+                    out[i][name] = _np(pooled[j])
+        text_idx = [i for i, it in enumerate(items) if it.text is not None]
+        rad_idx = [i for i, it in enumerate(items) if it.radiomics is not None]
+        if text_idx:
+            feats = model.encode(texts=[items[i].text or "" for i in text_idx])
+            for name, value in feats.items():
+                for j, i in enumerate(text_idx):
+                    out[i][name] = _np(value[j])
+        if rad_idx:
+            raw = np.stack([items[i].radiomics for i in rad_idx])
+            std = model.standardise_radiomics(raw)
+            feats = model.encode(radiomics=std)
+            for j, i in enumerate(rad_idx):
+                out[i]["radiomics"] = _np(feats["radiomics"][j])
+    return out
+
+
+def probabilities(logits: np.ndarray, *, multilabel: bool) -> np.ndarray:
+    """Class probabilities: sigmoid per label (multi-label) or softmax."""
+    z = np.asarray(logits, dtype=np.float64)
+    if multilabel:
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def fuse_batch(model: "LungModel", features: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Embeddings (and probabilities when the profile has a classifier) of several studies.
+
+    All items must carry the same feature keys (the same kind of query); a mixed batch is fused
+    group by group.
+
+    Returns:
+        Per item: ``embedding`` float32 [E] (L2-normalised), ``probabilities`` [C] when there are
+        logits, ``hash_logits`` [bits] when the profile hashes.
+    """
+    import torch
+
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, f in enumerate(features):
+        groups.setdefault(tuple(sorted(f)), []).append(i)
+    out: list[dict[str, np.ndarray]] = [{} for _ in features]
+    multilabel = bool(getattr(model, "multilabel", False))
+    with torch.inference_mode():
+        for keys, idx in groups.items():
+            batch = {k: torch.from_numpy(np.stack([features[i][k] for i in idx]).astype(np.float32)) for k in keys}
+            res = model.fuse(batch)
+            emb = _np(res["embedding"])
+            logits = _np(res["logits"]) if "logits" in res else None
+            hl = _np(res["hash_logits"]) if "hash_logits" in res else None
+            for j, i in enumerate(idx):
+                out[i]["embedding"] = emb[j]
+                if logits is not None:
+                    out[i]["probabilities"] = probabilities(logits[j], multilabel=multilabel)
+                if hl is not None:
+                    out[i]["hash_logits"] = hl[j]
+    return out
+
+
+def hash_code(model: "LungModel", *, hash_logits: np.ndarray | None = None,
+              embedding: np.ndarray | None = None) -> bytes:
+    """The packed binary code (``HashCode.packed``) of one study.
+
+    Learned hashing (cxr-hash): ``sign(hash_logits)``. LSH (ct-ild): the model's hyperplanes on the
+    embedding. Either profile also accepts the other input when it is the one it has: the sign of
+    cxr-hash's relaxed-code embedding equals ``sign(z)``.
+
+    Raises:
+        InvalidRequestError: the profile does not hash, or the input has the wrong size.
+    """
+    import torch
+
+    from lungsearch.models.hashing import pack_codes
+
+    bits = int(getattr(model, "code_bits", 0) or 0)
+    if bits <= 0:
+        raise InvalidRequestError("this profile does not use hash codes", code="no_hashing")
+    lsh = getattr(model, "lsh", None)
+    if hash_logits is not None:
+        z = np.asarray(hash_logits, dtype=np.float32).reshape(-1)
+        if z.shape[0] != bits:
+            raise InvalidRequestError(f"hash_logits has {z.shape[0]} values, the model uses {bits} bits",
+                                      code="code_bits", field="hash_logits")
+        return pack_codes(z[None]).tobytes()
+    if embedding is None:
+        raise InvalidRequestError("give hash_logits or an embedding", code="no_input")
+    e = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+    if lsh is not None:
+        if e.shape[1] != lsh.dim:
+            raise InvalidRequestError(f"embedding has {e.shape[1]} values, LSH expects {lsh.dim}",
+                                      code="embedding_dim", field="embedding")
+        with torch.inference_mode():
+            return pack_codes(lsh.codes(torch.from_numpy(e))).tobytes()
+    if e.shape[1] != bits:
+        raise InvalidRequestError(f"embedding has {e.shape[1]} values, the code has {bits} bits",
+                                  code="embedding_dim", field="embedding")
+    return pack_codes(e).tobytes()
+
+
+def derive_case_key(hmac_key: bytes, *, study: "Study", source_id: str, image_bytes: Sequence[bytes]) -> str:
+    """The case key of an ingested study: keyed hash, never a raw identifier.
+
+    Precedence: the caller's ``source_id`` (e.g. an accession number), then the DICOM study and
+    series identifiers (already keyed by the reader), then a hash of the image bytes (so
+    re-ingesting the same PNG is idempotent).
+    """
+    from lungsearch.data.deid import case_key
+
+    if source_id:
+        return case_key(hmac_key, "source", source_id)
+    first = study.images[0]
+    if study.study_key or first.meta.series_key:
+        return case_key(hmac_key, "dicom", study.study_key or "", first.meta.series_key or "")
+    h = hashlib.sha256()
+    for b in image_bytes:
+        h.update(hashlib.sha256(b).digest())
+    return case_key(hmac_key, "content", h.hexdigest())
+
+
+def knn_vote(neighbour_labels: Sequence[Sequence[str]], targets: Sequence[str]) -> list[tuple[str, float]]:
+    """Share of the neighbours carrying each label, in target order (then any other label seen).
+
+    With multi-label cases the shares need not sum to 1. No neighbours -> all zeros.
+    """
+    n = len(neighbour_labels)
+    counts: dict[str, int] = {t: 0 for t in targets}
+    for labels in neighbour_labels:
+        for lab in set(labels):
+            counts[lab] = counts.get(lab, 0) + 1
+    return [(lab, (c / n) if n else 0.0) for lab, c in counts.items()]
+
+
+def report_excerpt(text: str, max_chars: int = EXCERPT_CHARS) -> str:
+    """The stored excerpt: whitespace collapsed, cut at a word boundary with an ellipsis."""
+    flat = " ".join((text or "").split())
+    if len(flat) <= max_chars:
+        return flat
+    cut = flat[:max_chars].rsplit(" ", 1)[0]
+    return cut + " …"
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")  # uint8 [H, W] -> L, [H, W, 3] -> RGB
+    return buf.getvalue()
+
+
+def heatmap_png(heat: np.ndarray) -> bytes:
+    """8-bit gray PNG of a heat map in [0, 1] ([H, W])."""
+    h = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)
+    if h.ndim != 2:
+        raise InvalidRequestError(f"heat map must be 2-D, got {h.shape}", code="heatmap_shape")
+    return _png((h * 255.0 + 0.5).astype(np.uint8))
+
+
+def _jet(h: np.ndarray) -> np.ndarray:
+    """A small jet colormap (no matplotlib import in the serving path)."""
+    r = np.clip(1.5 - np.abs(4 * h - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * h - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * h - 1), 0, 1)
+    return np.stack([r, g, b], axis=-1)
+
+
+def overlay_png(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.45) -> bytes:
+    """RGB PNG: the heat map (jet) blended over the grayscale input image ([H, W], any range)."""
+    img = np.asarray(image, dtype=np.float32)
+    h = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)
+    if img.shape != h.shape:
+        raise InvalidRequestError(f"image {img.shape} and heat map {h.shape} differ", code="heatmap_shape")
+    lo, hi = float(img.min()), float(img.max())
+    gray = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    rgb = (1 - alpha) * gray[..., None] + alpha * _jet(h)
+    return _png((np.clip(rgb, 0, 1) * 255.0 + 0.5).astype(np.uint8))
