@@ -134,3 +134,14 @@ def test_status_to_exception(code, cls):
     assert (err.reason, err.field, err.code, err.retriable) == ("STORE_UNAVAILABLE", "f", "c", True)
     bare = error_from_rpc(_FakeRpcError(code, "", (("lungsearch-error-bin", b"\xff\xff"),)))  # malformed detail
     assert type(bare) is cls and bare.detail is None and bare.reason == code.name
+
+
+@pytest.mark.parametrize("module", ["lungsearch.client._types", "lungsearch.client._retry",
+                                    "lungsearch.client._sync", "lungsearch.client._async"])
+def test_docstring_examples_run(module):
+    """The runnable docstring examples (network ones are marked +SKIP) are correct."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
