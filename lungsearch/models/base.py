@@ -11,6 +11,13 @@ Tensor conventions:
 Feature names equal the fields of ``lungsearch.v1.Features`` (encoding.proto):
     image_pooled [B, D_img], image_tokens [B, N, D_img], report_pooled [B, D_txt],
     report_tokens [B, T, D_txt], radiomics [B, F], hash_logits [B, bits].
+    Padding rows of ``report_tokens`` are exactly zero: a consumer that re-batches per-study
+    token arrays (e.g. after a gRPC hop) pads with zeros and the model recovers the mask.
+    ``encode`` may return extra keys (cxr-hash: ``logits`` of its Grad-CAM classifier).
+
+Training hooks (defaults here, overridden where a profile needs them): ``regularization()``
+is added to the loss after each forward; ``on_epoch_start(epoch)`` runs schedules (hash beta);
+``set_stage(stage)`` selects what trains for each entry of ``cfg.train.stages``.
 """
 
 from __future__ import annotations
@@ -63,6 +70,16 @@ class LungModel(nn.Module, ABC):
                 texts: list[str] | None = None) -> torch.Tensor:
         """Grad-CAM heat map [B, H, W] in [0, 1] for class ``target`` (None = top class)."""
         raise NotImplementedError(f"{type(self).__name__} has no explanation")
+
+    def regularization(self) -> torch.Tensor:
+        """Auxiliary penalty of the last training forward, added to the loss (default 0)."""
+        return torch.zeros(())
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Per-epoch schedules (e.g. the hash continuation beta); default: nothing."""
+
+    def set_stage(self, stage: str) -> None:
+        """Select the parameters trained in stage ``stage`` of ``cfg.train.stages``; default: all."""
 
     @staticmethod
     def pool_slices(features: torch.Tensor, case_index: torch.Tensor, num_cases: int) -> torch.Tensor:

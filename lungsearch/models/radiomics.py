@@ -23,7 +23,7 @@ from torch import nn
 from lungsearch.errors import ConfigError, InvalidRequestError
 from lungsearch.models.registry import RADIOMICS, BuildContext, take_params
 
-__all__ = ["RadiomicsExtractor", "RadiomicsScaler", "FEATURE_CLASSES", "DEFAULT_CLASSES"]
+__all__ = ["RadiomicsExtractor", "RadiomicsScaler", "RadiomicsModule", "FEATURE_CLASSES", "DEFAULT_CLASSES"]
 
 #: Classes selectable in 2D (``shape2D`` is the 2D shape class; ``shape`` is accepted as an alias).
 FEATURE_CLASSES = ("firstorder", "shape2D", "glcm", "glrlm", "glszm", "gldm", "ngtdm")

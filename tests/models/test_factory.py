@@ -15,7 +15,7 @@ def _inputs(model, b=4, size=None):
     size = size or model.input_size
     kw = {"images": torch.randn(b, 1, size, size)}
     if model.text_encoder is not None:
-        kw["texts"] = TEXTS[:b]
+        kw["texts"] = [TEXTS[i % len(TEXTS)] for i in range(b)]
     if model.radiomics is not None:
         kw["radiomics"] = torch.randn(b, model.radiomics.out_dim)
     return kw
@@ -91,3 +91,101 @@ def test_hash_bits_must_match_index():
     cfg = load_profile("cxr-hash", overrides=["index.code_bits=32"])
     with pytest.raises(ConfigError, match="code bits"):
         create_model(cfg)
+
+
+from lungsearch.losses import loss_for_stage  # noqa: E402
+
+
+def _targets(cfg, b):
+    c = len(cfg.data.targets)
+    if cfg.data.multilabel:
+        y = torch.zeros(b, c)
+        y[torch.arange(b), torch.arange(b) % c] = 1
+        y[0, 1] = 1  # one case with two labels
+        return y
+    return torch.arange(b) % c
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_gradients_reach_every_trainable_parameter(name):
+    torch.manual_seed(0)
+    model = create_model(load_profile(CONFIG_DIR / name))
+    cfg = model.cfg
+    stages = cfg.train.stages or [None]
+    for stage in stages:
+        if stage is not None:
+            model.set_stage(stage)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        b = 6 if model.pretraining is not None else 4
+        out = model(**_inputs(model, b=b))
+        loss = loss_for_stage(cfg, stage)(out, _targets(cfg, b)) + model.regularization()
+        loss.backward()
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable, f"{name}/{stage}: nothing trains"
+        missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+        assert not missing, f"{name}/{stage}: no gradient for {missing[:5]}"
+        if stage == "probe":
+            assert {n.split(".")[0] for n, _ in trainable} == {"probe"}
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if not n.startswith("cxr-cnn")])
+@pytest.mark.parametrize("size", [64, 96])
+def test_profiles_accept_other_input_sizes(models, name, size):
+    model = models[name]
+    model.eval()
+    with torch.no_grad():
+        out = model(**_inputs(model, b=2, size=size))
+    assert out["embedding"].shape == (2, model.embedding_dim)
+
+
+def test_ldc_profile_is_built_for_its_input_size():
+    small = create_model(load_profile("cxr-cnn", overrides=["data.image_size=64"]))
+    small.eval()
+    with torch.no_grad():
+        assert small(images=torch.randn(2, 1, 64, 64))["logits"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_explain_gives_unit_heatmaps(models, name):
+    model = models[name]
+    kw = _inputs(model, b=2)
+    heat = model.explain(kw["images"], texts=kw.get("texts"))
+    assert heat.shape == (2, model.input_size, model.input_size)
+    assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0 + 1e-6
+    assert torch.isfinite(heat).all()
+
+
+def test_ct_slices_pool_per_case(models):
+    model = models["ct-ild.yaml"]
+    model.eval()
+    slices = torch.randn(5, 1, 128, 128)
+    with torch.no_grad():
+        feats = model.encode(images=slices)
+    case_index = torch.tensor([0, 0, 1, 1, 1])
+    pooled = LungModel.pool_slices(feats["image_pooled"], case_index, 2)
+    assert torch.allclose(pooled[1], feats["image_pooled"][2:].mean(0), atol=1e-6)
+    with torch.no_grad():
+        out = model.fuse({"image_pooled": pooled, "radiomics": torch.zeros(2, model.radiomics.out_dim)})
+    assert out["embedding"].shape == (2, 128) and out["hash_logits"].shape == (2, 64)
+
+
+def test_hash_beta_follows_schedule_and_is_saved(models):
+    model = models["cxr-hash.yaml"]
+    model.on_epoch_start(3)
+    assert float(model.hasher.beta) == 8.0
+    assert float(model.state_dict()["hasher.beta"]) == 8.0
+    model.on_epoch_start(99)
+    assert float(model.hasher.beta) == 16.0
+    model.on_epoch_start(0)
+
+
+def test_wrong_inputs_raise_typed_errors(models):
+    from lungsearch.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError):
+        models["cxr-cnn.yaml"].encode(texts=["x"])
+    with pytest.raises(InvalidRequestError):
+        models["cxr-cnn.yaml"].encode(images=torch.randn(2, 3, 128, 128))
+    with pytest.raises(InvalidRequestError):
+        models["cxr-cnn.yaml"].encode()

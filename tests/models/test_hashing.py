@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lungsearch.errors import InvalidRequestError
+from lungsearch.models.encoders import ResNetEncoder
+from lungsearch.models.hashing import LSH, AttentionHash, grad_cam, hamming_distance, otsu_threshold, pack_codes, unpack_codes
+
+
+@pytest.mark.parametrize("bits", [16, 32, 48, 64, 12])
+def test_packed_hamming_equals_inner_product_formula(bits):
+    rng = np.random.default_rng(bits)
+    b = np.where(rng.standard_normal((20, bits)) >= 0, 1, -1)
+    packed = pack_codes(b)
+    assert packed.dtype == np.uint8 and packed.shape == (20, -(-bits // 8))
+    ham = hamming_distance(packed, packed)
+    assert np.array_equal(ham, (bits - b @ b.T) // 2)  # paper 5, eq. 6 (read as (K - <b_i, b_j>)/2)
+    assert np.array_equal(unpack_codes(packed, bits), b)
+
+
+def test_bit_order_matches_the_proto():
+    """bit i of the code is bit i % 8 of byte i // 8 (little-endian), 1 = +1."""
+    code = -np.ones((1, 16))
+    code[0, 0] = 1  # bit 0 -> byte 0, value 1
+    code[0, 9] = 1  # bit 9 -> byte 1, value 2
+    assert pack_codes(code).tolist() == [[1, 2]]
+    assert pack_codes(np.array([[1, 0, 0, 0, 0, 0, 0, 0]], dtype=np.uint8)).tolist() == [[1]]  # {0,1} input
+    assert pack_codes(torch.tensor([[0.3, -0.2, 0.0, -1, -1, -1, -1, -1]])).tolist() == [[0b101]]  # sign, 0 -> +1
+    assert unpack_codes(bytes([1, 2]), 16)[0, [0, 9]].tolist() == [1, 1]
+
+
+def test_hamming_rejects_mismatched_lengths():
+    with pytest.raises(InvalidRequestError):
+        hamming_distance(np.zeros((1, 8), np.uint8), np.zeros((1, 4), np.uint8))
+
+
+def test_lsh_is_deterministic_and_buffered():
+    a, b = LSH(32, 64, seed=7), LSH(32, 64, seed=7)
+    assert torch.equal(a.planes, b.planes) and "planes" in a.state_dict()
+    assert not torch.equal(a.planes, LSH(32, 64, seed=8).planes)
+    x = torch.randn(50, 32)
+    codes = a.codes(x)
+    assert set(codes.unique().tolist()) <= {-1.0, 1.0} and codes.shape == (50, 64)
+    assert torch.equal(codes, a.codes(3.0 * x))  # scale invariant
+    # similar vectors collide more than random ones
+    near = a.codes(x + 0.05 * torch.randn_like(x))
+    far = a.codes(torch.randn(50, 32))
+    assert (codes == near).float().mean() > (codes == far).float().mean() + 0.3
+
+
+def test_tanh_continuation_approaches_sign():
+    z = torch.randn(1000) * 2
+    z = z[z.abs() > 1e-2]  # pointwise limit: tanh(beta z) -> sign(z) for every fixed z != 0
+    errs = [float((torch.tanh(beta * z) - torch.sign(z)).abs().max()) for beta in (1, 10, 100, 1000)]
+    assert errs == sorted(errs, reverse=True)
+    assert errs[-1] < 1e-2 and errs[0] > 0.1
+
+
+def test_otsu_separates_two_modes():
+    x = torch.cat([torch.full((1, 50), 0.1), torch.full((1, 50), 0.9)], dim=1).view(1, 10, 10)
+    x = x + 0.01 * torch.randn_like(x)
+    thr = otsu_threshold(x)
+    assert torch.equal(x > thr, torch.arange(100).view(1, 10, 10) >= 50)
+    from skimage.filters import threshold_otsu
+
+    img = torch.rand(1, 32, 32) ** 3
+    assert abs(float(otsu_threshold(img, bins=256)) - threshold_otsu(img[0].numpy(), nbins=256)) < 0.02
+
+
+@pytest.fixture()
+def hasher():
+    torch.manual_seed(0)
+    g, l = ResNetEncoder("resnet18"), ResNetEncoder("resnet18")
+    return AttentionHash(g, l, num_classes=3, bits=16, beta_schedule=[1, 4]).eval()
+
+
+def test_grad_cam_closed_form_equals_autograd(hasher):
+    imgs = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        fmap = hasher.global_encoder.features(imgs)
+    fast = hasher.heatmap(imgs, fmap)
+    f = fmap.clone().requires_grad_(True)
+    logits = hasher.classifier(hasher.global_encoder.pool(f))
+    cam = grad_cam(f, logits.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)).detach()
+    cam = F.interpolate(cam[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    flat = cam.flatten(1)
+    cam = (cam - flat.min(1).values[:, None, None]) / (flat.max(1).values - flat.min(1).values).clamp_min(1e-12)[:, None, None]
+    assert torch.allclose(fast, cam, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [64, 96])
+@pytest.mark.parametrize("crop", [False, True])
+def test_attention_hash_shapes(hasher, size, crop):
+    hasher.crop = crop
+    with torch.no_grad():
+        out = hasher(torch.randn(2, 1, size, size))
+    assert out["hash_logits"].shape == (2, 16) and out["logits"].shape == (2, 3)
+    assert out["heatmap"].shape == (2, size, size)
+
+
+def test_local_image_is_the_otsu_masked_image(hasher):
+    img = torch.ones(1, 1, 8, 8)
+    heat = torch.zeros(1, 8, 8)
+    heat[0, :4, :4] = 1.0
+    local = hasher.local_images(img, heat)
+    assert local[0, 0, :4, :4].eq(1).all() and local[0, 0, 4:, :].eq(0).all()
+    # a flat heat map keeps the whole image
+    assert hasher.local_images(img, torch.zeros(1, 8, 8)).eq(1).all()
+
+
+def test_beta_schedule(hasher):
+    hasher.set_epoch(0)
+    assert float(hasher.beta) == 1.0
+    hasher.set_epoch(5)
+    assert float(hasher.beta) == 4.0

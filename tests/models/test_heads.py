@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from lungsearch.models.heads import BiLSTMHead, LinearHead, MLPHead, SparseGatedBiLSTM, straight_through
+
+
+def _seq(b=4, t=10, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randn(b, t, d, generator=g)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[3, 2:] = False
+    return {"sequence": seq * mask[..., None], "sequence_mask": mask}
+
+
+@pytest.mark.parametrize("t", [5, 12])
+@pytest.mark.parametrize("cls", [BiLSTMHead, SparseGatedBiLSTM])
+def test_sequence_heads_shapes_two_lengths(cls, t):
+    head = cls(16, 3, hidden=8)
+    out = head(_seq(t=t))
+    assert out["logits"].shape == (4, 3) and out["hidden"].shape == (4, 16)
+
+
+def test_vector_heads_and_sequence_heads_accept_a_plain_vector():
+    fused = {"fused": torch.randn(2, 16)}
+    for head in (LinearHead(16, 3), MLPHead(16, 3, hidden=8), BiLSTMHead(16, 3, hidden=4), SparseGatedBiLSTM(16, 3, hidden=4)):
+        assert head(fused)["logits"].shape == (2, 3)
+
+
+def test_bilstm_ignores_padding():
+    torch.manual_seed(0)
+    head = BiLSTMHead(16, 3, hidden=8).eval()
+    x = _seq()
+    noisy = {"sequence": x["sequence"] + (~x["sequence_mask"])[..., None] * 5.0, "sequence_mask": x["sequence_mask"]}
+    with torch.no_grad():
+        assert torch.allclose(head(x)["logits"], head(noisy)["logits"], atol=1e-6)
+
+
+def _sparse_head():
+    torch.manual_seed(0)
+    head = SparseGatedBiLSTM(16, 3, hidden=8, step_bias=0.0)
+    with torch.no_grad():
+        head.unit_log_alpha[:3] = -5.0  # three units pruned
+    return head.eval()
+
+
+def test_sparse_fast_path_equals_the_gated_cell():
+    head = _sparse_head()
+    x = _seq()
+    with torch.enable_grad():
+        slow = head.gated_encode(x["sequence"], x["sequence_mask"])
+    slow_stats = dict(head.last_stats)
+    with torch.no_grad():
+        fast = head.sparse_encode(x["sequence"], x["sequence_mask"])
+    assert 0.0 < slow_stats["kept_steps"] < 1.0 and slow_stats["kept_units"] == 5 / 8
+    assert head.last_stats == pytest.approx(slow_stats)
+    assert torch.allclose(slow, fast, atol=1e-5)
+    # forward() picks the fast path in eval mode without grad
+    with torch.no_grad():
+        assert torch.allclose(head(x)["hidden"], fast)
+
+
+def test_pruned_units_shrink_the_inference_lstm():
+    head = _sparse_head()
+    lstm, keep = head._shrunk_lstm()
+    assert lstm.hidden_size == 5 and keep.tolist() == [3, 4, 5, 6, 7]
+    assert lstm.weight_hh_l0.shape == (20, 5)
+    # cached until the weights change
+    assert head._shrunk_lstm()[0] is lstm
+    with torch.no_grad():
+        head.w_hh.add_(0.0)
+    assert head._shrunk_lstm()[0] is not lstm
+
+
+def test_dropped_steps_do_not_influence_the_output():
+    """A dropped step resets the state (eq. 4 with g = 0): changing its input changes nothing
+    unless it changes the gate decision."""
+    head = _sparse_head()
+    x = _seq()
+    with torch.no_grad():
+        z = (head.step_gate(x["sequence"]).squeeze(-1) > 0) & x["sequence_mask"]
+        ref = head(x)["hidden"]
+        seq2 = x["sequence"].clone()
+        # move dropped inputs along the gate's null space: the decision stays, the content changes
+        w = head.step_gate.weight[0]
+        noise = torch.randn_like(seq2)
+        noise -= (noise @ w)[..., None] * w / (w @ w)
+        seq2[~z] += 3 * noise[~z]
+        out = head({"sequence": seq2, "sequence_mask": x["sequence_mask"]})["hidden"]
+    assert torch.allclose(ref, out, atol=1e-5)
+
+
+def test_all_steps_dropped_gives_zeros():
+    head = _sparse_head()
+    with torch.no_grad():
+        head.step_gate.bias.fill_(-1e4)
+        out = head(_seq())
+    assert out["hidden"].abs().max() == 0
+
+
+def test_sparse_gates_train_and_penalty():
+    torch.manual_seed(0)
+    head = SparseGatedBiLSTM(16, 3, hidden=8, sparsity=0.5).train()
+    out = head(_seq())
+    assert float(head.regularization().detach()) > 0
+    (out["logits"].sum() + head.regularization()).backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert head.step_gate.weight.grad.abs().sum() > 0
+    assert head.unit_log_alpha.grad.abs().sum() > 0
+
+
+def test_straight_through_is_binary_forward_identity_backward():
+    p = torch.tensor([0.2, 0.7], requires_grad=True)
+    z = straight_through(p)
+    assert z.tolist() == [0.0, 1.0]
+    z.sum().backward()
+    assert p.grad.tolist() == [1.0, 1.0]
