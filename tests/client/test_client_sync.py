@@ -217,7 +217,7 @@ def test_health_falls_back_to_ray_serve_healthz(make_server):
 
 # ---- deadlines ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("timeout", [0.3, 0.8])
+@pytest.mark.parametrize("timeout", [0.5, 1.0])
 def test_deadline_is_honoured(server, servicer, timeout, png):
     servicer.behaviour.delay = 5.0
     with LungSearchClient(server.target, timeout=30, retries=FAST) as c:
@@ -270,13 +270,13 @@ def test_retry_only_on_transient_codes(server, servicer, failures, calls, error)
 def test_retries_never_run_past_the_deadline(server, servicer):
     servicer.behaviour.failures = [(U, True, None)] * 1000
     policy = RetryPolicy(max_attempts=1000, initial_backoff=0.05, max_backoff=0.1, seed=1)
-    with LungSearchClient(server.target, timeout=0.6, retries=policy) as c:
+    with LungSearchClient(server.target, timeout=1.0, retries=policy) as c:
         c.health()
         start = time.monotonic()
         with pytest.raises(Unavailable):
             c.models()
         elapsed = time.monotonic() - start
-    assert elapsed <= 0.6 * 1.1
+    assert elapsed <= 1.0 * 1.1
     assert servicer.calls["ListModels"] >= 5  # it did keep trying inside the budget
 
 
