@@ -1,0 +1,34 @@
+"""Vector store and in-memory ranking index.
+
+- :class:`MilvusStore`: the system of record (pymilvus ``MilvusClient`` over an embedded
+  milvus-lite file or a Milvus server), one collection per profile and model version.
+- :class:`CaseIndex`: what the ranking deployment searches: float16 embeddings, packed uint64
+  codes with popcount Hamming, filter columns; rebuilt from the store on start.
+- :class:`StoredCase`: one case as stored; :class:`SearchFilter`: typed metadata filters.
+
+Example:
+    >>> from lungsearch.store import MilvusStore, CaseIndex  # doctest: +SKIP
+    >>> store = MilvusStore("data/lungsearch.db")  # doctest: +SKIP
+    >>> index = CaseIndex.from_store(store, "cxr-hash", "v1")  # doctest: +SKIP
+    >>> index.search(embedding, code, top_k=10)  # doctest: +SKIP
+"""
+
+from lungsearch.store.filters import SearchFilter, to_milvus_expr
+from lungsearch.store.index import CaseIndex
+from lungsearch.store.milvus import CollectionInfo, MilvusStore, StoreCapabilities, collection_name, is_lite_uri
+from lungsearch.store.types import CaseBatch, Hit, StoredCase, UpsertResult
+
+__all__ = [
+    "MilvusStore",
+    "StoreCapabilities",
+    "CollectionInfo",
+    "collection_name",
+    "is_lite_uri",
+    "CaseIndex",
+    "StoredCase",
+    "SearchFilter",
+    "to_milvus_expr",
+    "Hit",
+    "UpsertResult",
+    "CaseBatch",
+]

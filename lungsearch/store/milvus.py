@@ -1,0 +1,736 @@
+"""The Milvus adapter: lungsearch's system of record for indexed cases.
+
+One collection per profile and model version (:func:`collection_name`), with the schema defined
+here in code. The same class talks to an embedded milvus-lite file (the default,
+``LUNGSEARCH_MILVUS_URI``) or to a Milvus server (``http://host:19530`` + token); every difference
+between the two lives in :class:`StoreCapabilities`, decided once from the URI.
+
+Facts this adapter is built around (shared/FACTS.md, re-checked with milvus-lite 3.2.2):
+
+- milvus-lite has no BINARY_VECTOR: codes are stored as a hex VARCHAR there (the ranking
+  deployment searches them in memory with :class:`lungsearch.store.CaseIndex`); a server gets a
+  BINARY_VECTOR field with a BIN_IVF_FLAT/HAMMING index.
+- milvus-lite scalar indexes are INVERTED only, and not on ARRAY fields.
+- Unflushed rows are searched by a slow scan and the write-ahead log syncs at flush: every
+  :meth:`MilvusStore.upsert` / :meth:`MilvusStore.delete` flushes before it returns, so a return
+  means durable.
+- One process per milvus-lite file (an flock on ``<file>/LOCK``); a second process gets
+  :class:`StoreUnavailableError` with ``code="store_locked"``.
+- After reopening, collections are released: they are loaded again on first use.
+- Paging with ``query_iterator`` (primary-key cursor) is quadratic on milvus-lite (16 s for 100k
+  rows here); :meth:`MilvusStore.iter_batches` pages by ranges of a hashed ``bucket`` column with an
+  INVERTED index instead (~3 s per 100k rows with embeddings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungsearch import constants
+from lungsearch.errors import InvalidRequestError, LungsearchError, NotFoundError, StoreUnavailableError
+from lungsearch.store.filters import SearchFilter, to_milvus_expr
+from lungsearch.store.types import (
+    MAX_EXCERPT_BYTES,
+    MAX_KEY_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_LABELS,
+    CaseBatch,
+    Hit,
+    StoredCase,
+    UpsertResult,
+    validate_case_key,
+)
+
+__all__ = [
+    "MilvusStore",
+    "StoreCapabilities",
+    "CollectionInfo",
+    "collection_name",
+    "collection_schema",
+    "collection_index_params",
+    "is_lite_uri",
+    "SCHEMA_VERSION",
+    "BUCKETS",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the collection schema changes (written into the collection description).
+SCHEMA_VERSION = 1
+#: Range of the hashed ``bucket`` column used to page through a collection.
+BUCKETS = 1 << 16
+_NAME_PREFIX = "ls_"
+_EXPECTED_FIELDS = {"case_key", "bucket", "modality", "view", "labels", "report_excerpt", "embedding", "code",
+                    "ingested_at", "num_images", "model_version"}
+
+
+def is_lite_uri(uri: str) -> bool:
+    """True when ``uri`` names an embedded milvus-lite file (pymilvus's own rule: a path ending in .db)."""
+    return not re.match(r"^(https?|tcp|unix|grpc)://", uri) and uri.endswith(".db")
+
+
+@dataclass(frozen=True)
+class StoreCapabilities:
+    """What the connected Milvus can do: the ONE place where lite and server differ.
+
+    Attributes:
+        backend: "milvus-lite" or "milvus".
+        binary_vector: BINARY_VECTOR fields with BIN_IVF_FLAT/HAMMING (server only).
+        array_scalar_index: INVERTED index on ARRAY fields (server only).
+        single_process: the store is a file one process may open at a time (lite).
+        scalar_index_type: the scalar index type used for filter fields.
+    """
+
+    backend: str
+    binary_vector: bool
+    array_scalar_index: bool
+    single_process: bool
+    scalar_index_type: str = "INVERTED"
+
+    @classmethod
+    def for_uri(cls, uri: str) -> "StoreCapabilities":
+        if is_lite_uri(uri):
+            return cls(backend="milvus-lite", binary_vector=False, array_scalar_index=False, single_process=True)
+        return cls(backend="milvus", binary_vector=True, array_scalar_index=True, single_process=False)
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection's identity and dimensions (read back from its fields and index)."""
+
+    name: str
+    profile: str
+    version: str
+    embedding_dim: int
+    code_bits: int
+    code_storage: str  # "hex" (VARCHAR) or "binary_vector"
+    metric: str = "COSINE"
+
+
+def _sanitise(text: str, limit: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)[:limit]
+
+
+def collection_name(profile: str, version: str) -> str:
+    """Milvus collection name for one profile and model version.
+
+    Milvus names allow letters, digits and underscores (first a letter or underscore, at most 255).
+    Sanitising can map two versions to one string ("a-b" and "a_b"), so a short hash of the exact
+    ``profile@version`` is appended.
+
+    Example:
+        >>> collection_name("cxr-report", "20261124-1953-ab12cd")
+        'ls_cxr_report__20261124_1953_ab12cd_...'  # doctest: +SKIP
+
+    Raises:
+        InvalidRequestError: empty profile or version.
+    """
+    if not profile or not version:
+        raise InvalidRequestError("a collection needs a profile and a model version", code="bad_model_ref", field="model")
+    digest = hashlib.sha256(f"{profile}@{version}".encode()).hexdigest()[:8]
+    return f"{_NAME_PREFIX}{_sanitise(profile, 64)}__{_sanitise(version, 96)}_{digest}"
+
+
+def collection_schema(info: CollectionInfo):
+    """The pymilvus schema of a lungsearch collection (pure: no server call).
+
+    The collection description carries the dimensions as JSON for people browsing a server;
+    lungsearch itself reads them back from the fields (milvus-lite does not keep descriptions).
+    """
+    from pymilvus import DataType, MilvusClient
+
+    desc = json.dumps(
+        {"lungsearch_schema": SCHEMA_VERSION, "profile": info.profile, "version": info.version,
+         "embedding_dim": info.embedding_dim, "code_bits": info.code_bits, "code_storage": info.code_storage,
+         "metric": info.metric},
+        sort_keys=True,
+    )
+    s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=desc)
+    s.add_field("case_key", DataType.VARCHAR, max_length=MAX_KEY_CHARS, is_primary=True)
+    s.add_field("bucket", DataType.INT32)
+    s.add_field("modality", DataType.VARCHAR, max_length=16)
+    s.add_field("view", DataType.VARCHAR, max_length=16)
+    s.add_field("labels", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_LABELS, max_length=MAX_LABEL_CHARS * 4)
+    s.add_field("report_excerpt", DataType.VARCHAR, max_length=MAX_EXCERPT_BYTES)
+    s.add_field("embedding", DataType.FLOAT_VECTOR, dim=info.embedding_dim)
+    if info.code_storage == "binary_vector":
+        s.add_field("code", DataType.BINARY_VECTOR, dim=info.code_bits)
+    else:
+        s.add_field("code", DataType.VARCHAR, max_length=max(1, info.code_bits // 4))
+    s.add_field("ingested_at", DataType.DOUBLE)
+    s.add_field("num_images", DataType.INT32)
+    s.add_field("model_version", DataType.VARCHAR, max_length=128)
+    return s
+
+
+def collection_index_params(info: CollectionInfo, caps: StoreCapabilities, *, index_type: str = "HNSW", hnsw_m: int = 16,
+                            hnsw_ef_construction: int = 100):
+    """Index parameters: the float ANN index, scalar indexes for filters, HAMMING on servers."""
+    from pymilvus import MilvusClient
+
+    ip = MilvusClient.prepare_index_params()
+    params = {"M": hnsw_m, "efConstruction": hnsw_ef_construction} if index_type == "HNSW" else (
+        {"nlist": 1024} if index_type == "IVF_FLAT" else {})
+    ip.add_index("embedding", index_type=index_type, metric_type=info.metric, params=params)
+    scalar = ["bucket", "modality", "view"] + (["labels"] if caps.array_scalar_index else [])
+    for field_name in scalar:
+        ip.add_index(field_name, index_type=caps.scalar_index_type)
+    if info.code_storage == "binary_vector":
+        ip.add_index("code", index_type="BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": 128})
+    return ip
+
+
+def _bucket(key: str) -> int:
+    return zlib.crc32(key.encode("ascii")) & (BUCKETS - 1)
+
+
+# --- milvus-lite process-level bookkeeping -------------------------------------------------------
+# pymilvus starts one in-process milvus-lite server per file and reuses it for every client of that
+# path; closing a client does not stop it. We count our own users per path and stop the server when
+# the last one closes, so the file lock is released and a reopen really reads the file again.
+_LITE_LOCK = threading.Lock()
+_LITE_USERS: dict[str, int] = {}
+
+
+def _lite_lock_held_elsewhere(path: str) -> bool:
+    """True when another process holds milvus-lite's flock on ``path`` (probe, released at once)."""
+    import fcntl
+
+    lock_path = os.path.join(path, "LOCK")
+    if not os.path.exists(lock_path):
+        return False
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class MilvusStore:
+    """Vector store over pymilvus ``MilvusClient``: the system of record for indexed cases.
+
+    Args:
+        uri: a milvus-lite file path ending in ``.db`` (default ``LUNGSEARCH_MILVUS_URI``) or a server
+            URI such as ``http://milvus:19530``.
+        token: server token ("user:password" or an API key); ignored by milvus-lite.
+        timeout: seconds allowed for each Milvus call.
+        load_timeout: seconds allowed for calls that load or build an index (collection creation,
+            ``load_collection`` after a reopen).
+
+    Raises:
+        StoreUnavailableError: the store cannot be opened (``code="store_locked"`` when another
+            process holds the milvus-lite file).
+
+    Example:
+        >>> store = MilvusStore("data/lungsearch.db")  # doctest: +SKIP
+        >>> store.upsert("cxr-hash", "v1", [case])  # doctest: +SKIP
+        UpsertResult(inserted=1, updated=0)
+        >>> store.search("cxr-hash", "v1", case.embedding, top_k=5)  # doctest: +SKIP
+    """
+
+    def __init__(self, uri: str | None = None, *, token: str = "", timeout: float = 10.0, load_timeout: float = 600.0) -> None:
+        from pymilvus import MilvusClient
+
+        self.uri = str(uri if uri is not None else constants.MILVUS_URI)
+        self.timeout = float(timeout)
+        self.load_timeout = float(max(load_timeout, timeout))
+        self.capabilities = StoreCapabilities.for_uri(self.uri)
+        self._lite_path = os.path.abspath(self.uri) if self.capabilities.single_process else None
+        self._info: dict[str, CollectionInfo] = {}
+        self._loaded: set[str] = set()
+        self._closed = False
+        if self._lite_path is not None:
+            Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
+            if _lite_lock_held_elsewhere(self._lite_path):
+                raise StoreUnavailableError(
+                    "the milvus-lite file is open in another process (one process per file; use a Milvus server to share)",
+                    code="store_locked",
+                )
+        try:
+            self._client = MilvusClient(uri=self.uri, token=token or "", timeout=self.timeout)
+        except Exception as exc:  # pymilvus raises MilvusException subclasses and grpc errors here
+            locked = self._lite_path is not None and _lite_lock_held_elsewhere(self._lite_path)
+            raise StoreUnavailableError(
+                "the milvus-lite file is open in another process" if locked else
+                f"cannot connect to the vector store ({self.capabilities.backend}: {type(exc).__name__})",
+                code="store_locked" if locked else "connect_failed",
+            ) from None
+        if self._lite_path is not None:
+            with _LITE_LOCK:
+                _LITE_USERS[self._lite_path] = _LITE_USERS.get(self._lite_path, 0) + 1
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the client; for milvus-lite, also stop the in-process server when no user is left."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client.close()
+        except Exception:  # closing a broken connection must not mask the caller's error
+            log.debug("milvus client close failed", exc_info=True)
+        if self._lite_path is not None:
+            with _LITE_LOCK:
+                left = _LITE_USERS.get(self._lite_path, 1) - 1
+                if left <= 0:
+                    _LITE_USERS.pop(self._lite_path, None)
+                else:
+                    _LITE_USERS[self._lite_path] = left
+            if left <= 0:
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self._lite_path)
+
+    def __enter__(self) -> "MilvusStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> str:
+        return self.capabilities.backend
+
+    # --- error mapping ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, op: str, name: str = "") -> Iterator[None]:
+        """Map pymilvus/grpc failures to lungsearch errors with PHI-free messages.
+
+        The raw Milvus message is not passed on: it can echo row values (report text).
+        """
+        if self._closed:
+            raise StoreUnavailableError("the vector store is closed", code="store_closed")
+        try:
+            yield
+        except LungsearchError:
+            raise
+        except Exception as exc:
+            from pymilvus.exceptions import MilvusException
+
+            code = getattr(exc, "code", None)
+            text = str(getattr(exc, "message", "") or exc).lower()
+            if isinstance(exc, MilvusException) and ("not found" in text or "not exist" in text or code == 100):
+                raise NotFoundError(f"collection not found during {op}", code="collection_not_found") from None
+            kind = type(exc).__name__
+            raise StoreUnavailableError(
+                f"vector store call {op} failed ({self.capabilities.backend}: {kind}{'' if code is None else f' code {code}'})",
+                code="store_call_failed",
+            ) from None
+
+    # --- collections -----------------------------------------------------------------------------
+
+    def list_collections(self) -> list[str]:
+        """Names of lungsearch collections in the store."""
+        with self._guard("list_collections"):
+            names = self._client.list_collections(timeout=self.timeout)
+        return sorted(n for n in names if n.startswith(_NAME_PREFIX))
+
+    def has_collection(self, profile: str, version: str) -> bool:
+        name = collection_name(profile, version)
+        with self._guard("has_collection", name):
+            return bool(self._client.has_collection(name, timeout=self.timeout))
+
+    def collection_info(self, profile: str, version: str) -> CollectionInfo:
+        """Dimensions of an existing collection (read from its schema once, then cached).
+
+        Raises:
+            NotFoundError: no such collection.
+        """
+        name = collection_name(profile, version)
+        info = self._info.get(name)
+        if info is not None:
+            return info
+        if not self.has_collection(profile, version):
+            raise NotFoundError("no collection for this profile and model version", code="collection_not_found")
+        with self._guard("describe_collection", name):
+            desc = self._client.describe_collection(name, timeout=self.timeout)
+            idx = self._client.describe_index(name, "embedding", timeout=self.timeout) or {}
+        # The schema itself is the source of truth: milvus-lite does not keep collection descriptions.
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        if not _EXPECTED_FIELDS <= set(fields):
+            raise StoreUnavailableError("collection was not created by lungsearch (unexpected schema)", code="foreign_collection")
+        from pymilvus import DataType
+
+        code_field = fields["code"]
+        params = code_field.get("params") or {}
+        if code_field["type"] == DataType.BINARY_VECTOR:
+            code_bits, storage = int(params["dim"]), "binary_vector"
+        else:
+            width = int(params.get("max_length", 1))
+            code_bits, storage = (0 if width <= 1 else width * 4), "hex"
+        info = CollectionInfo(
+            name=name, profile=profile, version=version, embedding_dim=int(fields["embedding"]["params"]["dim"]),
+            code_bits=code_bits, code_storage=storage, metric=str(idx.get("metric_type") or "COSINE"),
+        )
+        self._info[name] = info
+        return info
+
+    def ensure_collection(self, profile: str, version: str, *, embedding_dim: int, code_bits: int = 0, index=None) -> CollectionInfo:
+        """Create the collection for ``profile@version`` if missing, check its dimensions if present.
+
+        Args:
+            embedding_dim: float embedding dimension.
+            code_bits: binary code length (a multiple of 8; 0 = no codes).
+            index: optional :class:`lungsearch.config.IndexConfig` (metric, Milvus index type, HNSW params).
+
+        Raises:
+            InvalidRequestError: the existing collection has other dimensions.
+        """
+        if embedding_dim <= 0 or code_bits < 0 or code_bits % 8:
+            raise InvalidRequestError("embedding_dim must be > 0 and code_bits a multiple of 8", code="bad_dimensions")
+        name = collection_name(profile, version)
+        if self.has_collection(profile, version):
+            info = self.collection_info(profile, version)
+            if (info.embedding_dim, info.code_bits) != (embedding_dim, code_bits):
+                raise InvalidRequestError(
+                    f"collection has dim {info.embedding_dim}/{info.code_bits} bits, asked for {embedding_dim}/{code_bits}",
+                    code="dimension_mismatch",
+                )
+            return info
+        metric = getattr(index, "metric", "COSINE") or "COSINE"
+        storage = "binary_vector" if (self.capabilities.binary_vector and code_bits > 0) else "hex"
+        info = CollectionInfo(name=name, profile=profile, version=version, embedding_dim=embedding_dim,
+                              code_bits=code_bits, code_storage=storage, metric=metric)
+        kwargs = {}
+        if index is not None:
+            kwargs = {"index_type": index.milvus_index, "hnsw_m": index.hnsw_m, "hnsw_ef_construction": index.hnsw_ef_construction}
+        with self._guard("create_collection", name):
+            self._client.create_collection(
+                name, schema=collection_schema(info), index_params=collection_index_params(info, self.capabilities, **kwargs),
+                timeout=self.load_timeout,
+            )
+        self._info[name] = info
+        self._ensure_loaded(name)
+        log.info("created collection %s (dim=%d, code_bits=%d, %s)", name, embedding_dim, code_bits, storage)
+        return info
+
+    def drop_collection(self, profile: str, version: str) -> bool:
+        """Drop a collection; returns False when it did not exist."""
+        name = collection_name(profile, version)
+        if not self.has_collection(profile, version):
+            return False
+        with self._guard("drop_collection", name):
+            self._client.drop_collection(name, timeout=self.timeout)
+        self._info.pop(name, None)
+        self._loaded.discard(name)
+        return True
+
+    def _ensure_loaded(self, name: str) -> None:
+        # Collections come back released after a reopen; loading is idempotent, so once per process.
+        if name in self._loaded:
+            return
+        with self._guard("load_collection", name):
+            self._client.load_collection(name, timeout=self.load_timeout)
+        self._loaded.add(name)
+
+    def _open(self, profile: str, version: str) -> CollectionInfo:
+        info = self.collection_info(profile, version)
+        self._ensure_loaded(info.name)
+        return info
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def _to_row(self, case: StoredCase, info: CollectionInfo) -> dict[str, Any]:
+        if info.code_storage == "binary_vector":
+            code: Any = case.code
+        else:
+            code = case.code.hex()
+        return {
+            "case_key": case.case_key, "bucket": _bucket(case.case_key), "modality": case.modality, "view": case.view,
+            "labels": list(case.labels), "report_excerpt": case.report_excerpt, "embedding": case.embedding,
+            "code": code, "ingested_at": case.ingested_at, "num_images": case.num_images, "model_version": case.model_version,
+        }
+
+    def upsert(self, profile: str, version: str, records: Iterable[StoredCase], *, batch_size: int = 2000) -> UpsertResult:
+        """Insert or replace cases by ``case_key`` (idempotent), then flush.
+
+        The collection is created from the first record's dimensions if it does not exist. When this
+        returns, the rows are flushed (durable in milvus-lite's log and searchable without the slow
+        unflushed path); acknowledge an ingest only after it returns.
+
+        Args:
+            records: the cases; a key repeated within the call keeps its last record.
+            batch_size: rows per Milvus upsert call.
+
+        Returns:
+            How many keys were new and how many replaced existing rows.
+
+        Raises:
+            InvalidRequestError: a record is malformed or has other dimensions than the collection.
+            StoreUnavailableError: Milvus failed (retriable: upserts are idempotent).
+        """
+        records = list(records)
+        if not records:
+            return UpsertResult(0, 0)
+        first = records[0]
+        emb0 = np.asarray(first.embedding).reshape(-1)
+        info = self.ensure_collection(profile, version, embedding_dim=int(emb0.size), code_bits=len(first.code) * 8)
+        self._ensure_loaded(info.name)
+        by_key: dict[str, StoredCase] = {}
+        for case in records:
+            case.validate(embedding_dim=info.embedding_dim, code_bits=info.code_bits)
+            by_key[case.case_key] = case
+        cases = list(by_key.values())
+        inserted = updated = 0
+        for start in range(0, len(cases), batch_size):
+            batch = cases[start : start + batch_size]
+            existing = self._existing_keys(info.name, [c.case_key for c in batch])
+            rows = [self._to_row(c, info) for c in batch]
+            with self._guard("upsert", info.name):
+                self._client.upsert(info.name, rows, timeout=self.timeout)
+            updated += len(existing)
+            inserted += len(batch) - len(existing)
+        self.flush(profile, version)
+        return UpsertResult(inserted=inserted, updated=updated)
+
+    def _existing_keys(self, name: str, keys: list[str]) -> set[str]:
+        with self._guard("get", name):
+            rows = self._client.get(name, ids=keys, output_fields=["case_key"], timeout=self.timeout)
+        return {r["case_key"] for r in rows}
+
+    def delete(self, profile: str, version: str, case_keys: str | Sequence[str]) -> int:
+        """Delete cases by key, then flush. Returns how many of the keys existed."""
+        keys = [case_keys] if isinstance(case_keys, str) else list(case_keys)
+        for k in keys:
+            validate_case_key(k)
+        if not keys:
+            return 0
+        info = self._open(profile, version)
+        existing = set()
+        for start in range(0, len(keys), 2000):
+            part = keys[start : start + 2000]
+            existing |= self._existing_keys(info.name, part)
+            with self._guard("delete", info.name):
+                self._client.delete(info.name, ids=part, timeout=self.timeout)
+        self.flush(profile, version)
+        return len(existing)
+
+    def flush(self, profile: str, version: str) -> None:
+        """Seal written rows: durable (the log syncs at flush) and indexed for fast search."""
+        name = collection_name(profile, version)
+        with self._guard("flush", name):
+            self._client.flush(name, timeout=self.load_timeout)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def count(self, profile: str, version: str) -> int:
+        """Number of cases in the collection."""
+        info = self._open(profile, version)
+        with self._guard("count", info.name):
+            res = self._client.query(info.name, filter="", output_fields=["count(*)"], timeout=self.timeout)
+        return int(res[0]["count(*)"])
+
+    def get_many(self, profile: str, version: str, case_keys: Sequence[str]) -> dict[str, StoredCase]:
+        """The stored cases among ``case_keys`` (missing keys are absent from the result)."""
+        keys = [validate_case_key(k) for k in case_keys]
+        if not keys:
+            return {}
+        info = self._open(profile, version)
+        out: dict[str, StoredCase] = {}
+        for start in range(0, len(keys), 2000):
+            with self._guard("get", info.name):
+                res = self._client.get(info.name, ids=keys[start : start + 2000], output_fields=self._fields(info),
+                                       timeout=self.timeout)
+            for case in self._to_batch(res, info).cases():
+                out[case.case_key] = case
+        return out
+
+    def get(self, profile: str, version: str, case_key: str) -> StoredCase:
+        """One stored case.
+
+        Raises:
+            NotFoundError: unknown key (or collection).
+        """
+        found = self.get_many(profile, version, [case_key])
+        if case_key not in found:
+            raise NotFoundError("case not found", code="case_not_found", field="case_key")
+        return found[case_key]
+
+    def _fields(self, info: CollectionInfo, *, with_text: bool = True) -> list[str]:
+        fields = ["case_key", "modality", "view", "labels", "embedding", "code"]
+        if with_text:
+            fields += ["report_excerpt", "ingested_at", "num_images", "model_version"]
+        return fields
+
+    def query_keys(self, profile: str, version: str, filter: SearchFilter | None = None, *, limit: int = 16384) -> list[str]:
+        """Keys of the cases matching ``filter`` exactly (a scalar query, no vector search), sorted."""
+        info = self._open(profile, version)
+        expr = to_milvus_expr(filter)
+        with self._guard("query", info.name):
+            res = self._client.query(info.name, filter=expr or "bucket >= 0", output_fields=["case_key"], limit=int(limit),
+                                     timeout=self.timeout)
+        return sorted(r["case_key"] for r in res)
+
+    def iter_batches(self, profile: str, version: str, *, batch_rows: int = 20000, with_text: bool = False) -> Iterator[CaseBatch]:
+        """Every case of the collection, in columnar batches of about ``batch_rows`` rows.
+
+        Pages by ranges of the hashed ``bucket`` column (sized from the row count), which milvus-lite
+        answers from an INVERTED index; a primary-key cursor would rescan the collection per page.
+
+        Args:
+            with_text: also return report excerpts, timestamps, image counts and model versions.
+        """
+        info = self._open(profile, version)
+        total = self.count(profile, version)
+        if total == 0:
+            return
+        pages = max(1, -(-total // max(1, batch_rows)))
+        width = -(-BUCKETS // pages)
+        fields = self._fields(info, with_text=with_text)
+        for lo in range(0, BUCKETS, width):
+            hi = min(BUCKETS, lo + width)
+            with self._guard("query", info.name):
+                res = self._client.query(info.name, filter=f"bucket >= {lo} and bucket < {hi}", output_fields=fields,
+                                         timeout=max(self.timeout, 60.0))
+            if len(res):
+                yield self._to_batch(res, info, with_text=with_text)
+
+    def iterate(self, profile: str, version: str, *, batch_rows: int = 20000) -> Iterator[StoredCase]:
+        """Every case of the collection as :class:`StoredCase` (see :meth:`iter_batches` for bulk use)."""
+        for batch in self.iter_batches(profile, version, batch_rows=batch_rows, with_text=True):
+            yield from batch.cases()
+
+    def _to_batch(self, res, info: CollectionInfo, *, with_text: bool = True) -> CaseBatch:
+        rows, vectors = _split_result(res)
+        n = len(rows)
+        emb = vectors.get("embedding")
+        if emb is None:
+            emb = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows]) if n else np.zeros((0, info.embedding_dim), np.float32)
+        emb = emb.reshape(n, info.embedding_dim)
+        nbytes = info.code_bits // 8
+        if info.code_storage == "binary_vector":
+            raw = vectors.get("code")
+            if raw is None:
+                raw = b"".join(bytes(r["code"][0] if isinstance(r["code"], list) else r["code"]) for r in rows)
+            codes = np.frombuffer(bytes(raw), dtype=np.uint8).reshape(n, nbytes)
+        else:
+            codes = np.frombuffer(bytes.fromhex("".join(r["code"] for r in rows)), dtype=np.uint8).reshape(n, nbytes)
+        batch = CaseBatch(
+            keys=[r["case_key"] for r in rows], embeddings=emb, codes=codes, modalities=[r["modality"] for r in rows],
+            views=[r["view"] for r in rows], labels=[list(r["labels"] or ()) for r in rows],
+        )
+        if with_text:
+            batch.report_excerpts = [r["report_excerpt"] for r in rows]
+            batch.ingested_at = np.array([r["ingested_at"] for r in rows], dtype=np.float64)
+            batch.num_images = np.array([r["num_images"] for r in rows], dtype=np.int64)
+            batch.model_versions = [r["model_version"] for r in rows]
+        return batch
+
+    # --- search ----------------------------------------------------------------------------------
+
+    def search(self, profile: str, version: str, embedding, *, top_k: int = 10, filter: SearchFilter | None = None,
+               ef: int = 64) -> list[Hit]:
+        """Float ANN search in Milvus (HNSW): ``(key, cosine, -1)`` best first.
+
+        The ranking deployment normally answers from :class:`CaseIndex`; this is the Milvus-side path
+        (servers, tools and the benchmark).
+        """
+        info = self._open(profile, version)
+        q = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if q.size != info.embedding_dim or not np.all(np.isfinite(q)):
+            raise InvalidRequestError("query embedding has the wrong dimension or is not finite", code="bad_embedding")
+        params = {"metric_type": info.metric, "params": {"ef": max(int(ef), int(top_k))}}
+        with self._guard("search", info.name):
+            res = self._client.search(info.name, data=[q], anns_field="embedding", filter=to_milvus_expr(filter),
+                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout)
+        return [Hit(h["case_key"], float(h["distance"]), -1) for h in res[0]]
+
+    def search_codes(self, profile: str, version: str, code: bytes, *, top_k: int = 10, filter: SearchFilter | None = None,
+                     nprobe: int = 16) -> list[Hit]:
+        """Hamming search in Milvus (server only: BIN_IVF_FLAT/HAMMING): ``(key, 1 - d/bits, d)``.
+
+        Raises:
+            InvalidRequestError: the store is milvus-lite (no BINARY_VECTOR; use CaseIndex) or the
+                code has the wrong length.
+        """
+        info = self._open(profile, version)
+        if info.code_storage != "binary_vector":
+            raise InvalidRequestError("this store keeps codes as text; search codes with CaseIndex", code="binary_vector_unsupported")
+        if len(code) * 8 != info.code_bits:
+            raise InvalidRequestError("query code has the wrong length", code="code_bits_mismatch")
+        params = {"metric_type": "HAMMING", "params": {"nprobe": int(nprobe)}}
+        with self._guard("search", info.name):
+            res = self._client.search(info.name, data=[bytes(code)], anns_field="code", filter=to_milvus_expr(filter),
+                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout)
+        return [Hit(h["case_key"], 1.0 - float(h["distance"]) / info.code_bits, int(h["distance"])) for h in res[0]]
+
+    def wait_for_index(self, profile: str, version: str, *, timeout: float | None = None, poll_s: float = 0.5) -> None:
+        """Block until the float index covers every flushed row (searches then avoid brute force).
+
+        Raises:
+            StoreUnavailableError: not finished within ``timeout`` (default ``load_timeout``).
+        """
+        info = self._open(profile, version)
+        deadline = time.monotonic() + (self.load_timeout if timeout is None else timeout)
+        while True:
+            with self._guard("describe_index", info.name):
+                d = self._client.describe_index(info.name, "embedding", timeout=self.timeout) or {}
+            total, done, pending = int(d.get("total_rows", 0)), int(d.get("indexed_rows", 0)), int(d.get("pending_index_rows", 0))
+            if pending == 0 and done >= total:
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailableError("index build did not finish in time", code="index_timeout")
+            time.sleep(poll_s)
+
+    # --- stats -----------------------------------------------------------------------------------
+
+    def disk_bytes(self) -> int:
+        """Size on disk of the milvus-lite file (0 for a server)."""
+        if self._lite_path is None or not os.path.exists(self._lite_path):
+            return 0
+        if os.path.isfile(self._lite_path):
+            return os.path.getsize(self._lite_path)
+        return sum(p.stat().st_size for p in Path(self._lite_path).rglob("*") if p.is_file())
+
+    def stats(self, profile: str, version: str) -> dict[str, Any]:
+        """``num_cases``, ``backend`` and (lite) ``disk_bytes`` of the whole file."""
+        return {"num_cases": self.count(profile, version), "backend": self.backend, "disk_bytes": self.disk_bytes()}
+
+
+def _split_result(res) -> tuple[list[dict], dict[str, np.ndarray | bytes]]:
+    """Rows (scalar fields) and whole vector columns of a pymilvus query/get result.
+
+    pymilvus 3 returns a lazy list whose rows decode their vectors one by one when touched (~13 µs
+    per 128-d row); reading the vector columns from the response at once is ~50× faster. That uses
+    the result's private ``_lazy_field_data``; if a pymilvus upgrade removes it, rows are decoded
+    one by one (slower, same values). A test asserts the fast path is taken.
+    """
+    lazy = getattr(res, "_lazy_field_data", None)
+    if lazy is None:
+        return list(res), {}
+    vectors: dict[str, np.ndarray | bytes] = {}
+    try:
+        for fd in lazy:
+            if fd.vectors.HasField("float_vector"):
+                vectors[fd.field_name] = np.asarray(fd.vectors.float_vector.data, dtype=np.float32)
+            elif fd.vectors.binary_vector:
+                vectors[fd.field_name] = bytes(fd.vectors.binary_vector)
+            else:
+                return list(res), {}
+        if len(vectors) != len(lazy):
+            return list(res), {}
+    except AttributeError:
+        return list(res), {}
+    # list.__iter__ yields the eagerly built row dicts without triggering per-row vector decoding.
+    return list(list.__iter__(res)), vectors
