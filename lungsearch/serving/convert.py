@@ -30,6 +30,7 @@ __all__ = [
     "case_fields_from_proto",
     "filter_from_proto",
     "CaseFilter",
+    "model_ref",
     "timestamp",
 ]
 
@@ -153,6 +154,10 @@ def view_to_proto(view: str) -> int:
 
 def view_from_proto(value: int) -> str:
     return _VIEW_BACK.get(value, "")
+
+
+def model_ref(profile: str, version: str) -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(profile=profile, version=version)
 
 
 def timestamp(epoch: float):

@@ -35,6 +35,7 @@ __all__ = [
     "fuse_batch",
     "probabilities",
     "hash_code",
+    "explain_study",
     "derive_case_key",
     "knn_vote",
     "report_excerpt",
@@ -232,6 +233,42 @@ def hash_code(model: "LungModel", *, hash_logits: np.ndarray | None = None,
         raise InvalidRequestError(f"embedding has {e.shape[1]} values, the code has {bits} bits",
                                   code="embedding_dim", field="embedding")
     return pack_codes(e).tobytes()
+
+
+def explain_study(model: "LungModel", item: StudyInput, label: str = "") -> tuple[np.ndarray, str]:
+    """Grad-CAM heat map [H, W] in [0, 1] of one study for ``label`` ("" = the top predicted label).
+
+    A CT series is explained on its middle slice (one map a reader can overlay on one image).
+
+    Returns:
+        (heat map, the label explained; "" for profiles without a classifier, whose map explains
+        the retrieval embedding instead).
+
+    Raises:
+        InvalidRequestError: no image, or a label that is not one of the model's targets.
+    """
+    import torch
+
+    if item.pixels is None:
+        raise InvalidRequestError("explaining needs an image", code="explain_no_image", field="images")
+    targets = list(getattr(model, "targets", []) or [])
+    mid = item.pixels.shape[0] // 2
+    img = torch.from_numpy(np.ascontiguousarray(item.pixels[mid : mid + 1]))
+    texts = [item.text or ""] if item.text is not None else None
+    target: int | None = None
+    if label:
+        if label not in targets:
+            raise InvalidRequestError("label is not one of the model's targets", code="unknown_label", field="label")
+        target = targets.index(label)
+    else:
+        with torch.inference_mode():
+            rad = model.standardise_radiomics(item.radiomics[None]) if item.radiomics is not None else None
+            out = model.fuse(model.encode(images=img, texts=texts, radiomics=rad))
+        if "logits" in out and targets:
+            target = int(out["logits"][0].argmax())
+            label = targets[target]
+    heat = model.explain(img, target=target, texts=texts)
+    return heat[0].detach().cpu().float().numpy(), label
 
 
 def derive_case_key(hmac_key: bytes, *, study: "Study", source_id: str, image_bytes: Sequence[bytes]) -> str:

@@ -1,0 +1,120 @@
+"""Encoding deployment (``lungsearch.v1.Encoding``): images, report text and radiomics -> features.
+
+Studies from concurrent requests are batched with ``@serve.batch`` (``max_batch_size`` and
+``batch_wait_timeout_s`` come from ``user_config`` via :meth:`Encoding.reconfigure`); the model
+work runs in a thread so the replica keeps accepting requests while a batch computes.
+
+The gateway calls :meth:`Encoding.Encode` through a handle with the already decoded and
+de-identified ``study`` (a ``lungsearch.data.Study``) so a large CT series is decoded once; a client
+of the Encoding service itself sends image bytes, decoded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from lungsearch._proto.v1 import encoding_pb2
+from lungsearch.errors import InvalidRequestError
+from lungsearch.serving import convert, limits, pipeline
+from lungsearch.serving.metrics import ServingMetrics
+from lungsearch.serving.models import ModelSet
+from lungsearch.serving.rpc import rpc
+
+__all__ = ["Encoding"]
+
+log = logging.getLogger("lungsearch.services.encoding")
+
+
+@serve.deployment(name="Encoding", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+class Encoding:
+    """Args:
+        profiles: profiles (or ``profile@version``) to serve.
+        artifacts_dir: model registry root.
+        torch_threads: intra-op threads per replica (1 keeps 2-core machines responsive).
+    """
+
+    def __init__(self, profiles: list[str], artifacts_dir: str | None = None, torch_threads: int = 1) -> None:
+        self.metrics = ServingMetrics("encoding")
+        self.models = ModelSet(profiles, root=artifacts_dir, load_weights=True, torch_threads=torch_threads)
+        self.models.load()
+        for p in self.models.errors:
+            self.metrics.model_load_failed(p)
+        self._publish_models()
+
+    def _publish_models(self) -> None:
+        self.metrics.clear_models()
+        for m in self.models.loaded():
+            self.metrics.set_model(m.profile, m.version, live=self.models.live.get(m.profile) == m.version)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """``user_config``: ``max_batch_size``, ``batch_wait_timeout_s``, ``torch_threads``."""
+        if "max_batch_size" in config:
+            self._encode_batched.set_max_batch_size(int(config["max_batch_size"]))
+        if "batch_wait_timeout_s" in config:
+            self._encode_batched.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        if int(config.get("torch_threads", 0) or 0) > 0:
+            import torch
+
+            torch.set_num_threads(int(config["torch_threads"]))
+
+    def check_health(self) -> None:
+        """Unhealthy (with the reason) while a profile's model failed to load."""
+        self.models.health()
+
+    async def activate(self, profile: str, version: str) -> str:
+        """Load a version and make it live here (ActivateModel warms every stage first)."""
+        await asyncio.to_thread(self.models.activate, profile, version)
+        self._publish_models()
+        return version
+
+    async def ready(self) -> str:
+        """"" when every profile's model is loaded, else why not (for the gRPC health service)."""
+        return "; ".join(f"{p}: {m}" for p, m in sorted(self.models.errors.items()))
+
+    def metrics_text(self) -> str:
+        return self.metrics.render()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _encode_batched(self, items: list[tuple[Any, pipeline.StudyInput]]) -> list[dict[str, np.ndarray]]:
+        out: list[dict[str, np.ndarray] | None] = [None] * len(items)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (served, _) in enumerate(items):
+            groups.setdefault((served.profile, served.version), []).append(i)
+        for (profile, _), idx in groups.items():
+            served = items[idx[0]][0]
+            start = time.perf_counter()
+            feats = await asyncio.to_thread(pipeline.encode_batch, served.model, [items[i][1] for i in idx])
+            self.metrics.observe_batch(profile, len(idx), time.perf_counter() - start)
+            for i, f in zip(idx, feats):
+                out[i] = f
+        return out  # type: ignore[return-value]
+
+    @rpc("Encode", encoding_pb2.EncodeResponse)
+    async def Encode(self, request: encoding_pb2.EncodeRequest, grpc_context=None, *, study=None) -> encoding_pb2.EncodeResponse:
+        served = self.models.get(request.model.profile, request.model.version)
+        lim = served.cfg.serve.limits
+        text = limits.check_report(request.report, lim)
+        if study is None and request.images:
+            limits.check_images(request.images, lim)
+            from lungsearch.data import read_study
+
+            study = await asyncio.to_thread(read_study, [im.data for im in request.images], limits=lim)
+        item = await asyncio.to_thread(pipeline.prepare_study, study, text or None, served.cfg, served.model)
+        resp = encoding_pb2.EncodeResponse(model=convert.model_ref(served.profile, served.version), modality=convert.modality_to_proto(item.modality),
+                                           view=convert.view_to_proto(item.view))
+        if request.explain:
+            if item.pixels is None:
+                raise InvalidRequestError("explaining needs an image", code="explain_no_image", field="images")
+            heat, label = await asyncio.to_thread(pipeline.explain_study, served.model, item, request.explain_label)
+            resp.heatmap.CopyFrom(convert.tensor_to_proto(heat))
+            resp.heatmap_label = label
+        feats = await self._encode_batched((served, item))
+        resp.features.CopyFrom(convert.features_to_proto(feats))
+        return resp
+

@@ -1,0 +1,490 @@
+"""Gateway deployment: the public ``lungsearch.v1.LungSearch`` service, composed of the Encoding,
+Fusion, Hashing and Ranking deployments through handles; also the standard
+``grpc.health.v1.Health`` service and, for operators, the internal services (forwarded).
+
+The gateway is where the API's rules live: bearer-token auth (``lungsearch.serving.auth``), the
+request limits (``lungsearch.serving.limits``, checked before any pixel is decoded), decoding and
+de-identification (``lungsearch.data.read_study`` with the server's HMAC key), and the one mapping
+from errors to gRPC statuses (``lungsearch.serving.status``): nothing escapes a method, so Serve
+never sends a traceback to a client.
+
+Each request resolves the live model version once and passes it explicitly to every stage, so
+``ActivateModel`` (which loads the new version everywhere first, then flips one pointer) never
+makes a request mix versions.
+
+``app`` is the Serve application builder named in ``services/serve_config.yaml``
+(``import_path: services.gateway:app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from grpc_health.v1 import health_pb2
+from ray import serve
+
+from lungsearch._proto.v1 import (
+    common_pb2,
+    encoding_pb2,
+    fusion_pb2,
+    gateway_pb2,
+    hashing_pb2,
+    ranking_pb2,
+)
+from lungsearch.errors import ConfigError, InvalidImageError, InvalidRequestError, NotFoundError
+from lungsearch.serving import convert, limits, pipeline
+from lungsearch.serving.appconfig import AppArgs, deployment_options
+from lungsearch.serving.auth import Authenticator
+from lungsearch.serving.metrics import ServingMetrics, merge_expositions
+from lungsearch.serving.models import ModelSet, ServedModel, parse_profiles
+from lungsearch.serving.rpc import rpc
+
+__all__ = ["Gateway", "app", "HEALTH_SERVICES"]
+
+log = logging.getLogger("lungsearch.services.gateway")
+
+#: Service names the health service answers for ("" = the server as a whole).
+HEALTH_SERVICES = ("", "lungsearch.v1.LungSearch", "lungsearch.v1.Encoding", "lungsearch.v1.Fusion",
+                   "lungsearch.v1.Hashing", "lungsearch.v1.Ranking")
+_LIVE_REFRESH_S = 5.0
+_READY_TIMEOUT_S = 3.0
+
+
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
+class Gateway:
+    """Args:
+        encoding, fusion, hashing, ranking: deployment handles (bound by :func:`app`).
+        args: the application's :class:`~lungsearch.serving.appconfig.AppArgs` as a dict.
+    """
+
+    def __init__(self, encoding, fusion, hashing, ranking, args: dict[str, Any]) -> None:
+        from lungsearch.data.deid import load_or_create_key
+
+        self.args = AppArgs.parse(args)
+        self.metrics = ServingMetrics("gateway")
+        self.auth = Authenticator.from_file(self.args.tokens_file or None, insecure_local=self.args.insecure_local)
+        self.models = ModelSet(self.args.profiles, root=self.args.artifacts_dir, load_weights=False)
+        self.models.load()
+        self.hmac_key = load_or_create_key(self.args.hmac_key_file)
+        self.encoding, self.fusion, self.hashing, self.ranking = encoding, fusion, hashing, ranking
+        self._live_mtime = {p: self._live_file_mtime(p) for p in self.models.profiles}
+        self._live_checked = time.monotonic()
+        self._publish_models()
+        log.info("gateway up: profiles=%s auth=%s", ",".join(self.models.profiles),
+                 "tokens" if self.auth.secured else ("insecure-local" if self.auth.insecure_local else "deny-all"))
+
+    # --- model resolution ------------------------------------------------------------------------
+    def _live_file_mtime(self, profile: str) -> float:
+        from lungsearch.registry import LIVE_FILE
+
+        try:
+            return (Path(self.args.artifacts_dir) / profile / LIVE_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _refresh_live(self) -> None:
+        """Follow the registry's LIVE file when it changed (another gateway replica or an operator
+        switched versions): cheap stat calls, at most every few seconds."""
+        if time.monotonic() - self._live_checked < _LIVE_REFRESH_S:
+            return
+        self._live_checked = time.monotonic()
+        from lungsearch.registry import live_version
+
+        for p in self.models.profiles:
+            mtime = self._live_file_mtime(p)
+            if mtime != self._live_mtime.get(p):
+                self._live_mtime[p] = mtime
+                v = live_version(p, root=self.args.artifacts_dir)
+                if v and v != self.models.live.get(p):
+                    self.models.activate(p, v)
+                    log.info("following LIVE: %s@%s", p, v)
+                    self._publish_models()
+
+    def _served(self, ref: common_pb2.ModelRef) -> ServedModel:
+        self._refresh_live()
+        return self.models.get(ref.profile, ref.version)
+
+    def _publish_models(self) -> None:
+        self.metrics.clear_models()
+        for m in self.models.loaded():
+            self.metrics.set_model(m.profile, m.version, live=self.models.live.get(m.profile) == m.version)
+
+    # --- the encode path shared by Ingest, Search, Classify, Explain ---------------------------------------
+    async def _decode(self, served: ServedModel, images) -> Any:
+        from lungsearch.data import read_study
+
+        lim = served.cfg.serve.limits
+        limits.check_images(images, lim)
+        study = await asyncio.to_thread(read_study, [im.data for im in images], limits=lim, hmac_key=self.hmac_key)
+        if study.modality != served.cfg.modality:
+            raise InvalidImageError(f"profile {served.profile} serves {served.cfg.modality} images, got {study.modality}",
+                                    code="modality_mismatch", field="images")
+        return study
+
+    async def _encode(self, served: ServedModel, images, report: common_pb2.Report, *, explain: bool = False,
+                      label: str = "") -> tuple[Any, str, encoding_pb2.EncodeResponse]:
+        text = limits.check_report(report, served.cfg.serve.limits)
+        if not images and not text:
+            raise InvalidRequestError("give an image, a report, or both", code="empty_query")
+        study = await self._decode(served, images) if images else None
+        req = encoding_pb2.EncodeRequest(model=convert.model_ref(served.profile, served.version), report=report,
+                                         explain=explain, explain_label=label)
+        enc = await self.encoding.Encode.remote(req, study=study)
+        return study, text, enc
+
+    async def _embed(self, served: ServedModel, enc: encoding_pb2.EncodeResponse
+                     ) -> tuple[fusion_pb2.FuseResponse, common_pb2.HashCode | None]:
+        ref = convert.model_ref(served.profile, served.version)
+        fus = await self.fusion.Fuse.remote(fusion_pb2.FuseRequest(model=ref, features=enc.features))
+        code = None
+        if served.card.code_bits:
+            # Learned codes come from the encoder (sign of hash_logits); LSH hashes the fused embedding.
+            if enc.features.HasField("hash_logits"):
+                hreq = hashing_pb2.HashRequest(model=ref, hash_logits=enc.features.hash_logits)
+            else:
+                hreq = hashing_pb2.HashRequest(model=ref, embedding=fus.embedding)
+            code = (await self.hashing.Hash.remote(hreq)).code
+        return fus, code
+
+    async def _rank(self, served: ServedModel, fus, code, top_k: int, flt: common_pb2.Filter | None = None
+                    ) -> ranking_pb2.RankResponse:
+        req = ranking_pb2.RankRequest(model=convert.model_ref(served.profile, served.version), embedding=fus.embedding,
+                                      top_k=top_k)
+        if code is not None:
+            req.code.CopyFrom(code)
+        if flt is not None:
+            req.filter.CopyFrom(flt)
+        return await self.ranking.Rank.remote(req)
+
+    # --- LungSearch ----------------------------------------------------------------------------------
+    async def _ingest(self, request: gateway_pb2.IngestRequest) -> gateway_pb2.IngestResponse:
+        served = self._served(request.model)
+        lim = served.cfg.serve.limits
+        size = limits.check_message(request, lim)
+        self.metrics.observe_request_size("Ingest", size)
+        labels = limits.check_labels(request.labels)
+        source_id = limits.check_source_id(request.source_id)
+        if not request.images:
+            raise InvalidRequestError("ingest needs at least one image", code="no_image", field="images")
+        study, text, enc = await self._encode(served, request.images, request.report)
+        fus, code = await self._embed(served, enc)
+        key = pipeline.derive_case_key(self.hmac_key, study=study, source_id=source_id,
+                                       image_bytes=[im.data for im in request.images])
+        ref = convert.model_ref(served.profile, served.version)
+        case = common_pb2.Case(case_key=key, modality=convert.modality_to_proto(study.modality),
+                               view=convert.view_to_proto(study.view), labels=labels,
+                               report_excerpt=pipeline.report_excerpt(text), model=ref, num_images=len(study.images))
+        case.ingested_at.CopyFrom(convert.timestamp(time.time()))
+        record = ranking_pb2.CaseRecord(case=case, embedding=fus.embedding)
+        if code is not None:
+            record.code.CopyFrom(code)
+        # Ranking writes Milvus and flushes before it answers: an OK here is durable.
+        up = await self.ranking.Upsert.remote(ranking_pb2.UpsertRequest(model=ref, records=[record]))
+        return gateway_pb2.IngestResponse(case_key=key, created=up.inserted > 0, model=ref)
+
+    @rpc("Ingest", gateway_pb2.IngestResponse)
+    async def Ingest(self, request: gateway_pb2.IngestRequest, grpc_context=None) -> gateway_pb2.IngestResponse:
+        return await self._ingest(request)
+
+    @rpc("IngestStream", gateway_pb2.IngestResponse)
+    async def IngestStream(self, request_stream, grpc_context=None) -> gateway_pb2.IngestResponse:
+        asm: limits.ChunkAssembler | None = None
+        async for part in request_stream:
+            if asm is None:
+                # The header names the profile, whose limits then bound the rest of the stream.
+                if part.WhichOneof("part") != "header":
+                    raise InvalidRequestError("the first stream message must be the header", code="stream_order")
+                served = self._served(part.header.model)
+                asm = limits.ChunkAssembler(served.cfg.serve.limits)
+            asm.add(part)
+        if asm is None:
+            raise InvalidRequestError("empty stream: no header", code="stream_header")
+        return await self._ingest(asm.finish())
+
+    @rpc("Search", gateway_pb2.SearchResponse)
+    async def Search(self, request: gateway_pb2.SearchRequest, grpc_context=None) -> gateway_pb2.SearchResponse:
+        served = self._served(request.model)
+        lim = served.cfg.serve.limits
+        self.metrics.observe_request_size("Search", limits.check_message(request, lim))
+        k = limits.check_top_k(request.top_k, lim)
+        convert.filter_from_proto(request.filter)  # validates label counts before any work
+        _, _, enc = await self._encode(served, request.images, request.report)
+        fus, code = await self._embed(served, enc)
+        ranked = await self._rank(served, fus, code, k, request.filter)
+        resp = gateway_pb2.SearchResponse(model=ranked.model)
+        for i, r in enumerate(ranked.results):
+            resp.hits.add(case=r.case, score=r.score, rank=i + 1, hamming_distance=r.hamming_distance)
+        return resp
+
+    @rpc("Classify", gateway_pb2.ClassifyResponse)
+    async def Classify(self, request: gateway_pb2.ClassifyRequest, grpc_context=None) -> gateway_pb2.ClassifyResponse:
+        served = self._served(request.model)
+        lim = served.cfg.serve.limits
+        self.metrics.observe_request_size("Classify", limits.check_message(request, lim))
+        k = limits.check_top_k(request.knn_k, lim, field="knn_k")
+        _, _, enc = await self._encode(served, request.images, request.report)
+        fus, code = await self._embed(served, enc)
+        ranked = await self._rank(served, fus, code, k)
+        vote = pipeline.knn_vote([list(r.case.labels) for r in ranked.results], served.card.targets)
+        resp = gateway_pb2.ClassifyResponse(model=fus.model, probabilities=list(fus.probabilities))
+        resp.knn_vote.extend(common_pb2.LabelScore(label=lab, score=float(s)) for lab, s in vote)
+        if fus.probabilities:
+            resp.top_label = max(fus.probabilities, key=lambda p: p.score).label
+        elif any(s > 0 for _, s in vote):
+            resp.top_label = max(vote, key=lambda v: v[1])[0]
+        return resp
+
+    @rpc("Explain", gateway_pb2.ExplainResponse)
+    async def Explain(self, request: gateway_pb2.ExplainRequest, grpc_context=None) -> gateway_pb2.ExplainResponse:
+        from lungsearch.data import preprocess_study
+
+        served = self._served(request.model)
+        lim = served.cfg.serve.limits
+        self.metrics.observe_request_size("Explain", limits.check_message(request, lim))
+        if not request.images:
+            raise InvalidRequestError("explaining needs an image", code="explain_no_image", field="images")
+        if request.label and request.label not in served.card.targets:
+            raise InvalidRequestError("label is not one of the model's targets", code="unknown_label", field="label")
+        study, _, enc = await self._encode(served, request.images, request.report, explain=True, label=request.label)
+        fus = await self.fusion.Fuse.remote(fusion_pb2.FuseRequest(model=enc.model, features=enc.features))
+        heat = convert.tensor_from_proto(enc.heatmap, field="heatmap")
+        pixels = await asyncio.to_thread(preprocess_study, study, served.cfg.data)
+        image = pixels[pixels.shape[0] // 2, 0]
+        score = next((p.score for p in fus.probabilities if p.label == enc.heatmap_label), 0.0)
+        heat_png, overlay = await asyncio.to_thread(
+            lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(image, heat)))
+        return gateway_pb2.ExplainResponse(model=enc.model, label=enc.heatmap_label, score=float(score),
+                                           heatmap_png=heat_png, overlay_png=overlay)
+
+    @rpc("GetCase", gateway_pb2.GetCaseResponse)
+    async def GetCase(self, request: gateway_pb2.GetCaseRequest, grpc_context=None) -> gateway_pb2.GetCaseResponse:
+        served = self._served(request.model)
+        key = limits.check_case_key(request.case_key)
+        res = await self.ranking.Get.remote(ranking_pb2.GetRequest(model=convert.model_ref(served.profile, served.version),
+                                                                    case_key=key))
+        return gateway_pb2.GetCaseResponse(case=res.case)
+
+    @rpc("DeleteCase", gateway_pb2.DeleteCaseResponse)
+    async def DeleteCase(self, request: gateway_pb2.DeleteCaseRequest, grpc_context=None) -> gateway_pb2.DeleteCaseResponse:
+        served = self._served(request.model)
+        key = limits.check_case_key(request.case_key)
+        res = await self.ranking.Delete.remote(
+            ranking_pb2.DeleteRequest(model=convert.model_ref(served.profile, served.version), case_key=key))
+        return gateway_pb2.DeleteCaseResponse(deleted=res.deleted)
+
+    @rpc("ListModels", gateway_pb2.ListModelsResponse)
+    async def ListModels(self, request: gateway_pb2.ListModelsRequest, grpc_context=None) -> gateway_pb2.ListModelsResponse:
+        from lungsearch.registry import list_cards
+
+        self._refresh_live()
+        profiles = [self.models.check_profile(request.profile)] if request.profile else self.models.profiles
+        resp = gateway_pb2.ListModelsResponse()
+        for p in profiles:
+            cards = await asyncio.to_thread(list_cards, self.args.artifacts_dir, p)
+            for card in cards:
+                live = self.models.live.get(p) == card.version
+                info = resp.models.add(model=convert.model_ref(p, card.version), live=live,
+                                       modality=convert.modality_to_proto(card.config.modality),
+                                       targets=list(card.targets), input_size=card.input_size,
+                                       embedding_dim=card.embedding_dim, code_bits=card.code_bits,
+                                       synthetic_data=card.synthetic_data)
+                info.metrics.update({k: float(v) for k, v in card.metrics.items()})
+                if card.created_at:
+                    try:
+                        info.created_at.FromJsonString(card.created_at.replace("+00:00", "Z"))
+                    except ValueError:
+                        pass
+                if live:  # counting opens (and indexes) a collection: only for the live version
+                    stats = await self.ranking.Stats.remote(ranking_pb2.StatsRequest(model=info.model))
+                    info.num_cases = stats.num_cases
+        return resp
+
+    @rpc("ActivateModel", gateway_pb2.ActivateModelResponse)
+    async def ActivateModel(self, request: gateway_pb2.ActivateModelRequest, grpc_context=None
+                            ) -> gateway_pb2.ActivateModelResponse:
+        from lungsearch import registry
+
+        profile = self.models.check_profile(request.model.profile)
+        version = request.model.version
+        if not version:
+            raise InvalidRequestError("ActivateModel needs model.version", code="no_version", field="model.version")
+        await asyncio.to_thread(registry.resolve, profile, version, self.args.artifacts_dir)  # NOT_FOUND early
+        # Load the new version in every stage (and build its index) first: a failure here leaves
+        # the old version live everywhere that matters (the gateway's pointer below).
+        await asyncio.gather(self.encoding.activate.remote(profile, version),
+                             self.fusion.activate.remote(profile, version),
+                             self.hashing.activate.remote(profile, version),
+                             self.ranking.activate.remote(profile, version))
+        await asyncio.to_thread(registry.set_live, profile, version, self.args.artifacts_dir)
+        previous, live = self.models.activate(profile, version)
+        self._live_mtime[profile] = self._live_file_mtime(profile)
+        self._publish_models()
+        log.info("activated %s@%s (was %s)", profile, live, previous or "-")
+        return gateway_pb2.ActivateModelResponse(previous=convert.model_ref(profile, previous),
+                                                 live=convert.model_ref(profile, live))
+
+    # --- internal services, forwarded for operators (roles in lungsearch.serving.auth) -------------------
+    def _check_internal(self, request) -> None:
+        served = self._served(request.model)
+        limits.check_message(request, served.cfg.serve.limits)
+
+    @rpc("Encode", encoding_pb2.EncodeResponse)
+    async def Encode(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.encoding.Encode.remote(request)
+
+    @rpc("Fuse", fusion_pb2.FuseResponse)
+    async def Fuse(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.fusion.Fuse.remote(request)
+
+    @rpc("Hash", hashing_pb2.HashResponse)
+    async def Hash(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.hashing.Hash.remote(request)
+
+    @rpc("Rank", ranking_pb2.RankResponse)
+    async def Rank(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.ranking.Rank.remote(request)
+
+    @rpc("Upsert", ranking_pb2.UpsertResponse)
+    async def Upsert(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.ranking.Upsert.remote(request)
+
+    @rpc("Get", ranking_pb2.GetResponse)
+    async def Get(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.ranking.Get.remote(request)
+
+    @rpc("Delete", ranking_pb2.DeleteResponse)
+    async def Delete(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.ranking.Delete.remote(request)
+
+    @rpc("Stats", ranking_pb2.StatsResponse)
+    async def Stats(self, request, grpc_context=None):
+        self._check_internal(request)
+        return await self.ranking.Stats.remote(request)
+
+    # --- grpc.health.v1.Health ---------------------------------------------------------------------
+    async def readiness(self) -> dict[str, str]:
+        """Why each part is not ready ("" = ready): gateway models, each stage's models, the store."""
+        out = {"gateway": "; ".join(f"{p}: {m}" for p, m in sorted(self.models.errors.items()))}
+
+        async def ask(name: str, call) -> None:
+            try:
+                out[name] = await asyncio.wait_for(call, _READY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                out[name] = "no answer in time"
+            except BaseException as exc:  # noqa: BLE001 - any failure means not ready
+                out[name] = type(exc).__name__
+
+        await asyncio.gather(ask("encoding", self.encoding.ready.remote()), ask("fusion", self.fusion.ready.remote()),
+                             ask("hashing", self.hashing.ready.remote()), ask("ranking", self.ranking.ready.remote()))
+        return out
+
+    def _health_status(self, service: str, ready: dict[str, str]) -> int:
+        parts = {"": list(ready), "lungsearch.v1.LungSearch": list(ready),
+                 "lungsearch.v1.Encoding": ["encoding"], "lungsearch.v1.Fusion": ["fusion"],
+                 "lungsearch.v1.Hashing": ["hashing"], "lungsearch.v1.Ranking": ["ranking"]}[service]
+        ok = all(not ready.get(p) for p in parts)
+        return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    @rpc("Check", health_pb2.HealthCheckResponse, authorize=False)
+    async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:
+        if request.service not in HEALTH_SERVICES:
+            raise NotFoundError("unknown service", code="unknown_service", field="service")
+        ready = await self.readiness()
+        return health_pb2.HealthCheckResponse(status=self._health_status(request.service, ready))
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context=None):
+        """Streams the status now and on every change, polling every 5 s, for up to 60 s (then the
+        client re-watches; Serve's request timeout would end an endless stream anyway)."""
+        if request.service not in HEALTH_SERVICES:
+            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            return
+        last = None
+        deadline = time.monotonic() + 60.0
+        while True:
+            status = self._health_status(request.service, await self.readiness())
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(5.0)
+
+    # --- metrics -------------------------------------------------------------------------------------
+    async def metrics_text(self) -> str:
+        """The whole graph's metrics as one exposition (one replica per deployment per scrape;
+        Ray's own metrics port carries every replica as ``ray_lungsearch_*``)."""
+        texts = [self.metrics.render()]
+        for h in (self.encoding, self.fusion, self.hashing, self.ranking):
+            try:
+                texts.append(await asyncio.wait_for(h.metrics_text.remote(), _READY_TIMEOUT_S))
+            except BaseException as exc:  # noqa: BLE001 - a missing part must not break the scrape
+                log.warning("metrics of a deployment unavailable: %s", type(exc).__name__)
+        return merge_expositions(texts)
+
+    def check_health(self) -> None:
+        self.models.health()
+
+
+def _profile_config(profile: str, version: str | None, root: str):
+    """Serve knobs of a profile: configs/<profile>.yaml (operators edit it), else the model card."""
+    from lungsearch import registry
+    from lungsearch.config import load_profile
+
+    try:
+        return load_profile(profile)
+    except ConfigError:
+        return registry.resolve(profile, version, root=root).config
+
+
+def _abs(path: str) -> str:
+    # Replicas may start in another working directory than the one `serve run` was called from.
+    if not path or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def app(args: dict[str, Any] | None = None):
+    """Build the lungsearch Serve application (``import_path: services.gateway:app``).
+
+    Args:
+        args: :class:`~lungsearch.serving.appconfig.AppArgs` fields (profiles, artifacts_dir,
+            milvus_uri, hmac_key_file, tokens_file, insecure_local, ...).
+
+    Raises:
+        ConfigError: bad args, or more than one Ranking replica on a milvus-lite file.
+    """
+    from lungsearch.store.milvus import is_lite_uri
+    from services.encoding import Encoding
+    from services.fusion import Fusion
+    from services.hashing import Hashing
+    from services.ranking import Ranking
+
+    a = AppArgs.parse(args)
+    a = a.model_copy(update={"artifacts_dir": _abs(a.artifacts_dir), "hmac_key_file": _abs(a.hmac_key_file),
+                             "tokens_file": _abs(a.tokens_file),
+                             "milvus_uri": _abs(a.milvus_uri) if is_lite_uri(a.milvus_uri) else a.milvus_uri})
+    profile, version = parse_profiles(a.profiles)[0]
+    cfg = _profile_config(profile, version, a.artifacts_dir)
+    opts = {name: deployment_options(cfg, name) for name in ("gateway", "encoding", "fusion", "hashing", "ranking")}
+    if is_lite_uri(a.milvus_uri) and (opts["ranking"].get("num_replicas", 1) != 1 or "autoscaling_config" in opts["ranking"]):
+        raise ConfigError("a milvus-lite file is opened by one process: run exactly one Ranking replica "
+                          "(or use a Milvus server URI)")
+    profiles = list(a.profiles)
+    enc = Encoding.options(**opts["encoding"]).bind(profiles, a.artifacts_dir, a.torch_threads)
+    fus = Fusion.options(**opts["fusion"]).bind(profiles, a.artifacts_dir, a.torch_threads)
+    hsh = Hashing.options(**opts["hashing"]).bind(profiles, a.artifacts_dir, a.torch_threads)
+    rnk = Ranking.options(**opts["ranking"]).bind(profiles, a.artifacts_dir, a.milvus_uri, a.milvus_token_env,
+                                                  a.store_timeout, a.index_backend)
+    return Gateway.options(**opts["gateway"]).bind(enc, fus, hsh, rnk, a.model_dump())
+
