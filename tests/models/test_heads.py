@@ -39,8 +39,7 @@ def test_bilstm_ignores_padding():
 def _sparse_head():
     torch.manual_seed(0)
     head = SparseGatedBiLSTM(16, 3, hidden=8, step_bias=0.0)
-    with torch.no_grad():
-        head.unit_log_alpha[:3] = -5.0  # three units pruned
+    head.set_unit_gates(torch.arange(8) >= 3)  # three units pruned
     return head.eval()
 
 
@@ -62,8 +61,8 @@ def test_sparse_fast_path_equals_the_gated_cell():
 
 def test_pruned_units_shrink_the_inference_lstm():
     head = _sparse_head()
-    lstm, keep = head._shrunk_lstm()
-    assert lstm.hidden_size == 5 and keep.tolist() == [3, 4, 5, 6, 7]
+    lstm, back, keep = head._shrunk_lstm()
+    assert lstm.hidden_size == 5 == back.hidden_size and keep.tolist() == [3, 4, 5, 6, 7]
     assert lstm.weight_hh_l0.shape == (20, 5)
     # cached until the weights change
     assert head._shrunk_lstm()[0] is lstm
@@ -78,7 +77,7 @@ def test_dropped_steps_do_not_influence_the_output():
     head = _sparse_head()
     x = _seq()
     with torch.no_grad():
-        z = (head.step_gate(x["sequence"]).squeeze(-1) > 0) & x["sequence_mask"]
+        z = (head.step_logit(x["sequence"]) > 0) & x["sequence_mask"]
         ref = head(x)["hidden"]
         seq2 = x["sequence"].clone()
         # move dropped inputs along the gate's null space: the decision stays, the content changes
@@ -107,7 +106,7 @@ def test_sparse_gates_train_and_penalty():
     for name, p in head.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert head.step_gate.weight.grad.abs().sum() > 0
-    assert head.unit_log_alpha.grad.abs().sum() > 0
+    assert head.unit_logit.grad.abs().sum() > 0
 
 
 def test_straight_through_is_binary_forward_identity_backward():
