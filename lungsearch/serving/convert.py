@@ -72,7 +72,7 @@ def tensor_to_proto(x: Any, *, dtype: str | None = None) -> common_pb2.Tensor:
         arr = arr.astype(np.float32)
     elif arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
-    code = _BY_NUMPY.get(np.dtype(arr.dtype))
+    code = _BY_NUMPY.get(arr.dtype.newbyteorder("="))  # a big-endian input is still float32
     if code is None:
         raise InvalidRequestError(f"tensor dtype {arr.dtype} cannot be sent", code="tensor_dtype")
     le = arr.astype(_DTYPES[code], copy=False)
