@@ -51,6 +51,7 @@ __all__ = [
     "resolve",
     "set_live",
     "live_version",
+    "new_version",
     "parse_ref",
     "code_version",
     "WEIGHTS_FILE",
@@ -202,6 +203,13 @@ def _unwrap(model: "nn.Module") -> "nn.Module":
         if inner is None or inner is model:
             return model
         model = inner
+
+
+def new_version(cfg: ProfileConfig, root: str | Path | None = None) -> str:
+    """The version name the next :func:`save_model` of ``cfg`` would get (``YYYYMMDD-HHMMSS-<fp[:6]>``).
+
+    Lets a job name its report folder before the model is registered; pass it as ``version=``."""
+    return _new_version(cfg, _root(root) / _check_name("profile", cfg.profile))
 
 
 def _new_version(cfg: ProfileConfig, parent: Path) -> str:

@@ -1,0 +1,150 @@
+"""Per-profile training recipes: the stages a run goes through and the ablation variants the
+papers' tables compare.
+
+A profile's ``train.stages`` names its stages; each stage trains for ``train.epochs`` epochs with
+early stopping on its own monitor and ends by restoring its best epoch:
+
+============ ========================= ============================================ ==================
+profile      stages                    loss per stage                               monitor (last)
+============ ========================= ============================================ ==================
+cxr-report   train                     CE (+ the SG-Bi-LSTM sparsity penalty)       val_accuracy
+cxr-cnn      train                     CE                                           val_accuracy
+ct-ild       train                     SupCon (radiomics scaler fitted on train)    val_loss
+cxr-clip     pretrain, probe           subgraph total (eq. 12); probe: CE           val_loss
+cxr-hash     classifier, hash          BCE (eq. 5); weighted pairwise Bayes + tanh  val_map10
+============ ========================= ============================================ ==================
+
+Earlier stages monitor ``val_loss``; the last one ``train.monitor``. The hash stage follows
+paper 5: SGD with momentum 0.9 when ``train.optimizer`` is ``sgd`` and a 10x learning rate on the
+hash layers, ``beta`` raised per epoch (``model.on_epoch_start``). The probe stage of the CLIP
+profile trains only the linear probe on frozen (cached) embeddings.
+
+Variants (:func:`variants`) are config overrides used by ``ray_jobs/reproduce.py`` for the
+papers' comparison tables (image-only vs fused, the CMA/SG ablation, bits 16-64, single-modality
+ILD baselines, random-init probe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lungsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lungsearch.config import ProfileConfig
+
+__all__ = ["Stage", "Variant", "stages_for", "variants", "STAGE_NAMES"]
+
+STAGE_NAMES = ("train", "classifier", "hash", "pretrain", "probe")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage.
+
+    Attributes:
+        name: ``train`` (single-stage), ``classifier``/``hash`` (cxr-hash), ``pretrain``/``probe`` (cxr-clip).
+        epochs: epochs of this stage.
+        monitor: metric for early stopping and the best epoch (``val_loss``, ``val_accuracy``, ...).
+        mode: ``min`` or ``max``.
+        lr: base learning rate.
+        lr_mult: learning-rate multipliers by parameter-name prefix (paper 5: hash layers x10).
+        uses_labels: the loss needs labels (False for the self-supervised pretraining).
+        frozen_features: train on cached embeddings of the frozen model (linear probe).
+    """
+
+    name: str
+    epochs: int
+    monitor: str
+    mode: str
+    lr: float
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    uses_labels: bool = True
+    frozen_features: bool = False
+
+
+def stages_for(cfg: "ProfileConfig") -> list[Stage]:
+    """The ordered stages of ``cfg``'s recipe (see the module table)."""
+    names = list(cfg.train.stages) or ["train"]
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise ConfigError(f"train.stages: unknown stage {unknown[0]!r}; known: {', '.join(STAGE_NAMES)}")
+    if ("hash" in names or "classifier" in names) and cfg.model.hashing is None:
+        raise ConfigError("train.stages 'classifier'/'hash' need model.hashing")
+    if ("pretrain" in names or "probe" in names) and cfg.model.pretraining is None:
+        raise ConfigError("train.stages 'pretrain'/'probe' need model.pretraining")
+    out = []
+    for k, name in enumerate(names):
+        last = k == len(names) - 1
+        monitor, mode = (cfg.train.monitor, cfg.train.monitor_mode) if last else ("val_loss", "min")
+        out.append(Stage(
+            name=name, epochs=cfg.train.epochs, monitor=monitor, mode=mode, lr=cfg.train.lr,
+            lr_mult={"hasher.hash_global": 10.0, "hasher.hash_local": 10.0} if name == "hash" else {},
+            uses_labels=name != "pretrain",
+            frozen_features=name == "probe",
+        ))
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named config variant for a comparison table.
+
+    Attributes:
+        name: row label in the table ("CMA+SG-Bi-LSTM (ours)", "ResNet (image only)").
+        overrides: ``dotted.key=value`` overrides applied to the profile config.
+        table: which table the row belongs to.
+        main: the row is the profile's own method.
+        disable_attention: cxr-hash only: the local branch sees the whole image (no Grad-CAM/Otsu
+            mask), paper 5's "-A" ablation; applied to the built model, not expressible in config.
+    """
+
+    name: str
+    overrides: tuple[str, ...]
+    table: str
+    main: bool = False
+    disable_attention: bool = False
+
+
+def variants(cfg: "ProfileConfig") -> list[Variant]:
+    """Comparison rows of the profile's paper (the main method included, overrides empty)."""
+    p = cfg.profile
+    if p == "cxr-report":
+        ablation = "Table 3: ablation (paper 1)"
+        return [
+            Variant("CMA+SG-Bi-LSTM (ours)", (), "Table 2: single modality vs fused (paper 1)", main=True),
+            Variant("ResNet (image only)", ("model.text_encoder=null", "model.fusion=null", "model.head={name: linear}"),
+                    "Table 2: single modality vs fused (paper 1)"),
+            Variant("Report only", ("model.image_encoder=null", "model.fusion=null", "model.head={name: linear}"),
+                    "Table 2: single modality vs fused (paper 1)"),
+            Variant("Bi-LSTM", ("model.fusion={name: concat, params: {dim: 128}}", "model.head={name: bilstm, params: {hidden: 64}}"), ablation),
+            Variant("SG+Bi-LSTM", ("model.fusion={name: concat, params: {dim: 128}}",), ablation),
+            Variant("CMA+Bi-LSTM", ("model.head={name: bilstm, params: {hidden: 64}}",), ablation),
+        ]
+    if p == "cxr-cnn":
+        return [
+            Variant("LDC-Model (ours)", (), "Table 3/5: CNN vs baselines (paper 2)", main=True),
+            Variant("ResNet18", ("model.image_encoder={name: resnet18, params: {pretrained: null}}",), "Table 3/5: CNN vs baselines (paper 2)"),
+        ]
+    if p == "ct-ild":
+        t = "Tables 2-3: fused vs single modality (paper 3)"
+        return [
+            Variant("ILD-FFN+SCL (ours)", (), t, main=True),
+            Variant("ResNet+SCL (image only)", ("model.radiomics=null", "model.fusion=null"), t),
+            Variant("Radiomics only (Omic)", ("model.image_encoder=null", "model.fusion=null"), t),
+        ]
+    if p == "cxr-hash":
+        bits = int(cfg.model.hashing.params.get("bits", 64)) if cfg.model.hashing else 64
+        rows = []
+        for b in (16, 32, 48, 64):
+            ov = () if b == bits else (f"model.hashing.params.bits={b}", f"model.embedding_dim={b}", f"index.code_bits={b}")
+            rows.append(Variant(f"ours, {b} bits", ov, "Table 2: mAP@10 vs code length (paper 5)", main=b == bits))
+        rows.append(Variant(f"ours-A (no attention), {bits} bits", (), "Tables 3-4: NDCG@ALL and attention ablation (paper 5)",
+                            disable_attention=True))
+        return rows
+    if p == "cxr-clip":
+        # The 1/10/100 % probes and the random-init baseline come from one pretraining run
+        # (evaluation fits the probes); no extra training variant is needed.
+        return [Variant("Subgraph CLIP (ours)", (), "Table 1: linear probe (paper 4)", main=True)]
+    return [Variant(p, (), "main", main=True)]

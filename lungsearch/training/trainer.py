@@ -1,0 +1,188 @@
+"""Driver side of a training run: Ray Data datasets, the ``TorchTrainer``, and the trained model.
+
+    >>> result = fit(cfg, splits["train"], splits["val"], run_name="cxr-cnn-demo")
+    >>> result.model, result.history[-1]["val_accuracy"], result.checkpoint_path
+
+A run is named (``run_name``) and stored under ``storage_path``/``run_name``; starting it again with
+the same name resumes from its latest checkpoint (Ray Train restores the checkpoint and the loop
+continues at the next epoch), so a killed job is simply re-submitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from lungsearch.config import ProfileConfig
+from lungsearch.errors import LungsearchError
+from lungsearch.training.recipes import Stage, stages_for
+
+if TYPE_CHECKING:
+    from lungsearch.models.base import LungModel
+    from lungsearch.training.cases import CaseTable
+
+__all__ = ["FitResult", "TrainingError", "fit", "default_run_name", "storage_uri"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(LungsearchError):
+    """A training run failed (the message names the run, never a case)."""
+
+    grpc_status = "INTERNAL"
+    reason = "INTERNAL"
+    retriable = True
+
+
+@dataclass
+class FitResult:
+    """What a finished run produced.
+
+    Attributes:
+        model: the trained model (each stage ends on its best epoch), eval mode, on CPU.
+        history: per-epoch metrics of every stage (``stage_name``, ``epoch``, ``train_loss``,
+            ``val_loss``, ``val_*``, ``samples_per_s``, ``epoch_seconds``).
+        best: best monitored value of the last stage.
+        run_name: Ray Train run name; checkpoint_path: the final checkpoint (local path or URI).
+        resumed: the run continued from an earlier checkpoint.
+        seconds: wall time of ``fit``.
+    """
+
+    model: "LungModel"
+    history: list[dict[str, Any]]
+    best: float | None
+    run_name: str
+    checkpoint_path: str
+    resumed: bool
+    seconds: float
+    stages: list[Stage] = field(default_factory=list)
+
+    def final_val_metrics(self) -> dict[str, float]:
+        """The last stage's metrics at its best epoch (what early stopping kept)."""
+        if not self.history:
+            return {}
+        last_stage = self.history[-1]["stage_name"]
+        rows = [h for h in self.history if h["stage_name"] == last_stage]
+        stage = self.stages[-1] if self.stages else None
+        if stage is not None:
+            key = stage.monitor if stage.monitor in rows[0] else "val_loss"
+            pick = (min if stage.mode == "min" else max)(rows, key=lambda h: h.get(key, float("nan")))
+        else:
+            pick = rows[-1]
+        return {k: float(v) for k, v in pick.items() if k.startswith("val_") and isinstance(v, (int, float))}
+
+
+def default_run_name(cfg: ProfileConfig, suffix: str = "") -> str:
+    """``<profile>-<config fingerprint[:8]>[-suffix]``: the same config resumes the same run."""
+    return f"{cfg.profile}-{cfg.fingerprint()[:8]}" + (f"-{suffix}" if suffix else "")
+
+
+def storage_uri(cfg: ProfileConfig, storage_path: str | None = None) -> str:
+    """Absolute local path (Ray Train needs one) or the object-store URI unchanged."""
+    path = storage_path or cfg.train.storage_path
+    if "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def fit(
+    cfg: ProfileConfig,
+    train: "CaseTable",
+    val: "CaseTable",
+    *,
+    run_name: str | None = None,
+    storage_path: str | None = None,
+    resume: bool = True,
+    max_failures: int = 0,
+    disable_attention: bool = False,
+    fail_after_epoch: int | None = None,
+) -> FitResult:
+    """Train ``cfg`` on ``train`` (early stopping on ``val``) with Ray Train.
+
+    Args:
+        cfg: the profile (``train`` section: scaling, optimiser, epochs, stages, storage).
+        train, val: prepared cases (``prepare_cases`` + a patient-disjoint split).
+        run_name: Ray Train run name (default :func:`default_run_name`); same name = resume.
+        storage_path: checkpoint root (default ``cfg.train.storage_path``); local or URI.
+        resume: False deletes an existing local run folder of that name first.
+        max_failures: worker failures Ray Train recovers from (restarting from the last checkpoint).
+        disable_attention: cxr-hash "-A" ablation (see ``recipes.Variant``).
+        fail_after_epoch: test hook: the worker raises after this many epochs of this attempt.
+
+    Raises:
+        TrainingError: the run failed (after ``max_failures`` retries).
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from lungsearch.models import create_model
+    from lungsearch.runtime import init_ray
+
+    init_ray()
+    t0 = time.perf_counter()
+    run_name = run_name or default_run_name(cfg)
+    storage = storage_uri(cfg, storage_path)
+    run_dir = Path(storage) / run_name if "://" not in storage else None
+    if not resume and run_dir is not None and run_dir.exists():
+        shutil.rmtree(run_dir)
+    resumed = run_dir is not None and any(p.is_dir() for p in run_dir.glob("checkpoint_*"))
+    stages = stages_for(cfg)
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True  # deterministic batch order (seeded local shuffle)
+    datasets = {"train": ray.data.from_items(train.rows()), "val": ray.data.from_items(val.rows())}
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker or 1.0
+    loop_config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "stages": [asdict(s) for s in stages],
+        "radiomics_fit": train.radiomics if train.radiomics is not None else None,
+        "disable_attention": disable_attention,
+        "fail_after_epoch": fail_after_epoch,
+    }
+    from lungsearch.training.loop import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+        datasets=datasets,
+        # Every worker sees the whole validation set, so early-stopping decisions agree across ranks.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors in several types
+        raise TrainingError(f"training run {run_name} failed ({type(exc).__name__}); see the Ray logs") from exc
+    if result.error is not None:
+        raise TrainingError(f"training run {run_name} failed ({type(result.error).__name__})")
+    if result.checkpoint is None:
+        raise TrainingError(f"training run {run_name} reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+    model = create_model(cfg)
+    model.load_state_dict(saved["model"])
+    if disable_attention:
+        from lungsearch.training.loop import disable_attention as _disable
+
+        _disable(model)
+    model.eval()
+    return FitResult(model=model, history=list(saved["history"]), best=saved.get("best_value"), run_name=run_name,
+                     checkpoint_path=result.checkpoint.path, resumed=resumed, seconds=time.perf_counter() - t0,
+                     stages=stages)
