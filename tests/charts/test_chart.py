@@ -581,6 +581,27 @@ def test_profiles_configmap_holds_every_profile(render):
     assert cm["data"] == expected
 
 
+def test_a_changed_profile_rolls_the_ray_cluster(tmp_path):
+    """The profiles' checksum sits in the Ray pod templates: editing a profile changes rayClusterConfig,
+    which is what makes KubeRay roll a new cluster."""
+    copy_dir = tmp_path / "lungsearch"
+    shutil.copytree(CHART_DIR, copy_dir, symlinks=False)
+
+    def checksums() -> set[str]:
+        with helm.Chart.load(copy_dir) as chart:
+            docs = k8s_checks.load_docs([chart.render(values={}, name=RELEASE, namespace=NAMESPACE)[
+                "lungsearch/templates/rayservice.yaml"]])
+        return {t["metadata"]["annotations"]["lungsearch.io/profiles-checksum"]
+                for _, t in k8s_checks.pod_templates(one(docs, "RayService"))}
+
+    before = checksums()
+    assert len(before) == 1 and re.fullmatch(r"[0-9a-f]{16}", next(iter(before)))
+    profile = copy_dir / "files" / "configs" / "cxr-hash.yaml"
+    profile.write_text(profile.read_text() + "# tuned\n")
+    after = checksums()
+    assert len(after) == 1 and after != before
+
+
 def test_notes_tell_how_to_reach_grpc(notes):
     text = notes()
     assert "port-forward svc/lungsearch-grpc 9443:443" in text

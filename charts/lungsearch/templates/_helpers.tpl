@@ -333,6 +333,9 @@ metadata:
     {{- include "lungsearch.selectorLabels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
     app.kubernetes.io/part-of: lungsearch
+  annotations:
+    # A changed profile changes the Ray cluster spec, so KubeRay rolls a new cluster that loads it.
+    lungsearch.io/profiles-checksum: {{ include (print $root.Template.BasePath "/configmap-profiles.yaml") $root | sha256sum | trunc 16 | quote }}
 spec:
   serviceAccountName: {{ include "lungsearch.serviceAccountName" $root }}
   # Only the head's autoscaler sidecar talks to the Kubernetes API.
