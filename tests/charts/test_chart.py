@@ -605,7 +605,7 @@ def test_a_changed_profile_rolls_the_ray_cluster(tmp_path):
 def test_notes_tell_how_to_reach_grpc(notes):
     text = notes()
     assert "port-forward svc/lungsearch-grpc 9443:443" in text
-    assert "LungSearchClient(" in text and 'ca_file="ca.crt"' in text
+    assert "LungSearchClient(" in text and 'ca_file="ca.crt"' in text and 'model="cxr-hash"' in text
     assert "refuses every call" in text
     text = notes({"tls": {"mode": "none"}})
     assert "port-forward svc/lungsearch-serve 9000:9000" in text
