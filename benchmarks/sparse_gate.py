@@ -43,14 +43,19 @@ def make_task(n: int, seq: int, dim: int, classes: int, informative: float, seed
     return x, y
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _train(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
-    mask = torch.ones(batch, x.shape[1], dtype=torch.bool)
+    mask = torch.ones(batch, x.shape[1], dtype=torch.bool, device=x.device)
     head.train()
     t0 = time.perf_counter()
     for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        idx = torch.randint(0, x.shape[0], (batch,), generator=g).to(x.device)
         out = head({"sequence": x[idx], "sequence_mask": mask})
         loss = torch.nn.functional.cross_entropy(out["logits"], y[idx])
         reg = getattr(head, "regularization", None)
@@ -59,13 +64,14 @@ def _train(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, 
         opt.zero_grad()
         loss.backward()
         opt.step()
+    _sync(x.device)
     return time.perf_counter() - t0
 
 
 @torch.no_grad()
 def _accuracy(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     head.eval()
-    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     return float((head({"sequence": x, "sequence_mask": mask})["logits"].argmax(1) == y).float().mean())
 
 
@@ -74,38 +80,44 @@ def _time_pair(a, b, inputs, repeats: int, inputs_b=None) -> tuple[float, float]
     """Median seconds per call of ``a(inputs)`` and ``b(inputs_b or inputs)``, interleaved so
     machine noise hits both alike."""
     inputs_b = inputs if inputs_b is None else inputs_b
+    dev = inputs["sequence"].device
     for _ in range(3):
         a(inputs)
         b(inputs_b)
     ta, tb = [], []
     for _ in range(repeats):
+        _sync(dev)
         t0 = time.perf_counter()
         a(inputs)
+        _sync(dev)
         ta.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         b(inputs_b)
+        _sync(dev)
         tb.append(time.perf_counter() - t0)
     return statistics.median(ta), statistics.median(tb)
 
 
 def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batch: int = 32, train_steps: int = 150,
-        informative: float = 0.15, sparsity: float = 3.0, repeats: int = 30, threads: int = 1, seed: int = 0) -> dict:
+        informative: float = 0.15, sparsity: float = 3.0, repeats: int = 30, threads: int = 1, seed: int = 0,
+        device: str = "cpu") -> dict:
     """Train both heads, time their inference side by side; returns the JSON-able result."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    x_train, y_train = make_task(2048, seq, dim, classes, informative, seed)
-    x_test, y_test = make_task(batch, seq, dim, classes, informative, seed + 1)
-    x_acc, y_acc = make_task(512, seq, dim, classes, informative, seed + 2)
+    dev = torch.device(device)
+    x_train, y_train = (t.to(dev) for t in make_task(2048, seq, dim, classes, informative, seed))
+    x_test, y_test = (t.to(dev) for t in make_task(batch, seq, dim, classes, informative, seed + 1))
+    x_acc, y_acc = (t.to(dev) for t in make_task(512, seq, dim, classes, informative, seed + 2))
 
-    base = BiLSTMHead(dim, classes, hidden=hidden)
-    sg = SparseGatedBiLSTM(dim, classes, hidden=hidden, sparsity=sparsity)
+    base = BiLSTMHead(dim, classes, hidden=hidden).to(dev)
+    sg = SparseGatedBiLSTM(dim, classes, hidden=hidden, sparsity=sparsity).to(dev)
     t_base = _train(base, x_train, y_train, train_steps, 32, 3e-3, seed)
     t_sg = _train(sg, x_train, y_train, train_steps, 32, 3e-3, seed)
     base.eval()
     sg.eval()
     acc_base, acc_sg = _accuracy(base, x_acc, y_acc), _accuracy(sg, x_acc, y_acc)
 
-    inputs = {"sequence": x_test, "sequence_mask": torch.ones(x_test.shape[:2], dtype=torch.bool)}
+    inputs = {"sequence": x_test, "sequence_mask": torch.ones(x_test.shape[:2], dtype=torch.bool, device=dev)}
     t_b, t_s = _time_pair(base, sg, inputs, repeats)
     with torch.no_grad():
         sg(inputs)
@@ -121,7 +133,7 @@ def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batc
         with torch.no_grad():
             sg.step_gate.weight.zero_()
             # keep each step with probability frac, decided by a fixed random bias per run
-            keep_steps = torch.rand(x_test.shape[1], generator=g) < frac
+            keep_steps = (torch.rand(x_test.shape[1], generator=g) < frac).to(dev)
             sg.step_gate.bias.fill_(1.0)  # every step the mask lets through is kept
         sg.set_unit_gates(torch.rand(hidden, generator=g) < frac)
         # the gate's drop decisions, imposed through the mask (a dropped step = a masked step);
@@ -149,6 +161,7 @@ def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batc
         "change_percent": round((t_s / t_b - 1) * 100, 1),
         "forced_sweep": sweep,
         "threads": threads,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
         "machine": platform.machine(),
         "note": "ratio = SG-Bi-LSTM / Bi-LSTM median inference time on the same batch; < 1 is faster. Paper 1: -60%.",
@@ -166,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
     result = run(seq=a.seq, dim=a.dim, hidden=a.hidden, batch=a.batch, train_steps=a.train_steps, sparsity=a.sparsity,
-                 repeats=a.repeats, threads=a.threads, seed=a.seed)
+                 repeats=a.repeats, threads=a.threads, seed=a.seed, device=a.device)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

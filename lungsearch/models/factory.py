@@ -157,7 +157,8 @@ class ComposedModel(LungModel):
             if emb is None:
                 raise InvalidRequestError("fusion needs image or report features")
             out["embedding"] = emb
-            out["logits"] = self.probe(emb.detach() if self.stage == "probe" else emb)
+            # probe training must not move the encoders; explain() (eval mode) needs the graph
+            out["logits"] = self.probe(emb.detach() if self.stage == "probe" and self.training else emb)
             return out
         if self.hasher is not None:
             z = features.get("hash_logits")

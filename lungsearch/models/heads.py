@@ -151,7 +151,15 @@ class SparseGatedBiLSTM(nn.Module):
         self.sparsity = sparsity
         self._penalty: torch.Tensor | None = None
         self._fast_cache: tuple[tuple, tuple[nn.LSTM, nn.LSTM, torch.Tensor]] | None = None
-        self.last_stats: dict[str, float] = {}
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """Fractions of valid steps and of units kept by the last forward (read lazily: no
+        device sync on the hot path)."""
+        if self._stats is None:
+            return {}
+        return {"kept_steps": float(self._stats[0]), "kept_units": float(self._stats[1])}
 
     # ---- gates
     @property
@@ -224,8 +232,7 @@ class SparseGatedBiLSTM(nn.Module):
             step_term = (prob * valid).sum() / valid.sum().clamp_min(1.0)
             self._penalty = self.sparsity * (step_term + self.unit_keep_prob().mean())
         keep = (z.detach() > 0.5)
-        self.last_stats = {"kept_steps": float(keep.sum() / mask.sum().clamp_min(1)),
-                           "kept_units": float((u.detach() > 0).float().mean())}
+        self._stats = (keep.sum() / mask.sum().clamp_min(1), (u.detach() > 0).float().mean())
         w = z[..., None]
         return (hs * w).sum(1) / keep.sum(1, keepdim=True).clamp_min(1).to(hs.dtype)
 
@@ -270,7 +277,7 @@ class SparseGatedBiLSTM(nn.Module):
         pooled = seq.new_zeros(b, 2 * self.hidden)
         z = (self.step_logit(seq) > 0) & mask  # σ(.) > 0.5  <=>  logit > 0
         n_kept = z.sum(1)
-        self.last_stats = {"kept_steps": float(n_kept.sum() / mask.sum().clamp_min(1)), "kept_units": hk / self.hidden}
+        self._stats = (n_kept.sum() / mask.sum().clamp_min(1), torch.tensor(hk / self.hidden))
         if hk == 0 or not bool(z.any()):
             return pooled
         zi = z.to(torch.int8)
@@ -287,8 +294,12 @@ class SparseGatedBiLSTM(nn.Module):
         row_of_run = torch.zeros(n_runs, dtype=torch.long, device=seq.device).scatter_(
             0, run_of_step, torch.arange(b, device=seq.device)[:, None].expand(b, t).flatten()[sel])
         sums = seq.new_zeros(n_runs, 2 * hk)
-        # length buckets [1], [2], [3, 4], [5, 8], ...
-        bucket = torch.ceil(torch.log2(lengths.to(torch.float32))).long()
+        # CPU: length buckets [1], [2], [3, 4], [5, 8], ... (padding costs compute there);
+        # GPU: one padded batch (padding is nearly free, every bucket costs host syncs)
+        if seq.is_cuda:
+            bucket = torch.zeros_like(lengths)
+        else:
+            bucket = torch.ceil(torch.log2(lengths.to(torch.float32))).long()
         for bk in torch.unique(bucket).tolist():
             runs = torch.nonzero(bucket == bk).squeeze(1)
             lmax = int(lengths[runs].max())

@@ -156,6 +156,16 @@ def test_explain_gives_unit_heatmaps(models, name):
     assert torch.isfinite(heat).all()
 
 
+def test_explain_after_probe_stage(models):
+    model = models["cxr-clip.yaml"]
+    model.set_stage("probe")
+    try:
+        kw = _inputs(model, b=2)
+        assert model.explain(kw["images"], texts=kw["texts"]).shape == (2, 128, 128)
+    finally:
+        model.set_stage("pretrain")
+
+
 def test_ct_slices_pool_per_case(models):
     model = models["ct-ild.yaml"]
     model.eval()
