@@ -65,6 +65,7 @@ REASON_CODES: dict[str, str] = {
     "non_finite_pixels": "NaN or infinite pixel values",
     "empty_study": "a study with no files",
     "mixed_series": "files from different series, modalities or shapes in one study",
+    "missing_file": "a dataset record points at a file that cannot be read",
     # LimitExceededError codes
     "input_too_large": "more bytes than limits.max_image_bytes",
     "image_too_large": "a side over limits.max_image_side",

@@ -17,7 +17,7 @@ import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-__all__ = ["CXR_TARGETS", "EXTRA_FINDINGS", "MESH_TO_TARGET", "PRIORITY", "Finding", "ReportCase", "load_reports", "parse_mesh"]
+__all__ = ["CXR_TARGETS", "EXTRA_FINDINGS", "MESH_TO_TARGET", "PRIORITY", "Finding", "ReportCase", "iter_report_xml", "load_reports", "labels_from_mesh", "parse_mesh"]
 
 #: The cxr phantom's label vocabulary (= data.targets of the cxr-* profiles).
 CXR_TARGETS = ("Normal", "Opacity", "Cardiomegaly", "Effusion", "Nodule", "Atelectasis")
@@ -135,10 +135,20 @@ def _reports_path() -> str:
     return os.path.join(os.path.dirname(torchxrayvision.__file__), "data", "NLMCXR_reports.tgz")
 
 
-@functools.lru_cache(maxsize=2)
-def load_reports(path: str | None = None) -> tuple[ReportCase, ...]:
-    """Every usable report, sorted by uid (deterministic), from the bundled NLMCXR tarball."""
-    cases = []
+def labels_from_mesh(mesh: tuple[str, ...] | list[str]) -> tuple[str, ...] | None:
+    """CXR target labels of a report's MeSH major terms, in :data:`PRIORITY` order; ("Normal",)
+    for a report indexed "normal"; None when it has neither (nothing the image could show)."""
+    found = {f.label for f in (parse_mesh(t) for t in mesh) if f is not None and f.label}
+    if found:
+        return tuple(lab for lab in PRIORITY if lab in found)
+    if any(t.strip().lower() == "normal" for t in mesh):
+        return ("Normal",)
+    return None
+
+
+def iter_report_xml(path: str | None = None):
+    """Yield ``(uid, text, mesh_major_terms, image_ids)`` for every report XML in an NLMCXR
+    tarball (default: the one bundled with torchxrayvision); text is "FINDINGS: ... IMPRESSION: ..."."""
     with tarfile.open(path or _reports_path(), "r:gz") as tar:
         for member in tar.getmembers():
             if not member.name.endswith(".xml") or not member.isfile():
@@ -147,21 +157,26 @@ def load_reports(path: str | None = None) -> tuple[ReportCase, ...]:
             if fh is None:
                 continue
             root = ET.parse(fh).getroot()
-            if not root.findall(".//parentImage"):
-                continue  # reports without images are not in the image dataset either
             uid_node = root.find("uId")
             uid = uid_node.attrib.get("id", "") if uid_node is not None else ""
             sections = {a.attrib.get("Label", ""): (a.text or "").strip() for a in root.findall(".//AbstractText")}
             text = " ".join(f"{k}: {sections[k]}" for k in ("FINDINGS", "IMPRESSION") if sections.get(k))
-            if not uid or not text:
-                continue
             mesh = tuple(n.text.strip() for n in root.findall(".//MeSH/major") if n.text)
-            findings = tuple(f for f in (parse_mesh(t) for t in mesh) if f is not None)
-            found = {f.label for f in findings if f.label}
-            is_normal = any(t.strip().lower() == "normal" for t in mesh)
-            if not found and not is_normal:
-                continue
-            labels = tuple(lab for lab in PRIORITY if lab in found) or ("Normal",)
-            cases.append(ReportCase(uid=uid, text=text, mesh=mesh, labels=labels, findings=findings))
+            images = tuple(n.attrib.get("id", "") for n in root.findall(".//parentImage"))
+            yield uid, text, mesh, images
+
+
+@functools.lru_cache(maxsize=2)
+def load_reports(path: str | None = None) -> tuple[ReportCase, ...]:
+    """Every usable report, sorted by uid (deterministic), from the bundled NLMCXR tarball."""
+    cases = []
+    for uid, text, mesh, images in iter_report_xml(path):
+        if not images or not uid or not text:
+            continue  # reports without images are not in the image dataset either
+        labels = labels_from_mesh(mesh)
+        if labels is None:
+            continue
+        findings = tuple(f for f in (parse_mesh(t) for t in mesh) if f is not None)
+        cases.append(ReportCase(uid=uid, text=text, mesh=mesh, labels=labels, findings=findings))
     cases.sort(key=lambda c: int("".join(ch for ch in c.uid if ch.isdigit()) or 0))
     return tuple(cases)
