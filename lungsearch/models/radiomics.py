@@ -120,6 +120,15 @@ class RadiomicsExtractor:
             return out
         if float(img[m].max() - img[m].min()) == 0.0:
             return out  # constant ROI: texture matrices are degenerate
+        # Crop to the ROI's bounding box (+1 px margin) before SimpleITK sees the slice.
+        # pyradiomics crops too, but only after its mask check, casts and label statistics ran
+        # over the whole image: on a 512x512 CT slice that took ~2/3 of the time
+        # (benchmarks/ingest.py). Every feature class reads only pixels inside the mask (and
+        # the margin keeps the shape perimeter), so the features are identical.
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        r0, r1 = max(int(rows[0]) - 1, 0), int(rows[-1]) + 2
+        c0, c1 = max(int(cols[0]) - 1, 0), int(cols[-1]) + 2
+        img, m = img[r0:r1, c0:c1], m[r0:r1, c0:c1]
         # pyradiomics works on 3D volumes; a one-slice volume with force2D is the 2D case
         image = sitk.GetImageFromArray(img[None])
         label = sitk.GetImageFromArray(m[None].astype(np.uint8))

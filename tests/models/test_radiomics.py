@@ -70,3 +70,26 @@ def test_scaler_standardises_handles_nonfinite_and_is_saved():
 def test_radiomics_module_sizes_the_scaler_from_the_classes():
     mod = RadiomicsModule(classes=["firstorder"])
     assert mod.out_dim == 18 == len(mod.extractor.feature_names)
+
+
+def test_bounding_box_crop_keeps_every_feature_class_identical():
+    """extract() crops to the ROI before pyradiomics (a speed-up, benchmarks/ingest.py): the
+    features must equal those of pyradiomics run on the whole, uncropped slice, also for an ROI
+    touching the image border (no margin to keep)."""
+    import SimpleITK as sitk
+
+    from lungsearch.models.radiomics import FEATURE_CLASSES
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(-700, 150, size=(96, 96))
+    yy, xx = np.mgrid[:96, :96]
+    lungs = ((yy - 40) ** 2 / 400 + (xx - 30) ** 2 / 150 < 1) | ((yy - 50) ** 2 / 300 + (xx - 70) ** 2 / 120 < 1)
+    edge = np.zeros_like(lungs)
+    edge[:20, 70:] = True
+    ex = RadiomicsExtractor(FEATURE_CLASSES)
+    for mask in (lungs, edge):
+        cropped = ex.extract(img, mask)
+        full = ex._get().execute(sitk.GetImageFromArray(img[None]), sitk.GetImageFromArray(mask[None].astype(np.uint8)))
+        ref = np.array([float(full[f"original_{n}"]) for n in ex.feature_names])
+        assert np.isfinite(cropped).sum() > 80
+        np.testing.assert_allclose(cropped, ref, rtol=1e-9, atol=1e-9, equal_nan=True)
