@@ -678,11 +678,20 @@ class MilvusStore:
     def wait_for_index(self, profile: str, version: str, *, timeout: float | None = None, poll_s: float = 0.5) -> None:
         """Block until the float index covers every flushed row (searches then avoid brute force).
 
+        A server reports index progress (``describe_index``: pending/indexed rows), which is polled.
+        milvus-lite reports every index as finished at once while it compacts segments and builds
+        their indexes on a background thread after each flush (searches meanwhile scan unindexed
+        segments, tens of times slower); there this drains that background work.
+
         Raises:
             StoreUnavailableError: not finished within ``timeout`` (default ``load_timeout``).
         """
         info = self._open(profile, version)
-        deadline = time.monotonic() + (self.load_timeout if timeout is None else timeout)
+        budget = self.load_timeout if timeout is None else timeout
+        if self._lite_path is not None:
+            self._drain_lite_background(info.name, budget)
+            return
+        deadline = time.monotonic() + budget
         while True:
             with self._guard("describe_index", info.name):
                 d = self._client.describe_index(info.name, "embedding", timeout=self.timeout) or {}
@@ -692,6 +701,34 @@ class MilvusStore:
             if time.monotonic() > deadline:
                 raise StoreUnavailableError("index build did not finish in time", code="index_timeout")
             time.sleep(poll_s)
+
+    def _drain_lite_background(self, name: str, timeout: float) -> None:
+        """Wait for milvus-lite's post-flush compaction + index build of collection ``name``.
+
+        milvus-lite has no public call for this; its in-process collection object has one
+        (``_wait_for_bg``), reached through pymilvus's server manager. If a milvus-lite upgrade
+        moves it, fall back to release + load, which builds missing segment indexes synchronously.
+        """
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+
+            db = server_manager_instance._servers[self._lite_path][1]
+            col = db.get_collection(name)
+            drain = col._wait_for_bg
+        except (ImportError, AttributeError, KeyError, IndexError, TypeError):
+            log.warning("milvus-lite internals changed: waiting for indexes by release + load")
+            with self._guard("release_collection", name):
+                self._client.release_collection(name, timeout=self.timeout)
+            self._loaded.discard(name)
+            self._ensure_loaded(name)
+            return
+        try:
+            for _ in range(2):  # a compaction can queue one more index build behind it
+                drain(timeout=timeout)
+        except FutureTimeout:
+            raise StoreUnavailableError("index build did not finish in time", code="index_timeout") from None
 
     # --- stats -----------------------------------------------------------------------------------
 
