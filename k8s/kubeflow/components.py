@@ -67,21 +67,35 @@ def _default_commands() -> dict:
     return {
         "prepare": "",  # the step runner prepares the data itself (lungsearch.data.load_records)
         "train": "python ray_jobs/train.py --config configs/{profile}.yaml {overrides}",
-        "evaluate": "python ray_jobs/evaluate.py --config configs/{profile}.yaml --model {profile}@{version} {overrides}",
-        "build-index": "python ray_jobs/build_index.py --config configs/{profile}.yaml --model {profile}@{version} {overrides}",
+        # The model card carries the training config (dataset included): no overrides needed after training.
+        "evaluate": "python ray_jobs/evaluate.py --config configs/{profile}.yaml --model {profile}@{version}",
+        "build-index": "python ray_jobs/build_index.py --config configs/{profile}.yaml --model {profile}@{version}",
     }
 
 
 def _step_runner_code() -> str:
-    """Python run by every RayJob driver: run the step's command (no shell), then print the result line.
+    """Python run by every RayJob driver: run the step's command (no shell) with its output passed through,
+    then print the ``LUNGSEARCH_RESULT`` line built from the JSON summary the ray_jobs script prints last.
 
-    argv: step, profile, version, then the command. Reads the registry through lungsearch's own API.
+    argv: step, profile, version ("-" if none yet), then the command.
     """
     return r'''
-import json, os, pathlib, subprocess, sys
+import collections, json, os, pathlib, subprocess, sys
 step, profile, version, cmd = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 overrides = [a for a in cmd if "=" in a and not a.startswith("-")]
 result = {"step": step, "profile": profile}
+
+def last_json(lines):
+    """The last JSON object the command printed (ray_jobs scripts end with an indented summary)."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("{"):
+            try:
+                return json.loads("".join(lines[i:]))
+            except ValueError:
+                continue
+    return {}
+
+summary = {}
 if step == "prepare" and cmd == overrides:  # no command of its own: prepare the profile's dataset here
     from lungsearch.config import load_profile
     from lungsearch.data import load_records
@@ -89,23 +103,42 @@ if step == "prepare" and cmd == overrides:  # no command of its own: prepare the
     records = load_records(cfg.data)
     result.update(cases=len(records), synthetic_data=cfg.data.source == "phantom", source=cfg.data.source)
 else:
-    subprocess.run(cmd, check=True)
+    tail = collections.deque(maxlen=4000)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # pass the job's output through as it comes (training runs for hours)
+        sys.stdout.write(line)
+        tail.append(line)
+    if proc.wait() != 0:
+        sys.exit(f"{step} command exited with status {proc.returncode}")
+    summary = last_json(list(tail))
 if step == "train":
-    from lungsearch.registry import list_cards
-    cards = list_cards(profile=profile)
-    if not cards:
-        sys.exit("training finished but the registry has no model for " + profile)
-    card = max(cards, key=lambda c: c.version)  # versions sort by creation time
-    version = card.version
-    result.update(synthetic_data=bool(card.synthetic_data), metrics=card.metrics)
+    if summary.get("folds"):
+        sys.exit("a K-fold run registers no model: the pipeline trains one split (set data.folds=1)")
+    ref = summary.get("model") or ""
+    if "@" in ref:
+        version = ref.split("@", 1)[1]
+    else:  # no summary line: the newest registered version of the profile (versions sort by time)
+        from lungsearch.registry import list_cards
+        cards = list_cards(profile=profile)
+        if not cards:
+            sys.exit("training finished but the registry has no model for " + profile)
+        version = max(cards, key=lambda c: c.version).version
+    result.update(synthetic_data=summary.get("synthetic_data"), metrics=summary.get("metrics", {}))
 if step == "evaluate":
-    root = pathlib.Path(os.environ.get("LUNGSEARCH_ARTIFACTS_DIR", "artifacts")) / profile / version
-    found = sorted(root.rglob("metrics.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        sys.exit("evaluation finished but wrote no metrics.json under the model's folder")
-    result["metrics"] = json.loads(found[-1].read_text())
-    report = found[-1].with_name("report.md")
+    metrics_file = pathlib.Path(summary.get("report_dir") or "/nonexistent") / "metrics.json"
+    if not metrics_file.is_file():  # no summary: look where evaluate.py writes by default
+        artifacts = pathlib.Path(os.environ.get("LUNGSEARCH_ARTIFACTS_DIR", "artifacts"))
+        places = [artifacts / "reports" / profile, artifacts / profile / version]
+        found = [f for place in places if place.is_dir() for f in place.rglob("metrics.json") if version in str(f)]
+        if not found:
+            sys.exit("evaluation finished but no metrics.json of this model version was found")
+        metrics_file = max(found, key=lambda f: f.stat().st_mtime)
+    result["metrics"] = json.loads(metrics_file.read_text())
+    report = metrics_file.with_name("report.md")
     result["report"] = report.read_text()[:200000] if report.is_file() else ""
+    result["report_dir"] = str(metrics_file.parent)
+if step == "build-index":
+    result["index"] = {k: summary[k] for k in ("collection", "cases", "inserted", "updated", "count_in_store") if k in summary}
 result["version"] = version
 print("LUNGSEARCH_RESULT " + json.dumps(result, sort_keys=True, default=str), flush=True)
 '''

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import k8s_checks
-from conftest import REPO, one
+from conftest import REPO, entrypoint_errors, one
 
 KF_DIR = REPO / "k8s" / "kubeflow"
 COMPILED = KF_DIR / "pipeline.yaml"
@@ -189,11 +189,29 @@ def test_entrypoints_survive_kuberay_and_ray_shells():
                                 "train.num_workers=3", "train.use_gpu=true", "train.gpus_per_worker=1"]
         elif step == "prepare":
             assert argv[6:] == data
-        else:
+        else:  # the model card carries the training data config: no dataset overrides after training
             script = {"evaluate": "ray_jobs/evaluate.py", "build-index": "ray_jobs/build_index.py"}[step]
             assert argv[5] == "20260101-120000-abc123"
             assert argv[6:] == ["python", script, "--config", "configs/cxr-hash.yaml", "--model",
-                                "cxr-hash@20260101-120000-abc123", *data]
+                                "cxr-hash@20260101-120000-abc123"]
+
+
+def test_default_commands_match_the_ray_jobs_scripts():
+    """The scripts, flags and overrides the pipeline passes exist (argparse of ray_jobs/, lungsearch.config)."""
+    for step in ("train", "evaluate", "build-index"):
+        for gpus in (0, 1):
+            manifest = json.loads(C.rayjob_manifest(step, "ct-ild", "ild-ct:/mnt/lungsearch/datasets/ild", 2, gpus,
+                                                    "r", upstream_result=TRAIN_RESULT))
+            command = _driver_argv(manifest["spec"]["entrypoint"])[6:]
+            assert entrypoint_errors(shlex.join(command)) == []
+
+
+def test_entrypoint_check_is_not_vacuous():
+    assert entrypoint_errors("python ray_jobs/train.py --config configs/cxr-hash.yaml train.epochz=2")
+    assert entrypoint_errors("python ray_jobs/train.py --config configs/cxr-hash.yaml train.num_workers=-1")
+    assert entrypoint_errors("python ray_jobs/evaluate.py --config configs/cxr-hash.yaml --modle cxr-hash")
+    assert entrypoint_errors("python ray_jobs/build_index.py --config configs/cxr-hash.yaml data.root=/x")
+    assert entrypoint_errors("python ray_jobs/serve.py --config configs/cxr-hash.yaml")
 
 
 def test_rayjob_manifest_rejects_bad_input():
@@ -444,11 +462,64 @@ TINY_EVALUATION = """
 import json, os, pathlib, sys, ray
 ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
 accuracy = ray.get(ray.remote(lambda: 0.75).remote())
-out = pathlib.Path(os.environ["LUNGSEARCH_ARTIFACTS_DIR"]) / sys.argv[1] / sys.argv[2] / "eval"
+out = pathlib.Path(os.environ["REPORTS"]) / "somewhere-else"
 out.mkdir(parents=True, exist_ok=True)
 (out / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy, "per_class": {"Normal": 0.5}}))
 (out / "report.md").write_text("# evaluation (phantom data)")
+print("evaluation done")
+print(json.dumps({"profile": sys.argv[1], "report_dir": str(out), "metrics": {"test_accuracy": accuracy}}, indent=2))
 """
+
+
+def _run_entrypoint(manifest: str, env: dict) -> subprocess.CompletedProcess:
+    """Run a RayJob's entry point the way KubeRay + `ray job submit` would (two shells), in the repo."""
+    argv = _driver_argv(json.loads(manifest)["spec"]["entrypoint"])
+    return subprocess.run(["bash", "-c", shlex.join(argv)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def _local_env(tmp_path: Path) -> dict:
+    return {**os.environ, "LUNGSEARCH_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "REPORTS": str(tmp_path / "reports"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _fake_script(code: str) -> str:
+    return f"python -c {shlex.quote(textwrap.dedent(code))}"
+
+
+def test_step_runner_reads_the_scripts_summaries(tmp_path):
+    """The driver-side runner turns each ray_jobs script's final JSON summary into the result line."""
+    env = _local_env(tmp_path)
+    train = _fake_script("""
+        import json
+        print("epoch 1 loss 0.9")
+        print(json.dumps({"profile": "cxr-hash", "model": "cxr-hash@20260102-030405-abcdef", "synthetic_data": True,
+                          "metrics": {"test_map10": 0.61}}, indent=2))
+    """)
+    run = _run_entrypoint(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "t", command_template=train), env)
+    assert run.returncode == 0, run.stderr
+    assert "epoch 1 loss 0.9" in run.stdout  # the job's own output passes through
+    assert C._parse_result(run.stdout) == {"step": "train", "profile": "cxr-hash", "version": "20260102-030405-abcdef",
+                                           "synthetic_data": True, "metrics": {"test_map10": 0.61}}
+    kfold = _fake_script('import json; print(json.dumps({"profile": "cxr-hash", "folds": 4}))')
+    run = _run_entrypoint(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "k", command_template=kfold), env)
+    assert run.returncode != 0 and "K-fold" in run.stderr and "LUNGSEARCH_RESULT" not in run.stdout
+    index = _fake_script('import json; print(json.dumps({"profile": "cxr-hash", "version": "v1", "collection": "c_v1", '
+                         '"cases": 40, "inserted": 40, "updated": 0, "count_in_store": 40, "device": "cpu"}, indent=2))')
+    run = _run_entrypoint(C.rayjob_manifest("build-index", "cxr-hash", "phantom", 1, 0, "i", upstream_result=json.dumps(
+        {"version": "v1"}), command_template=index), env)
+    assert C._parse_result(run.stdout)["index"] == {"collection": "c_v1", "cases": 40, "inserted": 40, "updated": 0,
+                                                     "count_in_store": 40}
+    # No summary: evaluate falls back to evaluate.py's default report folder.
+    default_dir = tmp_path / "artifacts" / "reports" / "cxr-hash" / "v1-eval"
+    default_dir.mkdir(parents=True)
+    (default_dir / "metrics.json").write_text(json.dumps({"test_f1": 0.5}))
+    run = _run_entrypoint(C.rayjob_manifest("evaluate", "cxr-hash", "phantom", 1, 0, "e", upstream_result=json.dumps(
+        {"version": "v1"}), command_template="true"), env)
+    assert C._parse_result(run.stdout)["metrics"] == {"test_f1": 0.5}
+    failing = _fake_script("import sys; sys.exit(3)")
+    run = _run_entrypoint(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f", command_template=failing), env)
+    assert run.returncode != 0 and "exited with status 3" in run.stderr and "LUNGSEARCH_RESULT" not in run.stdout
 
 
 @pytest.mark.ray
@@ -457,14 +528,10 @@ def test_pipeline_steps_against_a_local_ray(ray_cluster, tmp_path):
     bash and `ray job submit`'s quoting and runs as a driver on the local Ray; its log feeds the next step."""
     import ray
 
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "LUNGSEARCH_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**_local_env(tmp_path), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
     def operator(job):
-        argv = _driver_argv(job["spec"]["entrypoint"])
-        run = subprocess.run(["bash", "-c", shlex.join(argv)], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=180)
+        run = _run_entrypoint(json.dumps(job), env)
         return ("SUCCEEDED" if run.returncode == 0 else "FAILED"), run.stdout + run.stderr
 
     template = f"python -c {shlex.quote(TINY_EVALUATION)} {{profile}} {{version}}"
@@ -476,7 +543,8 @@ def test_pipeline_steps_against_a_local_ray(ray_cluster, tmp_path):
         result = C.run_rayjob(manifest, timeout_s=240, poll_s=0, api_server=kube.url)
     data = json.loads(result)
     assert data["step"] == "evaluate" and data["version"] == "20260101-000000-aaaaaa"
-    assert data["metrics"] == {"test_accuracy": 0.75, "per_class": {"Normal": 0.5}}
+    assert data["metrics"] == {"test_accuracy": 0.75, "per_class": {"Normal": 0.5}}  # the full metrics.json
+    assert data["report_dir"] == str(tmp_path / "reports" / "somewhere-else")
     metrics, report = FakeMetrics(), FakeArtifact(tmp_path / "report.md")
     assert C.collect_metrics(result, "test_accuracy", 0.7, metrics, report) == "pass"
     assert metrics.logged == {"test_accuracy": 0.75, "per_class.Normal": 0.5}

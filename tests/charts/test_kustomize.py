@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import k8s_checks
-from conftest import REPO, by_kind, one
+from conftest import REPO, by_kind, entrypoint_errors, one
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for `kubectl kustomize`) is not installed")
@@ -69,6 +69,7 @@ def test_rayjob_per_entrypoint_and_a_raycluster(built, target):
     for job in jobs:
         spec = job["spec"]
         assert spec["entrypoint"].startswith("python ray_jobs/") and "--config configs/" in spec["entrypoint"]
+        assert entrypoint_errors(spec["entrypoint"]) == []
         assert spec["shutdownAfterJobFinishes"] is True
         assert spec["rayClusterSpec"]["rayVersion"] == "2.60.0"
         assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}
