@@ -12,6 +12,7 @@ import pytest
 
 from lungsearch.data import lung_mask, read_study
 from lungsearch.data import phantoms
+from lungsearch.data.phantoms._checks import check_phantoms, simple_image_stats
 from lungsearch.data.phantoms._reports import load_reports, parse_mesh
 from lungsearch.errors import ConfigError
 
@@ -106,14 +107,8 @@ def test_ct_series_read_back_through_dicom(tmp_path):
         dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
         assert dice >= 0.9, (r.labels[0], dice)
     assert len(uids) == 12  # unique study, series and instance UIDs per case
-
-
-def _stats(path: str) -> list[float]:
-    from PIL import Image
-
-    a = np.asarray(Image.open(path), dtype=np.float32) / 255
-    b = a.reshape(4, a.shape[0] // 4, 4, a.shape[1] // 4)
-    return [a.mean(), a.std(), *np.percentile(a, [5, 25, 50, 75, 95]), *b.mean(axis=(1, 3)).ravel(), *b.std(axis=(1, 3)).ravel()]
+    report = check_phantoms(root)
+    assert report["synthetic"] and report["dice_min"] >= 0.9
 
 
 def test_image_alone_is_imperfect_evidence(tmp_path):
@@ -128,7 +123,7 @@ def test_image_alone_is_imperfect_evidence(tmp_path):
 
     root = phantoms.generate("cxr", 400, tmp_path / "lr", seed=7, size=64, workers=1)
     recs = phantoms.read_manifest(root)
-    X = np.array([_stats(r.image_paths[0]) for r in recs])
+    X = np.array([simple_image_stats(r.image_paths[0]) for r in recs])
     y = np.array([r.labels[0] for r in recs])
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced"))
