@@ -74,6 +74,8 @@ SCHEMA_VERSION = 1
 #: Range of the hashed ``bucket`` column used to page through a collection.
 BUCKETS = 1 << 16
 _NAME_PREFIX = "ls_"
+#: Milvus error code "collection not loaded" (merr.ErrCollectionNotLoaded; milvus-lite uses it too).
+_NOT_LOADED = 101
 _EXPECTED_FIELDS = {"case_key", "bucket", "modality", "view", "labels", "report_excerpt", "embedding", "code",
                     "ingested_at", "num_images", "model_version"}
 
@@ -332,6 +334,13 @@ class MilvusStore:
             text = str(getattr(exc, "message", "") or exc).lower()
             if isinstance(exc, MilvusException) and ("not found" in text or "not exist" in text or code == 100):
                 raise NotFoundError(f"collection not found during {op}", code="collection_not_found") from None
+            if isinstance(exc, MilvusException) and (code == _NOT_LOADED or "released" in text or "not loaded" in text):
+                # The server came back without our collection loaded (a restart releases it):
+                # forget that we loaded it, so the next call loads it again instead of failing
+                # forever. This call still fails retriably (the SDK retries UNAVAILABLE).
+                self._loaded.discard(name)
+                raise StoreUnavailableError(f"vector store call {op} failed: collection not loaded, reloading",
+                                            code="collection_not_loaded") from None
             kind = type(exc).__name__
             raise StoreUnavailableError(
                 f"vector store call {op} failed ({self.capabilities.backend}: {kind}{'' if code is None else f' code {code}'})",

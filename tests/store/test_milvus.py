@@ -210,3 +210,17 @@ def test_vector_columns_are_read_without_per_row_decoding(store):
     res = store._client.query(name, filter="bucket >= 0", output_fields=["case_key", "embedding"], limit=100)
     rows, vectors = _split_result(res)
     assert len(rows) == 20 and vectors["embedding"].shape == (20 * DIM,)
+
+
+def test_collection_released_behind_the_store_is_reloaded_on_the_next_call(store):
+    """A Milvus that comes back from a restart has our collection released (code 101). The store
+    must not keep believing it is loaded: one retriable failure, then the next call reloads."""
+    cases = make_cases(3)
+    store.upsert(PROFILE, VERSION, cases)
+    name = collection_name(PROFILE, VERSION)
+    store._client.release_collection(name)  # what a server restart does to the load state
+    with pytest.raises(StoreUnavailableError) as err:
+        store.get_many(PROFILE, VERSION, [cases[0].case_key])
+    assert err.value.code == "collection_not_loaded" and err.value.retriable
+    assert set(store.get_many(PROFILE, VERSION, [c.case_key for c in cases])) == {c.case_key for c in cases}
+    assert store.count(PROFILE, VERSION) == 3
