@@ -336,6 +336,10 @@ class HFTextEncoder(TextEncoder):
             raise ConfigError(f"text encoder: pooling must be 'mean' or 'cls', got {pooling!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.bert = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        if getattr(self.bert, "pooler", None) is not None:
+            # BERT's pooler (tanh dense on [CLS]) is unused here ("cls" pooling takes the raw
+            # state): drop it so fine-tuning has no parameters without gradients (DDP)
+            self.bert.pooler = None
         self.out_dim = int(self.bert.config.hidden_size)
         self.max_tokens = max_tokens
         self.pooling = pooling

@@ -83,6 +83,8 @@ def reweight_edges(nodes: torch.Tensor, adj: torch.Tensor, mask: torch.Tensor, n
     No gradient: these are data-dependent weights.
     """
     eps = 1e-12
+    out_dtype = adj.dtype
+    nodes, adj = nodes.float(), adj.float()  # entropies and logs in float32 even under autocast
     noisy = nodes + noise * torch.randn(nodes.shape, generator=generator, device=nodes.device, dtype=nodes.dtype) * nodes.std()
     # role distributions with the node itself perturbed (others clean)
     g = _role(nodes, adj)
@@ -104,7 +106,7 @@ def reweight_edges(nodes: torch.Tensor, adj: torch.Tensor, mask: torch.Tensor, n
 
     rho_edge = scaled((rho_n[:, :, None] + rho_n[:, None, :]) / 2)
     score = (rho_edge + scaled(rho_a) + scaled(dist)) / 3
-    return (adj + (1 - score) * adj) / 2
+    return ((adj + (1 - score) * adj) / 2).to(out_dtype)
 
 
 class SubgraphCLIP(nn.Module):
@@ -149,8 +151,9 @@ class SubgraphCLIP(nn.Module):
         # threshold A' at a per-sample quantile of its valid off-diagonal edges
         eye = torch.eye(adj2.shape[-1], dtype=torch.bool, device=adj2.device)
         off = pair & ~eye
-        vals = torch.where(off, adj2, torch.full_like(adj2, float("nan"))).flatten(1)
-        thr = torch.nanquantile(vals, self.threshold, dim=1)
+        # quantiles need float32/64 (adj2 is half under CUDA autocast)
+        vals = torch.where(off, adj2, torch.full_like(adj2, float("nan"))).flatten(1).float()
+        thr = torch.nanquantile(vals, self.threshold, dim=1).to(adj2.dtype)
         thr = torch.nan_to_num(thr, nan=float("inf"))
         kept_edges = off & (adj2 >= thr[:, None, None])
         node_mask = mask & kept_edges.any(-1)
