@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import struct
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from lungsearch.data.deid import case_key, check_burned_in
 from lungsearch.data.types import DecodedImage, ImageMeta, Study
-from lungsearch.errors import InvalidImageError, LimitExceededError
+from lungsearch.errors import InvalidImageError, LimitExceededError, LungsearchError
 
 if TYPE_CHECKING:
     import pydicom
@@ -260,10 +261,10 @@ def _read_raster(data: bytes, kind: str, limits: "LimitsConfig") -> DecodedImage
 
     try:
         im = Image.open(io.BytesIO(data), formats=["PNG"] if kind == "png" else ["JPEG"])
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InvalidImageError(f"cannot open {kind} image ({type(exc).__name__})", code="decode_failed") from None
     except Image.DecompressionBombError:
         raise LimitExceededError("image dimensions exceed the decompression-bomb guard", code="image_too_large") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, KeyError, TypeError) as exc:
+        raise InvalidImageError(f"cannot open {kind} image ({type(exc).__name__})", code="decode_failed") from None
     w, h = im.size
     if w <= 0 or h <= 0:
         raise InvalidImageError("image has a zero dimension", code="bad_header")
@@ -279,7 +280,9 @@ def _read_raster(data: bytes, kind: str, limits: "LimitsConfig") -> DecodedImage
         arr, scale = _raster_to_gray(im)
     except Image.DecompressionBombError:
         raise LimitExceededError("image dimensions exceed the decompression-bomb guard", code="image_too_large") from None
-    except (OSError, ValueError, SyntaxError, TypeError, EOFError, KeyError, IndexError, MemoryError) as exc:
+    except LungsearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (Pillow's plugins raise many types on hostile data)
         raise InvalidImageError(f"cannot decode {kind} image ({type(exc).__name__})", code="decode_failed") from None
     pixels = (arr.astype(np.float32) / np.float32(scale)).clip(0.0, 1.0)
     if not np.isfinite(pixels).all():
@@ -396,11 +399,11 @@ def _read_dicom(data: bytes, limits: "LimitsConfig", hmac_key: bytes | None, all
                 all_frames: bool) -> list[DecodedImage]:
     import warnings
 
-    _check_deflate(data, limits)
     # pydicom's warnings quote header values (PHI) and fire lazily on attribute access, so the
     # whole decode runs with them suppressed; the typed errors below carry what matters.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        _check_deflate(data, limits)
         return _read_dicom_quiet(data, limits, hmac_key, allow_burned_in, all_frames)
 
 
@@ -409,13 +412,11 @@ def _read_dicom_quiet(data: bytes, limits: "LimitsConfig", hmac_key: bytes | Non
     ds = _dcmread(data)
     try:
         return _decode_dataset(ds, limits, hmac_key, allow_burned_in, all_frames)
-    except (InvalidImageError, LimitExceededError):
+    except LungsearchError:
         raise
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError, OverflowError, NotImplementedError,
-            RuntimeError, EOFError, OSError) as exc:
-        # Lazily parsed elements surface header corruption here; keep only the type in the message.
-        if exc.__class__.__module__.startswith("lungsearch"):
-            raise
+    except Exception as exc:  # noqa: BLE001
+        # pydicom parses elements lazily, so a corrupt header surfaces here as any exception type
+        # (struct.error, UnicodeDecodeError, KeyError, ...); keep only the type in the message.
         raise InvalidImageError(f"DICOM header cannot be read ({type(exc).__name__})", code="malformed_dicom") from None
 
 
@@ -487,6 +488,8 @@ def _decode_dataset(ds: "pydicom.Dataset", limits: "LimitsConfig", hmac_key: byt
     base = _meta_common(ds, modality, hmac_key)
     out = []
     for index in indices:
+        if encapsulated and pixel_kw == "PixelData":
+            _check_codestream(ds.PixelData, index, frames, str(ts), rows, cols, spp)
         arr = _decode_frame(ds, index if frames > 1 else None, ts, rows, cols, spp)
         pixels, hu = _to_float(arr, ds, modality, photometric, index)
         meta = ImageMeta(
@@ -497,6 +500,75 @@ def _decode_dataset(ds: "pydicom.Dataset", limits: "LimitsConfig", hmac_key: byt
         )
         out.append(DecodedImage(pixels=pixels, meta=meta, study_key=base["study_key"]))
     return out
+
+
+_JPEG_TS = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+_J2K_TS = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+           "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+_MAX_J2K_TILES = 65536
+
+
+def _jpeg_frame_size(buf: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) from the first SOF segment of a JPEG / JPEG-LS stream."""
+    if buf[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(buf):
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (seglen,) = struct.unpack(">H", buf[pos + 2:pos + 4])
+        if marker in _SOF:
+            if pos + 10 > len(buf):
+                return None
+            _, y, x, nf = struct.unpack(">BHHB", buf[pos + 4:pos + 10])
+            return y, x, nf
+        if marker == 0xDA or seglen < 2:  # start of scan before any frame header
+            return None
+        pos += 2 + seglen
+    return None
+
+
+def _j2k_frame_size(buf: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, components, tiles) from the SIZ segment of a J2K codestream (raw or JP2)."""
+    i = buf.find(b"\xff\x4f\xff\x51", 0, 65536)
+    if i < 0 or i + 4 + 38 > len(buf):
+        return None
+    _, _, x, y, xo, yo, xt, yt, xto, yto, c = struct.unpack(">HHIIIIIIIIH", buf[i + 4:i + 42])
+    if x <= xo or y <= yo or xt == 0 or yt == 0 or xto > xo or yto > yo:
+        return None
+    tiles = math.ceil((x - xto) / xt) * math.ceil((y - yto) / yt)
+    return y - yo, x - xo, c, tiles
+
+
+def _check_codestream(pixel_data: bytes, index: int, frames: int, ts: str, rows: int, cols: int, spp: int) -> None:
+    """The decoders size their buffers from the codestream, not from the DICOM header: a stream
+    that declares other dimensions (a 16 GB allocation was seen in fuzzing) is rejected unread."""
+    if ts not in _JPEG_TS and ts not in _J2K_TS:
+        return
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(pixel_data, index, number_of_frames=frames)
+    except Exception:  # noqa: BLE001  (malformed item tags / offsets)
+        raise InvalidImageError("encapsulated Pixel Data is malformed", code="decode_failed") from None
+    head = bytes(frame[:65536])
+    if ts in _JPEG_TS:
+        size = _jpeg_frame_size(head)
+        ok = size is not None and size[0] == rows and size[1] == cols and size[2] == spp
+    else:
+        size = _j2k_frame_size(head)
+        ok = size is not None and size[0] == rows and size[1] == cols and size[2] == spp and size[3] <= _MAX_J2K_TILES
+    if not ok:
+        raise InvalidImageError("compressed stream dimensions disagree with the DICOM header", code="decode_failed")
 
 
 def _decode_frame(ds: "pydicom.Dataset", index: int | None, ts: Any, rows: int, cols: int, spp: int) -> np.ndarray:

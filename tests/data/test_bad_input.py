@@ -112,3 +112,47 @@ def test_mutated_files_fail_cleanly(mutation):
             continue
         for f in frames:
             assert np.isfinite(f.pixels).all(), path.name
+
+
+def _with_pixel_data(ds, data: bytes) -> bytes:
+    import io
+
+    ds.PixelData = data
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_codestream_dimensions_must_match_the_header():
+    """Decoders allocate from the codestream: a J2K SIZ or JPEG SOF declaring a larger image
+    than Rows x Columns is rejected before decoding (fuzzing found a 16 GB allocation)."""
+    import struct
+
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    from lungsearch.data import read_image
+
+    path = next(p for p in FILES if p.name == "693_J2KI.dcm")
+    ds = pydicom.dcmread(path)
+    stream = bytearray(b"".join(generate_fragments(ds.PixelData)))
+    i = stream.find(b"\xff\x4f\xff\x51")
+    struct.pack_into(">II", stream, i + 8, 40000, 40000)  # Xsiz, Ysiz
+    with pytest.raises(InvalidImageError) as e:
+        read_image(_with_pixel_data(ds, encapsulate([bytes(stream)])))
+    assert e.value.code == "decode_failed"
+
+    path = next(p for p in FILES if p.name == "SC_rgb_jpeg_gdcm.dcm")
+    ds = pydicom.dcmread(path)
+    good = read_image(path.read_bytes())
+    assert good.pixels.shape == (100, 100)
+    stream = bytearray(b"".join(generate_fragments(ds.PixelData)))
+    sof = next(j for j in range(len(stream) - 1) if stream[j] == 0xFF and stream[j + 1] in (0xC0, 0xC1, 0xC3))
+    assert read_image(_with_pixel_data(ds, encapsulate([bytes(stream)]))).pixels.shape == (100, 100)
+    struct.pack_into(">HH", stream, sof + 5, 30000, 30000)
+    from lungsearch.data.io import _jpeg_frame_size
+
+    assert _jpeg_frame_size(bytes(stream))[:2] == (30000, 30000)
+    with pytest.raises(InvalidImageError) as e:
+        read_image(_with_pixel_data(ds, encapsulate([bytes(stream)])))
+    assert e.value.code == "decode_failed"
