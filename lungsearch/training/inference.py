@@ -189,14 +189,15 @@ def predict(model: "LungModel", table: "CaseTable", *, batch_size: int = 32, dev
 
 def batch_to_torch(batch: dict[str, Any], device: torch.device, multilabel: bool) -> dict[str, Any]:
     """A Ray Data numpy batch (``CaseTable.rows`` columns) as tensors on ``device``."""
+    # np.array copies: Ray Data hands out read-only views of the object store, which torch warns about.
     out: dict[str, Any] = {
-        "images": torch.as_tensor(np.asarray(batch["image"], dtype=np.float32), device=device),
-        "n_slices": torch.as_tensor(np.asarray(batch["n_slices"], dtype=np.int64), device=device),
+        "images": torch.from_numpy(np.array(batch["image"], dtype=np.float32)).to(device),
+        "n_slices": torch.from_numpy(np.array(batch["n_slices"], dtype=np.int64)).to(device),
         "index": np.asarray(batch["index"], dtype=np.int64),
         "texts": [str(t) for t in batch["report"]],
     }
     lab = np.asarray(batch["label"])
-    out["labels"] = torch.as_tensor(lab.astype(np.float32 if multilabel else np.int64), device=device)
+    out["labels"] = torch.from_numpy(lab.astype(np.float32 if multilabel else np.int64)).to(device)
     if "radiomics" in batch:
-        out["radiomics"] = torch.as_tensor(np.asarray(batch["radiomics"], dtype=np.float64))
+        out["radiomics"] = torch.from_numpy(np.array(batch["radiomics"], dtype=np.float64))
     return out

@@ -17,17 +17,15 @@ with the optimizer and scheduler state, the best-so-far weights and the patience
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
 import random
 import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -60,9 +58,9 @@ def build_optimizer(model: nn.Module, stage: Stage, cfg: ProfileConfig, params: 
     if not param_groups:
         return None
     t = cfg.train
-    if t.optimizer == "sgd":
+    if stage.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=stage.lr, momentum=0.9, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
+    if stage.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=stage.lr, weight_decay=t.weight_decay)
     return torch.optim.Adam(param_groups, lr=stage.lr, weight_decay=t.weight_decay)
 
@@ -149,6 +147,8 @@ class _RayContext:
         import ray.train
 
         self._ctx = ray.train.get_context()
+        if not logging.getLogger().handlers:  # a fresh worker process: epoch lines go to the job log
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def rank(self) -> int:
         return self._ctx.get_world_rank()
@@ -336,6 +336,10 @@ def _run(config: dict[str, Any], ctx) -> None:
                        "samples": float(train_stats["samples"]), "epoch_seconds": time.perf_counter() - t0,
                        "samples_per_s": train_stats["samples"] / max(train_stats["seconds"], 1e-9)}
             metrics.update(validation_metrics(val_out, val_labels, cfg, stage))
+            if rank == 0:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val_") or k == "train_loss")
+                log.info("stage %s epoch %d/%d: %s (%.1f s, %.1f samples/s)", stage.name, epoch + 1, stage.epochs, shown,
+                         metrics["epoch_seconds"], metrics["samples_per_s"])
             value = metrics.get(stage.monitor, metrics["val_loss"])
             if _better(value, state["best_value"], stage.mode):
                 state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
@@ -395,14 +399,15 @@ def _train_epoch(runner, model, shard, loss_fn, opt, scaler, amp_ctx, stage: Sta
 
     model.train()
     rng = np.random.default_rng(seed)
-    total, count, seconds = 0.0, 0, 0.0
+    total, count = 0.0, 0
+    # Wall time of the whole pass, data fetching included: what samples/s should mean.
+    t_start = time.perf_counter()
     has_text = getattr(model, "text_encoder", None) is not None
     reg = getattr(model, "regularization", None)
     for batch in _iter_numpy(shard, batch_size=cfg.train.batch_size, shuffle_seed=seed):
         n = len(batch["index"])
         if n < 2:
             continue  # BatchNorm and pairwise losses need two samples
-        t0 = time.perf_counter()
         if cfg.data.augment:
             batch = dict(batch, image=augment_images(np.asarray(batch["image"], dtype=np.float32), batch["n_slices"], cfg.modality, rng))
         tb = batch_to_torch(batch, device, cfg.data.multilabel)
@@ -420,10 +425,9 @@ def _train_epoch(runner, model, shard, loss_fn, opt, scaler, amp_ctx, stage: Sta
             else:
                 loss.backward()
                 opt.step()
-        seconds += time.perf_counter() - t0
         total += float(loss.detach()) * n
         count += n
-    return {"loss": total / max(count, 1), "samples": count, "seconds": seconds}
+    return {"loss": total / max(count, 1), "samples": count, "seconds": time.perf_counter() - t_start}
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ cxr-hash     classifier, hash          BCE (eq. 5); weighted pairwise Bayes + ta
 ============ ========================= ============================================ ==================
 
 Earlier stages monitor ``val_loss``; the last one ``train.monitor``. The hash stage follows
-paper 5: SGD with momentum 0.9 when ``train.optimizer`` is ``sgd`` and a 10x learning rate on the
-hash layers, ``beta`` raised per epoch (``model.on_epoch_start``). The probe stage of the CLIP
+paper 5: Adam for the classifier stage, then ``train.optimizer`` (SGD with momentum 0.9 in the GPU
+config) with a 10x learning rate on the hash layers, ``beta`` raised per epoch (``model.on_epoch_start``). The probe stage of the CLIP
 profile trains only the linear probe on frozen (cached) embeddings.
 
 Variants (:func:`variants`) are config overrides used by ``ray_jobs/reproduce.py`` for the
@@ -52,6 +52,7 @@ class Stage:
         lr_mult: learning-rate multipliers by parameter-name prefix (paper 5: hash layers x10).
         uses_labels: the loss needs labels (False for the self-supervised pretraining).
         frozen_features: train on cached embeddings of the frozen model (linear probe).
+        optimizer: ``adam`` / ``adamw`` / ``sgd`` (SGD uses momentum 0.9).
     """
 
     name: str
@@ -62,6 +63,7 @@ class Stage:
     lr_mult: dict[str, float] = field(default_factory=dict)
     uses_labels: bool = True
     frozen_features: bool = False
+    optimizer: str = "adam"
 
 
 def stages_for(cfg: "ProfileConfig") -> list[Stage]:
@@ -83,6 +85,9 @@ def stages_for(cfg: "ProfileConfig") -> list[Stage]:
             lr_mult={"hasher.hash_global": 10.0, "hasher.hash_local": 10.0} if name == "hash" else {},
             uses_labels=name != "pretrain",
             frozen_features=name == "probe",
+            # Paper 5 trains its classifier (FCN) with Adam and the hash network with SGD: the
+            # classifier stage keeps Adam whatever train.optimizer says (which applies to the rest).
+            optimizer="adam" if name == "classifier" else cfg.train.optimizer,
         ))
     return out
 

@@ -1,0 +1,250 @@
+"""Build a model version's search index: Ray Data batch inference over a dataset (or a folder of
+DICOM/PNG/JPEG) -> embeddings and codes + metadata -> the Milvus store.
+
+Pipeline (streaming, so a large dataset never sits in memory at once)::
+
+    records --map_batches(decode + preprocess [+ radiomics], CPU tasks)-->
+            --map_batches(_Embedder, actors: the model loaded once per actor, GPU when asked)-->
+            driver: StoredCase rows --MilvusStore.upsert (batches, flushed)--> final count check
+
+The driver is the only writer, because an embedded milvus-lite file admits one process. Case keys
+are keyed hashes of the dataset's case id (``deid.case_key(key, "dataset", source, case_id)``),
+so re-running the job updates rows in place: the build is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from lungsearch import constants
+from lungsearch.errors import StoreUnavailableError
+
+if TYPE_CHECKING:
+    from lungsearch.config import ProfileConfig
+    from lungsearch.data.types import CaseRecord
+
+__all__ = ["IndexReport", "build_index", "dataset_case_key", "EXCERPT_CHARS"]
+
+log = logging.getLogger(__name__)
+
+#: Characters of the (de-identified) report kept with each indexed case.
+EXCERPT_CHARS = 400
+
+
+@dataclass
+class IndexReport:
+    """Outcome of a build: counts and timings (no case identifiers)."""
+
+    profile: str
+    version: str
+    collection: str
+    cases: int
+    inserted: int
+    updated: int
+    count_in_store: int
+    seconds: float
+    cases_per_s: float
+    device: str
+
+    @property
+    def ok(self) -> bool:
+        return self.count_in_store >= self.cases
+
+
+def dataset_case_key(hmac_key: bytes, source: str, case_id: str) -> str:
+    """The store key of a dataset case (keyed hash; stable across runs with the same key)."""
+    from lungsearch.data.deid import case_key
+
+    return case_key(hmac_key, "dataset", source, case_id)
+
+
+class _Decode:
+    """Ray Data map: record index -> preprocessed slices (+ raw radiomics) and metadata."""
+
+    def __init__(self, records: Sequence["CaseRecord"], cfg: "ProfileConfig", hmac_key: bytes | None) -> None:
+        self.records, self.cfg, self.hmac_key = records, cfg, hmac_key
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from lungsearch.data import load_study, preprocess_study
+        from lungsearch.training.cases import _obj, radiomics_extractor, study_radiomics
+
+        ex = radiomics_extractor(self.cfg)
+        images, rads, views, n = [], [], [], []
+        for i in batch["i"]:
+            rec = self.records[int(i)]
+            study = load_study(rec, hmac_key=self.hmac_key)
+            x = preprocess_study(study, self.cfg.data, train=False)
+            images.append(x)
+            n.append(x.shape[0])
+            views.append(study.view or rec.view or "")
+            rads.append(study_radiomics(study, ex) if ex is not None else np.zeros(0))
+        return {"i": np.asarray(batch["i"]), "image": _obj(images), "radiomics": _obj(rads), "n_slices": np.asarray(n),
+                "view": np.asarray(views, dtype=object)}
+
+
+class _Embedder:
+    """Ray Data actor: the registered model, loaded once; outputs embedding and packed code."""
+
+    def __init__(self, ref: str, registry_root: str | None, use_gpu: bool, texts: Sequence[str]) -> None:
+        import torch
+
+        from lungsearch.registry import load_model
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model, self.card = load_model(ref, root=registry_root, map_location=self.device)
+        self.model.to(self.device)
+        self.texts = list(texts)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        from lungsearch.models.hashing import pack_codes
+        from lungsearch.training.inference import forward_cases
+
+        imgs = list(batch["image"])
+        s = max(x.shape[0] for x in imgs)
+        h, w = imgs[0].shape[-2:]
+        arr = np.zeros((len(imgs), s, 1, h, w), dtype=np.float32)
+        for k, x in enumerate(imgs):
+            arr[k, : x.shape[0]] = x
+        rad = None
+        if getattr(self.model, "radiomics", None) is not None:
+            rad = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float64) for r in batch["radiomics"]]))
+        texts = [self.texts[int(i)] for i in batch["i"]] if getattr(self.model, "text_encoder", None) is not None else None
+        with torch.no_grad():
+            out = forward_cases(self.model, torch.from_numpy(arr).to(self.device), torch.as_tensor(batch["n_slices"]).to(self.device),
+                                texts=texts, radiomics=rad)
+        emb = out["embedding"].float().cpu().numpy()
+        if "hash_logits" in out:
+            packed = pack_codes(torch.where(out["hash_logits"] >= 0, 1.0, -1.0).cpu())
+            codes = np.asarray([bytes(row) for row in packed], dtype=object)
+        else:
+            codes = np.asarray([b""] * len(emb), dtype=object)
+        return {"i": batch["i"], "embedding": emb, "code": codes, "n_slices": batch["n_slices"], "view": batch["view"]}
+
+
+def build_index(
+    ref: str,
+    *,
+    records: Sequence["CaseRecord"] | None = None,
+    folder: str | Path | None = None,
+    milvus_uri: str | None = None,
+    milvus_token: str = "",
+    registry_root: str | Path | None = None,
+    hmac_key: bytes | None = None,
+    batch_size: int = 32,
+    use_gpu: bool | None = None,
+    upsert_batch: int = 512,
+    progress: bool = True,
+    store_factory: Callable[..., Any] | None = None,
+) -> IndexReport:
+    """Embed every case and upsert it into the store collection of the model's version.
+
+    Args:
+        ref: registered model, ``profile`` or ``profile@version``.
+        records: cases to index (default: the profile's whole dataset, ``load_records(cfg.data)``).
+        folder: index a folder of DICOM/PNG/JPEG instead (``data.source=folder``; labels may be absent).
+        milvus_uri, milvus_token: the store (default ``LUNGSEARCH_MILVUS_URI``; a ``.db`` path = milvus-lite).
+        registry_root: model registry root.
+        hmac_key: key of the case-key hashes (default: ``LUNGSEARCH_HMAC_KEY_FILE``, created if absent).
+        batch_size: cases per inference batch.
+        use_gpu: run the embedding actors on GPUs (default: if the cluster has any).
+        upsert_batch: rows per store upsert (each is flushed: durable when it returns).
+        store_factory: builds the store (tests); default ``MilvusStore``.
+
+    Returns:
+        An :class:`IndexReport`; ``report.ok`` is the final count check.
+
+    Raises:
+        StoreUnavailableError: the store is unreachable or the final count is short.
+    """
+    import ray
+
+    from lungsearch.data import load_records
+    from lungsearch.data.deid import load_or_create_key
+    from lungsearch.registry import resolve, parse_ref
+    from lungsearch.runtime import init_ray
+    from lungsearch.store import MilvusStore, StoredCase, collection_name
+
+    t0 = time.perf_counter()
+    profile, version = parse_ref(ref)
+    card = resolve(profile, version, root=registry_root)
+    ref = card.ref  # pin the version: every actor loads the same weights
+    cfg = card.config
+    if folder is not None:
+        cfg = cfg.with_overrides(["data.source=folder", f"data.root={Path(folder).resolve()}", "data.phantom=null"])
+    if records is None:
+        records = list(load_records(cfg.data))
+    records = list(records)
+    key = hmac_key if hmac_key is not None else load_or_create_key(constants.HMAC_KEY_FILE)
+    source = cfg.data.source if folder is None else f"folder:{Path(folder).name}"
+    keys = [dataset_case_key(key, source, r.case_id) for r in records]
+
+    init_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if use_gpu is None:
+        use_gpu = bool(ray.cluster_resources().get("GPU", 0))
+    n_gpu = int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 0
+    texts = [r.report or "" for r in records]
+    ds = ray.data.from_items([{"i": i} for i in range(len(records))], override_num_blocks=max(1, min(len(records), 64)))
+    ds = ds.map_batches(_Decode(records, cfg, key), batch_size=batch_size, batch_format="numpy", num_cpus=1)
+    ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu), texts),
+                        batch_size=batch_size, batch_format="numpy", concurrency=max(1, n_gpu),
+                        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
+
+    store = (store_factory or MilvusStore)(milvus_uri, token=milvus_token)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), desc=f"index {card.ref}", unit="case")
+    inserted = updated = 0
+    pending: list[Any] = []
+    try:
+        store.ensure_collection(card.profile, card.version, embedding_dim=card.embedding_dim, code_bits=card.code_bits,
+                                index=cfg.index)
+
+        def flush_pending() -> None:
+            nonlocal inserted, updated, pending
+            if pending:
+                res = store.upsert(card.profile, card.version, pending)
+                inserted += res.inserted
+                updated += res.updated
+                pending = []
+
+        now = time.time()
+        for row in ds.iter_rows():
+            i = int(row["i"])
+            rec = records[i]
+            pending.append(StoredCase(
+                case_key=keys[i], modality=rec.modality or cfg.modality, view=str(row["view"] or ""), labels=list(rec.labels),
+                report_excerpt=(rec.report or "")[:EXCERPT_CHARS], embedding=np.asarray(row["embedding"], dtype=np.float32),
+                code=bytes(row["code"]), ingested_at=now, num_images=int(row["n_slices"]), model_version=card.version,
+            ))
+            if bar is not None:
+                bar.update(1)
+            if len(pending) >= upsert_batch:
+                flush_pending()
+        flush_pending()
+        count = store.count(card.profile, card.version)
+    finally:
+        if bar is not None:
+            bar.close()
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+    secs = time.perf_counter() - t0
+    unique = len(set(keys))
+    rep = IndexReport(profile=card.profile, version=card.version, collection=collection_name(card.profile, card.version),
+                      cases=unique, inserted=inserted, updated=updated, count_in_store=count, seconds=secs,
+                      cases_per_s=len(records) / max(secs, 1e-9), device="cuda" if use_gpu else "cpu")
+    if not rep.ok:
+        raise StoreUnavailableError(f"index count check failed: {count} rows in the store for {unique} cases", code="count_mismatch")
+    return rep
