@@ -403,6 +403,14 @@ class Gateway:
         ready = await self.readiness()
         return health_pb2.HealthCheckResponse(status=self._health_status(request.service, ready))
 
+    @rpc("List", health_pb2.HealthListResponse, authorize=False)
+    async def List(self, request: health_pb2.HealthListRequest, grpc_context=None) -> health_pb2.HealthListResponse:
+        ready = await self.readiness()
+        resp = health_pb2.HealthListResponse()
+        for service in HEALTH_SERVICES:
+            resp.statuses[service].status = self._health_status(service, ready)
+        return resp
+
     async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context=None):
         """Streams the status now and on every change, polling every 5 s, for up to 60 s (then the
         client re-watches; Serve's request timeout would end an endless stream anyway)."""

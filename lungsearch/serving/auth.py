@@ -49,6 +49,7 @@ __all__ = [
     "hash_token",
     "check_bind",
     "is_loopback",
+    "peer_is_loopback",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ METHOD_ROLES: dict[str, str] = {
     "Upsert": "admin", "Delete": "admin",
 }
 #: Methods callable without a token (probes must work before anyone has a token).
-OPEN_METHODS = frozenset({"Check", "Watch"})
+OPEN_METHODS = frozenset({"Check", "List", "Watch"})
 
 _MIN_TOKEN_CHARS = 16
 
@@ -229,15 +230,25 @@ class Authenticator:
             raise UnauthenticatedError("invalid bearer token", code="invalid_token")
         return Principal(match.name, match.role)
 
-    def authorize(self, method: str, metadata: Iterable[tuple[str, object]]) -> Principal | None:
+    def authorize(self, method: str, metadata: Iterable[tuple[str, object]], peer: str | None = None
+                  ) -> Principal | None:
         """Check a call. Returns the principal (None for open methods).
 
+        Args:
+            method: the RPC name.
+            metadata: the call's invocation metadata.
+            peer: the gRPC peer string (``ipv4:127.0.0.1:5555``); in insecure local mode only
+                loopback peers get in, because Serve 2.60's gRPC proxy listens on every interface.
+
         Raises:
-            UnauthenticatedError: see :meth:`identify`.
+            UnauthenticatedError: see :meth:`identify`; or a non-loopback peer in local mode.
             PermissionDeniedError: the role may not call ``method`` (unknown methods need admin).
         """
         if method in OPEN_METHODS:
             return None
+        if not self._tokens and self.insecure_local and peer is not None and not peer_is_loopback(peer):
+            raise UnauthenticatedError("insecure local mode accepts loopback clients only; configure tokens",
+                                       code="non_loopback_peer")
         principal = self.identify(metadata)
         need = METHOD_ROLES.get(method, "admin")
         if not principal.allows(need):
@@ -254,6 +265,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def peer_is_loopback(peer: str) -> bool:
+    """True for a gRPC peer string on loopback (``ipv4:127.0.0.1:port``, ``ipv6:[::1]:port``) or a
+    unix socket; False for anything else, including an unparsable peer."""
+    kind, _, rest = (peer or "").partition(":")
+    if kind == "unix" or kind == "unix-abstract":
+        return True
+    if kind == "ipv4":
+        return is_loopback(rest.rsplit(":", 1)[0])
+    if kind == "ipv6":
+        from urllib.parse import unquote
+
+        rest = unquote(rest)  # grpc percent-encodes the brackets in some versions
+        host = rest.rsplit(":", 1)[0] if rest.startswith("[") else rest
+        host = host.strip("[]")
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return addr.is_loopback or bool(mapped and mapped.is_loopback)
+    return False
 
 
 def check_bind(host: str, *, secured: bool, insecure_local: bool) -> None:

@@ -162,6 +162,20 @@ def probabilities(logits: np.ndarray, *, multilabel: bool) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _stack_padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack per-study arrays; token sequences of different lengths ([T, D]) are zero-padded to
+    the longest, the models' padding convention (``lungsearch.models.encoders.token_mask``)."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) == 1:
+        return np.stack(arrays).astype(np.float32, copy=False)
+    if len({a.ndim for a in arrays}) != 1 or len({a.shape[1:] for a in arrays}) != 1:
+        raise InvalidRequestError("features of one kind have different shapes", code="feature_shape")
+    out = np.zeros((len(arrays), max(a.shape[0] for a in arrays), *arrays[0].shape[1:]), dtype=np.float32)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+    return out
+
+
 def fuse_batch(model: "LungModel", features: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Embeddings (and probabilities when the profile has a classifier) of several studies.
 
@@ -181,7 +195,7 @@ def fuse_batch(model: "LungModel", features: Sequence[dict[str, np.ndarray]]) ->
     multilabel = bool(getattr(model, "multilabel", False))
     with torch.inference_mode():
         for keys, idx in groups.items():
-            batch = {k: torch.from_numpy(np.stack([features[i][k] for i in idx]).astype(np.float32)) for k in keys}
+            batch = {k: torch.from_numpy(_stack_padded([features[i][k] for i in idx])) for k in keys}
             res = model.fuse(batch)
             emb = _np(res["embedding"])
             logits = _np(res["logits"]) if "logits" in res else None

@@ -27,7 +27,7 @@ import uuid
 from typing import Any, Callable
 
 from lungsearch.errors import LungsearchError
-from lungsearch.serving.status import apply_status, status_for
+from lungsearch.serving.status import apply_status, status_for, where
 
 __all__ = ["rpc", "call_metadata"]
 
@@ -42,6 +42,13 @@ def call_metadata(grpc_context: Any) -> list[tuple[str, Any]]:
         return list(grpc_context.invocation_metadata() or [])
     except Exception:  # noqa: BLE001 - a context without metadata is treated as anonymous
         return []
+
+
+def _peer(grpc_context: Any) -> str | None:
+    try:
+        return grpc_context.peer()
+    except Exception:  # noqa: BLE001 - no peer information: treated as unknown (not loopback)
+        return ""
 
 
 def rpc(method: str, response_cls: type, *, authorize: bool = True) -> Callable:
@@ -67,7 +74,7 @@ def rpc(method: str, response_cls: type, *, authorize: bool = True) -> Callable:
                     auth = getattr(self, "auth", None)
                     if authorize and auth is not None and grpc_context is not None:
                         try:
-                            auth.authorize(method, call_metadata(grpc_context))
+                            auth.authorize(method, call_metadata(grpc_context), _peer(grpc_context))
                         except LungsearchError as exc:
                             self.metrics.auth_failure(exc.reason)
                             raise
@@ -83,7 +90,7 @@ def rpc(method: str, response_cls: type, *, authorize: bool = True) -> Callable:
                     if isinstance(exc, LungsearchError):
                         raise
                     ref = uuid.uuid4().hex[:12]
-                    log.error("%s failed: ref=%s type=%s", method, ref, type(exc).__name__)
+                    log.error("%s failed: ref=%s type=%s at %s", method, ref, type(exc).__name__, where(exc))
                     # `from None`: the original message (possibly quoting input) does not travel.
                     raise LungsearchError(f"internal error in {method} (ref {ref})") from None
 

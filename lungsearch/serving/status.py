@@ -32,7 +32,7 @@ import grpc
 from lungsearch._proto.v1 import common_pb2
 from lungsearch.errors import LungsearchError
 
-__all__ = ["ERROR_METADATA_KEY", "Status", "status_for", "apply_status", "abort_status", "MAX_DETAILS_CHARS"]
+__all__ = ["ERROR_METADATA_KEY", "Status", "status_for", "apply_status", "abort_status", "where", "MAX_DETAILS_CHARS"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,18 @@ def _serve_exception_status(exc: BaseException) -> Status | None:
     return None
 
 
+def where(exc: BaseException) -> str:
+    """``file.py:123 in func`` of the innermost frame of ``exc``'s traceback (no message, no values)."""
+    import os
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    if not frames:
+        return "?"
+    f = frames[-1]
+    return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}"
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """The original exception inside Ray's wrapper (a deployment raised behind a handle)."""
     for _ in range(4):  # RayTaskError may wrap a RayTaskError
@@ -125,8 +137,9 @@ def status_for(exc: BaseException) -> Status:
     if mapped is not None:
         return mapped
     ref = uuid.uuid4().hex[:12]
-    # Type name only: the message of an arbitrary exception may quote input (a DICOM header value).
-    log.error("internal error ref=%s type=%s", ref, type(exc).__name__)
+    # Type and code location only: the message of an arbitrary exception may quote input (a DICOM
+    # header value); file:line is enough for a developer to find the bug.
+    log.error("internal error ref=%s type=%s at %s", ref, type(exc).__name__, where(exc))
     return _make(grpc.StatusCode.INTERNAL, "INTERNAL", f"internal error (ref {ref})")
 
 

@@ -120,3 +120,24 @@ def test_check_bind(host, ok):
     auth.check_bind(host, secured=True, insecure_local=False)
     with pytest.raises(ConfigError):
         auth.check_bind("127.0.0.1", secured=False, insecure_local=False)
+
+
+@pytest.mark.parametrize("peer,ok", [("ipv4:127.0.0.1:5000", True), ("ipv6:[::1]:5000", True),
+                                     ("ipv6:%5B::1%5D:5000", True), ("ipv6:[::ffff:127.0.0.1]:80", True),
+                                     ("unix:/tmp/s", True), ("ipv4:10.0.0.7:5000", False),
+                                     ("ipv6:[2001:db8::1]:5000", False), ("", False), ("garbage", False)])
+def test_peer_is_loopback(peer, ok):
+    assert auth.peer_is_loopback(peer) is ok
+
+
+def test_insecure_local_refuses_remote_peers_but_not_health():
+    a = auth.Authenticator([], insecure_local=True)
+    assert a.authorize("Search", [], peer="ipv4:127.0.0.1:1").role == "admin"
+    with pytest.raises(UnauthenticatedError):
+        a.authorize("Search", [], peer="ipv4:192.168.1.5:1")
+    assert a.authorize("Check", [], peer="ipv4:192.168.1.5:1") is None
+
+
+def test_tokens_work_from_any_peer(tokens_file):
+    a = auth.Authenticator.from_file(tokens_file)
+    assert a.authorize("Search", md(READ), peer="ipv4:10.1.1.1:9").name == "viewer"

@@ -148,3 +148,14 @@ def test_pngs():
     assert o.mode == "RGB" and o.size == (48, 64)
     with pytest.raises(InvalidRequestError):
         pipeline.overlay_png(np.zeros((10, 10)), heat)
+
+
+def test_fuse_pads_token_sequences_of_different_lengths(tiny_models):
+    model, _ = tiny_models["cxr-clip"]
+    short = pipeline.StudyInput(pixels=None, text="nodule")
+    long = pipeline.StudyInput(pixels=None, text="small nodule in the left lower lobe, no effusion, heart normal")
+    fa, fb = pipeline.encode_batch(model, [short]), pipeline.encode_batch(model, [long])
+    assert fa[0]["report_tokens"].shape != fb[0]["report_tokens"].shape
+    together = pipeline.fuse_batch(model, [fa[0], fb[0]])  # requests from two batches fused as one
+    alone = pipeline.fuse_batch(model, fa)[0]
+    np.testing.assert_allclose(together[0]["embedding"], alone["embedding"], rtol=1e-4, atol=1e-5)

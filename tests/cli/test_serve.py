@@ -1,0 +1,75 @@
+"""`lungsearch serve` without starting anything: config merging, bind policy, model checks, and
+the plain /metrics endpoint."""
+
+import argparse
+import urllib.request
+
+import pytest
+
+from lungsearch.cli import _serve
+from lungsearch.errors import ConfigError, ModelNotFoundError
+
+
+def _args(**kw):
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    _serve.register(sub)
+    argv = ["serve"]
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            argv.append(flag)
+        elif isinstance(v, list):
+            for item in v:
+                argv += [flag, item]
+        else:
+            argv += [flag, str(v)]
+    return p.parse_args(argv)
+
+
+def test_overrides_are_applied(tmp_path):
+    doc = _serve.build_config(_args(profile=["ct-ild", "cxr-hash@v1"], grpc_port=9555,
+                                    milvus_uri=str(tmp_path / "s.db"), artifacts_dir=str(tmp_path)))
+    a = doc["applications"][0]["args"]
+    assert a["profiles"] == ["ct-ild", "cxr-hash@v1"] and a["milvus_uri"].endswith("s.db")
+    assert doc["grpc_options"]["port"] == 9555 and a["insecure_local"]  # the shipped config is local-demo
+
+
+def test_non_loopback_needs_tokens(tmp_path):
+    with pytest.raises(ConfigError, match="without auth tokens"):
+        _serve.build_config(_args(host="0.0.0.0"))
+    with pytest.raises(ConfigError):
+        _serve.build_config(_args(tls_cert="c.pem", tls_host="0.0.0.0"))
+    tokens = tmp_path / "t.yaml"
+    tokens.write_text("tokens: [{name: a, role: read, token: aaaaaaaaaaaaaaaaaaaa}]")
+    doc = _serve.build_config(_args(host="0.0.0.0", tokens_file=str(tokens)))
+    assert doc["applications"][0]["args"]["insecure_local"] is False
+
+
+def test_missing_model_names_the_fix(tmp_path):
+    doc = _serve.build_config(_args(artifacts_dir=str(tmp_path), profile=["ct-ild"]))
+    with pytest.raises(ModelNotFoundError, match="lungsearch train ct-ild"):
+        _serve._check_models(doc["applications"][0]["args"])
+
+
+def test_bad_config_file(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("applications: []")
+    with pytest.raises(ConfigError, match="no application"):
+        _serve.build_config(_args(config=str(bad)))
+
+
+def test_metrics_endpoint():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = _serve.start_metrics_server("127.0.0.1", port, lambda: "# TYPE x gauge\nx 1.0\n")
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert body.endswith("x 1.0\n")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
+    finally:
+        srv.shutdown()

@@ -1,0 +1,435 @@
+"""End to end through Ray Serve's gRPC proxy and a real grpc channel: ingest phantom cases
+(synthetic), search by image / text / both with relevance and filters, Classify, Explain, errors
+that change nothing, auth, health, reflection, metrics, model switching, and a restart on the
+same milvus-lite file. One app for the module (starting Serve is the expensive part).
+
+Relevance is checked where an *untrained* model already has it on phantoms (measured while
+writing this test: ct-ild image search and cxr-report image+report search put same-label cases in
+the top 10 far above chance); text-only search (cxr-clip) is checked for shape and filters only,
+since an untrained CLIP-style model ranks text->image at chance.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from lungsearch._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from lungsearch.serving.status import ERROR_METADATA_KEY
+
+from conftest import ADMIN, N_CXR, PROFILES, READ, WRITE, build_registry, free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+HELD_OUT = {"cxr": 20, "ct": 8}
+CLIP_CASES = 30
+
+
+def _read(paths):
+    return [open(p, "rb").read() for p in paths]
+
+
+def _images(rec):
+    return [common_pb2.Image(data=d) for d in _read(rec["image_paths"])]
+
+
+class Client:
+    def __init__(self, port: int):
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = gateway_pb2_grpc.LungSearchStub(self.channel)
+
+    def __call__(self, method: str, request, *, token: str | None = READ, timeout: float = 120.0):
+        md = [("authorization", f"Bearer {token}")] if token else []
+        return getattr(self.stub, method)(request, metadata=md, timeout=timeout)
+
+    def error(self, method: str, request, **kw) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as e:
+            self(method, request, **kw)
+        return e.value
+
+
+def _detail(err: grpc.RpcError) -> common_pb2.ErrorDetail:
+    for k, v in err.trailing_metadata() or ():
+        if k == ERROR_METADATA_KEY:
+            return common_pb2.ErrorDetail.FromString(v)
+    raise AssertionError("no lungsearch-error-bin trailer")
+
+
+def _start(args: dict, port: int):
+    import yaml
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from services.gateway import app
+
+    fns = yaml.safe_load(open("services/serve_config.yaml"))["grpc_options"]["grpc_servicer_functions"]
+    serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=fns))
+    serve.run(app(args), name="lungsearch", route_prefix="/lungsearch")
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, serving_registry, tokens, tmp_path_factory):
+    from ray import serve
+
+    root, cards = serving_registry
+    work = tmp_path_factory.mktemp("serve")
+    args = {"profiles": ["cxr-report", "ct-ild", "cxr-clip"], "artifacts_dir": str(root),
+            "milvus_uri": str(work / "lungsearch.db"), "hmac_key_file": str(work / "hmac.key"),
+            "tokens_file": str(tokens), "torch_threads": 1}
+    port = free_port()
+    t0 = time.perf_counter()
+    _start(args, port)
+    print(f"\nserve app up in {time.perf_counter() - t0:.1f} s")
+    yield {"client": Client(port), "args": args, "cards": cards, "port": port}
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ingested(served, phantom_sets):
+    """Ingest the phantom cases (minus held-out queries) concurrently; returns what was acknowledged."""
+    c = served["client"]
+    jobs = []
+    for rec in phantom_sets["cxr"][HELD_OUT["cxr"]:]:
+        jobs.append(("cxr-report", rec))
+    for rec in phantom_sets["cxr"][HELD_OUT["cxr"]:HELD_OUT["cxr"] + CLIP_CASES]:
+        jobs.append(("cxr-clip", rec))
+    for rec in phantom_sets["ct"][HELD_OUT["ct"]:]:
+        jobs.append(("ct-ild", rec))
+
+    def ingest(job):
+        profile, rec = job
+        req = gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile=profile), images=_images(rec),
+                                        labels=rec["labels"], source_id=rec["case_id"],
+                                        report=common_pb2.Report(text=rec.get("report") or ""))
+        return profile, rec, c("Ingest", req, token=WRITE)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(ingest, jobs))
+    dt = time.perf_counter() - t0
+    print(f"ingested {len(results)} phantom cases in {dt:.1f} s ({len(results) / dt:.1f} cases/s, 8 concurrent)")
+    keys: dict[str, dict[str, dict]] = {}
+    for profile, rec, resp in results:
+        assert resp.created and len(resp.case_key) == 32 and resp.model.version
+        keys.setdefault(profile, {})[resp.case_key] = rec
+    return keys
+
+
+def _count(c, profile) -> int:
+    resp = c("ListModels", gateway_pb2.ListModelsRequest(profile=profile))
+    (live,) = [m for m in resp.models if m.live]
+    return live.num_cases
+
+
+def _overlap(c, profile, queries, *, with_report: bool, with_image: bool = True, k: int = 10) -> tuple[float, float]:
+    """Mean fraction of the top-k sharing a label with the query, and the same for random cases."""
+    fracs = []
+    for rec in queries:
+        req = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile=profile), top_k=k)
+        if with_image:
+            req.images.extend(_images(rec))
+        if with_report:
+            req.report.text = rec.get("report") or ""
+        hits = c("Search", req).hits
+        assert len(hits) == k and [h.rank for h in hits] == list(range(1, k + 1))
+        assert all(hits[i].score >= hits[i + 1].score - 1e-6 for i in range(k - 1))
+        fracs.append(np.mean([bool(set(h.case.labels) & set(rec["labels"])) for h in hits]))
+    return float(np.mean(fracs))
+
+
+def _chance(indexed, queries) -> float:
+    return float(np.mean([np.mean([bool(set(r["labels"]) & set(q["labels"])) for r in indexed]) for q in queries]))
+
+
+def test_ingest_counts(served, ingested, phantom_sets):
+    c = served["client"]
+    assert _count(c, "cxr-report") == len(ingested["cxr-report"]) == N_CXR - HELD_OUT["cxr"]
+    assert _count(c, "ct-ild") == len(ingested["ct-ild"])
+    assert _count(c, "cxr-clip") == CLIP_CASES
+
+
+def test_search_by_image_is_relevant_ct(served, ingested, phantom_sets):
+    queries = phantom_sets["ct"][: HELD_OUT["ct"]]
+    got = _overlap(served["client"], "ct-ild", queries, with_report=False)
+    chance = _chance(list(ingested["ct-ild"].values()), queries)
+    print(f"ct-ild image search: same-label share in top 10 = {got:.2f} vs chance {chance:.2f} (untrained, phantoms)")
+    assert got > chance + 0.15
+
+
+def test_search_by_image_and_report_is_relevant(served, ingested, phantom_sets):
+    queries = phantom_sets["cxr"][: HELD_OUT["cxr"]]
+    got = _overlap(served["client"], "cxr-report", queries, with_report=True)
+    chance = _chance(list(ingested["cxr-report"].values()), queries)
+    print(f"cxr-report image+report search: top-10 label overlap {got:.2f} vs chance {chance:.2f} (untrained, phantoms)")
+    assert got > chance + 0.1
+
+
+def test_search_by_image_only_and_by_text_only(served, ingested, phantom_sets):
+    c = served["client"]
+    rec = phantom_sets["cxr"][0]
+    hits = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
+                                                 images=_images(rec), top_k=5)).hits
+    assert len(hits) == 5 and all(h.hamming_distance == -1 for h in hits)  # float index
+    text = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"),
+                                     report=common_pb2.Report(text="There is a small nodule in the left lower lobe."),
+                                     top_k=7)
+    hits = c("Search", text).hits
+    assert len(hits) == 7 and all(h.case.case_key in ingested["cxr-clip"] for h in hits)
+    assert all(h.case.report_excerpt and "\n" not in h.case.report_excerpt for h in hits)
+    # self-retrieval by image on cxr-clip: an ingested case finds itself first
+    key, stored = next(iter(ingested["cxr-clip"].items()))
+    top = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"),
+                                                images=_images(stored), top_k=1)).hits[0]
+    assert top.case.case_key == key and top.score > 0.999
+    both = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"), images=_images(stored),
+                                                 report=common_pb2.Report(text=stored["report"] or ""), top_k=3))
+    assert len(both.hits) == 3
+    # cxr-report fuses image and report by cross-attention: a report alone is not a query for it
+    err = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
+                                                      report=common_pb2.Report(text="nodule")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_filters_and_hamming(served, ingested, phantom_sets):
+    c = served["client"]
+    q = phantom_sets["ct"][0]
+    flt = common_pb2.Filter(labels_any=["ggo", "reticular"], labels_none=["reticular"],
+                            modality=common_pb2.MODALITY_CT)
+    hits = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(q),
+                                                 top_k=50, filter=flt)).hits
+    n_ggo = sum("ggo" in r["labels"] for r in ingested["ct-ild"].values())
+    assert len(hits) == n_ggo > 0 and all(list(h.case.labels) == ["ggo"] for h in hits)
+    assert all(h.hamming_distance >= 0 for h in hits)  # LSH codes with cosine re-rank
+    none = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(q),
+                                                 filter=common_pb2.Filter(modality=common_pb2.MODALITY_CXR))).hits
+    assert len(none) == 0
+    cxr = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
+                                                images=_images(phantom_sets["cxr"][1]),
+                                                report=common_pb2.Report(text="normal chest"), top_k=50,
+                                                filter=common_pb2.Filter(labels_all=["Normal"]))).hits
+    assert cxr and all("Normal" in h.case.labels for h in cxr)
+
+
+def test_classify_and_explain(served, ingested, phantom_sets):
+    from PIL import Image
+
+    c = served["client"]
+    rec = phantom_sets["cxr"][2]
+    cl = c("Classify", gateway_pb2.ClassifyRequest(model=common_pb2.ModelRef(profile="cxr-report"), images=_images(rec),
+                                                   report=common_pb2.Report(text=rec["report"] or ""), knn_k=10))
+    targets = served["cards"]["cxr-report"].targets
+    assert [p.label for p in cl.probabilities] == targets
+    assert abs(sum(p.score for p in cl.probabilities) - 1) < 1e-4 and cl.top_label in targets
+    assert max(v.score for v in cl.knn_vote) >= 0.1 and all(0 <= v.score <= 1 for v in cl.knn_vote)
+    ct = c("Classify", gateway_pb2.ClassifyRequest(model=common_pb2.ModelRef(profile="ct-ild"),
+                                                   images=_images(phantom_sets["ct"][1])))
+    assert not ct.probabilities and ct.top_label in ("normal", "ggo", "reticular", "consolidation")
+    ex = c("Explain", gateway_pb2.ExplainRequest(model=common_pb2.ModelRef(profile="cxr-report"), images=_images(rec),
+                                                 report=common_pb2.Report(text=rec["report"] or "")))
+    assert ex.label in targets and 0 <= ex.score <= 1
+    heat = Image.open(io.BytesIO(ex.heatmap_png))
+    over = Image.open(io.BytesIO(ex.overlay_png))
+    assert (heat.mode, heat.size, over.mode, over.size) == ("L", (64, 64), "RGB", (64, 64))
+    named = c("Explain", gateway_pb2.ExplainRequest(model=common_pb2.ModelRef(profile="cxr-report"),
+                                                    images=_images(rec), report=common_pb2.Report(text="x"),
+                                                    label="Effusion"))
+    assert named.label == "Effusion"
+    err = c.error("Explain", gateway_pb2.ExplainRequest(model=common_pb2.ModelRef(profile="cxr-report"),
+                                                        images=_images(rec), label="Fracture"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_bad_input_is_rejected_and_stores_nothing(served, ingested, phantom_sets):
+    c = served["client"]
+    before = _count(c, "ct-ild")
+    ct = phantom_sets["ct"][0]
+    slices = _read(ct["image_paths"])
+    bad = [slices[0], slices[1][: len(slices[1]) // 2], slices[2]]  # a truncated slice inside the series
+    err = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"),
+                                                      images=[common_pb2.Image(data=d) for d in bad], labels=["ggo"],
+                                                      source_id="corrupt-1"), token=WRITE)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    d = _detail(err)
+    assert d.reason == common_pb2.ERROR_REASON_INVALID_IMAGE and d.code
+    assert "Traceback" not in err.details() and ".py" not in err.details()
+    garbage = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"),
+                                                          images=[common_pb2.Image(data=b"DICM" + b"\0" * 400)]),
+                      token=WRITE)
+    assert garbage.code() == grpc.StatusCode.INVALID_ARGUMENT
+    wrong = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="cxr-report"),
+                                                        images=[common_pb2.Image(data=s) for s in slices]),
+                    token=WRITE)  # CT into a CXR profile
+    assert wrong.code() == grpc.StatusCode.INVALID_ARGUMENT and _detail(wrong).code == "modality_mismatch"
+    big = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"),
+                                                      images=[common_pb2.Image(data=b"x" * 1_100_000)]), token=WRITE)
+    assert big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _detail(big).reason == common_pb2.ERROR_REASON_LIMIT_EXCEEDED
+    topk = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"),
+                                                       images=[common_pb2.Image(data=slices[0])], top_k=51))
+    assert topk.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    unknown = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-hash"),
+                                                          images=[common_pb2.Image(data=slices[0])]))
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert _count(c, "ct-ild") == before
+
+
+def test_case_lifecycle_and_idempotence(served, ingested, phantom_sets):
+    c = served["client"]
+    key, rec = next(iter(ingested["ct-ild"].items()))
+    ref = common_pb2.ModelRef(profile="ct-ild")
+    case = c("GetCase", gateway_pb2.GetCaseRequest(model=ref, case_key=key)).case
+    assert case.case_key == key and list(case.labels) == rec["labels"] and case.num_images == 3
+    assert case.modality == common_pb2.MODALITY_CT and case.ingested_at.seconds > 0
+    before = _count(c, "ct-ild")
+    again = c("Ingest", gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"],
+                                                  source_id=rec["case_id"]), token=WRITE)
+    assert again.case_key == key and not again.created and _count(c, "ct-ild") == before
+    # a study too large for one message: streamed in chunks, same key
+    parts = [gateway_pb2.IngestStreamRequest(header=gateway_pb2.IngestRequest(model=ref, labels=rec["labels"],
+                                                                              source_id=rec["case_id"]))]
+    for i, data in enumerate(_read(rec["image_paths"])):
+        for off in range(0, len(data), 4096):
+            parts.append(gateway_pb2.IngestStreamRequest(chunk=gateway_pb2.ImageChunk(
+                image_index=i, data=data[off:off + 4096], last=off + 4096 >= len(data))))
+    streamed = c.stub.IngestStream(iter(parts), metadata=[("authorization", f"Bearer {WRITE}")], timeout=120)
+    assert streamed.case_key == key and not streamed.created
+    err = c.error("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=key), token=READ)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert c("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=key), token=WRITE).deleted
+    assert c.error("GetCase", gateway_pb2.GetCaseRequest(model=ref, case_key=key)).code() == grpc.StatusCode.NOT_FOUND
+    assert _count(c, "ct-ild") == before - 1
+    assert c("Ingest", gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"],
+                                                 source_id=rec["case_id"]), token=WRITE).created
+    bad_key = c.error("GetCase", gateway_pb2.GetCaseRequest(model=ref, case_key="Patient DOE^JOHN"))
+    assert bad_key.code() == grpc.StatusCode.INVALID_ARGUMENT and "DOE" not in bad_key.details()
+
+
+def test_auth(served):
+    c = served["client"]
+    req = gateway_pb2.ListModelsRequest()
+    assert c.error("ListModels", req, token=None).code() == grpc.StatusCode.UNAUTHENTICATED
+    err = c.error("ListModels", req, token="wrong-token-" + "x" * 20)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED and _detail(err).reason == common_pb2.ERROR_REASON_UNAUTHENTICATED
+    assert c.error("ActivateModel", gateway_pb2.ActivateModelRequest(), token=WRITE).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert c.error("Ingest", gateway_pb2.IngestRequest(), token=READ).code() == grpc.StatusCode.PERMISSION_DENIED
+    assert len(c("ListModels", req, token=READ).models) == 3
+
+
+def test_health_and_deadline(served, ingested):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    c = served["client"]
+    health = health_pb2_grpc.HealthStub(c.channel)
+    for service in ("", "lungsearch.v1.LungSearch", "lungsearch.v1.Ranking"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == \
+            health_pb2.HealthCheckResponse.SERVING  # no token: health stays open
+    with pytest.raises(grpc.RpcError) as e:
+        health.Check(health_pb2.HealthCheckRequest(service="nope.Service"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    slow = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"),
+                                                       report=common_pb2.Report(text="nodule")), timeout=0.001)
+    assert slow.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_reflection_only_client(served, ingested):
+    """A client with no generated code: discover services and call Search from reflection alone."""
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{served['port']}")
+    db = ProtoReflectionDescriptorDatabase(channel)
+    services = set(db.get_services())
+    assert {"lungsearch.v1.LungSearch", "grpc.health.v1.Health", "lungsearch.v1.Ranking"} <= services
+    pool = descriptor_pool.DescriptorPool(db)
+    method = pool.FindServiceByName("lungsearch.v1.LungSearch").FindMethodByName("Search")
+    req_cls = message_factory.GetMessageClass(method.input_type)
+    resp_cls = message_factory.GetMessageClass(method.output_type)
+    req = json_format.ParseDict({"model": {"profile": "cxr-clip"}, "report": {"text": "cardiomegaly"}, "topK": 3},
+                                req_cls())
+    call = channel.unary_unary("/lungsearch.v1.LungSearch/Search", request_serializer=req_cls.SerializeToString,
+                               response_deserializer=resp_cls.FromString)
+    resp = call(req, metadata=[("authorization", f"Bearer {READ}")], timeout=60)
+    hits = json_format.MessageToDict(resp)["hits"]
+    assert len(hits) == 3 and all(len(h["case"]["caseKey"]) == 32 for h in hits)
+
+
+def test_metrics_exposition(served, ingested, tmp_path):
+    import shutil
+    import subprocess
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from ray import serve
+
+    text = serve.get_deployment_handle("Gateway", app_name="lungsearch").metrics_text.remote().result()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    reqs = fams["lungsearch_serve_requests"].samples
+    assert {s.labels["deployment"] for s in reqs} >= {"gateway", "encoding", "fusion", "hashing", "ranking"}
+    ok_ingests = sum(s.value for s in reqs if s.labels == {"deployment": "gateway", "method": "Ingest", "code": "OK"})
+    assert ok_ingests >= sum(len(v) for v in ingested.values())
+    assert any(s.labels.get("code") == "INVALID_ARGUMENT" for s in reqs)
+    batches = [s for s in fams["lungsearch_encoding_batch_size_items"].samples if s.name.endswith("_count")]
+    assert sum(s.value for s in batches) > 0
+    index = {s.labels["profile"]: s.value for s in fams["lungsearch_ranking_index_cases"].samples}
+    assert index["cxr-clip"] == CLIP_CASES
+    assert any(s.labels.get("live") == "1" for s in fams["lungsearch_model_info"].samples)
+    for keys in ingested.values():  # no case identifier anywhere in the exposition
+        assert not any(k in text for k in keys)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus): exposition checked with prometheus_client only")
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_activate_model_switches_atomically(served, ingested, phantom_sets):
+    from pathlib import Path
+
+    c = served["client"]
+    root = Path(served["args"]["artifacts_dir"])
+    old = served["cards"]["ct-ild"].version
+    new = build_registry(root, {"ct-ild": PROFILES["ct-ild"]}, version_suffix="-b")["ct-ild"]
+    ref = common_pb2.ModelRef(profile="ct-ild", version=new.version)
+    assert c.error("ActivateModel", gateway_pb2.ActivateModelRequest(model=ref), token=WRITE).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
+    missing = c.error("ActivateModel", gateway_pb2.ActivateModelRequest(
+        model=common_pb2.ModelRef(profile="ct-ild", version="20990101-000000-nothere")), token=ADMIN)
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    resp = c("ActivateModel", gateway_pb2.ActivateModelRequest(model=ref), token=ADMIN, timeout=300)
+    assert (resp.previous.version, resp.live.version) == (old, new.version)
+    q = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(phantom_sets["ct"][0]))
+    after = c("Search", q)
+    assert after.model.version == new.version and len(after.hits) == 0  # the new version's collection is empty
+    pinned = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild", version=old),
+                                                   images=_images(phantom_sets["ct"][0])))
+    assert len(pinned.hits) == 10  # the old version stays searchable by name
+    back = c("ActivateModel", gateway_pb2.ActivateModelRequest(model=common_pb2.ModelRef(profile="ct-ild", version=old)),
+             token=ADMIN, timeout=300)
+    assert back.live.version == old and len(c("Search", q).hits) == 10
+
+
+def test_restart_keeps_acknowledged_cases(served, ingested, phantom_sets):
+    """Delete the app and start it again on the same milvus-lite file: every acknowledged case
+    is found again (the ranking replica rebuilds its index from Milvus)."""
+    from ray import serve
+
+    c = served["client"]
+    counts = {p: _count(c, p) for p in ("cxr-report", "ct-ild", "cxr-clip")}
+    serve.delete("lungsearch")
+    t0 = time.perf_counter()
+    from services.gateway import app
+
+    serve.run(app(served["args"]), name="lungsearch", route_prefix="/lungsearch")
+    print(f"restarted in {time.perf_counter() - t0:.1f} s")
+    assert {p: _count(c, p) for p in counts} == counts
+    key, rec = next(iter(ingested["cxr-clip"].items()))
+    top = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"), images=_images(rec),
+                                                top_k=1)).hits[0]
+    assert top.case.case_key == key
+    for profile, keys in ingested.items():
+        for k in list(keys)[:5]:
+            assert c("GetCase", gateway_pb2.GetCaseRequest(model=common_pb2.ModelRef(profile=profile), case_key=k)).case.case_key == k
