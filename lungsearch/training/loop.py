@@ -317,7 +317,7 @@ def _run(config: dict[str, Any], ctx) -> None:
         probe_runner = ctx.prepare(model.probe) if stage.frozen_features else None
 
         for epoch in range(start_epoch, stage.epochs):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
             seed = cfg.train.seed * 100_003 + si * 1009 + epoch * 31 + rank
@@ -334,6 +334,8 @@ def _run(config: dict[str, Any], ctx) -> None:
                 sched.step()
             metrics = {"stage": float(si), "epoch": float(epoch), "train_loss": train_stats["loss"], "val_loss": val_loss,
                        "samples": float(train_stats["samples"]), "epoch_seconds": time.perf_counter() - t0,
+                       # CPU seconds of this worker (all its threads): what the epoch costs on an idle machine
+                       "epoch_cpu_seconds": time.process_time() - cpu0,
                        "samples_per_s": train_stats["samples"] / max(train_stats["seconds"], 1e-9)}
             metrics.update(validation_metrics(val_out, val_labels, cfg, stage))
             if rank == 0:
