@@ -164,7 +164,7 @@ def start_metrics_server(host: str, port: int, fetch) -> ThreadingHTTPServer:
     return server
 
 
-def _deploy(doc: dict[str, Any]) -> None:
+def deploy(doc: dict[str, Any]) -> None:
     """Deploy like ``serve run <config>`` does, so per-deployment overrides in the YAML apply."""
     from ray import serve
     from ray.serve.config import gRPCOptions
@@ -184,7 +184,7 @@ def _deploy(doc: dict[str, Any]) -> None:
         serve.run(app(doc["applications"][0]["args"]), name=APP_NAME, route_prefix="/lungsearch", blocking=False)
 
 
-def _wait_running(timeout_s: float = 900.0) -> None:
+def wait_running(timeout_s: float = 900.0) -> None:
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
@@ -223,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
     init_ray(args.ray_address, num_cpus=args.num_cpus, **extra)
     proxy = metrics_server = None
     try:
-        _deploy(doc)
-        _wait_running()
+        deploy(doc)
+        wait_running()
         print(f"  gRPC:    {args.host}:{args.grpc_port} (plaintext; reflection and grpc.health.v1 on)")
         if args.metrics_port:
             from ray import serve
