@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.address if args.address is not None else os.environ.get("RAY_ADDRESS", None))
     ev, out_dir = evaluate_registered(args.model or cfg.profile, registry_root=args.registry, report_dir=args.report_dir,
                                       overrides=args.overrides)
-    print(json.dumps({"profile": cfg.profile, "report_dir": str(out_dir),
+    version = json.loads((out_dir / "metrics.json").read_text())["provenance"].get("model_version")
+    print(json.dumps({"profile": cfg.profile, "model": f"{cfg.profile}@{version}", "version": version, "report_dir": str(out_dir),
                       "metrics": {k: round(v, 4) for k, v in sorted(ev.metrics.items())}}, indent=2))
     return 0
 
