@@ -78,7 +78,7 @@ def _claims(profile: str, rows: dict, probes: dict | None) -> list[tuple[str, bo
     return out
 
 
-def _results_md(sections: list[dict], command: str, started: str, overhead: dict | None) -> str:
+def _results_md(sections: list[dict], started: str, overhead: dict | None) -> str:
     from lungsearch.evaluation.report import ReportInput, render_tables
 
     lines = [
@@ -90,8 +90,8 @@ def _results_md(sections: list[dict], command: str, started: str, overhead: dict
         "> performance, and they are not the papers' datasets. Where a paper's claim does not reproduce here,",
         "> the verdict says so.",
         "",
-        f"- Command: `{command}`",
-        f"- Started: {started}; machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        f"- Page written {started}; machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs: see the",
+        f"  load average per profile), Python {platform.python_version()}. Each profile's command is in its section.",
         "- Test split: queries; train + validation: the retrieval gallery. Seeds: as in each table's caption.",
         "",
     ]
@@ -104,10 +104,11 @@ def _results_md(sections: list[dict], command: str, started: str, overhead: dict
     for s in sections:
         inp = ReportInput(cfg=s["cfg"], main=None, rows=s["rows"], row_tables=s["tables"], probes=s["probes"],
                           provenance=s["provenance"], main_row=s["main_row"])
+        sets = "".join(f" --set {o}" for o in s["overrides"] or [])
+        load = f", 1-min load average {s['load_avg']:.1f} at the end" if s.get("load_avg") is not None else ""
         lines += [f"## {s['profile']} (paper {s['cfg'].paper})", "",
-                  f"Command: `python ray_jobs/reproduce.py --profiles {s['profile']}`"
-                  + (f" (overrides: `{' '.join(s['overrides'])}`)" if s["overrides"] else ""),
-                  f"; model `{s['provenance'].get('model_version')}`; report folder `{s['report_dir']}`;"
+                  f"Command: `python ray_jobs/reproduce.py --profiles {s['profile']}{sets}` (run {s.get('started', '?')}{load});"
+                  f" model `{s['provenance'].get('model_version')}`; report folder `{s['report_dir']}`;"
                   f" wall time {s['seconds']:.0f} s for {len(s['rows'])} trained variant(s).", ""]
         lines.append(render_tables(inp))
         timing = ", ".join(f"{n}: {r.get('train_seconds', float('nan')):.0f} s" for n, r in s["rows"].items())
@@ -135,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     from lungsearch.runtime import init_ray
     from lungsearch.training.pipeline import reproduce_profile
 
+    from lungsearch import constants
+
     init_ray(args.address if args.address is not None else os.environ.get("RAY_ADDRESS", None))
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    # Each profile's section is kept, so profiles reproduced in separate runs end up on one page.
+    keep = Path(constants.ARTIFACTS_DIR) / "reports" / "reproduce"
+    keep.mkdir(parents=True, exist_ok=True)
+    command = "python ray_jobs/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections = []
     for name in args.profiles:
         cfg = load_profile(name, args.set)
@@ -150,15 +157,26 @@ def main(argv: list[str] | None = None) -> int:
         sections.append({"profile": name, "cfg": cfg, "rows": res["rows"], "probes": res["probes"], "tables": tables,
                          "provenance": res["provenance"], "report_dir": str(res["report_dir"]), "main_row": main_row,
                          "claims": _claims(name, res["rows"], res["probes"]), "overrides": args.set,
-                         "seconds": time.perf_counter() - t0})
+                         "seconds": time.perf_counter() - t0, "started": started,
+                         "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
+        (keep / f"{name}.json").write_text(json.dumps({k: v for k, v in sections[-1].items() if k != "cfg"}, indent=2, default=str))
         print(json.dumps({"profile": name, "claims": sections[-1]["claims"]}, indent=2), flush=True)
+    done = {s["profile"] for s in sections}
+    for name in ("cxr-report", "cxr-cnn", "ct-ild", "cxr-clip", "cxr-hash"):
+        saved = keep / f"{name}.json"
+        if name not in done and saved.is_file():
+            sec = json.loads(saved.read_text())
+            sec["cfg"] = load_profile(name, sec.get("overrides") or [])
+            sec["claims"] = [tuple(c) for c in sec["claims"]]
+            sections.append(sec)
+    order = {n: i for i, n in enumerate(("cxr-report", "cxr-cnn", "ct-ild", "cxr-clip", "cxr-hash"))}
+    sections.sort(key=lambda s: order.get(s["profile"], 99))
     overhead = None
     bench = REPO / "benchmarks" / "results" / "train_overhead.json"
     if bench.is_file():
         overhead = json.loads(bench.read_text())
-    command = "python ray_jobs/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out:
-        Path(args.out).write_text(_results_md(sections, command.strip(), started, overhead) + "\n")
+        Path(args.out).write_text(_results_md(sections, started, overhead) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps([{k: v for k, v in s.items() if k != "cfg"} for s in sections], indent=2, default=str))
     print(json.dumps({"results": args.out, "profiles": [s["profile"] for s in sections],

@@ -108,11 +108,12 @@ def validation_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray, cfg: 
 class LocalContext:
     """A one-process stand-in for the Ray Train context (``run_local``): same loop, no cluster."""
 
-    def __init__(self, datasets: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def __init__(self, datasets: dict[str, Any], checkpoint_dir: str | None = None, device: str = "cpu") -> None:
         self.datasets = datasets
         self.checkpoint_dir = checkpoint_dir
         self.reports: list[dict[str, float]] = []
         self.last_checkpoint: str | None = None
+        self._device = torch.device(device)
 
     def rank(self) -> int:
         return 0
@@ -121,7 +122,7 @@ class LocalContext:
         return 1
 
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        return self._device
 
     def shard(self, name: str):
         return self.datasets[name]
@@ -235,12 +236,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def run_local(config: dict[str, Any], datasets: dict[str, list[dict]], checkpoint_dir: str | None = None,
-              resume_from: str | None = None, context: LocalContext | None = None) -> LocalContext:
+              resume_from: str | None = None, context: LocalContext | None = None, device: str = "cpu") -> LocalContext:
     """Run the same loop in-process over row lists (no Ray); returns the context with the reports.
 
     ``resume_from`` is a checkpoint folder written by an earlier local run (as Ray Train's
     ``get_checkpoint`` would return); pass ``context`` to inspect reports after a failure."""
-    ctx = context or LocalContext(datasets, checkpoint_dir)
+    ctx = context or LocalContext(datasets, checkpoint_dir, device)
     if resume_from is not None:
         ctx.last_checkpoint = resume_from
     _run(config, ctx)
