@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         init_ray(address="", num_cpus=max(2, args.threads + 1), log_to_driver=False)
         dep = Encoding.options(
-            num_replicas=1, max_ongoing_requests=max(2 * args.batch, 32), max_queued_requests=-1,
+            num_replicas=1, max_ongoing_requests=args.max_ongoing, max_queued_requests=-1,
             ray_actor_options={"num_cpus": 1},
             user_config={"max_batch_size": args.batch, "batch_wait_timeout_s": args.wait, "torch_threads": args.threads},
         ).bind([card.ref], str(work / "artifacts"), args.threads)
@@ -114,6 +114,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rounds[name].append(fns[name]())
                 print(f"round {r + 1}: {name:16s} {rounds[name][-1]:8.1f} images/s", flush=True)
         med = {k: float(np.median(v)) for k, v in rounds.items()}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        fams = {f.name: f for f in text_string_to_metric_families(handle.metrics_text.remote().result())}
+        bs = {s.name.rsplit("_", 1)[1]: s.value for s in fams["lungsearch_encoding_batch_size_items"].samples
+              if s.name.endswith(("_sum", "_count"))}
+        bt = {s.name.rsplit("_", 1)[1]: s.value for s in fams["lungsearch_encoding_batch_duration_seconds"].samples
+              if s.name.endswith(("_sum", "_count"))}
+        result["deployment_mean_batch_size"] = bs["sum"] / max(bs["count"], 1)
+        result["deployment_model_time_share"] = bt["sum"] / max(sum(n_images / v for v in rounds["deployment"]), 1e-9)
+        print(f"deployment: mean batch {result['deployment_mean_batch_size']:.1f} studies; "
+              f"model busy {100 * result['deployment_model_time_share']:.0f}% of the deployment rounds", flush=True)
         result.update({"images_per_round": n_images, "rounds": rounds, "median_images_per_s": med,
                        "ratio_deployment_vs_direct_model": med["deployment"] / med["direct_model"],
                        "ratio_deployment_vs_direct_pipeline": med["deployment"] / med["direct_pipeline"],
@@ -131,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="cxr-hash")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--max-ongoing", type=int, default=64, help="the replica's max_ongoing_requests")
     ap.add_argument("--wait", type=float, default=0.01, help="@serve.batch batch_wait_timeout_s")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--image-size", type=int, default=128)

@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="lungsearch-bench-serve-"))
     result: dict[str, Any] = {"provenance": provenance("serve_latency", seed=args.seed, profile=args.profile,
                                                        sizes=sizes, concurrency=concurrency, threads=args.threads,
-                                                       image_size=args.image_size, untrained_model=True)}
+                                                       image_size=args.image_size, stages=args.stages,
+                                                       untrained_model=True)}
     try:
         # --- registry: one version per index size (same weights), store pre-filled --------------
         cfg = load_profile(args.profile, [f"data.image_size={args.image_size}"])
@@ -198,7 +199,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         serve.run(app({"profiles": [f"{args.profile}@{versions[sizes[0]]}"], "artifacts_dir": str(reg),
                        "milvus_uri": str(db), "hmac_key_file": str(work / "hmac.key"), "insecure_local": True,
-                       "torch_threads": args.threads}), name="lungsearch", route_prefix="/lungsearch")
+                       "torch_threads": args.threads, "stages": args.stages}), name="lungsearch",
+                  route_prefix="/lungsearch")
         result["app_start_s"] = time.perf_counter() - t
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = gateway_pb2_grpc.LungSearchStub(channel)
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overhead-requests", type=int, default=40)
     ap.add_argument("--rank-requests", type=int, default=200)
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--stages", choices=["graph", "fused"], default="graph",
+                    help="graph: Encoding -> Fusion -> Hashing hops; fused: the Encoding replica fuses and hashes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model replica and in-process")
     ap.add_argument("--num-cpus", type=int, default=0, help="logical CPUs of the local Ray (0 = all)")
     ap.add_argument("--seed", type=int, default=0)

@@ -150,6 +150,25 @@ class Gateway:
             code = (await self.hashing.Hash.remote(hreq)).code
         return fus, code
 
+    async def _encode_embed(self, served: ServedModel, images, report: common_pb2.Report):
+        """(study, text, features, fused, code) of a query or an ingested study.
+
+        ``stages: graph`` (default) calls Encoding, Fusion and Hashing in turn; ``stages: fused``
+        asks the Encoding replica to fuse and hash too (same library functions, same model), which
+        saves two deployment hops per request (see docs/serving.md, "Serving overhead").
+        """
+        if self.args.stages == "fused":
+            text = limits.check_report(report, served.cfg.serve.limits)
+            if not images and not text:
+                raise InvalidRequestError("give an image, a report, or both", code="empty_query")
+            study = await self._decode(served, images) if images else None
+            req = encoding_pb2.EncodeRequest(model=convert.model_ref(served.profile, served.version), report=report)
+            enc, fus, code = await self.encoding.encode_fused.remote(req, study=study)
+            return study, text, enc, fus, code
+        study, text, enc = await self._encode(served, images, report)
+        fus, code = await self._embed(served, enc)
+        return study, text, enc, fus, code
+
     async def _rank(self, served: ServedModel, fus, code, top_k: int, flt: common_pb2.Filter | None = None
                     ) -> ranking_pb2.RankResponse:
         req = ranking_pb2.RankRequest(model=convert.model_ref(served.profile, served.version), embedding=fus.embedding,
@@ -170,8 +189,7 @@ class Gateway:
         source_id = limits.check_source_id(request.source_id)
         if not request.images:
             raise InvalidRequestError("ingest needs at least one image", code="no_image", field="images")
-        study, text, enc = await self._encode(served, request.images, request.report)
-        fus, code = await self._embed(served, enc)
+        study, text, enc, fus, code = await self._encode_embed(served, request.images, request.report)
         key = pipeline.derive_case_key(self.hmac_key, study=study, source_id=source_id,
                                        image_bytes=[im.data for im in request.images])
         ref = convert.model_ref(served.profile, served.version)
@@ -212,8 +230,7 @@ class Gateway:
         self.metrics.observe_request_size("Search", limits.check_message(request, lim))
         k = limits.check_top_k(request.top_k, lim)
         convert.filter_from_proto(request.filter)  # validates label counts before any work
-        _, _, enc = await self._encode(served, request.images, request.report)
-        fus, code = await self._embed(served, enc)
+        _, _, enc, fus, code = await self._encode_embed(served, request.images, request.report)
         ranked = await self._rank(served, fus, code, k, request.filter)
         resp = gateway_pb2.SearchResponse(model=ranked.model)
         for i, r in enumerate(ranked.results):
@@ -226,8 +243,7 @@ class Gateway:
         lim = served.cfg.serve.limits
         self.metrics.observe_request_size("Classify", limits.check_message(request, lim))
         k = limits.check_top_k(request.knn_k, lim, field="knn_k")
-        _, _, enc = await self._encode(served, request.images, request.report)
-        fus, code = await self._embed(served, enc)
+        _, _, enc, fus, code = await self._encode_embed(served, request.images, request.report)
         ranked = await self._rank(served, fus, code, k)
         vote = pipeline.knn_vote([list(r.case.labels) for r in ranked.results], served.card.targets)
         resp = gateway_pb2.ClassifyResponse(model=fus.model, probabilities=list(fus.probabilities))

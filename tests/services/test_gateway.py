@@ -386,6 +386,25 @@ def test_metrics_exposition(served, ingested, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_fused_stages_match_the_graph(served, phantom_sets):
+    """``stages: fused`` (Encoding also fuses and hashes) gives the same embedding and code as the
+    Fusion and Hashing deployments."""
+    from ray import serve
+
+    from lungsearch._proto.v1 import encoding_pb2, fusion_pb2, hashing_pb2
+    from lungsearch.data import read_study
+    from lungsearch.serving.convert import tensor_from_proto
+
+    h = {n: serve.get_deployment_handle(n, app_name="lungsearch") for n in ("Encoding", "Fusion", "Hashing")}
+    ref = common_pb2.ModelRef(profile="ct-ild", version=served["cards"]["ct-ild"].version)
+    study = read_study(_read(phantom_sets["ct"][3]["image_paths"]))
+    enc, fus, code = h["Encoding"].encode_fused.remote(encoding_pb2.EncodeRequest(model=ref), study=study).result()
+    fus2 = h["Fusion"].Fuse.remote(fusion_pb2.FuseRequest(model=ref, features=enc.features)).result()
+    code2 = h["Hashing"].Hash.remote(hashing_pb2.HashRequest(model=ref, embedding=fus2.embedding)).result().code
+    np.testing.assert_allclose(tensor_from_proto(fus.embedding), tensor_from_proto(fus2.embedding), rtol=1e-5, atol=1e-6)
+    assert code.packed == code2.packed and code.bits == 64
+
+
 def test_activate_model_switches_atomically(served, ingested, phantom_sets):
     from pathlib import Path
 

@@ -42,7 +42,7 @@ def test_deployments_fit_on_two_cpus_and_one_ranking_replica(doc):
     assert sum(d["ray_actor_options"]["num_cpus"] for d in deps.values()) <= 2.0
     assert deps["Ranking"]["num_replicas"] == 1  # milvus-lite: one process per file
     enc = deps["Encoding"]
-    assert enc["max_ongoing_requests"] >= enc["user_config"]["max_batch_size"]
+    assert enc["max_ongoing_requests"] >= 4 * enc["user_config"]["max_batch_size"]
 
 
 def test_every_rpc_has_a_method_on_the_gateway():

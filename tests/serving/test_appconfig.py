@@ -22,7 +22,7 @@ def test_deployment_options_from_profile():
     enc = deployment_options(cfg, "encoding")
     assert enc["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1.0}
     assert enc["user_config"]["max_batch_size"] == 32
-    assert enc["max_ongoing_requests"] == 32  # a batch can fill
+    assert enc["max_ongoing_requests"] == 128  # 4 batches: a batch fills while one computes
     assert enc["num_replicas"] == 1 and enc["max_queued_requests"] == 64
 
 
