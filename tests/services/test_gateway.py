@@ -22,7 +22,7 @@ import pytest
 from lungsearch._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from lungsearch.serving.status import ERROR_METADATA_KEY
 
-from conftest import ADMIN, N_CXR, PROFILES, READ, WRITE, build_registry, free_port
+from services_fixtures import ADMIN, N_CXR, PROFILES, READ, WRITE, build_registry, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

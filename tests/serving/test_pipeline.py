@@ -7,7 +7,7 @@ from PIL import Image
 from lungsearch.errors import InvalidRequestError
 from lungsearch.serving import pipeline
 
-from conftest import make_study
+from serving_fixtures import make_study
 
 
 def _items(models, profile, studies, texts=None):
