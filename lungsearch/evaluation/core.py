@@ -141,7 +141,8 @@ def evaluate_model(
             out.update(top1_precision=prf["precision_macro"], top1_recall=prf["recall_macro"], top1_f1=prf["f1_macro"])
             details["top1_retrieval"] = prf
     single = test.labels if not test.multilabel else None
-    if single is not None and len(np.unique(single)) > 1 and len(test) > 2:
+    # silhouette needs 2 <= classes <= cases - 1 (tiny test splits can have one case per class)
+    if single is not None and 1 < len(np.unique(single)) < len(test):
         out["silhouette"] = M.silhouette(pred.embedding, single)
         out.update(M.intra_inter_distance(pred.embedding, single))
     if pred.text_embedding is not None:

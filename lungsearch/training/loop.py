@@ -23,7 +23,6 @@ import random
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
