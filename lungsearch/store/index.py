@@ -135,7 +135,7 @@ class CaseIndex:
 
     @classmethod
     def from_store(cls, store: "MilvusStore", profile: str, version: str, *, backend: str = "auto",
-                   batch_rows: int = 20000, default_candidates: int = 100) -> "CaseIndex":
+                   batch_rows: int | None = None, default_candidates: int = 100) -> "CaseIndex":
         """Rebuild the index from a Milvus collection (the ranking deployment calls this on start).
 
         Rows written to the collection while this runs may be missed: call it before accepting

@@ -17,9 +17,11 @@ Facts this adapter is built around (shared/FACTS.md, re-checked with milvus-lite
 - One process per milvus-lite file (an flock on ``<file>/LOCK``); a second process gets
   :class:`StoreUnavailableError` with ``code="store_locked"``.
 - After reopening, collections are released: they are loaded again on first use.
-- Paging with ``query_iterator`` (primary-key cursor) is quadratic on milvus-lite (16 s for 100k
-  rows here); :meth:`MilvusStore.iter_batches` pages by ranges of a hashed ``bucket`` column with an
-  INVERTED index instead (~3 s per 100k rows with embeddings).
+- milvus-lite answers every query by gathering all rows of the collection in Python first (keys,
+  vectors, row references), so a query costs O(collection) whatever its filter, and
+  ``query_iterator`` (one query per page) is quadratic: 16 s for 100k rows here.
+  :meth:`MilvusStore.iter_batches` pages by ranges of a hashed ``bucket`` column instead, with
+  pages as large as the message limit allows on milvus-lite (see :class:`StoreCapabilities`).
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class StoreCapabilities:
         array_scalar_index: INVERTED index on ARRAY fields (server only).
         single_process: the store is a file one process may open at a time (lite).
         scalar_index_type: the scalar index type used for filter fields.
+        page_bytes: target response size of one paging query (:meth:`MilvusStore.iter_batches`).
+        max_page_rows: most rows one paging query may return.
     """
 
     backend: str
@@ -102,11 +106,19 @@ class StoreCapabilities:
     array_scalar_index: bool
     single_process: bool
     scalar_index_type: str = "INVERTED"
+    page_bytes: int = 32 << 20
+    max_page_rows: int = 10_000
 
     @classmethod
     def for_uri(cls, uri: str) -> "StoreCapabilities":
         if is_lite_uri(uri):
-            return cls(backend="milvus-lite", binary_vector=False, array_scalar_index=False, single_process=True)
+            # milvus-lite gathers every row of the collection (keys, vectors, row references) in
+            # Python for each query, whatever the filter: at 1M rows a page costs seconds before it
+            # returns anything. So page as coarsely as its 256 MB message limit allows.
+            return cls(backend="milvus-lite", binary_vector=False, array_scalar_index=False, single_process=True,
+                       page_bytes=160 << 20, max_page_rows=400_000)
+        # A server answers bucket ranges from the INVERTED index; keep pages well under its
+        # per-query output limits.
         return cls(backend="milvus", binary_vector=True, array_scalar_index=True, single_process=False)
 
 
@@ -591,19 +603,28 @@ class MilvusStore:
                                      timeout=self.timeout)
         return sorted(r["case_key"] for r in res)
 
-    def iter_batches(self, profile: str, version: str, *, batch_rows: int = 20000, with_text: bool = False) -> Iterator[CaseBatch]:
+    def page_rows(self, info: CollectionInfo, *, with_text: bool = False) -> int:
+        """Rows per paging query for this store and collection (see :class:`StoreCapabilities`)."""
+        row = 320 + info.embedding_dim * 4 + info.code_bits // 4 + (MAX_EXCERPT_BYTES if with_text else 0)
+        return max(1000, min(self.capabilities.max_page_rows, self.capabilities.page_bytes // row))
+
+    def iter_batches(self, profile: str, version: str, *, batch_rows: int | None = None, with_text: bool = False
+                     ) -> Iterator[CaseBatch]:
         """Every case of the collection, in columnar batches of about ``batch_rows`` rows.
 
-        Pages by ranges of the hashed ``bucket`` column (sized from the row count), which milvus-lite
-        answers from an INVERTED index; a primary-key cursor would rescan the collection per page.
+        Pages by ranges of the hashed ``bucket`` column, sized from the row count. A primary-key
+        cursor (``query_iterator``) re-reads the collection for every page; milvus-lite does that
+        for any query, so there pages are as large as its message limit allows.
 
         Args:
+            batch_rows: rows per page (default :meth:`page_rows`).
             with_text: also return report excerpts, timestamps, image counts and model versions.
         """
         info = self._open(profile, version)
         total = self.count(profile, version)
         if total == 0:
             return
+        batch_rows = batch_rows or self.page_rows(info, with_text=with_text)
         pages = max(1, -(-total // max(1, batch_rows)))
         width = -(-BUCKETS // pages)
         fields = self._fields(info, with_text=with_text)
@@ -611,11 +632,11 @@ class MilvusStore:
             hi = min(BUCKETS, lo + width)
             with self._guard("query", info.name):
                 res = self._client.query(info.name, filter=f"bucket >= {lo} and bucket < {hi}", output_fields=fields,
-                                         timeout=max(self.timeout, 60.0))
+                                         timeout=self.load_timeout)
             if len(res):
                 yield self._to_batch(res, info, with_text=with_text)
 
-    def iterate(self, profile: str, version: str, *, batch_rows: int = 20000) -> Iterator[StoredCase]:
+    def iterate(self, profile: str, version: str, *, batch_rows: int | None = None) -> Iterator[StoredCase]:
         """Every case of the collection as :class:`StoredCase` (see :meth:`iter_batches` for bulk use)."""
         for batch in self.iter_batches(profile, version, batch_rows=batch_rows, with_text=True):
             yield from batch.cases()
