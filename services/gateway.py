@@ -66,7 +66,8 @@ class Gateway:
 
         self.args = AppArgs.parse(args)
         self.metrics = ServingMetrics("gateway")
-        self.auth = Authenticator.from_file(self.args.tokens_file or None, insecure_local=self.args.insecure_local)
+        self.auth = Authenticator.from_file(self.args.tokens_file or None, insecure_local=self.args.insecure_local,
+                                            loopback_only=self.args.loopback_only)
         self.models = ModelSet(self.args.profiles, root=self.args.artifacts_dir, load_weights=False)
         self.models.load()
         self.hmac_key = load_or_create_key(self.args.hmac_key_file)

@@ -8,7 +8,8 @@ A plain Prometheus ``/metrics`` endpoint for the whole graph listens on ``--metr
 Security: Serve 2.60's gRPC proxy has no TLS and listens on every interface. Without
 ``--tokens-file`` the server runs in insecure local mode: the gateway answers loopback clients
 only, and ``--host``/``--tls-host`` must be loopback. ``--tls-cert/--tls-key`` put a real nginx
-(``lungsearch.security.TLSProxy``) in front; firewall the plaintext port from the network.
+(``lungsearch.security.TLSProxy``) in front; the gateway then refuses non-loopback peers on the
+plaintext port (unless ``--host`` is not loopback), and firewalling that port is still wise.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
     from lungsearch.serving.appconfig import AppArgs
-    from lungsearch.serving.auth import check_bind
+    from lungsearch.serving.auth import check_bind, is_loopback
 
     path = Path(args.config)
     try:
@@ -101,6 +102,11 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         a["insecure_local"] = False
     elif args.insecure_local:
         a["insecure_local"] = True
+    if args.tls_cert and is_loopback(args.host):
+        # Serve's plaintext gRPC port listens on every interface whatever --host says; with TLS
+        # in front and a loopback --host, only the proxy (on loopback) may use it: any other peer
+        # is going around TLS, bearer token in clear text.
+        a["loopback_only"] = True
     parsed = AppArgs.parse(a)
     secured = bool(parsed.tokens_file)
     check_bind(args.host, secured=secured, insecure_local=parsed.insecure_local)

@@ -37,6 +37,8 @@ class AppArgs(BaseModel):
     hmac_key_file: str = Field(default="data/hmac.key", description="Secret for case keys (created 0600 if absent).")
     tokens_file: str = Field(default="", description="Bearer tokens with roles; '' = no auth.")
     insecure_local: bool = Field(default=False, description="Without tokens, let every caller in as admin.")
+    loopback_only: bool = Field(default=False, description="Refuse non-loopback peers (set behind a TLS proxy on the "
+                                                          "same machine: Serve's plaintext port listens on every interface).")
     torch_threads: int = Field(default=1, ge=0, description="torch intra-op threads per model replica.")
     store_timeout: float = Field(default=10.0, gt=0, description="Seconds per Milvus call.")
     index_backend: Literal["auto", "faiss", "numpy"] = "auto"

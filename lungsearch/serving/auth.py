@@ -165,6 +165,10 @@ class Authenticator:
         insecure_local: allow every call as admin when no tokens are configured.
         tokens_file: reload tokens from this file when its mtime changes (checked at most once
             a second), so rotating a Secret needs no restart.
+        loopback_only: refuse every non-loopback peer, tokens or not. ``lungsearch serve
+            --tls-cert`` sets it: Serve 2.60's plaintext gRPC port listens on every interface and
+            the TLS proxy reaches it over loopback, so any other peer is going around TLS (and
+            would send its bearer token in clear text).
 
     Example::
 
@@ -173,20 +177,22 @@ class Authenticator:
     """
 
     def __init__(self, tokens: list[TokenEntry] | None = None, *, insecure_local: bool = False,
-                 tokens_file: str | os.PathLike | None = None) -> None:
+                 tokens_file: str | os.PathLike | None = None, loopback_only: bool = False) -> None:
         self._tokens = list(tokens or [])
         self.insecure_local = bool(insecure_local)
+        self.loopback_only = bool(loopback_only)
         self._file = Path(tokens_file) if tokens_file else None
         self._mtime = self._file.stat().st_mtime if self._file and self._file.exists() else 0.0
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike | None, *, insecure_local: bool = False) -> "Authenticator":
+    def from_file(cls, path: str | os.PathLike | None, *, insecure_local: bool = False,
+                  loopback_only: bool = False) -> "Authenticator":
         """Tokens from ``path``; ``None``/"" gives the local mode (if allowed) or a deny-all gate."""
         if not path:
-            return cls([], insecure_local=insecure_local)
-        return cls(load_tokens(path), insecure_local=False, tokens_file=path)
+            return cls([], insecure_local=insecure_local, loopback_only=loopback_only)
+        return cls(load_tokens(path), insecure_local=False, tokens_file=path, loopback_only=loopback_only)
 
     @property
     def secured(self) -> bool:
@@ -241,11 +247,15 @@ class Authenticator:
                 loopback peers get in, because Serve 2.60's gRPC proxy listens on every interface.
 
         Raises:
-            UnauthenticatedError: see :meth:`identify`; or a non-loopback peer in local mode.
+            UnauthenticatedError: see :meth:`identify`; or a non-loopback peer in local mode or
+                with ``loopback_only``.
             PermissionDeniedError: the role may not call ``method`` (unknown methods need admin).
         """
         if method in OPEN_METHODS:
             return None
+        if self.loopback_only and peer is not None and not peer_is_loopback(peer):
+            raise UnauthenticatedError("plaintext calls are accepted from loopback only; connect through the TLS port",
+                                       code="non_loopback_peer")
         if not self._tokens and self.insecure_local and peer is not None and not peer_is_loopback(peer):
             raise UnauthenticatedError("insecure local mode accepts loopback clients only; configure tokens",
                                        code="non_loopback_peer")

@@ -73,3 +73,17 @@ def test_metrics_endpoint():
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
     finally:
         srv.shutdown()
+
+
+def test_tls_makes_the_plaintext_port_loopback_only(tmp_path):
+    """With --tls-cert (and the default loopback --host) the gateway refuses non-loopback peers:
+    Serve's plaintext port listens on every interface and only the TLS proxy should use it."""
+    tokens = tmp_path / "t.yaml"
+    tokens.write_text("tokens: [{name: a, role: read, token: aaaaaaaaaaaaaaaaaaaa}]")
+    doc = _serve.build_config(_args(tokens_file=str(tokens), tls_cert="c.pem", tls_key="k.pem", tls_host="0.0.0.0"))
+    assert doc["applications"][0]["args"]["loopback_only"] is True
+    plain = _serve.build_config(_args(tokens_file=str(tokens)))
+    assert plain["applications"][0]["args"]["loopback_only"] is False
+    # an operator who asks for plaintext on the network (with tokens) keeps it
+    both = _serve.build_config(_args(tokens_file=str(tokens), host="0.0.0.0", tls_cert="c.pem", tls_key="k.pem"))
+    assert both["applications"][0]["args"]["loopback_only"] is False

@@ -141,3 +141,16 @@ def test_insecure_local_refuses_remote_peers_but_not_health():
 def test_tokens_work_from_any_peer(tokens_file):
     a = auth.Authenticator.from_file(tokens_file)
     assert a.authorize("Search", md(READ), peer="ipv4:10.1.1.1:9").name == "viewer"
+
+
+def test_loopback_only_refuses_remote_peers_even_with_a_valid_token(tokens_file):
+    """Behind `lungsearch serve --tls-cert`: Serve's plaintext port listens on every interface, so
+    a remote peer reaching it directly (around TLS, token in clear text) is refused."""
+    a = auth.Authenticator.from_file(tokens_file, loopback_only=True)
+    assert a.authorize("Search", md(READ), peer="ipv4:127.0.0.1:9").name == "viewer"  # the TLS proxy
+    with pytest.raises(UnauthenticatedError) as e:
+        a.authorize("Search", md(ADMIN), peer="ipv4:10.1.1.1:9")
+    assert e.value.code == "non_loopback_peer"
+    with pytest.raises(UnauthenticatedError):
+        a.authorize("Ingest", md(WRITE), peer="ipv6:[2001:db8::1]:9")
+    assert a.authorize("Check", [], peer="ipv4:10.1.1.1:9") is None  # probes stay open
