@@ -29,6 +29,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _rel(path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
 def _claims(profile: str, rows: dict, probes: dict | None) -> list[tuple[str, bool | None, str]]:
     """(claim, reproduced?, the numbers) per acceptance comparison of the profile."""
     out: list[tuple[str, bool | None, str]] = []
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         tables = {v.name: v.table for v in variants(cfg)}
         main_row = next((v.name for v in variants(cfg) if v.main), main_row)
         sections.append({"profile": name, "cfg": cfg, "rows": res["rows"], "probes": res["probes"], "tables": tables,
-                         "provenance": res["provenance"], "report_dir": str(res["report_dir"]), "main_row": main_row,
+                         "provenance": res["provenance"], "report_dir": _rel(res["report_dir"]), "main_row": main_row,
                          "claims": _claims(name, res["rows"], res["probes"]), "overrides": args.set,
                          "seconds": time.perf_counter() - t0, "started": started,
                          "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})

@@ -291,7 +291,7 @@ def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, re
         same = _same_data(cfg, vcfg)
         o = train_and_evaluate(vcfg, dataset=ds if same else None, splits=splits if same else None,
                                run_name=default_run_name(vcfg, suffix), storage_path=storage_path, resume=resume,
-                               register=v.main, registry_root=registry_root, write=False, variant=v)
+                               register=v.main, registry_root=registry_root, write=v.main, variant=v)
         rows[v.name] = {**o.evaluation.metrics, "train_seconds": o.fit.seconds}
         tables[v.name] = v.table
         if v.main:
