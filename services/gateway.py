@@ -40,7 +40,7 @@ from lungsearch.serving import convert, limits, pipeline
 from lungsearch.serving.appconfig import AppArgs, deployment_options
 from lungsearch.serving.auth import Authenticator
 from lungsearch.serving.metrics import ServingMetrics, merge_expositions
-from lungsearch.serving.models import ModelSet, ServedModel, parse_profiles
+from lungsearch.serving.models import ModelSet, ServedModel, check_version, parse_profiles
 from lungsearch.serving.rpc import rpc
 
 __all__ = ["Gateway", "app", "HEALTH_SERVICES"]
@@ -326,7 +326,7 @@ class Gateway:
         from lungsearch import registry
 
         profile = self.models.check_profile(request.model.profile)
-        version = request.model.version
+        version = check_version(request.model.version)
         if not version:
             raise InvalidRequestError("ActivateModel needs model.version", code="no_version", field="model.version")
         await asyncio.to_thread(registry.resolve, profile, version, self.args.artifacts_dir)  # NOT_FOUND early

@@ -17,15 +17,34 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from lungsearch.errors import LungsearchError, ModelNotFoundError, ModelNotReadyError
+from lungsearch.errors import InvalidRequestError, LungsearchError, ModelNotFoundError, ModelNotReadyError
 
-__all__ = ["ServedModel", "ModelSet", "parse_profiles"]
+__all__ = ["ServedModel", "ModelSet", "parse_profiles", "check_version"]
+
+# Registry versions are generated ("20261124-204151-b5ded8") or chosen by an operator; a request
+# naming anything else (path tricks, control characters, a megabyte of text that the file system
+# answers with ENAMETOOLONG) is refused before it reaches the registry.
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def check_version(version: str, *, field: str = "model.version") -> str:
+    """A request's model version ("" = the live one) or INVALID_ARGUMENT (the value is not echoed).
+
+    Raises:
+        InvalidRequestError: not 1-128 letters, digits, '.', '_', '+' or '-' (starting with a
+            letter or digit).
+    """
+    if version and not _VERSION_RE.match(version):
+        raise InvalidRequestError("model version must be 1-128 letters, digits, '.', '_', '+' or '-'",
+                                  code="bad_version", field=field)
+    return version
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +154,8 @@ class ModelSet:
     def check_profile(self, profile: str) -> str:
         profile = profile or self.default_profile
         if profile not in self._loaded:
-            raise ModelNotFoundError(f"profile {profile!r} is not served here (served: {', '.join(self.profiles)})",
+            # The requested name is not echoed: callers sometimes paste identifiers into any field.
+            raise ModelNotFoundError(f"profile is not served here (served: {', '.join(self.profiles)})",
                                      code="profile_not_served", field="model.profile")
         return profile
 
@@ -143,9 +163,11 @@ class ModelSet:
         """The model for a request's ``ModelRef`` (empty profile = the first served, empty version = live).
 
         Raises:
+            InvalidRequestError: a malformed version (:func:`check_version`).
             ModelNotFoundError: a profile not served here, or an unknown version.
             ModelNotReadyError: the profile failed to load (the reason is in the message).
         """
+        check_version(version)
         profile = self.check_profile(profile)
         if not version:
             if profile in self.errors:

@@ -77,3 +77,22 @@ def test_eviction_keeps_live(registry, tiny_models, tmp_path):
     ms.get("cxr-hash", v3)  # over the cap: v2 (not live, not current) goes, live v1 stays
     assert {m.version for m in ms.loaded()} == {v1, v3}
     assert ms.get("cxr-hash", v2).version == v2  # reloads on demand
+
+
+@pytest.mark.parametrize("version", ["^" * 5000, "../../etc", "a/b", ".hidden", "x\x00y", "v 1", "é"])
+def test_malformed_request_versions_are_invalid_argument_and_not_echoed(registry, version):
+    """A request's version reaches the registry as a path component: a 5000-character one made
+    the file system answer ENAMETOOLONG (an INTERNAL error at the gateway, found by
+    tests/reliability's random messages)."""
+    from lungsearch.errors import InvalidRequestError
+
+    root, _, _ = registry
+    ms = ModelSet(["cxr-hash"], root=root, load_weights=False)
+    ms.load()
+    with pytest.raises(InvalidRequestError) as e:
+        ms.get("cxr-hash", version)
+    assert e.value.code == "bad_version" and version not in e.value.message
+    with pytest.raises(ModelNotFoundError) as e:
+        ms.get("Quagmire^Hortensia", "")
+    assert "Quagmire" not in e.value.message
+    assert ms.get("cxr-hash", "20260101-000000-aaaaaa").version == "20260101-000000-aaaaaa"
