@@ -60,16 +60,22 @@ def _detail(err: grpc.RpcError) -> common_pb2.ErrorDetail:
     raise AssertionError("no lungsearch-error-bin trailer")
 
 
-def _start(args: dict, port: int):
-    import yaml
-    from ray import serve
-    from ray.serve.config import gRPCOptions
+def _deploy(args: dict, port: int) -> None:
+    """Deploy exactly as ``lungsearch serve`` does: services/serve_config.yaml + overrides, through
+    Serve's config path (so the YAML's per-deployment settings apply), then wait for RUNNING."""
+    import argparse
 
-    from services.gateway import app
+    from lungsearch.cli import _serve
 
-    fns = yaml.safe_load(open("services/serve_config.yaml"))["grpc_options"]["grpc_servicer_functions"]
-    serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=fns))
-    serve.run(app(args), name="lungsearch", route_prefix="/lungsearch")
+    parser = argparse.ArgumentParser()
+    _serve.register(parser.add_subparsers())
+    argv = ["serve", "--artifacts-dir", args["artifacts_dir"], "--milvus-uri", args["milvus_uri"],
+            "--hmac-key-file", args["hmac_key_file"], "--tokens-file", args["tokens_file"], "--grpc-port", str(port)]
+    for p in args["profiles"]:
+        argv += ["--profile", p]
+    doc = _serve.build_config(parser.parse_args(argv))
+    _serve.deploy(doc)
+    _serve.wait_running(timeout_s=600)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +86,10 @@ def served(ray_cluster, serving_registry, tokens, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
     args = {"profiles": ["cxr-report", "ct-ild", "cxr-clip"], "artifacts_dir": str(root),
             "milvus_uri": str(work / "lungsearch.db"), "hmac_key_file": str(work / "hmac.key"),
-            "tokens_file": str(tokens), "torch_threads": 1}
+            "tokens_file": str(tokens)}
     port = free_port()
     t0 = time.perf_counter()
-    _start(args, port)
+    _deploy(args, port)
     print(f"\nserve app up in {time.perf_counter() - t0:.1f} s")
     yield {"client": Client(port), "args": args, "cards": cards, "port": port}
     serve.shutdown()
@@ -440,9 +446,7 @@ def test_restart_keeps_acknowledged_cases(served, ingested, phantom_sets):
     counts = {p: _count(c, p) for p in ("cxr-report", "ct-ild", "cxr-clip")}
     serve.delete("lungsearch")
     t0 = time.perf_counter()
-    from services.gateway import app
-
-    serve.run(app(served["args"]), name="lungsearch", route_prefix="/lungsearch")
+    _deploy(served["args"], served["port"])
     print(f"restarted in {time.perf_counter() - t0:.1f} s")
     assert {p: _count(c, p) for p in counts} == counts
     key, rec = next(iter(ingested["cxr-clip"].items()))
