@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -116,13 +117,9 @@ def fit(
         fail_after_epoch: test hook: the worker raises after this many epochs of this attempt.
 
     Raises:
-        TrainingError: the run failed (after ``max_failures`` retries).
+        TrainingError: the run failed (after ``max_failures`` retries), or ``code="run_in_progress"``:
+            another process is training the same run (same name and storage path) right now.
     """
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from lungsearch.models import create_model
     from lungsearch.runtime import init_ray
 
     init_ray()
@@ -130,6 +127,43 @@ def fit(
     run_name = run_name or default_run_name(cfg)
     storage = storage_uri(cfg, storage_path)
     run_dir = Path(storage) / run_name if "://" not in storage else None
+    with _run_lock(run_dir, run_name):
+        return _fit_locked(cfg, train, val, run_name=run_name, storage=storage, run_dir=run_dir, resume=resume,
+                           max_failures=max_failures, disable_attention=disable_attention,
+                           fail_after_epoch=fail_after_epoch, t0=t0)
+
+
+@contextmanager
+def _run_lock(run_dir: Path | None, run_name: str) -> Iterator[None]:
+    """One process per run: the same config started twice at once (two users, a demo and a job)
+    would write one run folder from two trainers. Local storage only (object stores have no flock)."""
+    if run_dir is None:
+        yield
+        return
+    import fcntl
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_name}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"training run {run_name} is in progress in another process; wait for it, or give "
+                                "this one another --run-name / train.storage_path", code="run_in_progress") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_name: str, storage: str,
+                run_dir: Path | None, resume: bool, max_failures: int, disable_attention: bool,
+                fail_after_epoch: int | None, t0: float) -> FitResult:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from lungsearch.models import create_model
+
     if not resume and run_dir is not None and run_dir.exists():
         shutil.rmtree(run_dir)
     resumed = run_dir is not None and any(p.is_dir() for p in run_dir.glob("checkpoint_*"))

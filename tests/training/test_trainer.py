@@ -51,3 +51,17 @@ def test_two_workers_ddp_two_stage(ray_cluster, tmp_path):
     assert all(np.isfinite(h["train_loss"]) for h in res.history)
     # Each worker trained on its own shard: half the samples per epoch.
     assert all(h["samples"] <= 8 for h in res.history if h["stage_name"] != "probe")
+
+
+def test_one_process_per_run(tmp_path):
+    from lungsearch.training.trainer import _run_lock
+
+    with _run_lock(tmp_path / "runs" / "r1", "r1"):
+        with pytest.raises(TrainingError, match="in progress") as err:
+            with _run_lock(tmp_path / "runs" / "r1", "r1"):
+                pass
+        assert err.value.code == "run_in_progress"
+        with _run_lock(tmp_path / "runs" / "r2", "r2"):  # another run is independent
+            pass
+    with _run_lock(tmp_path / "runs" / "r1", "r1"):  # released
+        pass
