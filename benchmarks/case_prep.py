@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="phantom cache folder (default <DATA_DIR>/phantoms)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-
     from benchmarks._util import provenance
+
+    prov = provenance("case_prep", seed=0, argv=argv)  # taken first: the load average at the start
+
     from lungsearch.config import load_profile
     from lungsearch.data import load_records
     from lungsearch.runtime import init_ray
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                      "speedup_ray_over_plain": plain / ray_s})
         print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "case_prep", "data": "phantoms (synthetic)", "rows": rows,
-              "provenance": provenance("case_prep", seed=0, argv=argv)}
+              "provenance": prov}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

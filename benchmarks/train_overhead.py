@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads in both contenders (Ray worker: train.torch_threads)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-
     from benchmarks._util import provenance
+
+    prov = provenance("train_overhead", seed=0, argv=argv)  # taken first: the load average at the start
+
     from lungsearch.config import load_profile
     from lungsearch.runtime import init_ray
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "plain_samples_per_s": plain_rate, "ray_train_samples_per_s": steady(ray_rates),
         "ratio_ray_over_plain": ratio, "target": ">= 0.9", "met": ratio >= 0.9,
         "plain_per_epoch": plain, "ray_per_epoch": ray_rates, "ray_fit_wall_s_including_startup": ray_wall,
-        "provenance": provenance("train_overhead", seed=0, argv=argv),
+        "provenance": prov,
     }
     text = json.dumps(result, indent=2)
     print(text)
