@@ -169,12 +169,15 @@ def _results_md(sections: list[dict], started: str, overhead: dict | None) -> st
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profiles", nargs="*", default=["cxr-report", "cxr-cnn", "ct-ild", "cxr-clip", "cxr-hash"])
+    p.add_argument("--config", default=None, help="one profile YAML (or name) instead of --profiles, as the other jobs take")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (with --config; same as --set)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override applied to every profile")
     p.add_argument("--out", default=str(REPO / "docs" / "results.md"), help="results page ('' = none)")
     p.add_argument("--json", default=None, help="also write all rows as JSON here")
     p.add_argument("--fresh", action="store_true", help="retrain instead of resuming finished variant runs")
     p.add_argument("--address", default=None)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
+    args.set = [*args.set, *args.overrides]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lungsearch.config import load_profile
     from lungsearch.runtime import init_ray
@@ -189,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     keep.mkdir(parents=True, exist_ok=True)
     command = "python ray_jobs/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections = []
-    for name in args.profiles:
+    names = [args.config] if args.config else args.profiles
+    for name in names:
         cfg = load_profile(name, args.set)
+        name = cfg.profile
         t0 = time.perf_counter()
         res = reproduce_profile(cfg, resume=not args.fresh)
         main_row = next((n for n in res["rows"] if res["main"] is not None and n in res["rows"]), None)
