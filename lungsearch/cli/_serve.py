@@ -221,12 +221,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"  auth:    {'bearer tokens from ' + app_args['tokens_file'] if secured else 'insecure local mode (loopback clients only)'}")
     if args.check:
         return 0
+    import signal
+
     from lungsearch.runtime import init_ray, shutdown_ray
+
 
     extra: dict[str, Any] = {}
     if args.ray_metrics_port and not args.ray_address:
         extra["_metrics_export_port"] = args.ray_metrics_port
     init_ray(args.ray_address, num_cpus=args.num_cpus, **extra)
+
+    def _stop(signum, frame):  # SIGTERM (container stop, systemd) shuts down like Ctrl-C
+        raise KeyboardInterrupt
+
+    # After ray.init: Ray's core worker installs its own SIGTERM handler, which would win otherwise.
+    signal.signal(signal.SIGTERM, _stop)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: still honour SIGINT
+        signal.signal(signal.SIGINT, _stop)
     proxy = metrics_server = None
     try:
         deploy(doc)
