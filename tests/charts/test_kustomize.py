@@ -63,7 +63,7 @@ def test_rayjob_per_entrypoint_and_a_raycluster(built, target):
     docs = built[target]
     jobs = by_kind(docs, "RayJob")
     scripts = {job["spec"]["entrypoint"].split()[1] for job in jobs}
-    assert scripts == {"ray_jobs/train.py", "ray_jobs/evaluate.py", "ray_jobs/build_index.py"}
+    assert {"ray_jobs/train.py", "ray_jobs/evaluate.py", "ray_jobs/build_index.py"} <= scripts
     missing = _entrypoints() - scripts
     assert not missing, f"add a RayJob manifest to k8s/base for {sorted(missing)}"
     for job in jobs:
