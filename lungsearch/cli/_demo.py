@@ -1,4 +1,4 @@
-"""`lungsearch demo`: the main job end to end on the embedded default."""
+"""`lungsearch demo`: the main job end to end on the embedded default (see lungsearch/demo.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,33 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from lungsearch.demo import DEMO_PROFILES, SERVED_PROFILES
+
     p = sub.add_parser(
         "demo",
-        help="phantoms -> train -> evaluate -> index -> serve -> example queries",
-        description="Run the main job end to end on phantom data, a local Ray and milvus-lite.",
-        epilog="example: lungsearch demo",
+        help="phantoms -> train -> evaluate -> index -> serve -> example queries (synthetic data)",
+        description="Run the main job end to end on phantom data, a local Ray and milvus-lite. "
+                    "Re-running reuses trained models and a complete index.",
+        epilog="examples:\n  lungsearch demo\n  lungsearch demo --profile ct-ild --profile cxr-hash --fresh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--profile", action="append", default=None, metavar="NAME",
+                   help=f"profiles to train (repeatable; default: {' '.join(DEMO_PROFILES)})")
+    p.add_argument("--serve", action="append", default=None, metavar="NAME",
+                   help=f"profiles to index and serve (default: {' '.join(SERVED_PROFILES)})")
+    p.add_argument("--workdir", default=None, help="demo outputs (default: $LUNGSEARCH_DATA_DIR/demo)")
+    p.add_argument("--registry", default=None, help="model registry (default: $LUNGSEARCH_ARTIFACTS_DIR)")
+    p.add_argument("--fresh", action="store_true", help="train and index again even if a matching model exists")
+    p.add_argument("--port", type=int, default=0, help="gRPC port of the demo server (default: a free one)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    missing = ["phantom data (issue 3)", "models (issue 4)", "training jobs (issue 5)", "serving (issue 6)", "SDK (issue 7)"]
-    print("lungsearch demo: not yet: " + ", ".join(missing))
+    from lungsearch import constants
+    from lungsearch.demo import DEMO_PROFILES, SERVED_PROFILES, run_demo
+
+    profiles = tuple(args.profile or DEMO_PROFILES)
+    served = tuple(args.serve or [p for p in SERVED_PROFILES if p in profiles])
+    run_demo(profiles, served, workdir=args.workdir or str(constants.DATA_DIR / "demo"), registry_root=args.registry,
+             fresh=args.fresh, port=args.port)
     return 0
