@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -40,7 +41,7 @@ import numpy as np
 
 from benchmarks._util import copy_bandwidth, format_table, latency_stats, provenance, rss_bytes, time_calls, time_interleaved, write_json
 
-__all__ = ["main", "run", "make_data"]
+__all__ = ["main", "run", "make_data", "markdown"]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ranking.json"
 LABEL_POOL = [("Opacity", 0.2), ("Effusion", 0.1), ("Nodule", 0.05), ("Cardiomegaly", 0.03)]
@@ -285,6 +286,66 @@ def _table(results: list[dict[str, Any]]) -> str:
                                "milvus ms", "milvus R@10", "speedup", "CI R@10", "build s", "rebuild s", "B/case"])
 
 
+def _fmt(x: Any, nd: int = 3) -> str:
+    if isinstance(x, bool) or x is None:
+        return {True: "yes", False: "**no**", None: "n/a"}[x]
+    if isinstance(x, (int, float)):
+        return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
+    return str(x)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The results as the markdown tables of docs/performance.md's ranking section."""
+    out = []
+    sizes = res["sizes"]
+
+    def table(header: list[str], rows: list[list[Any]]) -> None:
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        out.extend("| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows)
+        out.append("")
+
+    def pp(d: dict[str, Any]) -> str:
+        return f"{d['p50_ms']:.3g} / {d['p99_ms']:.3g}"
+
+    out.append("Hamming top-10, 64-bit codes (ms, p50 / p99):\n")
+    table(["cases", "CaseIndex", "FAISS IndexBinaryFlat", "NumPy bitwise_count", "CaseIndex / FAISS (p50)",
+           "bandwidth bound", "CaseIndex / bound"],
+          [[r["n"], pp(h["caseindex"]), pp(h["faiss_binary_flat"]), pp(h["numpy_bitwise_count"]),
+            h["ratio_caseindex_vs_faiss_p50"], h["bandwidth_bound_ms"], h["caseindex"]["x_bandwidth_bound"]]
+           for r in sizes for h in [r["hamming_top10"]]])
+    out.append("Float top-10, 128-d (ms, p50 / p99; recall@10 against exact float32):\n")
+    rows = []
+    for r in sizes:
+        f = r["float_top10"]
+        m = f.get("milvus_lite_hnsw")
+        rows.append([r["n"], pp(f["caseindex"]), f["caseindex"]["recall_at_10"], pp(f["faiss_flat_ip"]), pp(f["numpy_float32"]),
+                     f"{pp(m['ef64'])} (R {m['ef64']['recall_at_10']:.2f})" if m else "-",
+                     f"{pp(m['ef256'])} (R {m['ef256']['recall_at_10']:.2f})" if m else "-",
+                     m["speedup_caseindex_vs_ef64_p50"] if m else "-", f["bandwidth_bound_ms"]["float16"],
+                     f["caseindex"]["x_bandwidth_bound"]])
+    table(["cases", "CaseIndex (float16, exact)", "R@10", "FAISS IndexFlatIP (float32)", "NumPy float32",
+           "milvus-lite HNSW ef=64", "milvus-lite HNSW ef=256", "speedup vs ef=64 (same-run p50)", "float16 bound",
+           "CaseIndex / bound"], rows)
+    out.append("CaseIndex, other paths (ms p50; recall@10 against exact float32 cosine):\n")
+    names = list(sizes[0]["caseindex_other"])
+    table(["cases"] + names, [[r["n"]] + [
+        f"{r['caseindex_other'][k]['p50_ms']:.3g}" + (f" (R {r['caseindex_other'][k]['recall_at_10_vs_exact_float']:.2f})"
+                                                      if "recall_at_10_vs_exact_float" in r["caseindex_other"][k] else "")
+        for k in names] for r in sizes])
+    out.append("Build and memory:\n")
+    table(["cases", "CaseIndex from arrays (s)", "milvus-lite insert (s)", "milvus-lite index build wait (s)",
+           "CaseIndex rebuilt from milvus-lite (s)", "CaseIndex B/case", "RSS delta B/case", "milvus-lite file (MB)",
+           "milvus-lite B/case"],
+          [[r["n"], b["caseindex_from_arrays_s"], b.get("milvus_lite_insert_s", "-"), b.get("milvus_lite_index_wait_s", "-"),
+            b.get("caseindex_from_milvus_lite_s", "-"), r["memory"]["caseindex_bytes_per_case"],
+            r["memory"]["rss_delta_bytes_per_case"], r.get("milvus_lite_file_bytes", 0) / 1e6 or "-",
+            r.get("milvus_lite_file_bytes_per_case", "-")] for r in sizes for b in [r["build"]]])
+    out.append("Targets (TARGETS.md):\n")
+    table(["target", "cases", "measured", "met"], [[t["target"], t["n"], t["measured"], t["met"]] for t in res["targets"]])
+    return "\n".join(out)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
     from threadpoolctl import threadpool_limits
@@ -301,6 +362,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
 
+    # Provenance is stamped at the start: git commit, load and time as the run began.
+    prov = provenance("ranking", seed=args.seed, faiss=faiss.__version__, faiss_threads=args.threads)
     bw = copy_bandwidth()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lungsearch-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +376,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return {
-        "provenance": provenance("ranking", seed=args.seed, faiss=faiss.__version__, faiss_threads=args.threads),
+        "provenance": {**prov, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "load_avg_1m_at_end": os.getloadavg()[0]},
         "config": {"sizes": args.sizes, "dim": args.dim, "bits": args.bits, "queries": args.queries, "top_k": TOP_K,
                    "milvus_max": args.milvus_max, "milvus_hnsw": {"M": 16, "efConstruction": 100},
                    "data": "Gaussian embeddings (queries held out), LSH codes; synthetic"},
@@ -336,6 +400,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(Path.cwd()) if DEFAULT_OUT.is_relative_to(Path.cwd()) else DEFAULT_OUT}; none with --quick)")
     p.add_argument("--workdir", default=None, help="where milvus-lite files go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the milvus-lite files")
+    p.add_argument("--render", default=None, metavar="JSON", help="print the markdown tables of a results file and exit")
     a = p.parse_args(argv)
     a.sizes = [int(s) for s in (a.sizes or ("10000" if a.quick else "10000,100000")).split(",") if s]
     a.queries = a.queries or (30 if a.quick else 200)
@@ -346,6 +411,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return 0
     res = run(args)
     print(json.dumps(res, indent=2, default=float))
     print(_table(res["sizes"]))
