@@ -64,6 +64,8 @@ RUNTIME_ENV_EXCLUDES = [
 
 #: Job statuses after which nothing changes.
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+#: Seconds a submission waits for a just-started head's job agent ("No available agent ... try again later").
+AGENT_WAIT_S = 90.0
 
 # Environment every lungsearch job runs with: offline model hubs, stable hashing.
 _JOB_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -243,11 +245,23 @@ class JobsClient:
                           working_dir: Path = REPO_ROOT, metadata: dict[str, str] | None = None) -> str:
         """Submit any shell command with the repository as working dir; returns the job id."""
         runtime_env = build_runtime_env(working_dir=working_dir, pip=pip, env_vars=env_vars)
-        return self._call(lambda: self._client.submit_job(
+        submit = lambda: self._client.submit_job(  # noqa: E731
             entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
             entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
             metadata={"submitted_by": "lungsearch", **(metadata or {})},
-        ))
+        )
+        # A freshly started head answers "No available agent to submit job, please try again later"
+        # until its job agent is up (seen on a loaded 2-core machine): nothing was created, so retry.
+        deadline = time.monotonic() + AGENT_WAIT_S
+        delay = 0.5
+        while True:
+            try:
+                return self._call(submit)
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def info(self, job_id: str) -> JobInfo:
         """Status and timing of ``job_id``. Raises NotFoundError for an unknown id."""
