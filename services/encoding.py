@@ -21,6 +21,7 @@ from ray import serve
 from lungsearch._proto.v1 import common_pb2, encoding_pb2, fusion_pb2
 from lungsearch.errors import InvalidRequestError, LungsearchError
 from lungsearch.serving import convert, limits, pipeline
+from lungsearch.serving.logs import route_to_serve_log
 from lungsearch.serving.metrics import ServingMetrics
 from lungsearch.serving.models import ModelSet
 from lungsearch.serving.rpc import rpc
@@ -39,6 +40,7 @@ class Encoding:
     """
 
     def __init__(self, profiles: list[str], artifacts_dir: str | None = None, torch_threads: int = 1) -> None:
+        route_to_serve_log()
         self.metrics = ServingMetrics("encoding")
         self.models = ModelSet(profiles, root=artifacts_dir, load_weights=True, torch_threads=torch_threads)
         self.models.load()

@@ -13,6 +13,7 @@ from ray import serve
 from lungsearch._proto.v1 import common_pb2, fusion_pb2
 from lungsearch.errors import InvalidRequestError
 from lungsearch.serving import convert, pipeline
+from lungsearch.serving.logs import route_to_serve_log
 from lungsearch.serving.metrics import ServingMetrics
 from lungsearch.serving.models import ModelSet
 from lungsearch.serving.rpc import rpc
@@ -31,6 +32,7 @@ class Fusion:
     """
 
     def __init__(self, profiles: list[str], artifacts_dir: str | None = None, torch_threads: int = 1) -> None:
+        route_to_serve_log()
         self.metrics = ServingMetrics("fusion")
         self.models = ModelSet(profiles, root=artifacts_dir, load_weights=True, torch_threads=torch_threads)
         self.models.load()

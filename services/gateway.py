@@ -39,6 +39,7 @@ from lungsearch.errors import ConfigError, InvalidImageError, InvalidRequestErro
 from lungsearch.serving import convert, limits, pipeline
 from lungsearch.serving.appconfig import AppArgs, deployment_options
 from lungsearch.serving.auth import Authenticator
+from lungsearch.serving.logs import route_to_serve_log
 from lungsearch.serving.metrics import ServingMetrics, merge_expositions
 from lungsearch.serving.models import ModelSet, ServedModel, check_version, parse_profiles
 from lungsearch.serving.rpc import rpc
@@ -62,6 +63,7 @@ class Gateway:
     """
 
     def __init__(self, encoding, fusion, hashing, ranking, args: dict[str, Any]) -> None:
+        route_to_serve_log()
         from lungsearch.data.deid import load_or_create_key
 
         self.args = AppArgs.parse(args)

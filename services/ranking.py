@@ -24,6 +24,7 @@ from ray import serve
 from lungsearch._proto.v1 import ranking_pb2
 from lungsearch.errors import InvalidRequestError, LungsearchError, NotFoundError
 from lungsearch.serving import convert, limits
+from lungsearch.serving.logs import route_to_serve_log
 from lungsearch.serving.metrics import ServingMetrics
 from lungsearch.serving.models import ModelSet, ServedModel
 from lungsearch.serving.rpc import rpc
@@ -47,6 +48,7 @@ class Ranking:
     def __init__(self, profiles: list[str], artifacts_dir: str | None = None, milvus_uri: str | None = None,
                  milvus_token_env: str = "LUNGSEARCH_MILVUS_TOKEN", store_timeout: float = 10.0,
                  backend: str = "auto") -> None:
+        route_to_serve_log()
         from lungsearch import constants
 
         self.metrics = ServingMetrics("ranking")

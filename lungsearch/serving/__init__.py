@@ -8,8 +8,9 @@ functions and classes testable without Ray.
 * :mod:`~lungsearch.serving.auth`    - bearer tokens with roles
 * :mod:`~lungsearch.serving.models`  - registry-backed models per profile, atomic live switch
 * :mod:`~lungsearch.serving.pipeline` - preprocess / predict / postprocess of each stage
+* :mod:`~lungsearch.serving.logs`    - the deployments' log records into Serve's replica log
 
 Submodules are imported on use (``import lungsearch.serving`` pulls neither torch nor ray).
 """
 
-__all__ = ["auth", "convert", "limits", "metrics", "models", "pipeline", "status"]
+__all__ = ["auth", "convert", "limits", "logs", "metrics", "models", "pipeline", "status"]
