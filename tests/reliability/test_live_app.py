@@ -242,6 +242,24 @@ def test_phi_dicom_rejections_are_typed_and_quote_nothing(live, stub):
             assert d is not None and common_pb2.ErrorReason.Name(d.reason) == f"ERROR_REASON_{want[1]}", (name, d)
             if want[2]:
                 assert d.code == want[2], (name, d)
+    # The same library path in this process, every lungsearch logger at DEBUG (the replicas log
+    # at Serve's INFO): whatever decoding, de-identification, the case key and preprocessing would
+    # log at any level lands in driver_logs, which the last test greps.
+    from lungsearch import registry
+    from lungsearch.data import read_study
+    from lungsearch.errors import LungsearchError
+    from lungsearch.serving.pipeline import derive_case_key, prepare_study
+
+    card = live.card("ct-ild")
+    model, _ = registry.load_model(f"ct-ild@{card.version}", root=live.args["artifacts_dir"])
+    key = bytes(range(32))
+    for name, blobs in [("clean", STATE["phi_series"]), *STATE["hostile"].items()]:
+        try:
+            study = read_study(blobs, limits=card.config.serve.limits, hmac_key=key)
+            derive_case_key(key, study=study, source_id="", image_bytes=blobs)
+            prepare_study(study, None, card.config, model)
+        except LungsearchError as exc:
+            SEEN[f"in-process {name}"] = str(exc)
     # Nothing was stored by a rejected ingest: still exactly the one PHI case (+ nothing else).
     listed, err = _call(stub, "ListModels", gateway_pb2.ListModelsRequest(profile="ct-ild"))
     assert err is None and [m.num_cases for m in listed.models if m.live] == [1]
@@ -438,7 +456,7 @@ def messages(draw, cls, depth=0):
     return msg
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_random_messages_get_well_formed_statuses(live, stub, data):
@@ -452,7 +470,7 @@ def test_random_messages_get_well_formed_statuses(live, stub, data):
         assert _detail(err) is not None, (method, err.code(), err.details())
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(parts=st.lists(messages(gateway_pb2.IngestStreamRequest), min_size=0, max_size=5))
 def test_random_ingest_streams_get_well_formed_statuses(live, stub, parts):
     """Wrong oneof order (chunk before header, two headers), empty streams, chunk indexes out of
@@ -538,7 +556,7 @@ def test_store_outage_is_unavailable_with_reason_and_recovers_without_restart(li
 
 
 def _load_until_recovered(live, deployment: str, queries: list[bytes], expected: list[str], *, threads: int = 4,
-                          warm_s: float = 2.0, settle_s: float = 2.0, max_s: float = 60.0) -> dict:
+                          warm_s: float = 1.5, settle_s: float = 1.0, max_s: float = 60.0) -> dict:
     """Search from ``threads`` SDK clients (retries on) while one ``deployment`` replica is
     SIGKILLed; runs until a call that started after the new replica was up succeeded, plus
     ``settle_s``. Returns counts and timings."""
@@ -628,11 +646,13 @@ def test_no_phi_in_logs_metrics_errors_or_store(live, driver_logs):
         for card in live.cards:
             rows = [repr(vars(c)) for c in store.iterate(card.profile, card.version)]
             texts[f"milvus {card.profile}"] = "\n".join(rows)
-    # Controls: the replicas' own log lines and the metrics were really read (else a clean grep
-    # would prove nothing).
+    # Controls: the replicas' own log lines (lungsearch INFO lines in Serve's replica logs,
+    # pymilvus' ERROR lines on the Ranking replica's stderr during the outage) and the metrics were
+    # really read, else a clean grep would prove nothing.
     blobs = [t if isinstance(t, bytes) else t.encode() for t in texts.values()]
     assert any(b"gateway up: profiles=ct-ild,cxr-hash" in b for b in blobs), "gateway replica log not found"
     assert any(b"index cxr-hash@" in b and b"rebuilt from the store" in b for b in blobs), "ranking log not found"
+    assert any(b"RPC error: [" in b for b in blobs), "pymilvus' errors (Ranking replica stderr) not found"
     assert "lungsearch_serve_requests_total" in texts["/metrics (gateway, all deployments)"]
     found = R.find_needles(texts, R.phi_needles())
     assert not found, f"PHI found: {found[:10]}"
