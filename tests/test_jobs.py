@@ -91,7 +91,11 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     cmd = [str(ray_bin), "start", "--head", "--block", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
            "--dashboard-port", str(dash), "--num-cpus", "1", "--temp-dir", str(tmp), "--disable-usage-stats",
-           "--include-dashboard", "true"]
+           "--include-dashboard", "true",
+           # Own agent ports: Ray's defaults (e.g. 52365) are taken by the session's other Ray cluster,
+           # and a head whose job agent cannot bind answers "No available agent to submit job".
+           "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+           "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
     log = open(tmp / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
