@@ -113,7 +113,7 @@ def render_tables(inp: ReportInput) -> str:
         section("Table 3 (paper 1): ablation", ["Model", "Accuracy/%", "Recall/%", "AUC", "T_infer/ms per case"],
                 [[n, _f(m.get("accuracy"), True), _f(m.get("recall"), True), _f(m.get("auc"), digits=4), _f(m.get("infer_ms_per_case"), digits=2)]
                  for n, m in abl + main],
-                "T_infer: wall time of the whole model per test case on this machine's CPU (batch 32).")
+                "T_infer: the whole model's wall time per test case (text features included), the variants timed interleaved on the same cases, median of 3 rounds, this machine's CPU, batch 32.")
     elif p == "cxr-cnn":
         section("Table 3 (paper 2): the CNN vs baselines (test split)", ["Model", "Accuracy", "Precision", "Recall", "F1"],
                 [[n, _f(m.get("accuracy")), _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1"))] for n, m in _rows_for(inp, "Table 3")])

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 
+import numpy as np
+
 from lungsearch import constants
 from lungsearch.config import ProfileConfig
 from lungsearch.errors import ConfigError
@@ -283,6 +285,7 @@ def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, re
     tables: dict[str, str] = {}
     main_out: TrainOutput | None = None
     main_name = None
+    outputs: dict[str, TrainOutput] = {}
     for v in variants(cfg):
         if only and v.name not in only and not v.main:
             continue
@@ -293,9 +296,11 @@ def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, re
                                run_name=default_run_name(vcfg, suffix), storage_path=storage_path, resume=resume,
                                register=v.main, registry_root=registry_root, write=v.main, variant=v)
         rows[v.name] = {**o.evaluation.metrics, "train_seconds": o.fit.seconds}
+        outputs[v.name] = o
         tables[v.name] = v.table
         if v.main:
             main_out, main_name = o, v.name
+    _time_side_by_side(outputs, splits.test, rows)
     probes = None
     if cfg.profile == "cxr-clip" and main_out is not None:
         probes = clip_probes(cfg, main_out, splits)
@@ -306,6 +311,26 @@ def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, re
     write_report(out_dir, ReportInput(cfg=cfg, main=main_out.evaluation, rows=rows, row_tables=tables, probes=probes,
                                       provenance=prov, test_labels=splits.test.labels, main_row=main_name))
     return {"rows": rows, "probes": probes, "report_dir": out_dir, "main": main_out, "provenance": prov}
+
+
+def _time_side_by_side(outputs: dict[str, "TrainOutput"], test: CaseTable, rows: dict[str, dict[str, float]],
+                       rounds: int = 3, batch_size: int = 32) -> None:
+    """``infer_ms_per_case`` of every variant measured interleaved on the same test cases (the
+    per-variant evaluations ran minutes apart, under whatever load the machine had then): the
+    median over ``rounds`` of the whole model's time per case, text features included."""
+    import torch
+
+    from lungsearch.training.inference import predict
+
+    if len(outputs) < 2:
+        return
+    times: dict[str, list[float]] = {n: [] for n in outputs}
+    with torch.no_grad():
+        for _ in range(rounds + 1):  # the first round warms caches and allocators
+            for name, o in outputs.items():
+                times[name].append(predict(o.fit.model, test, batch_size=batch_size).seconds)
+    for name, ts in times.items():
+        rows[name]["infer_ms_per_case"] = 1000.0 * float(np.median(ts[1:])) / max(len(test), 1)
 
 
 def _same_data(a: ProfileConfig, b: ProfileConfig) -> bool:
