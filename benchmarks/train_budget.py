@@ -28,11 +28,15 @@ TARGET_S = 300.0
 
 
 def _last_json(text: str) -> dict:
-    start = text.rfind("\n{")
-    try:
-        return json.loads(text[start + 1:]) if start >= 0 else {}
-    except ValueError:
-        return {}
+    """The job's summary: the last top-level JSON object on stdout (Ray may print after it)."""
+    dec = json.JSONDecoder()
+    pos = len(text)
+    while (pos := text.rfind("\n{", 0, pos)) >= 0:
+        try:
+            return dec.raw_decode(text[pos + 1:])[0]
+        except ValueError:
+            continue
+    return {}
 
 
 def run_profile(profile: str, overrides: list[str], timeout: float) -> dict:

@@ -30,8 +30,15 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _last_json(text: str) -> dict:
-    start = text.rfind("\n{")
-    return json.loads(text[start + 1:]) if start >= 0 else json.loads(text[text.index("{"):])
+    """The job's summary: the last top-level JSON object on stdout (Ray may print after it)."""
+    dec = json.JSONDecoder()
+    pos = len(text)
+    while (pos := text.rfind("\n{", 0, pos)) >= 0:
+        try:
+            return dec.raw_decode(text[pos + 1:])[0]
+        except ValueError:
+            continue
+    return dec.raw_decode(text[text.index("{"):])[0]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
