@@ -45,7 +45,11 @@ from typing import TYPE_CHECKING
 from lungsearch.errors import ConfigError, PHIRejectedError
 
 if TYPE_CHECKING:  # pydicom is imported lazily: `import lungsearch.data` stays light
+    from collections.abc import Iterable
+
     import pydicom
+
+    from lungsearch.data.types import Study
 
 __all__ = [
     "DEID_METHOD",
@@ -56,6 +60,7 @@ __all__ = [
     "deidentify",
     "load_or_create_key",
     "remap_uid",
+    "study_case_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,6 +141,25 @@ def case_key(key: bytes, *parts: str) -> str:
     _check_key(key)
     msg = "\x1f".join("" if p is None else str(p) for p in parts).encode("utf-8", "surrogatepass")
     return hmac.new(bytes(key), msg, hashlib.sha256).hexdigest()[:32]
+
+
+def study_case_key(key: bytes, study: "Study", *, source_id: str = "", image_bytes: "Iterable[bytes]" = ()) -> str:
+    """The store key of a study: one rule for every way a case enters the store.
+
+    Gateway ingest and ``build_index`` both call this, so the same study indexed from a dataset and
+    later ingested through the SDK is one case, not two. Precedence: the caller's ``source_id``
+    (e.g. an accession number), then the DICOM study and series identifiers (already keyed by the
+    reader), then a hash of the image bytes (so re-ingesting the same PNG is idempotent).
+    """
+    if source_id:
+        return case_key(key, "source", source_id)
+    first = study.images[0]
+    if study.study_key or first.meta.series_key:
+        return case_key(key, "dicom", study.study_key or "", first.meta.series_key or "")
+    h = hashlib.sha256()
+    for b in image_bytes:
+        h.update(hashlib.sha256(b).digest())
+    return case_key(key, "content", h.hexdigest())
 
 
 def remap_uid(key: bytes, uid: str) -> str:

@@ -70,7 +70,12 @@ class TLSProxy:
             user = f"user {getpass.getuser()};"
         mtls = ""
         if self.client_ca_file:
-            mtls = f"ssl_client_certificate {self.client_ca_file};\n        ssl_verify_client on;"
+            # nginx answers a missing or untrusted client certificate with HTTP 400, which gRPC
+            # clients read as INTERNAL; 401 reads as UNAUTHENTICATED (gRPC's HTTP status mapping),
+            # so the SDK raises its auth error, as for a missing token.
+            mtls = (f"ssl_client_certificate {self.client_ca_file};\n        ssl_verify_client on;\n"
+                    "        error_page 495 496 = @unauthenticated;\n"
+                    "        location @unauthenticated { return 401; }")
         temp = "\n    ".join(f"{kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         return f"""{user}
 worker_processes 1;

@@ -14,7 +14,6 @@ Imports torch lazily (the gateway renders PNGs and votes without it).
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
@@ -286,23 +285,11 @@ def explain_study(model: "LungModel", item: StudyInput, label: str = "") -> tupl
 
 
 def derive_case_key(hmac_key: bytes, *, study: "Study", source_id: str, image_bytes: Sequence[bytes]) -> str:
-    """The case key of an ingested study: keyed hash, never a raw identifier.
+    """The case key of an ingested study (:func:`lungsearch.data.deid.study_case_key`, the rule
+    ``build_index`` uses too, so a dataset case re-ingested through the gateway is not stored twice)."""
+    from lungsearch.data.deid import study_case_key
 
-    Precedence: the caller's ``source_id`` (e.g. an accession number), then the DICOM study and
-    series identifiers (already keyed by the reader), then a hash of the image bytes (so
-    re-ingesting the same PNG is idempotent).
-    """
-    from lungsearch.data.deid import case_key
-
-    if source_id:
-        return case_key(hmac_key, "source", source_id)
-    first = study.images[0]
-    if study.study_key or first.meta.series_key:
-        return case_key(hmac_key, "dicom", study.study_key or "", first.meta.series_key or "")
-    h = hashlib.sha256()
-    for b in image_bytes:
-        h.update(hashlib.sha256(b).digest())
-    return case_key(hmac_key, "content", h.hexdigest())
+    return study_case_key(hmac_key, study, source_id=source_id, image_bytes=image_bytes)
 
 
 def knn_vote(neighbour_labels: Sequence[Sequence[str]], targets: Sequence[str]) -> list[tuple[str, float]]:

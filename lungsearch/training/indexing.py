@@ -28,8 +28,9 @@ from lungsearch.errors import StoreUnavailableError
 if TYPE_CHECKING:
     from lungsearch.config import ProfileConfig
     from lungsearch.data.types import CaseRecord
+    from lungsearch.data.types import Study
 
-__all__ = ["IndexReport", "build_index", "dataset_case_key", "EXCERPT_CHARS"]
+__all__ = ["IndexReport", "build_index", "record_case_key", "EXCERPT_CHARS"]
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,23 @@ class IndexReport:
         return self.count_in_store >= self.cases
 
 
-def dataset_case_key(hmac_key: bytes, source: str, case_id: str) -> str:
-    """The store key of a dataset case (keyed hash; stable across runs with the same key)."""
-    from lungsearch.data.deid import case_key
+def record_case_key(hmac_key: bytes, record: "CaseRecord", study: "Study") -> str:
+    """The store key of a dataset case: the gateway's rule (:func:`lungsearch.data.deid.study_case_key`),
+    so indexing a dataset and later ingesting one of its studies through the SDK gives one case.
 
-    return case_key(hmac_key, "dataset", source, case_id)
+    DICOM studies are keyed by their (keyed) study/series identifiers; other images by their bytes.
+    ``load_study`` gives identifier-less studies a key from the record's case id, which an upload
+    cannot know: only the identifiers read from the files themselves count here.
+    """
+    import dataclasses
+
+    from lungsearch.data.deid import study_case_key
+
+    first = study.images[0]
+    from_files = dataclasses.replace(study, study_key=first.study_key)
+    if from_files.study_key or first.meta.series_key:
+        return study_case_key(hmac_key, from_files)
+    return study_case_key(hmac_key, from_files, image_bytes=(Path(p).read_bytes() for p in record.image_paths))
 
 
 class _Decode:
@@ -75,17 +88,18 @@ class _Decode:
         from lungsearch.training.cases import _obj, radiomics_extractor, study_radiomics
 
         ex = radiomics_extractor(self.cfg)
-        images, rads, views, n = [], [], [], []
+        images, rads, views, n, keys = [], [], [], [], []
         for i in batch["i"]:
             rec = self.records[int(i)]
             study = load_study(rec, hmac_key=self.hmac_key)
+            keys.append(record_case_key(self.hmac_key, rec, study))
             x = preprocess_study(study, self.cfg.data, train=False)
             images.append(x)
             n.append(x.shape[0])
             views.append(study.view or rec.view or "")
             rads.append(study_radiomics(study, ex) if ex is not None else np.zeros(0))
         return {"i": np.asarray(batch["i"]), "image": _obj(images), "radiomics": _obj(rads), "n_slices": np.asarray(n),
-                "view": np.asarray(views, dtype=object)}
+                "view": np.asarray(views, dtype=object), "key": np.asarray(keys, dtype=object)}
 
 
 class _Embedder:
@@ -126,7 +140,8 @@ class _Embedder:
             codes = np.asarray([bytes(row) for row in packed], dtype=object)
         else:
             codes = np.asarray([b""] * len(emb), dtype=object)
-        return {"i": batch["i"], "embedding": emb, "code": codes, "n_slices": batch["n_slices"], "view": batch["view"]}
+        return {"i": batch["i"], "embedding": emb, "code": codes, "n_slices": batch["n_slices"], "view": batch["view"],
+                "key": batch["key"]}
 
 
 def build_index(
@@ -183,8 +198,6 @@ def build_index(
         records = list(load_records(cfg.data))
     records = list(records)
     key = hmac_key if hmac_key is not None else load_or_create_key(constants.HMAC_KEY_FILE)
-    source = cfg.data.source if folder is None else f"folder:{Path(folder).name}"
-    keys = [dataset_case_key(key, source, r.case_id) for r in records]
 
     init_ray()
     ctx = ray.data.DataContext.get_current()
@@ -206,6 +219,7 @@ def build_index(
 
         bar = tqdm(total=len(records), desc=f"index {card.ref}", unit="case")
     inserted = updated = 0
+    keys: set[str] = set()
     pending: list[Any] = []
     try:
         store.ensure_collection(card.profile, card.version, embedding_dim=card.embedding_dim, code_bits=card.code_bits,
@@ -223,8 +237,9 @@ def build_index(
         for row in ds.iter_rows():
             i = int(row["i"])
             rec = records[i]
+            keys.add(str(row["key"]))
             pending.append(StoredCase(
-                case_key=keys[i], modality=rec.modality or cfg.modality, view=str(row["view"] or ""), labels=list(rec.labels),
+                case_key=str(row["key"]), modality=rec.modality or cfg.modality, view=str(row["view"] or ""), labels=list(rec.labels),
                 report_excerpt=(rec.report or "")[:EXCERPT_CHARS], embedding=np.asarray(row["embedding"], dtype=np.float32),
                 code=bytes(row["code"]), ingested_at=now, num_images=int(row["n_slices"]), model_version=card.version,
             ))
@@ -241,7 +256,7 @@ def build_index(
         if close is not None:
             close()
     secs = time.perf_counter() - t0
-    unique = len(set(keys))
+    unique = len(keys)
     rep = IndexReport(profile=card.profile, version=card.version, collection=collection_name(card.profile, card.version),
                       cases=unique, inserted=inserted, updated=updated, count_in_store=count, seconds=secs,
                       cases_per_s=len(records) / max(secs, 1e-9), device="cuda" if use_gpu else "cpu")

@@ -10,7 +10,7 @@ import torch
 from lungsearch import registry
 from lungsearch.config import load_profile
 from lungsearch.models import create_model
-from lungsearch.training.indexing import build_index, dataset_case_key
+from lungsearch.training.indexing import build_index, record_case_key
 
 
 @pytest.mark.ray
@@ -39,7 +39,7 @@ def test_build_index_is_idempotent(ray_cluster, tmp_path):
         out = forward_cases(model, x, torch.tensor([x.shape[1]]))
     store = MilvusStore(uri)
     try:
-        row = store.get("cxr-hash", card.version, dataset_case_key(key, "phantom", rec.case_id))
+        row = store.get("cxr-hash", card.version, record_case_key(key, rec, load_study(rec, hmac_key=key)))
     finally:
         store.close()
     np.testing.assert_allclose(row.embedding, out["embedding"][0].numpy(), atol=1e-4)

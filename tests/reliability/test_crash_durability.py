@@ -291,9 +291,9 @@ def _check_plaintext_port_is_loopback_only(grpc_port: int, pki: dict[str, Path],
     with grpc.secure_channel(f"127.0.0.1:{tls_port}", no_cert) as ch:
         with pytest.raises(grpc.RpcError) as e:
             gateway_pb2_grpc.LungSearchStub(ch).ListModels(gateway_pb2.ListModelsRequest(), timeout=30, metadata=md)
-        # Refused by nginx, never reaching the app: TLS 1.3 finishes the handshake before the
-        # certificate check, and nginx answers HTTP 400, which gRPC clients report as INTERNAL.
-        assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+        # Refused by nginx, never reaching the app: nginx finishes the handshake, records the missing
+        # certificate and answers HTTP 401, which gRPC clients report as UNAUTHENTICATED.
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert ERROR_METADATA_KEY not in dict(e.value.trailing_metadata() or ())
 
 

@@ -53,8 +53,10 @@ def test_mtls_requires_client_certificate(pki, upstream):
     with TLSProxy(listen_port=port, upstream=upstream, cert_file=pki["server.crt"], key_file=pki["server.key"],
                   client_ca_file=pki["ca.crt"]):
         anon = grpc.ssl_channel_credentials(root_certificates=pki["ca.crt"].read_bytes())
-        with grpc.secure_channel(f"localhost:{port}", anon) as ch, pytest.raises(grpc.RpcError):
+        with grpc.secure_channel(f"localhost:{port}", anon) as ch, pytest.raises(grpc.RpcError) as err:
             _check(ch)
+        # Not INTERNAL (nginx's bare 400): the caller learns it is an authentication problem.
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         mutual = grpc.ssl_channel_credentials(root_certificates=pki["ca.crt"].read_bytes(),
                                               private_key=pki["client.key"].read_bytes(),
                                               certificate_chain=pki["client.crt"].read_bytes())
