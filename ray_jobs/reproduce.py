@@ -5,6 +5,7 @@ the profile's report, and summarise everything in docs/results.md with the verdi
     python ray_jobs/reproduce.py                                   # all five profiles, CPU demo configs
     python ray_jobs/reproduce.py --profiles cxr-report ct-ild
     python ray_jobs/reproduce.py --profiles cxr-hash --set train.epochs=3 --out docs/results.md
+    python ray_jobs/reproduce.py --profiles cxr-cnn --folds 4      # + paper 2's K-fold table (default K)
 
 Re-running resumes every variant's run from its checkpoints (same config = same run name).
 """
@@ -28,6 +29,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: Profiles whose paper reports a K-fold table, with the paper's K (paper 2, Table 5: 4 folds).
+PAPER_FOLDS = {"cxr-cnn": 4}
+
 
 def _bench(name: str) -> dict | None:
     path = REPO / "benchmarks" / "results" / f"{name}.json"
@@ -41,9 +45,25 @@ def _rel(path) -> str:
         return str(path)
 
 
-def _claims(profile: str, rows: dict, probes: dict | None) -> list[tuple[str, bool | None, str]]:
+def _claims(profile: str, rows: dict, probes: dict | None, kfold: dict[str, list[dict]] | None = None) -> list[tuple[str, bool | None, str]]:
     """(claim, reproduced?, the numbers) per acceptance comparison of the profile."""
     out: list[tuple[str, bool | None, str]] = []
+    if kfold:
+        from lungsearch.evaluation import kfold_summary
+
+        summ = {n: kfold_summary(f, ["accuracy"]).get("accuracy") for n, f in kfold.items()}
+        main = next(iter(kfold))  # the profile's own method comes first (variants() order)
+        others = {n: v for n, v in summ.items() if n != main and v is not None}
+        if summ.get(main) and others:
+            best = max(others, key=lambda n: others[n][0])
+            out.append((f"{main} has the highest {len(kfold[main])}-fold mean accuracy (paper 2, Table 5)",
+                        summ[main][0] > others[best][0], f"{summ[main][0]:.3f} ± {summ[main][1]:.3f} vs {best} "
+                        f"{others[best][0]:.3f} ± {others[best][1]:.3f}"))
+        single = rows.get(main, {}).get("accuracy")
+        if summ.get(main) and single is not None:
+            mean, std = summ[main]
+            out.append(("K-fold accuracy agrees with the single test split (paper 2: 'similar performance'; "
+                        "here: within one fold std)", abs(mean - single) <= std, f"{mean:.3f} ± {std:.3f} vs {single:.3f}"))
     get = lambda name, key: rows.get(name, {}).get(key)  # noqa: E731
     if profile == "cxr-report":
         f, i = "CMA+SG-Bi-LSTM (ours)", "ResNet (image only)"
@@ -90,6 +110,26 @@ def _claims(profile: str, rows: dict, probes: dict | None) -> list[tuple[str, bo
     return out
 
 
+def _kfold_md(s: dict) -> list[str]:
+    """Paper 2, Table 5: each compared model's K-fold mean ± std (folds patient-disjoint)."""
+    from lungsearch.evaluation import kfold_summary, markdown_table
+
+    keys = ("accuracy", "precision", "recall", "f1")
+    rows = []
+    for name, folds in s["kfold"].items():
+        summ = kfold_summary(folds, list(keys))
+        rows.append([name] + [f"{summ[k][0]:.3f} ± {summ[k][1]:.3f}" if k in summ else "–" for k in keys])
+    k = len(next(iter(s["kfold"].values())))
+    cfg = s["cfg"]
+    return [f"### Table 5 (paper 2): {k}-fold cross-validation, mean ± std over folds", "",
+            f"*PHANTOM (synthetic) data: kind={cfg.data.phantom.kind if cfg.data.phantom else cfg.data.source}; "
+            f"folds patient-disjoint, split seed {cfg.data.seed}, training seed {cfg.train.seed}. Each fold is held out "
+            f"once as the test split; the rest is split 80/20 into train/validation.*", "",
+            markdown_table(["Model", *keys], rows), "",
+            f"{s.get('kfold_seconds', float('nan')):.0f} s for the K-fold runs; report folders: "
+            + ", ".join(f"`{d}`" for d in (s.get("kfold_report_dirs") or {}).values()) + ".", ""]
+
+
 def _results_md(sections: list[dict], started: str, overhead: dict | None) -> str:
     from lungsearch.evaluation.report import ReportInput, render_tables
 
@@ -125,6 +165,8 @@ def _results_md(sections: list[dict], started: str, overhead: dict | None) -> st
         lines.append(render_tables(inp))
         timing = ", ".join(f"{n}: {r.get('train_seconds', float('nan')):.0f} s" for n, r in s["rows"].items())
         lines += ["", f"Training wall time per variant (Ray start-up included): {timing}.", ""]
+        if s.get("kfold"):
+            lines += _kfold_md(s)
     budget = _bench("train_budget")
     if budget:
         lines += ["## 2-core budget of the demo configs (benchmarks/train_budget.py)", "",
@@ -175,13 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "docs" / "results.md"), help="results page ('' = none)")
     p.add_argument("--json", default=None, help="also write all rows as JSON here")
     p.add_argument("--fresh", action="store_true", help="retrain instead of resuming finished variant runs")
+    p.add_argument("--folds", type=int, default=None,
+                   help=f"K-fold table for the profiles whose paper has one ({', '.join(f'{k}: {v}' for k, v in PAPER_FOLDS.items())}"
+                        " by default); 0 = none")
     p.add_argument("--address", default=None)
     args = p.parse_intermixed_args(argv)
     args.set = [*args.set, *args.overrides]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lungsearch.config import load_profile
     from lungsearch.runtime import init_ray
-    from lungsearch.training.pipeline import reproduce_profile
+    from lungsearch.training.pipeline import reproduce_profile, run_kfold
 
     from lungsearch import constants
 
@@ -203,11 +248,22 @@ def main(argv: list[str] | None = None) -> int:
 
         tables = {v.name: v.table for v in variants(cfg)}
         main_row = next((v.name for v in variants(cfg) if v.main), main_row)
+        seconds = time.perf_counter() - t0
+        k = PAPER_FOLDS.get(name, 0) if args.folds is None else (args.folds if name in PAPER_FOLDS else 0)
+        kfold = kfold_dirs = kfold_s = None
+        if k >= 2:
+            t1 = time.perf_counter()
+            kfold, kfold_dirs = {}, {}
+            for v in variants(cfg):
+                if v.table == tables[main_row]:  # the rows of the table the paper cross-validates
+                    kf = run_kfold(cfg.with_overrides(list(v.overrides)), k, resume=not args.fresh)
+                    kfold[v.name], kfold_dirs[v.name] = kf.folds, _rel(kf.report_dir)
+            kfold_s = time.perf_counter() - t1
         sections.append({"profile": name, "cfg": cfg, "rows": res["rows"], "probes": res["probes"], "tables": tables,
                          "provenance": res["provenance"], "report_dir": _rel(res["report_dir"]), "main_row": main_row,
-                         "claims": _claims(name, res["rows"], res["probes"]), "overrides": args.set,
-                         "seconds": time.perf_counter() - t0, "started": started,
-                         "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
+                         "claims": _claims(name, res["rows"], res["probes"], kfold), "overrides": args.set,
+                         "seconds": seconds, "started": started, "kfold": kfold, "kfold_report_dirs": kfold_dirs,
+                         "kfold_seconds": kfold_s, "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
         (keep / f"{name}.json").write_text(json.dumps({k: v for k, v in sections[-1].items() if k != "cfg"}, indent=2, default=str))
         print(json.dumps({"profile": name, "claims": sections[-1]["claims"]}, indent=2), flush=True)
     done = {s["profile"] for s in sections}

@@ -25,3 +25,21 @@ def test_hash_and_clip_verdicts():
     probes = {"pretrained (subgraph CLIP)": {"1%": {"auc": 0.7}}, "random init": {"1%": {"auc": 0.6}}}
     (claim, ok, nums), = _claims("cxr-clip", {}, probes)
     assert ok is True and "1%" in claim and "0.700 vs 0.600" in nums
+
+
+def test_cnn_kfold_verdicts_and_table():
+    from lungsearch.config import load_profile
+    from ray_jobs.reproduce import _kfold_md
+
+    rows = {"LDC-Model (ours)": {"accuracy": 0.50}, "ResNet18": {"accuracy": 0.55}}
+    kfold = {"LDC-Model (ours)": [{"accuracy": a, "f1": 0.4} for a in (0.60, 0.62, 0.58, 0.60)],
+             "ResNet18": [{"accuracy": a} for a in (0.50, 0.52, 0.54, 0.52)]}
+    got = {c: (ok, nums) for c, ok, nums in _claims("cxr-cnn", rows, None, kfold)}
+    ok, nums = got["LDC-Model (ours) has the highest 4-fold mean accuracy (paper 2, Table 5)"]
+    assert ok is True and nums.startswith("0.600 ± 0.014 vs ResNet18 0.520")
+    agree = next(v for c, v in got.items() if c.startswith("K-fold accuracy agrees"))
+    assert agree[0] is False and agree[1].endswith("vs 0.500")  # 0.60 ± 0.014 is not within a std of 0.50
+    assert got["LDC-Model beats the ResNet baseline on accuracy (paper 2, Table 3)"][0] is False
+    md = "\n".join(_kfold_md({"kfold": kfold, "cfg": load_profile("cxr-cnn"), "kfold_seconds": 12.0,
+                              "kfold_report_dirs": {"LDC-Model (ours)": "r/a"}}))
+    assert "4-fold cross-validation" in md and "PHANTOM" in md and "| ResNet18 | 0.520 ± 0.014 | – | – | – |" in md
