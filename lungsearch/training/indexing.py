@@ -209,7 +209,7 @@ def build_index(
     ds = ray.data.from_items([{"i": i} for i in range(len(records))], override_num_blocks=max(1, min(len(records), 64)))
     ds = ds.map_batches(_Decode(records, cfg, key), batch_size=batch_size, batch_format="numpy", num_cpus=1)
     ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu), texts),
-                        batch_size=batch_size, batch_format="numpy", concurrency=max(1, n_gpu),
+                        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=max(1, n_gpu)),
                         num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
 
     store = (store_factory or MilvusStore)(milvus_uri, token=milvus_token)
