@@ -171,7 +171,9 @@ def run_demo(
         from lungsearch.cli._serve import build_config, deploy, wait_running
 
         port = port or _free_port()
-        argv = ["serve", "--insecure-local", "--grpc-port", str(port), "--milvus-uri", milvus_uri, "--metrics-port", "0"]
+        # The server must key cases with the HMAC key build_index just used (one case per study).
+        argv = ["serve", "--insecure-local", "--grpc-port", str(port), "--milvus-uri", milvus_uri, "--metrics-port", "0",
+                "--hmac-key-file", str(Path(constants.HMAC_KEY_FILE).resolve())]
         argv += [a for p in served for a in ("--profile", p)]
         if registry_root:
             argv += ["--artifacts-dir", registry_root]

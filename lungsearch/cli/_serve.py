@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,11 +92,18 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     a = dict(app_doc.get("args") or {})
     if args.profile:
         a["profiles"] = list(args.profile)
-    # Precedence: command line > the config file > lungsearch.constants defaults.
-    for key, value, default in (("artifacts_dir", args.artifacts_dir, str(constants.ARTIFACTS_DIR)),
-                                ("milvus_uri", args.milvus_uri, constants.MILVUS_URI),
-                                ("hmac_key_file", args.hmac_key_file, str(constants.HMAC_KEY_FILE))):
-        a[key] = value if value is not None else a.get(key, default)
+    # Precedence: command line > LUNGSEARCH_* environment > the config file > built-in defaults.
+    # (The shipped config spells out the defaults; an operator's environment must still win, or the
+    # server would read another HMAC key, store or registry than the jobs beside it.)
+    for key, value, default, env in (("artifacts_dir", args.artifacts_dir, str(constants.ARTIFACTS_DIR), ("ARTIFACTS_DIR",)),
+                                     ("milvus_uri", args.milvus_uri, constants.MILVUS_URI, ("MILVUS_URI", "DATA_DIR")),
+                                     ("hmac_key_file", args.hmac_key_file, str(constants.HMAC_KEY_FILE), ("HMAC_KEY_FILE", "DATA_DIR"))):
+        if value is not None:
+            a[key] = value
+        elif any(f"LUNGSEARCH_{e}" in os.environ for e in env):
+            a[key] = default
+        else:
+            a[key] = a.get(key, default)
     tokens = args.tokens_file if args.tokens_file is not None else (a.get("tokens_file") or constants.TOKENS_FILE)
     a["tokens_file"] = tokens or ""
     if tokens:

@@ -97,6 +97,20 @@ def straight_through(prob: torch.Tensor) -> torch.Tensor:
     return hard + prob - prob.detach()
 
 
+def keep_at_least_one(keep: torch.Tensor, score: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``keep`` with each row that has valid entries but keeps none keeping its best-scoring one.
+
+    An all-dropped sequence (or an all-pruned unit set) has no representation: its pooled vector,
+    and so its embedding, would be zero, which no similarity can rank. Works on ``[B, T]`` masks
+    and on a ``[H]`` vector; no host sync.
+    """
+    valid = torch.ones_like(keep) if valid is None else valid
+    best = score.masked_fill(~valid, float("-inf")).argmax(-1, keepdim=True)
+    forced = torch.zeros_like(keep).scatter(-1, best, True)
+    empty = ~keep.any(-1, keepdim=True) & valid.any(-1, keepdim=True)
+    return keep | (forced & empty)
+
+
 class SparseGatedBiLSTM(nn.Module):
     """Sparse-gated Bi-LSTM (paper 1, eq. 3-4) whose zero gates are skipped at inference.
 
@@ -124,8 +138,10 @@ class SparseGatedBiLSTM(nn.Module):
       LSTM weights under one learning rate, so they can cross their threshold within a short
       CPU training run.
 
-    Output: masked mean of ``[h_fwd, h_bwd]`` over kept steps (zeros where nothing is kept),
-    then linear logits.
+    Output: masked mean of ``[h_fwd, h_bwd]`` over kept steps, then linear logits. A row whose gates
+    drop every step keeps its most likely step, and the most likely unit stays when every unit is
+    pruned (:func:`keep_at_least_one`): otherwise such a case gets a zero vector that retrieval
+    cannot rank (seen: a briefly trained cxr-report model embedded a query as all zeros).
     """
 
     GAMMA, ZETA, TEMP = -0.1, 1.1, 2.0 / 3.0  # hard-concrete stretch and temperature (Louizos et al.)
@@ -185,12 +201,14 @@ class SparseGatedBiLSTM(nn.Module):
         if self.training:
             u = torch.rand_like(la).clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / self.TEMP)
-            return (s * (self.ZETA - self.GAMMA) + self.GAMMA).clamp(0.0, 1.0)
+            g = (s * (self.ZETA - self.GAMMA) + self.GAMMA).clamp(0.0, 1.0)
+            return g + (keep_at_least_one(g > 0, la) & (g <= 0)).to(g.dtype)
         return self.kept_units_mask().to(la.dtype)
 
     def kept_units_mask(self) -> torch.Tensor:
-        s = torch.sigmoid(self.unit_log_alpha) * (self.ZETA - self.GAMMA) + self.GAMMA
-        return s.clamp(0.0, 1.0) > 0.5
+        la = self.unit_log_alpha
+        s = torch.sigmoid(la) * (self.ZETA - self.GAMMA) + self.GAMMA
+        return keep_at_least_one(s.clamp(0.0, 1.0) > 0.5, la)
 
     def unit_keep_prob(self) -> torch.Tensor:
         return torch.sigmoid(self.unit_log_alpha - self.TEMP * math.log(-self.GAMMA / self.ZETA))
@@ -204,8 +222,12 @@ class SparseGatedBiLSTM(nn.Module):
     # ---- reference path (training; differentiable)
     def gated_encode(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Step-by-step gated cell (eq. 4); returns the pooled ``[B, 2H]``."""
-        prob = self.step_prob(seq)
+        logit = self.step_logit(seq)
+        prob = torch.sigmoid(logit)
         z = straight_through(prob) * mask.to(seq.dtype)  # [B, T]
+        hard = z.detach() > 0.5
+        # the logit ranks steps even where the probability underflows to 0 (as the fast path does)
+        z = z + (keep_at_least_one(hard, logit.detach(), mask) & ~hard).to(z.dtype)
         u = self.unit_gate()  # [H]
         b, t, _ = seq.shape
         outs = []
@@ -275,7 +297,8 @@ class SparseGatedBiLSTM(nn.Module):
         fwd, bwd, keep_units = self._shrunk_lstm()
         hk = int(keep_units.numel())
         pooled = seq.new_zeros(b, 2 * self.hidden)
-        z = (self.step_logit(seq) > 0) & mask  # σ(.) > 0.5  <=>  logit > 0
+        logit = self.step_logit(seq)
+        z = keep_at_least_one((logit > 0) & mask, logit, mask)  # σ(.) > 0.5  <=>  logit > 0
         n_kept = z.sum(1)
         self._stats = (n_kept.sum() / mask.sum().clamp_min(1), torch.tensor(hk / self.hidden))
         if hk == 0 or not bool(z.any()):

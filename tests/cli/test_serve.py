@@ -87,3 +87,17 @@ def test_tls_makes_the_plaintext_port_loopback_only(tmp_path):
     # an operator who asks for plaintext on the network (with tokens) keeps it
     both = _serve.build_config(_args(tokens_file=str(tokens), host="0.0.0.0", tls_cert="c.pem", tls_key="k.pem"))
     assert both["applications"][0]["args"]["loopback_only"] is False
+
+
+def test_environment_beats_the_config_file(tmp_path, monkeypatch):
+    """The shipped serve config spells out data/hmac.key etc.; an operator's LUNGSEARCH_* variables
+    must still win (else the server keys cases with another secret than the jobs beside it)."""
+    from lungsearch import constants
+
+    monkeypatch.setenv("LUNGSEARCH_HMAC_KEY_FILE", str(tmp_path / "k"))
+    monkeypatch.setattr(constants, "HMAC_KEY_FILE", tmp_path / "k")
+    a = _serve.build_config(_args())["applications"][0]["args"]
+    assert a["hmac_key_file"] == str(tmp_path / "k") and a["milvus_uri"].endswith("data/lungsearch.db")
+    # the command line still beats the environment
+    a = _serve.build_config(_args(hmac_key_file=str(tmp_path / "cli")))["applications"][0]["args"]
+    assert a["hmac_key_file"] == str(tmp_path / "cli")

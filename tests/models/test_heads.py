@@ -89,12 +89,44 @@ def test_dropped_steps_do_not_influence_the_output():
     assert torch.allclose(ref, out, atol=1e-5)
 
 
-def test_all_steps_dropped_gives_zeros():
+def test_all_steps_dropped_keeps_the_most_likely_step():
+    """A row whose gates drop every step would pool to zeros (a zero embedding cannot be ranked):
+    it keeps its most likely step, on the fast path and in the differentiable cell alike."""
     head = _sparse_head()
+    x = _seq()
     with torch.no_grad():
         head.step_gate.bias.fill_(-1e4)
-        out = head(_seq())
-    assert out["hidden"].abs().max() == 0
+        fast = head(x)["hidden"]
+        kept = head.last_stats["kept_steps"]
+        logit = head.step_logit(x["sequence"]).masked_fill(~x["sequence_mask"], float("-inf"))
+        only = torch.zeros_like(x["sequence_mask"]).scatter(1, logit.argmax(1, keepdim=True), True)
+        ref = head({"sequence": x["sequence"], "sequence_mask": only})["hidden"]
+    assert (fast.abs().sum(1) > 0).all() and kept == pytest.approx(4 / 29)  # one step of each row's 10, 7, 10, 2
+    with torch.enable_grad():
+        slow = head.gated_encode(x["sequence"], x["sequence_mask"])
+    assert torch.allclose(fast, ref, atol=1e-6) and torch.allclose(slow, fast, atol=1e-5)
+
+
+def test_all_units_pruned_keeps_the_most_likely_unit():
+    head = _sparse_head()
+    with torch.no_grad():
+        head.unit_logit.fill_(-1.0)
+        head.unit_logit[5] = -0.5
+    assert head.kept_units_mask().nonzero().flatten().tolist() == [5]
+    with torch.no_grad():
+        assert (head(_seq())["hidden"].abs().sum(1) > 0).all()
+    head.train()
+    assert (head.unit_gate() > 0).sum() >= 1
+
+
+def test_keep_at_least_one_leaves_rows_that_keep_something():
+    from lungsearch.models.heads import keep_at_least_one
+
+    keep = torch.tensor([[False, True, False], [False, False, False], [False, False, False]])
+    score = torch.tensor([[9.0, 0.0, 0.0], [1.0, 3.0, 2.0], [5.0, 1.0, 0.0]])
+    valid = torch.tensor([[True, True, True], [True, False, True], [False, False, False]])
+    out = keep_at_least_one(keep, score, valid)
+    assert out.tolist() == [[False, True, False], [False, False, True], [False, False, False]]
 
 
 def test_sparse_gates_train_and_penalty():
