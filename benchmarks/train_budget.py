@@ -21,22 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from lungsearch.jobs import job_summary
+
 __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_S = 300.0
-
-
-def _last_json(text: str) -> dict:
-    """The job's summary: the last top-level JSON object on stdout (Ray may print after it)."""
-    dec = json.JSONDecoder()
-    pos = len(text)
-    while (pos := text.rfind("\n{", 0, pos)) >= 0:
-        try:
-            return dec.raw_decode(text[pos + 1:])[0]
-        except ValueError:
-            continue
-    return {}
 
 
 def run_profile(profile: str, overrides: list[str], timeout: float) -> dict:
@@ -51,7 +41,7 @@ def run_profile(profile: str, overrides: list[str], timeout: float) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
         wall = time.perf_counter() - t0
-        summary = _last_json(proc.stdout)
+        summary = job_summary(proc.stdout)
     return {"profile": profile, "command": "python ray_jobs/train.py --config configs/%s.yaml %s" % (profile, " ".join(overrides)),
             "returncode": proc.returncode, "wall_s": wall, "within_target": proc.returncode == 0 and wall <= TARGET_S,
             "load_avg_1m_before": load0, "load_avg_1m_after": os.getloadavg()[0], "epochs": summary.get("epochs"),

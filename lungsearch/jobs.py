@@ -42,6 +42,7 @@ __all__ = [
     "JobInfo",
     "build_entrypoint",
     "build_runtime_env",
+    "job_summary",
     "resolve_token",
 ]
 
@@ -85,6 +86,24 @@ class JobInfo:
     @property
     def done(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+def job_summary(stdout: str) -> dict[str, Any]:
+    """The summary a ``ray_jobs/*.py`` entrypoint prints: the last top-level JSON object of its
+    output (Ray may log after it); ``{}`` when there is none."""
+    import json
+
+    dec = json.JSONDecoder()
+    text = "\n" + stdout
+    pos = len(text)
+    while (pos := text.rfind("\n{", 0, pos)) >= 0:
+        try:
+            doc = dec.raw_decode(text[pos + 1:])[0]
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return {}
 
 
 def resolve_token(token: str | None = None, env: dict[str, str] | None = None) -> str | None:

@@ -21,7 +21,7 @@ import pytest
 
 from lungsearch.cli import main as cli_main
 from lungsearch.errors import ConfigError, InvalidRequestError, UnauthenticatedError
-from lungsearch.jobs import REPO_ROOT, JobsClient, build_entrypoint, build_runtime_env, resolve_token
+from lungsearch.jobs import REPO_ROOT, JobsClient, build_entrypoint, build_runtime_env, job_summary, resolve_token
 
 
 def test_entrypoint_and_runtime_env(tmp_path):
@@ -43,6 +43,13 @@ def test_entrypoint_and_runtime_env(tmp_path):
     locked = build_runtime_env(pip="lock")["pip"]["packages"]
     assert any(p.startswith("ray") for p in locked) and not any(p.startswith("#") for p in locked)
     assert build_runtime_env(pip=["tqdm==4.67.1"])["pip"]["packages"] == ["tqdm==4.67.1"]
+
+
+def test_job_summary_is_the_last_json_object():
+    out = 'INFO start\n{"epoch": 1}\n{\n  "model": "cxr-cnn@v1",\n  "metrics": {"acc": 0.5}\n}\nINFO ray: {not json\n'
+    assert job_summary(out) == {"model": "cxr-cnn@v1", "metrics": {"acc": 0.5}}
+    assert job_summary('{"only": true}') == {"only": True}
+    assert job_summary("no summary\n[1, 2]\n") == {}
 
 
 def test_token_resolution_order(tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ registered model. Small on purpose: 32 phantom cases at 32 px, 4 epochs."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from lungsearch.jobs import job_summary
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["data.phantom.n=32", "data.phantom.size=64", "data.image_size=32", "train.epochs=4", "train.batch_size=8",
@@ -27,18 +28,6 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env.pop("LUNGSEARCH_RAY_ADDRESS", None)
     env.pop("RAY_ADDRESS", None)
     return env
-
-
-def _last_json(text: str) -> dict:
-    """The job's summary: the last top-level JSON object on stdout (Ray may print after it)."""
-    dec = json.JSONDecoder()
-    pos = len(text)
-    while (pos := text.rfind("\n{", 0, pos)) >= 0:
-        try:
-            return dec.raw_decode(text[pos + 1:])[0]
-        except ValueError:
-            continue
-    return dec.raw_decode(text[text.index("{"):])[0]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -77,7 +66,7 @@ def test_train_job_killed_then_resumed(tmp_path):
 
     second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    out = _last_json(second.stdout)
+    out = job_summary(second.stdout)
     assert out["resumed"] is True and out["epochs"] == 4 and out["synthetic_data"] is True
     # The resumed attempt trained only the epochs the killed one had not checkpointed.
     trained_now = second.stderr.count("stage train epoch") + second.stdout.count("stage train epoch")
@@ -93,5 +82,5 @@ def test_train_job_killed_then_resumed(tmp_path):
     ev = subprocess.run([sys.executable, str(REPO / "ray_jobs" / "evaluate.py"), "--config", "cxr-cnn", "--model", out["model"]],
                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-3000:]
-    again = _last_json(ev.stdout)
+    again = job_summary(ev.stdout)
     assert again["metrics"]["accuracy"] == pytest.approx(out["metrics"]["test_accuracy"], abs=1e-6)  # same split, same model
