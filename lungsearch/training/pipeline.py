@@ -295,7 +295,8 @@ def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, re
         o = train_and_evaluate(vcfg, dataset=ds if same else None, splits=splits if same else None,
                                run_name=default_run_name(vcfg, suffix), storage_path=storage_path, resume=resume,
                                register=v.main, registry_root=registry_root, write=v.main, variant=v)
-        rows[v.name] = {**o.evaluation.metrics, "train_seconds": o.fit.seconds}
+        rows[v.name] = {**o.evaluation.metrics, "train_seconds": o.fit.seconds, "resumed": o.fit.resumed,
+                        "epoch_seconds": sum(float(h.get("epoch_seconds", 0.0)) for h in o.fit.history)}
         outputs[v.name] = o
         tables[v.name] = v.table
         if v.main:

@@ -13,6 +13,7 @@ def test_cxr_report_verdicts():
     assert got["fused image+report beats image-only on accuracy (paper 1, Table 2)"] is True
     assert got["fused image+report beats image-only on auc (paper 1, Table 2)"] is False
     assert got["SG-Bi-LSTM infers faster than Bi-LSTM (paper 1, Table 3: -60 %)"] is True
+    assert "-33.3 %" in next(n for c, _, n in _claims("cxr-report", rows, None) if c.startswith("SG-Bi-LSTM"))
     assert got["cross-modal attention beats concatenation (CMA+Bi-LSTM vs Bi-LSTM, accuracy)"] is False
 
 
