@@ -45,6 +45,16 @@ def test_deployments_fit_on_two_cpus_and_one_ranking_replica(doc):
     assert enc["max_ongoing_requests"] >= 4 * enc["user_config"]["max_batch_size"]
 
 
+def test_every_stage_admits_what_the_gateways_send(doc):
+    """A stage that admits fewer requests than the Gateways have in flight makes Serve's router back
+    off and retry, and the stage idles between retries (benchmarks/encode_throughput.py measured
+    0.27x direct PyTorch with 256 in flight against a limit of 64, 1.0x within it)."""
+    deps = {d["name"]: d for d in doc["applications"][0]["deployments"]}
+    cap = lambda d: d["num_replicas"] * d["max_ongoing_requests"]  # noqa: E731
+    for name in ("Encoding", "Fusion", "Hashing", "Ranking"):
+        assert cap(deps[name]) >= cap(deps["Gateway"]), name
+
+
 def test_every_rpc_has_a_method_on_the_gateway():
     """Serve routes by method name to the ingress: every RPC of every listed service must exist."""
     from lungsearch._proto.v1 import encoding_pb2, fusion_pb2, gateway_pb2, hashing_pb2, ranking_pb2
