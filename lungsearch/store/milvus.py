@@ -71,6 +71,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+class _LiteUnimplementedFilter(logging.Filter):
+    """Drops grpc's ERROR traceback for ``AllocTimestamp``, which milvus-lite's in-process server
+    does not implement and pymilvus calls while it waits for an index it just created. pymilvus
+    copes (the index gets built); the traceback only alarms whoever reads the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tb = record.exc_info[2] if record.exc_info else None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name == "AllocTimestamp":
+                return False
+            tb = tb.tb_next
+        return True
+
+
+_LITE_LOG_FILTER = _LiteUnimplementedFilter()
+
 #: Bumped when the collection schema changes (written into the collection description).
 SCHEMA_VERSION = 1
 #: Range of the hashed ``bucket`` column used to page through a collection.
@@ -273,6 +290,7 @@ class MilvusStore:
         self._loaded: set[str] = set()
         self._closed = False
         if self._lite_path is not None:
+            logging.getLogger("grpc._server").addFilter(_LITE_LOG_FILTER)  # idempotent: one filter object
             Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
             if _lite_lock_held_elsewhere(self._lite_path):
                 raise StoreUnavailableError(

@@ -224,3 +224,14 @@ def test_collection_released_behind_the_store_is_reloaded_on_the_next_call(store
     assert err.value.code == "collection_not_loaded" and err.value.retriable
     assert set(store.get_many(PROFILE, VERSION, [c.case_key for c in cases])) == {c.case_key for c in cases}
     assert store.count(PROFILE, VERSION) == 3
+
+
+def test_lite_index_creation_logs_no_grpc_traceback(db_path, caplog):
+    """pymilvus asks milvus-lite's in-process server for AllocTimestamp while it waits for a new
+    index; the server lacks it and grpc logged an ERROR traceback per collection (noise only)."""
+    import logging
+
+    caplog.set_level(logging.ERROR)
+    with MilvusStore(db_path, timeout=30.0) as s:
+        s.ensure_collection("cxr-hash", "v1", embedding_dim=8, code_bits=16)
+    assert not [r for r in caplog.records if r.name == "grpc._server"], [r.getMessage() for r in caplog.records]
