@@ -146,8 +146,13 @@ def _results_md(sections: list[dict], started: str, overhead: dict | None) -> st
         f"- Page written {started}; machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs: see the",
         f"  load average per profile), Python {platform.python_version()}. Each profile's command is in its section.",
         "- Test split: queries; train + validation: the retrieval gallery. Seeds: as in each table's caption.",
-        "",
     ]
+    from lungsearch import constants
+
+    if Path(constants.ARTIFACTS_DIR) != Path("artifacts"):
+        lines.append(f"- Runs and reports under `{_rel(constants.ARTIFACTS_DIR)}`: each command below ran with "
+                     f"`LUNGSEARCH_ARTIFACTS_DIR={_rel(constants.ARTIFACTS_DIR)}`.")
+    lines.append("")
     lines += ["## Verdicts", "", "| profile | claim | reproduced on phantoms? | numbers |", "|---|---|---|---|"]
     for s in sections:
         for claim, ok, nums in s["claims"]:
