@@ -161,7 +161,7 @@ class DeploymentConfig(_Strict):
     num_cpus: float = Field(default=0.25, ge=0, description="Logical CPUs per replica (fractional so the whole graph fits on 2 cores).")
     num_gpus: float = Field(default=0.0, ge=0)
     max_batch_size: int = Field(default=16, ge=1, description="@serve.batch size (encoders).")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: float = Field(default=4.0, gt=0)

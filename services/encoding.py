@@ -100,7 +100,7 @@ class Encoding:
             out[i] = (items[i], f)
         return out
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _encode_batched(self, requests: list[tuple[Any, Any, str | None]]) -> list[Any]:
         out: list[Any] = [None] * len(requests)
         groups: dict[tuple[str, str], list[int]] = {}
