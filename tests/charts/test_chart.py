@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import k8s_checks
-from conftest import CASES, CHART_DIR, CI_VALUES, NAMESPACE, RELEASE, REPO, by_kind, case_values, entrypoint_errors, one
+from chart_cases import CASES, CHART_DIR, CI_VALUES, NAMESPACE, RELEASE, REPO, by_kind, case_values, entrypoint_errors, one
 
 helm = pytest.importorskip("helm_python")
 

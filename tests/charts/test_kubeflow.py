@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import k8s_checks
-from conftest import REPO, entrypoint_errors, one
+from chart_cases import REPO, entrypoint_errors, one
 
 KF_DIR = REPO / "k8s" / "kubeflow"
 COMPILED = KF_DIR / "pipeline.yaml"

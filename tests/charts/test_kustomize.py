@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import k8s_checks
-from conftest import REPO, by_kind, entrypoint_errors, one
+from chart_cases import REPO, by_kind, entrypoint_errors, one
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for `kubectl kustomize`) is not installed")
