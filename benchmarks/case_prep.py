@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="phantom cache folder (default <DATA_DIR>/phantoms)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    from benchmarks._util import provenance
+    from benchmarks._util import provenance, write_json
 
     prov = provenance("case_prep", seed=0, argv=argv)  # taken first: the load average at the start
 
@@ -57,11 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "case_prep", "data": "phantoms (synthetic)", "rows": rows,
               "provenance": prov}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_json(args.out, result)
     return 0
 
 

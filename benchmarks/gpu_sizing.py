@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks._util import write_json
+
 __all__ = ["main", "size_config"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,11 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["configs"][-1]), flush=True)
     if not args.no_loop:
         result["worker_loop_on_gpu"] = loop_smoke([o for o in args.set if o.startswith("model.text_encoder")], args.device)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_json(args.out, result)
     return 0
 
 

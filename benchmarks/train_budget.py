@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    from benchmarks._util import provenance
+    from benchmarks._util import provenance, write_json
 
     prov = provenance("train_budget", seed=0, argv=argv)  # taken first: the load average at the start
     rows = []
@@ -66,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "train_budget", "target_s": TARGET_S, "data": "phantoms (synthetic)", "rows": rows,
               "provenance": prov}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_json(args.out, result)
     return 0
 
 
