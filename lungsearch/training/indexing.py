@@ -70,10 +70,8 @@ def record_case_key(hmac_key: bytes, record: "CaseRecord", study: "Study") -> st
 
     from lungsearch.data.deid import study_case_key
 
-    first = study.images[0]
-    from_files = dataclasses.replace(study, study_key=first.study_key)
-    if from_files.study_key or first.meta.series_key:
-        return study_case_key(hmac_key, from_files)
+    from_files = dataclasses.replace(study, study_key=study.images[0].study_key)
+    # a generator: the files are read again only when the key falls back to their bytes
     return study_case_key(hmac_key, from_files, image_bytes=(Path(p).read_bytes() for p in record.image_paths))
 
 
