@@ -3,17 +3,23 @@
 One collection per profile and model version (:func:`collection_name`), with the schema defined
 here in code. The same class talks to an embedded milvus-lite file (the default,
 ``LUNGSEARCH_MILVUS_URI``) or to a Milvus server (``http://host:19530`` + token); every difference
-between the two lives in :class:`StoreCapabilities`, decided once from the URI.
+between engines lives in :class:`StoreCapabilities`: fixed for a milvus-lite file, probed once per
+connection for a server (:mod:`lungsearch.store.capabilities`; schemas in :mod:`lungsearch.store.schema`).
 
 Facts this adapter is built around (shared/FACTS.md, re-checked with milvus-lite 3.2.2):
 
 - milvus-lite has no BINARY_VECTOR: codes are stored as a hex VARCHAR there (the ranking
   deployment searches them in memory with :class:`lungsearch.store.CaseIndex`); a server gets a
-  BINARY_VECTOR field with a BIN_IVF_FLAT/HAMMING index.
-- milvus-lite scalar indexes are INVERTED only, and not on ARRAY fields.
-- Unflushed rows are searched by a slow scan and the write-ahead log syncs at flush: every
-  :meth:`MilvusStore.upsert` / :meth:`MilvusStore.delete` flushes before it returns, so a return
-  means durable.
+  BINARY_VECTOR code with a BIN_IVF_FLAT/HAMMING index, next to the embedding where it allows two
+  vector fields (2.4+), else in a companion collection (2.3).
+- milvus-lite scalar indexes are INVERTED only, and not on ARRAY fields; Milvus 2.3 has STL_SORT
+  and Trie instead of INVERTED.
+- milvus-lite: unflushed rows are searched by a slow scan and the write-ahead log syncs at flush:
+  every :meth:`MilvusStore.upsert` / :meth:`MilvusStore.delete` flushes before it returns, so a
+  return means durable. A server's WAL makes an acknowledged write durable; reads that must see
+  it use Strong consistency.
+- Every write replaces the collection's write generation first (:mod:`lungsearch.store.generation`),
+  which tags in-memory index snapshots.
 - One process per milvus-lite file (an flock on ``<file>/LOCK``); a second process gets
   :class:`StoreUnavailableError` with ``code="store_locked"``.
 - After reopening, collections are released: they are loaded again on first use.
@@ -26,14 +32,10 @@ Facts this adapter is built around (shared/FACTS.md, re-checked with milvus-lite
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,21 +46,30 @@ import numpy as np
 
 from lungsearch import constants
 from lungsearch.errors import InvalidRequestError, LungsearchError, NotFoundError, StoreUnavailableError
+from lungsearch.store.capabilities import StoreCapabilities, is_lite_uri, probe_server
 from lungsearch.store.filters import SearchFilter, to_milvus_expr
-from lungsearch.store.types import (
-    MAX_EXCERPT_BYTES,
-    MAX_KEY_CHARS,
-    MAX_LABEL_CHARS,
-    MAX_LABELS,
-    CaseBatch,
-    Hit,
-    StoredCase,
-    UpsertResult,
-    validate_case_key,
+from lungsearch.store.generation import CollectionGenerations, FileGenerations, META_COLLECTION
+from lungsearch.store.schema import (
+    BUCKETS,
+    COMPANION_SUFFIX,
+    EXPECTED_FIELDS as _EXPECTED_FIELDS,
+    HAMMING_NLIST,
+    NAME_PREFIX as _NAME_PREFIX,
+    SCHEMA_VERSION,
+    CollectionInfo,
+    bucket_of,
+    collection_index_params,
+    collection_name,
+    collection_schema,
+    companion_index_params,
+    companion_name,
+    companion_schema,
 )
+from lungsearch.store.types import MAX_EXCERPT_BYTES, CaseBatch, Hit, StoredCase, UpsertResult, validate_case_key
 
 __all__ = [
     "MilvusStore",
+    "META_COLLECTION",
     "StoreCapabilities",
     "CollectionInfo",
     "collection_name",
@@ -88,145 +99,11 @@ class _LiteUnimplementedFilter(logging.Filter):
 
 _LITE_LOG_FILTER = _LiteUnimplementedFilter()
 
-#: Bumped when the collection schema changes (written into the collection description).
-SCHEMA_VERSION = 1
-#: Range of the hashed ``bucket`` column used to page through a collection.
-BUCKETS = 1 << 16
-_NAME_PREFIX = "ls_"
 #: Milvus error code "collection not loaded" (merr.ErrCollectionNotLoaded; milvus-lite uses it too).
 _NOT_LOADED = 101
-_EXPECTED_FIELDS = {"case_key", "bucket", "modality", "view", "labels", "report_excerpt", "embedding", "code",
-                    "ingested_at", "num_images", "model_version"}
 
 
-def is_lite_uri(uri: str) -> bool:
-    """True when ``uri`` names an embedded milvus-lite file (pymilvus's own rule: a path ending in .db)."""
-    return not re.match(r"^(https?|tcp|unix|grpc)://", uri) and uri.endswith(".db")
-
-
-@dataclass(frozen=True)
-class StoreCapabilities:
-    """What the connected Milvus can do: the ONE place where lite and server differ.
-
-    Attributes:
-        backend: "milvus-lite" or "milvus".
-        binary_vector: BINARY_VECTOR fields with BIN_IVF_FLAT/HAMMING (server only).
-        array_scalar_index: INVERTED index on ARRAY fields (server only).
-        single_process: the store is a file one process may open at a time (lite).
-        scalar_index_type: the scalar index type used for filter fields.
-        page_bytes: target response size of one paging query (:meth:`MilvusStore.iter_batches`).
-        max_page_rows: most rows one paging query may return.
-    """
-
-    backend: str
-    binary_vector: bool
-    array_scalar_index: bool
-    single_process: bool
-    scalar_index_type: str = "INVERTED"
-    page_bytes: int = 32 << 20
-    max_page_rows: int = 10_000
-
-    @classmethod
-    def for_uri(cls, uri: str) -> "StoreCapabilities":
-        if is_lite_uri(uri):
-            # milvus-lite gathers every row of the collection (keys, vectors, row references) in
-            # Python for each query, whatever the filter: at 1M rows a page costs seconds before it
-            # returns anything. So page as coarsely as its 256 MB message limit allows.
-            return cls(backend="milvus-lite", binary_vector=False, array_scalar_index=False, single_process=True,
-                       page_bytes=160 << 20, max_page_rows=400_000)
-        # A server answers bucket ranges from the INVERTED index; keep pages well under its
-        # per-query output limits.
-        return cls(backend="milvus", binary_vector=True, array_scalar_index=True, single_process=False)
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    """A collection's identity and dimensions (read back from its fields and index)."""
-
-    name: str
-    profile: str
-    version: str
-    embedding_dim: int
-    code_bits: int
-    code_storage: str  # "hex" (VARCHAR) or "binary_vector"
-    metric: str = "COSINE"
-
-
-def _sanitise(text: str, limit: int) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", text)[:limit]
-
-
-def collection_name(profile: str, version: str) -> str:
-    """Milvus collection name for one profile and model version.
-
-    Milvus names allow letters, digits and underscores (first a letter or underscore, at most 255).
-    Sanitising can map two versions to one string ("a-b" and "a_b"), so a short hash of the exact
-    ``profile@version`` is appended.
-
-    Example:
-        >>> collection_name("cxr-report", "20261124-1953-ab12cd")
-        'ls_cxr_report__20261124_1953_ab12cd_...'  # doctest: +SKIP
-
-    Raises:
-        InvalidRequestError: empty profile or version.
-    """
-    if not profile or not version:
-        raise InvalidRequestError("a collection needs a profile and a model version", code="bad_model_ref", field="model")
-    digest = hashlib.sha256(f"{profile}@{version}".encode()).hexdigest()[:8]
-    return f"{_NAME_PREFIX}{_sanitise(profile, 64)}__{_sanitise(version, 96)}_{digest}"
-
-
-def collection_schema(info: CollectionInfo):
-    """The pymilvus schema of a lungsearch collection (pure: no server call).
-
-    The collection description carries the dimensions as JSON for people browsing a server;
-    lungsearch itself reads them back from the fields (milvus-lite does not keep descriptions).
-    """
-    from pymilvus import DataType, MilvusClient
-
-    desc = json.dumps(
-        {"lungsearch_schema": SCHEMA_VERSION, "profile": info.profile, "version": info.version,
-         "embedding_dim": info.embedding_dim, "code_bits": info.code_bits, "code_storage": info.code_storage,
-         "metric": info.metric},
-        sort_keys=True,
-    )
-    s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=desc)
-    s.add_field("case_key", DataType.VARCHAR, max_length=MAX_KEY_CHARS, is_primary=True)
-    s.add_field("bucket", DataType.INT32)
-    s.add_field("modality", DataType.VARCHAR, max_length=16)
-    s.add_field("view", DataType.VARCHAR, max_length=16)
-    s.add_field("labels", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_LABELS, max_length=MAX_LABEL_CHARS * 4)
-    s.add_field("report_excerpt", DataType.VARCHAR, max_length=MAX_EXCERPT_BYTES)
-    s.add_field("embedding", DataType.FLOAT_VECTOR, dim=info.embedding_dim)
-    if info.code_storage == "binary_vector":
-        s.add_field("code", DataType.BINARY_VECTOR, dim=info.code_bits)
-    else:
-        s.add_field("code", DataType.VARCHAR, max_length=max(1, info.code_bits // 4))
-    s.add_field("ingested_at", DataType.DOUBLE)
-    s.add_field("num_images", DataType.INT32)
-    s.add_field("model_version", DataType.VARCHAR, max_length=128)
-    return s
-
-
-def collection_index_params(info: CollectionInfo, caps: StoreCapabilities, *, index_type: str = "HNSW", hnsw_m: int = 16,
-                            hnsw_ef_construction: int = 100):
-    """Index parameters: the float ANN index, scalar indexes for filters, HAMMING on servers."""
-    from pymilvus import MilvusClient
-
-    ip = MilvusClient.prepare_index_params()
-    params = {"M": hnsw_m, "efConstruction": hnsw_ef_construction} if index_type == "HNSW" else (
-        {"nlist": 1024} if index_type == "IVF_FLAT" else {})
-    ip.add_index("embedding", index_type=index_type, metric_type=info.metric, params=params)
-    scalar = ["bucket", "modality", "view"] + (["labels"] if caps.array_scalar_index else [])
-    for field_name in scalar:
-        ip.add_index(field_name, index_type=caps.scalar_index_type)
-    if info.code_storage == "binary_vector":
-        ip.add_index("code", index_type="BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": 128})
-    return ip
-
-
-def _bucket(key: str) -> int:
-    return zlib.crc32(key.encode("ascii")) & (BUCKETS - 1)
+_bucket = bucket_of  # the name this module used before the split
 
 
 # --- milvus-lite process-level bookkeeping -------------------------------------------------------
@@ -284,11 +161,18 @@ class MilvusStore:
         self.uri = str(uri if uri is not None else constants.MILVUS_URI)
         self.timeout = float(timeout)
         self.load_timeout = float(max(load_timeout, timeout))
-        self.capabilities = StoreCapabilities.for_uri(self.uri)
-        self._lite_path = os.path.abspath(self.uri) if self.capabilities.single_process else None
+        self._base_caps = StoreCapabilities.for_uri(self.uri)
+        self._caps: StoreCapabilities | None = self._base_caps if self._base_caps.single_process else None
+        self._caps_lock = threading.Lock()
+        self._lite_path = os.path.abspath(self.uri) if self._base_caps.single_process else None
         self._info: dict[str, CollectionInfo] = {}
         self._loaded: set[str] = set()
         self._closed = False
+        self._generations = None
+        # Per collection: writes completed through this object, and the generation the last one
+        # left (see clean_generation: what an index snapshot may be tagged with).
+        self._writes: dict[str, int] = {}
+        self._clean_gen: dict[str, str] = {}
         if self._lite_path is not None:
             logging.getLogger("grpc._server").addFilter(_LITE_LOG_FILTER)  # idempotent: one filter object
             Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +187,7 @@ class MilvusStore:
             locked = self._lite_path is not None and _lite_lock_held_elsewhere(self._lite_path)
             raise StoreUnavailableError(
                 "the milvus-lite file is open in another process" if locked else
-                f"cannot connect to the vector store ({self.capabilities.backend}: {type(exc).__name__})",
+                f"cannot connect to the vector store ({self._base_caps.backend}: {type(exc).__name__})",
                 code="store_locked" if locked else "connect_failed",
             ) from None
         if self._lite_path is not None:
@@ -341,7 +225,26 @@ class MilvusStore:
 
     @property
     def backend(self) -> str:
-        return self.capabilities.backend
+        return self._base_caps.backend
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """What this store can do: fixed for milvus-lite, probed once per connection for a server
+        (:func:`lungsearch.store.capabilities.probe_server`)."""
+        caps = self._caps
+        if caps is None:
+            with self._caps_lock:
+                caps = self._caps
+                if caps is None:
+                    if self._closed:
+                        raise StoreUnavailableError("the vector store is closed", code="store_closed")
+                    caps = self._caps = probe_server(self._client, self._base_caps, timeout=self.timeout)
+        return caps
+
+    def _read_kw(self) -> dict[str, Any]:
+        """Read arguments that make a read see every write acknowledged before it (Strong where the
+        server has it; milvus-lite reads flushed rows at once and gets nothing extra)."""
+        return {"consistency_level": "Strong"} if self.capabilities.strong_reads else {}
 
     # --- error mapping ---------------------------------------------------------------------------
 
@@ -373,7 +276,7 @@ class MilvusStore:
                                             code="collection_not_loaded") from None
             kind = type(exc).__name__
             raise StoreUnavailableError(
-                f"vector store call {op} failed ({self.capabilities.backend}: {kind}{'' if code is None else f' code {code}'})",
+                f"vector store call {op} failed ({self._base_caps.backend}: {kind}{'' if code is None else f' code {code}'})",
                 code="store_call_failed",
             ) from None
 
@@ -383,7 +286,7 @@ class MilvusStore:
         """Names of lungsearch collections in the store."""
         with self._guard("list_collections"):
             names = self._client.list_collections(timeout=self.timeout)
-        return sorted(n for n in names if n.startswith(_NAME_PREFIX))
+        return sorted(n for n in names if n.startswith(_NAME_PREFIX) and not n.endswith(COMPANION_SUFFIX))
 
     def has_collection(self, profile: str, version: str) -> bool:
         name = collection_name(profile, version)
@@ -418,6 +321,10 @@ class MilvusStore:
         else:
             width = int(params.get("max_length", 1))
             code_bits, storage = (0 if width <= 1 else width * 4), "hex"
+            if code_bits and not self._base_caps.single_process:
+                with self._guard("has_collection", name):
+                    if self._client.has_collection(companion_name(name), timeout=self.timeout):
+                        storage = "companion"
         info = CollectionInfo(
             name=name, profile=profile, version=version, embedding_dim=int(fields["embedding"]["params"]["dim"]),
             code_bits=code_bits, code_storage=storage, metric=str(idx.get("metric_type") or "COSINE"),
@@ -448,15 +355,23 @@ class MilvusStore:
                 )
             return info
         metric = getattr(index, "metric", "COSINE") or "COSINE"
-        storage = "binary_vector" if (self.capabilities.binary_vector and code_bits > 0) else "hex"
+        caps = self.capabilities
+        storage = caps.code_storage if code_bits > 0 else "hex"
         info = CollectionInfo(name=name, profile=profile, version=version, embedding_dim=embedding_dim,
                               code_bits=code_bits, code_storage=storage, metric=metric)
         kwargs = {}
         if index is not None:
             kwargs = {"index_type": index.milvus_index, "hnsw_m": index.hnsw_m, "hnsw_ef_construction": index.hnsw_ef_construction}
+        if info.companion:
+            # The companion first: a case collection without it would read back as "hex".
+            with self._guard("create_collection", info.companion):
+                if not self._client.has_collection(info.companion, timeout=self.timeout):
+                    self._client.create_collection(info.companion, schema=companion_schema(info),
+                                                   index_params=companion_index_params(info, caps), timeout=self.load_timeout)
+            self._ensure_loaded(info.companion)
         with self._guard("create_collection", name):
             self._client.create_collection(
-                name, schema=collection_schema(info), index_params=collection_index_params(info, self.capabilities, **kwargs),
+                name, schema=collection_schema(info), index_params=collection_index_params(info, caps, **kwargs),
                 timeout=self.load_timeout,
             )
         self._info[name] = info
@@ -469,11 +384,56 @@ class MilvusStore:
         name = collection_name(profile, version)
         if not self.has_collection(profile, version):
             return False
+        self._generation_store().bump(name)  # write-ahead: a half-done drop matches no snapshot
         with self._guard("drop_collection", name):
             self._client.drop_collection(name, timeout=self.timeout)
+            if not self._base_caps.single_process and self._client.has_collection(companion_name(name), timeout=self.timeout):
+                self._client.drop_collection(companion_name(name), timeout=self.timeout)
+        self._generation_store().forget(name)
         self._info.pop(name, None)
         self._loaded.discard(name)
+        self._loaded.discard(companion_name(name))
+        self._clean_gen.pop(name, None)
         return True
+
+    # --- write generations (index snapshots are tagged with them) ----------------------------------
+
+    def _generation_store(self):
+        if self._generations is None:
+            if self._lite_path is not None:
+                self._generations = FileGenerations(self._lite_path + ".generations.json")
+            else:
+                self._generations = CollectionGenerations(self._client, self._guard, timeout=self.timeout,
+                                                          read_kwargs=self._read_kw(),
+                                                          flush=self.capabilities.flush_on_write)
+        return self._generations
+
+    def write_generation(self, profile: str, version: str) -> str:
+        """The collection's current write generation: a token replaced before every upsert, delete
+        or drop through any MilvusStore on this store (see :mod:`lungsearch.store.generation`)."""
+        return self._generation_store().get(collection_name(profile, version))
+
+    def clean_generation(self, profile: str, version: str) -> str | None:
+        """The generation the last write *through this object* completed with, if no write
+        (here or elsewhere) has changed it since; None otherwise (a failed write, another writer)."""
+        name = collection_name(profile, version)
+        mine = self._clean_gen.get(name)
+        current = self.write_generation(profile, version)
+        if mine is None and name not in self._writes:
+            self._clean_gen[name] = mine = current  # nothing written here yet: the store's state is "clean"
+        return current if current == mine else None
+
+    def write_count(self, profile: str, version: str) -> int:
+        """Writes (upsert/delete calls) completed through this object on the collection."""
+        return self._writes.get(collection_name(profile, version), 0)
+
+    def _begin_write(self, name: str) -> str:
+        self._clean_gen.pop(name, None)
+        return self._generation_store().bump(name)
+
+    def _end_write(self, name: str, generation: str) -> None:
+        self._writes[name] = self._writes.get(name, 0) + 1
+        self._clean_gen[name] = generation
 
     def _ensure_loaded(self, name: str) -> None:
         # Collections come back released after a reopen; loading is idempotent, so once per process.
@@ -486,6 +446,8 @@ class MilvusStore:
     def _open(self, profile: str, version: str) -> CollectionInfo:
         info = self.collection_info(profile, version)
         self._ensure_loaded(info.name)
+        if info.companion:
+            self._ensure_loaded(info.companion)
         return info
 
     # --- writes ----------------------------------------------------------------------------------
@@ -496,7 +458,7 @@ class MilvusStore:
         else:
             code = case.code.hex()
         return {
-            "case_key": case.case_key, "bucket": _bucket(case.case_key), "modality": case.modality, "view": case.view,
+            "case_key": case.case_key, "bucket": bucket_of(case.case_key), "modality": case.modality, "view": case.view,
             "labels": list(case.labels), "report_excerpt": case.report_excerpt, "embedding": case.embedding,
             "code": code, "ingested_at": case.ingested_at, "num_images": case.num_images, "model_version": case.model_version,
         }
@@ -525,27 +487,35 @@ class MilvusStore:
         first = records[0]
         emb0 = np.asarray(first.embedding).reshape(-1)
         info = self.ensure_collection(profile, version, embedding_dim=int(emb0.size), code_bits=len(first.code) * 8)
-        self._ensure_loaded(info.name)
+        self._open(profile, version)
         by_key: dict[str, StoredCase] = {}
         for case in records:
             case.validate(embedding_dim=info.embedding_dim, code_bits=info.code_bits)
             by_key[case.case_key] = case
         cases = list(by_key.values())
         inserted = updated = 0
+        generation = self._begin_write(info.name)
         for start in range(0, len(cases), batch_size):
             batch = cases[start : start + batch_size]
             existing = self._existing_keys(info.name, [c.case_key for c in batch])
             rows = [self._to_row(c, info) for c in batch]
             with self._guard("upsert", info.name):
                 self._client.upsert(info.name, rows, timeout=self.timeout)
+            if info.companion:
+                # After the case rows: the case collection is the record, the companion follows it
+                # (a retry of a failed upsert, which is idempotent, repairs a missing companion row).
+                with self._guard("upsert", info.companion):
+                    self._client.upsert(info.companion, [_companion_row(r, c) for r, c in zip(rows, batch)], timeout=self.timeout)
             updated += len(existing)
             inserted += len(batch) - len(existing)
-        self.flush(profile, version)
+        if self.capabilities.flush_on_write:
+            self.flush(profile, version)
+        self._end_write(info.name, generation)
         return UpsertResult(inserted=inserted, updated=updated)
 
     def _existing_keys(self, name: str, keys: list[str]) -> set[str]:
         with self._guard("get", name):
-            rows = self._client.get(name, ids=keys, output_fields=["case_key"], timeout=self.timeout)
+            rows = self._client.get(name, ids=keys, output_fields=["case_key"], timeout=self.timeout, **self._read_kw())
         return {r["case_key"] for r in rows}
 
     def delete(self, profile: str, version: str, case_keys: str | Sequence[str]) -> int:
@@ -557,19 +527,32 @@ class MilvusStore:
             return 0
         info = self._open(profile, version)
         existing = set()
+        generation = self._begin_write(info.name)
         for start in range(0, len(keys), 2000):
             part = keys[start : start + 2000]
             existing |= self._existing_keys(info.name, part)
             with self._guard("delete", info.name):
                 self._client.delete(info.name, ids=part, timeout=self.timeout)
-        self.flush(profile, version)
+            if info.companion:
+                with self._guard("delete", info.companion):
+                    self._client.delete(info.companion, ids=part, timeout=self.timeout)
+        if self.capabilities.flush_on_write:
+            self.flush(profile, version)
+        self._end_write(info.name, generation)
         return len(existing)
 
     def flush(self, profile: str, version: str) -> None:
-        """Seal written rows: durable (the log syncs at flush) and indexed for fast search."""
+        """Seal written rows: durable (milvus-lite's log syncs at flush) and indexed for fast search.
+
+        Writes call it themselves where the store needs it (``capabilities.flush_on_write``); on a
+        server it only seals segments so their index gets built (about 2 s on Milvus 2.3).
+        """
         name = collection_name(profile, version)
+        info = self._info.get(name)
         with self._guard("flush", name):
             self._client.flush(name, timeout=self.load_timeout)
+            if info is not None and info.companion:
+                self._client.flush(info.companion, timeout=self.load_timeout)
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -577,7 +560,7 @@ class MilvusStore:
         """Number of cases in the collection."""
         info = self._open(profile, version)
         with self._guard("count", info.name):
-            res = self._client.query(info.name, filter="", output_fields=["count(*)"], timeout=self.timeout)
+            res = self._client.query(info.name, filter="", output_fields=["count(*)"], timeout=self.timeout, **self._read_kw())
         return int(res[0]["count(*)"])
 
     def get_many(self, profile: str, version: str, case_keys: Sequence[str]) -> dict[str, StoredCase]:
@@ -590,7 +573,7 @@ class MilvusStore:
         for start in range(0, len(keys), 2000):
             with self._guard("get", info.name):
                 res = self._client.get(info.name, ids=keys[start : start + 2000], output_fields=self._fields(info),
-                                       timeout=self.timeout)
+                                       timeout=self.timeout, **self._read_kw())
             for case in self._to_batch(res, info).cases():
                 out[case.case_key] = case
         return out
@@ -618,7 +601,7 @@ class MilvusStore:
         expr = to_milvus_expr(filter)
         with self._guard("query", info.name):
             res = self._client.query(info.name, filter=expr or "bucket >= 0", output_fields=["case_key"], limit=int(limit),
-                                     timeout=self.timeout)
+                                     timeout=self.timeout, **self._read_kw())
         return sorted(r["case_key"] for r in res)
 
     def page_rows(self, info: CollectionInfo, *, with_text: bool = False) -> int:
@@ -646,11 +629,12 @@ class MilvusStore:
         pages = max(1, -(-total // max(1, batch_rows)))
         width = -(-BUCKETS // pages)
         fields = self._fields(info, with_text=with_text)
+        read_kw = self._read_kw()
         for lo in range(0, BUCKETS, width):
             hi = min(BUCKETS, lo + width)
             with self._guard("query", info.name):
                 res = self._client.query(info.name, filter=f"bucket >= {lo} and bucket < {hi}", output_fields=fields,
-                                         timeout=self.load_timeout)
+                                         timeout=self.load_timeout, **read_kw)
             if len(res):
                 yield self._to_batch(res, info, with_text=with_text)
 
@@ -687,12 +671,23 @@ class MilvusStore:
 
     # --- search ----------------------------------------------------------------------------------
 
+    def _search_kw(self, consistency: str | None) -> dict[str, Any]:
+        if consistency is None or not self.capabilities.strong_reads:
+            return {}
+        if consistency not in ("Strong", "Bounded", "Session", "Eventually"):
+            raise InvalidRequestError("consistency must be Strong, Bounded, Session or Eventually", code="bad_consistency")
+        return {"consistency_level": consistency}
+
     def search(self, profile: str, version: str, embedding, *, top_k: int = 10, filter: SearchFilter | None = None,
-               ef: int = 64) -> list[Hit]:
+               ef: int = 64, consistency: str | None = None) -> list[Hit]:
         """Float ANN search in Milvus (HNSW): ``(key, cosine, -1)`` best first.
 
         The ranking deployment normally answers from :class:`CaseIndex`; this is the Milvus-side path
         (servers, tools and the benchmark).
+
+        Args:
+            consistency: "Strong" when the caller must see its own write (servers; default: the
+                collection's level, Bounded). Ignored by milvus-lite (flushed rows are visible at once).
         """
         info = self._open(profile, version)
         q = np.asarray(embedding, dtype=np.float32).reshape(-1)
@@ -701,26 +696,37 @@ class MilvusStore:
         params = {"metric_type": info.metric, "params": {"ef": max(int(ef), int(top_k))}}
         with self._guard("search", info.name):
             res = self._client.search(info.name, data=[q], anns_field="embedding", filter=to_milvus_expr(filter),
-                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout)
+                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout,
+                                      **self._search_kw(consistency))
         return [Hit(h["case_key"], float(h["distance"]), -1) for h in res[0]]
 
     def search_codes(self, profile: str, version: str, code: bytes, *, top_k: int = 10, filter: SearchFilter | None = None,
-                     nprobe: int = 16) -> list[Hit]:
-        """Hamming search in Milvus (server only: BIN_IVF_FLAT/HAMMING): ``(key, 1 - d/bits, d)``.
+                     nprobe: int = HAMMING_NLIST, consistency: str | None = None) -> list[Hit]:
+        """Hamming search on the server (BIN_IVF_FLAT/HAMMING): ``(key, 1 - d/bits, d)`` best first.
+
+        For deployments that do not keep the in-memory :class:`CaseIndex`. Searches the ``code``
+        field of the case collection, or of its companion collection on servers with one vector
+        field per collection (Milvus 2.3). Ties in distance come back in the server's order.
+
+        Args:
+            nprobe: BIN_IVF_FLAT lists searched; the default (all of them) makes the search exact.
+            consistency: as in :meth:`search`.
 
         Raises:
             InvalidRequestError: the store is milvus-lite (no BINARY_VECTOR; use CaseIndex) or the
                 code has the wrong length.
         """
         info = self._open(profile, version)
-        if info.code_storage != "binary_vector":
+        if info.code_storage not in ("binary_vector", "companion"):
             raise InvalidRequestError("this store keeps codes as text; search codes with CaseIndex", code="binary_vector_unsupported")
         if len(code) * 8 != info.code_bits:
             raise InvalidRequestError("query code has the wrong length", code="code_bits_mismatch")
         params = {"metric_type": "HAMMING", "params": {"nprobe": int(nprobe)}}
-        with self._guard("search", info.name):
-            res = self._client.search(info.name, data=[bytes(code)], anns_field="code", filter=to_milvus_expr(filter),
-                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout)
+        target = info.companion or info.name
+        with self._guard("search", target):
+            res = self._client.search(target, data=[bytes(code)], anns_field="code", filter=to_milvus_expr(filter),
+                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout,
+                                      **self._search_kw(consistency))
         return [Hit(h["case_key"], 1.0 - float(h["distance"]) / info.code_bits, int(h["distance"])) for h in res[0]]
 
     def wait_for_index(self, profile: str, version: str, *, timeout: float | None = None, poll_s: float = 0.5) -> None:
@@ -791,6 +797,11 @@ class MilvusStore:
     def stats(self, profile: str, version: str) -> dict[str, Any]:
         """``num_cases``, ``backend`` and (lite) ``disk_bytes`` of the whole file."""
         return {"num_cases": self.count(profile, version), "backend": self.backend, "disk_bytes": self.disk_bytes()}
+
+
+def _companion_row(row: dict[str, Any], case: StoredCase) -> dict[str, Any]:
+    return {"case_key": row["case_key"], "bucket": row["bucket"], "modality": row["modality"], "view": row["view"],
+            "labels": row["labels"], "code": case.code}
 
 
 def _split_result(res) -> tuple[list[dict], dict[str, np.ndarray | bytes]]:
