@@ -55,6 +55,8 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Message size buckets, bytes (1 KiB .. 1 GiB).
 SIZE_BUCKETS = tuple(float(1024 * 4**i) for i in range(11))
+#: Cosine similarity buckets for retrieval quality (finer near 1, where good matches live).
+SIMILARITY_BUCKETS = (-0.5, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,25 @@ SCHEMA: dict[str, MetricSpec] = {s.name: s for s in (
     MetricSpec("lungsearch_auth_failures_total", "counter",
                "Calls refused by bearer-token auth, by reason (UNAUTHENTICATED, PERMISSION_DENIED).",
                ("reason",)),
+    MetricSpec("lungsearch_gateway_report_phi_removed_total", "counter",
+               "PHI items removed from report text before storage, by category (lungsearch.data.report_deid).",
+               ("category",)),
+    # Retrieval quality (lungsearch.serving.quality): site is an allow-listed label or "other".
+    MetricSpec("lungsearch_quality_best_similarity_cosine", "histogram",
+               "Cosine similarity of the best result of a search.",
+               ("profile", "site"), SIMILARITY_BUCKETS),
+    MetricSpec("lungsearch_quality_kth_similarity_cosine", "histogram",
+               "Cosine similarity of the last (k-th) result of a search.",
+               ("profile", "site"), SIMILARITY_BUCKETS),
+    MetricSpec("lungsearch_quality_low_similarity_queries_total", "counter",
+               "Searches whose best result is below the profile's low-similarity threshold.",
+               ("profile", "site")),
+    MetricSpec("lungsearch_quality_embedding_drift_cosine", "gauge",
+               "Cosine distance of the running (EWMA) mean query embedding to the indexed gallery's centroid.",
+               ("profile", "site")),
+    MetricSpec("lungsearch_quality_code_bits_psi", "gauge",
+               "Population stability index of the query hash-code bits against the gallery (mean over bits).",
+               ("profile", "site")),
 )}
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{0,64}$")
@@ -238,6 +259,26 @@ class ServingMetrics:
 
     def auth_failure(self, reason: str) -> None:
         self._record("lungsearch_auth_failures_total", 1, reason=reason)
+
+    def observe_report_scrub(self, counts: "dict[str, int]") -> None:
+        """Count what :func:`lungsearch.data.report_deid.scrub_report` removed (categories only, never values)."""
+        for category, n in counts.items():
+            if n:
+                self._record("lungsearch_gateway_report_phi_removed_total", float(n), category=category)
+
+    def observe_quality(self, profile: str, site: str, *, top1: float | None, topk: float | None, low: bool,
+                        drift: float | None, psi: float | None) -> None:
+        """Record one search's quality signals (see :class:`lungsearch.serving.quality.QualityMonitor`)."""
+        if top1 is not None:
+            self._record("lungsearch_quality_best_similarity_cosine", top1, profile=profile, site=site)
+        if topk is not None:
+            self._record("lungsearch_quality_kth_similarity_cosine", topk, profile=profile, site=site)
+        if low:
+            self._record("lungsearch_quality_low_similarity_queries_total", 1, profile=profile, site=site)
+        if drift is not None:
+            self._record("lungsearch_quality_embedding_drift_cosine", drift, profile=profile, site=site)
+        if psi is not None:
+            self._record("lungsearch_quality_code_bits_psi", psi, profile=profile, site=site)
 
     def render(self) -> str:
         """This replica's metrics as Prometheus text exposition (format 0.0.4)."""
