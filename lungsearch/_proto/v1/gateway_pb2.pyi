@@ -138,6 +138,66 @@ class ExplainResponse(_message.Message):
     overlay_png: bytes
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
 
+class ExplainMatchRequest(_message.Message):
+    __slots__ = ("model", "images", "report", "case_key", "label")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    CASE_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
+    report: _common_pb2.Report
+    case_key: str
+    label: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., report: _Optional[_Union[_common_pb2.Report, _Mapping]] = ..., case_key: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class TextSpan(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class SharedPhrase(_message.Message):
+    __slots__ = ("phrase", "query_spans", "case_spans")
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SPANS_FIELD_NUMBER: _ClassVar[int]
+    CASE_SPANS_FIELD_NUMBER: _ClassVar[int]
+    phrase: str
+    query_spans: _containers.RepeatedCompositeFieldContainer[TextSpan]
+    case_spans: _containers.RepeatedCompositeFieldContainer[TextSpan]
+    def __init__(self, phrase: _Optional[str] = ..., query_spans: _Optional[_Iterable[_Union[TextSpan, _Mapping]]] = ..., case_spans: _Optional[_Iterable[_Union[TextSpan, _Mapping]]] = ...) -> None: ...
+
+class ExplainMatchResponse(_message.Message):
+    __slots__ = ("model", "label", "shared_labels", "case", "query_excerpt", "shared_phrases", "query_heatmap_png", "query_overlay_png", "case_heatmap_png", "case_overlay_png", "case_image_available", "query_labels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SHARED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    CASE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EXCERPT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PHRASES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
+    QUERY_OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    CASE_HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
+    CASE_OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    CASE_IMAGE_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    label: str
+    shared_labels: _containers.RepeatedScalarFieldContainer[str]
+    case: _common_pb2.Case
+    query_excerpt: str
+    shared_phrases: _containers.RepeatedCompositeFieldContainer[SharedPhrase]
+    query_heatmap_png: bytes
+    query_overlay_png: bytes
+    case_heatmap_png: bytes
+    case_overlay_png: bytes
+    case_image_available: bool
+    query_labels: _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScore]
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., label: _Optional[str] = ..., shared_labels: _Optional[_Iterable[str]] = ..., case: _Optional[_Union[_common_pb2.Case, _Mapping]] = ..., query_excerpt: _Optional[str] = ..., shared_phrases: _Optional[_Iterable[_Union[SharedPhrase, _Mapping]]] = ..., query_heatmap_png: _Optional[bytes] = ..., query_overlay_png: _Optional[bytes] = ..., case_heatmap_png: _Optional[bytes] = ..., case_overlay_png: _Optional[bytes] = ..., case_image_available: _Optional[bool] = ..., query_labels: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ...) -> None: ...
+
 class GetCaseRequest(_message.Message):
     __slots__ = ("model", "case_key")
     MODEL_FIELD_NUMBER: _ClassVar[int]

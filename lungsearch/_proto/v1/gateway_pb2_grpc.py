@@ -59,6 +59,11 @@ class LungSearchStub:
                 request_serializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.ExplainMatch = channel.unary_unary(
+                '/lungsearch.v1.LungSearch/ExplainMatch',
+                request_serializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainMatchRequest.SerializeToString,
+                response_deserializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainMatchResponse.FromString,
+                _registered_method=True)
         self.GetCase = channel.unary_unary(
                 '/lungsearch.v1.LungSearch/GetCase',
                 request_serializer=lungsearch_dot_v1_dot_gateway__pb2.GetCaseRequest.SerializeToString,
@@ -120,6 +125,14 @@ class LungSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainMatch(self, request, context):
+        """Why a retrieved case matches a query: Grad-CAM heat maps on the query and on the case for a
+        label they share, the labels they share, and the report phrases both excerpts contain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCase(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -172,6 +185,11 @@ def add_LungSearchServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainRequest.FromString,
                     response_serializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainResponse.SerializeToString,
+            ),
+            'ExplainMatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainMatch,
+                    request_deserializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainMatchRequest.FromString,
+                    response_serializer=lungsearch_dot_v1_dot_gateway__pb2.ExplainMatchResponse.SerializeToString,
             ),
             'GetCase': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCase,
@@ -329,6 +347,33 @@ class LungSearch:
             '/lungsearch.v1.LungSearch/Explain',
             lungsearch_dot_v1_dot_gateway__pb2.ExplainRequest.SerializeToString,
             lungsearch_dot_v1_dot_gateway__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainMatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lungsearch.v1.LungSearch/ExplainMatch',
+            lungsearch_dot_v1_dot_gateway__pb2.ExplainMatchRequest.SerializeToString,
+            lungsearch_dot_v1_dot_gateway__pb2.ExplainMatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
