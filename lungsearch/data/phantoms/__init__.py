@@ -29,7 +29,8 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lungsearch.data.types import CaseRecord
-from lungsearch.errors import ConfigError
+from lungsearch.errors import ConfigError, LungsearchError
 
 __all__ = ["CT_TARGETS", "CXR4_TARGETS", "CXR_TARGETS", "GENERATOR_VERSION", "KINDS", "generate", "read_manifest", "targets_for"]
 
@@ -137,16 +138,37 @@ def _make_ct(task: dict) -> dict:
 _MAKERS = {"cxr": _make_cxr, "cxr4": _make_cxr4, "ct": _make_ct}
 
 
+def _set_signal(signal: float) -> None:
+    """Apply the signal-strength knob in this process (module constants the renderers read)."""
+    from lungsearch.data.phantoms import _ct, _cxr
+
+    _cxr.SIGNAL = _cxr.BASE_SIGNAL * signal
+    _cxr.CXR4_SIGNAL = signal
+    _ct.SIGNAL = signal
+
+
 def _run_task(task: dict) -> dict:
-    return _MAKERS[task["kind"]](task)
+    if task.get("_exit"):  # test hook: this worker dies abruptly (as a killed or OOM-ed process does)
+        os._exit(70)
+    if task.get("_hang"):  # test hook: this worker stops making progress
+        time.sleep(float(task["_hang"]))
+    _set_signal(float(task.get("signal", 1.0)))
+    try:
+        return _MAKERS[task["kind"]](task)
+    finally:
+        _set_signal(1.0)
+
+
+def _run_chunk(tasks: list[dict]) -> list[dict]:
+    return [_run_task(t) for t in tasks]
 
 
 # ----------------------------------------------------------------------------------------- planning
 
 
-def _plan(kind: str, n: int, out: Path, seed: int, size: int, slices: int) -> list[dict]:
+def _plan(kind: str, n: int, out: Path, seed: int, size: int, slices: int, signal: float = 1.0) -> list[dict]:
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _KIND_CODE[kind], 0xC0FFEE])
-    base = {"kind": kind, "seed": seed, "size": size, "slices": slices, "out": str(out)}
+    base = {"kind": kind, "seed": seed, "size": size, "slices": slices, "out": str(out), "signal": float(signal)}
     tasks = []
     if kind == "cxr":
         from lungsearch.data.phantoms._reports import load_reports
@@ -176,8 +198,47 @@ def _workers(workers: int | None, n: int) -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 16))
 
 
+#: A worker that returns nothing for this long fails the run (a case takes well under a second).
+STALL_TIMEOUT_S = float(os.environ.get("LUNGSEARCH_PHANTOM_STALL_S", "600"))
+
+
+def _run_pool(tasks: list[dict], nw: int, bank, chunk: int, stall_s: float, on_done) -> None:
+    """Run ``tasks`` on ``nw`` spawned workers; a worker that dies or stalls fails the run.
+
+    ``ProcessPoolExecutor`` marks the pool broken when a worker exits abruptly; the wait has a
+    timeout too, so a worker stuck without exiting (seen: a pipe left half-written while a Serve
+    app competed for the machine) cannot block the caller forever either.
+    """
+    pool = ProcessPoolExecutor(max_workers=nw, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(bank,))
+    ok = False
+    try:
+        pending = {pool.submit(_run_chunk, tasks[i:i + chunk]) for i in range(0, len(tasks), chunk)}
+        while pending:
+            done, pending = wait(pending, timeout=stall_s, return_when=FIRST_COMPLETED)
+            if not done:
+                raise LungsearchError(f"phantom generation: no worker finished a case in {stall_s:.0f} s "
+                                      f"(LUNGSEARCH_PHANTOM_STALL_S); the run is stopped", code="phantom_worker_stalled")
+            for fut in done:
+                try:
+                    recs = fut.result()
+                except BrokenProcessPool:
+                    raise LungsearchError("phantom generation: a worker process died (killed, out of memory or crashed); "
+                                          "no dataset was written", code="phantom_worker_died") from None
+                for rec in recs:
+                    on_done(rec)
+        ok = True
+    finally:
+        if not ok:
+            # a live but stuck worker would keep shutdown() waiting: end the pool's own processes
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.kill()
+        pool.shutdown(wait=ok, cancel_futures=True)
+
+
 def generate(kind: str, n: int, out_dir: str | os.PathLike, *, seed: int = 0, size: int = 224, slices: int = 8,
-             workers: int | None = None, progress: bool = False) -> Path:
+             workers: int | None = None, progress: bool = False, signal: float = 1.0,
+             stall_timeout_s: float | None = None, _faults: dict[int, str] | None = None) -> Path:
     """Generate ``n`` phantom cases of ``kind`` under ``out_dir``; returns ``out_dir``.
 
     Writes the images (PNG for cxr/cxr4, DICOM series for ct), ``manifest.jsonl`` (one
@@ -195,11 +256,23 @@ def generate(kind: str, n: int, out_dir: str | os.PathLike, *, seed: int = 0, si
         slices: Slices per CT series (ct only).
         workers: Processes (default: all available cores; 1 below 48 cases).
         progress: Show a progress bar (tqdm) on stderr.
+        signal: Signal-strength knob: scales every label-dependent finding (cxr: the finding
+            amplitudes and the cardiothoracic-ratio increase; cxr4: each film's visibility; ct:
+            each case's severity). 1 = the default phantoms (same files as before the knob), 0 =
+            the images carry no label information, > 1 = clearer findings (an "image evidence
+            exists" setting). Recorded in phantom.json. Nuisance is never scaled.
+        stall_timeout_s: Fail when no worker finishes a case for this long (default
+            :data:`STALL_TIMEOUT_S`).
+        _faults: test hook: ``{case index: "exit" | "hang"}`` makes that case's worker die / stall.
 
     Raises:
         ConfigError: unknown kind or bad sizes.
+        LungsearchError: a worker process died (``code="phantom_worker_died"``) or stalled
+            (``"phantom_worker_stalled"``); nothing is left waiting.
     """
     targets_for(kind)
+    if not 0.0 <= float(signal) <= 10.0:
+        raise ConfigError(f"phantoms: signal must be in [0, 10] (got {signal})")
     if n < 1 or not 32 <= size <= 1024 or not 1 <= slices <= 256:
         raise ConfigError(f"phantoms: need n >= 1, 32 <= size <= 1024, 1 <= slices <= 256 (got n={n}, size={size}, slices={slices})")
     from lungsearch import __version__
@@ -215,7 +288,9 @@ def generate(kind: str, n: int, out_dir: str | os.PathLike, *, seed: int = 0, si
     (out / ("ct" if kind == "ct" else "images")).mkdir(parents=True, exist_ok=True)
     if kind == "ct":
         (out / "masks").mkdir(exist_ok=True)
-    tasks = _plan(kind, n, out, seed, size, slices)
+    tasks = _plan(kind, n, out, seed, size, slices, signal)
+    for i, what in (_faults or {}).items():
+        tasks[i]["_exit" if what == "exit" else "_hang"] = 3600 if what == "hang" else True
     bank = None
     if kind in ("cxr", "cxr4"):
         from lungsearch.data.phantoms._shapes import load_shape_bank
@@ -237,19 +312,21 @@ def generate(kind: str, n: int, out_dir: str | os.PathLike, *, seed: int = 0, si
     else:
         # spawn, not fork: callers may hold threads (Ray, torch) that fork would copy mid-lock.
         chunk = max(1, min(32, n // (nw * 8) or 1))
-        with ProcessPoolExecutor(max_workers=nw, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(bank,)) as pool:
-            for t, rec in zip(tasks, pool.map(_run_task, tasks, chunksize=chunk)):
-                results[t["i"]] = rec
-                if bar:
-                    bar.update(1)
+        index = {t["case_id"]: t["i"] for t in tasks}
+
+        def _done(rec: dict) -> None:
+            results[index[rec["case_id"]]] = rec
+            if bar:
+                bar.update(1)
+
+        _run_pool(tasks, nw, bank, chunk, STALL_TIMEOUT_S if stall_timeout_s is None else float(stall_timeout_s), _done)
     if bar:
         bar.close()
     elapsed = time.perf_counter() - t0
     provenance = {
         "synthetic": True, "kind": kind, "n": n, "seed": seed, "size": size, "slices": slices if kind == "ct" else None,
         "targets": list(targets_for(kind)), "generator_version": GENERATOR_VERSION, "lungsearch_version": __version__,
-        "workers": nw, "seconds": round(elapsed, 3),
+        "workers": nw, "seconds": round(elapsed, 3), "signal": float(signal),
         "sources": ({"reports": "torchxrayvision data/NLMCXR_reports.tgz (IU X-ray / OpenI, CC BY-NC-ND 4.0)",
                      "lung_shapes": "torchxrayvision data/semantic_masks_v7labs_lungs.zip"} if kind == "cxr"
                     else {"lung_shapes": "torchxrayvision data/semantic_masks_v7labs_lungs.zip"} if kind == "cxr4" else {}),

@@ -30,6 +30,9 @@ CT_TARGETS = ("normal", "ggo", "reticular", "consolidation")
 FOV_MM = 360.0
 SLICE_GAP_MM = 10.0       # paper 3: thin sections reconstructed at 10 mm intervals
 SLICE_THICKNESS_MM = 1.25
+#: Multiplies each case's disease severity (1 = the default phantoms, 0 = every class looks normal);
+#: ``generate(signal=x)`` sets it.
+SIGNAL = 1.0
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -52,7 +55,7 @@ def render_ct(rng: np.random.Generator, size: int, slices: int, label: str) -> t
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     cy, cx = S * 0.52, S * 0.5
     b_ry, b_rx = S * rng.uniform(0.28, 0.33), S * rng.uniform(0.40, 0.45)
-    severity = float(rng.uniform(0.45, 1.0))
+    severity = float(rng.uniform(0.45, 1.0)) * SIGNAL
     noise_sd = float(rng.uniform(12.0, 35.0))
     shape_wobble = [_noise(rng, (S, S), 6.0 * k) * 0.06 for _ in range(2)]
     # one disease field per case, sampled per slice with a slow drift, so lesions are coherent

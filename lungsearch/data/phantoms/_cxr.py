@@ -34,6 +34,10 @@ CXR4_TARGETS = ("COVID", "Lung_Opacity", "Viral_Pneumonia", "Normal")
 #: Overall strength of label-dependent findings (tuned so that a logistic regression on simple
 #: image statistics is clearly above chance and well below perfect; see docs/phantoms.md).
 SIGNAL = 1.6
+#: The default of :data:`SIGNAL`; ``generate(signal=x)`` renders with ``SIGNAL = BASE_SIGNAL * x``.
+BASE_SIGNAL = SIGNAL
+#: Strength of the cxr4 classes' findings (multiplies each film's visibility); ``generate(signal=x)`` sets it to x.
+CXR4_SIGNAL = 1.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -356,7 +360,7 @@ def render_cxr4(rng: np.random.Generator, size: int, bank: ShapeBank, label: str
     (streaky) pattern; Normal: anatomy and nuisance only.
     """
     an = _Anatomy(rng, size, bank, emphysema=False)
-    vis = float(rng.uniform(0.3, 1.0))
+    vis = float(rng.uniform(0.3, 1.0)) * CXR4_SIGNAL
     ctr = float(np.clip(rng.normal(0.45, 0.035), 0.36, 0.55))
     img, lung_w, tissue, lung_level = _base_image(rng, size, an, ctr=ctr, scoliosis=False, emphysema=False)
     _pseudo_findings(rng, img, an)
