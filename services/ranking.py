@@ -27,6 +27,7 @@ from lungsearch.serving import convert, limits
 from lungsearch.serving.logs import route_to_serve_log
 from lungsearch.serving.metrics import ServingMetrics
 from lungsearch.serving.models import ModelSet, ServedModel
+from lungsearch.serving.quality import GalleryReference, QualityMonitor
 from lungsearch.serving.rpc import rpc
 
 __all__ = ["Ranking"]
@@ -52,6 +53,8 @@ class Ranking:
         from lungsearch import constants
 
         self.metrics = ServingMetrics("ranking")
+        # Retrieval quality against the gallery this replica holds (no site on RankRequest yet: "unspecified").
+        self.quality = QualityMonitor(self.metrics)
         self.models = ModelSet(profiles, root=artifacts_dir, load_weights=False)
         self.models.load()
         self.uri = str(milvus_uri or constants.MILVUS_URI)
@@ -109,6 +112,11 @@ class Ranking:
     def _publish_index(self, profile: str, version: str, idx) -> None:
         st = idx.stats()
         self.metrics.set_index(profile, version, int(st["num_cases"]), int(st["index_bytes"]))
+        if self.models.live.get(profile, version) == version:
+            # The drift reference follows the live gallery; recomputed (O(N*D)) only when it grew or shrank by 10 %.
+            ref = self.quality.reference(profile)
+            if ref is None or abs(int(st["num_cases"]) - ref.size) > 0.1 * ref.size:
+                self.quality.set_reference(profile, GalleryReference.from_index(idx))
 
     def _publish(self) -> None:
         self.metrics.clear_models()
@@ -146,6 +154,7 @@ class Ranking:
         idx = await asyncio.to_thread(self._index, served)
         self.models.activate(profile, version)
         self._publish()
+        self.quality.set_reference(profile, GalleryReference.from_index(idx))  # drift against the new gallery
         return len(idx)
 
     def metrics_text(self) -> str:
@@ -196,6 +205,11 @@ class Ranking:
         hits = idx.search(emb, code or None, top_k=k, filter=flt, candidates=max(0, int(request.candidates)))
         cases = await asyncio.to_thread(self._store.get_many, card.profile, card.version, [h.key for h in hits]) \
             if hits else {}
+        if self.models.live.get(card.profile, card.version) == card.version:
+            try:
+                self.quality.observe(card.profile, None, emb, [float(h.score) for h in hits], code or None)
+            except Exception:  # noqa: BLE001 - quality signals never fail a search
+                log.debug("quality observation failed", exc_info=True)
         resp = ranking_pb2.RankResponse(model=convert.model_ref(card.profile, card.version))
         for h in hits:
             case = cases.get(h.key)
