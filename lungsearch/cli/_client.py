@@ -101,7 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "series folder. --manifest reads JSON lines with image_paths, report, labels, case_id."),
              examples=["lungsearch ingest cxr/0001.png --report 'Small left effusion.' --labels Effusion",
                        "lungsearch ingest studies/ --model ct-ild --workers 4",
-                       "lungsearch ingest --manifest data/phantoms/ct-1a2b/manifest.jsonl --json > ingested.json"],
+                       "lungsearch ingest --manifest data/phantoms/ct-1a2b/manifest.jsonl --json > ingested.json",
+                       "lungsearch ingest --dicomweb http://pacs:8042/dicom-web --study 1.2.840.113619.2.55.3"],
              parents=[conn, model])
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files and/or folders")
     r = p.add_mutually_exclusive_group()
@@ -114,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-file", action="store_true", help="each DICOM file is its own case (no series grouping)")
     p.add_argument("--workers", type=int, default=2, help="concurrent uploads (default: %(default)s)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed case")
+    p.add_argument("--dicomweb", default=None, metavar="URL",
+                   help="pull --study from this DICOMweb server (QIDO-RS + WADO-RS) and ingest each series")
+    p.add_argument("--study", default=None, metavar="UID", help="StudyInstanceUID to pull with --dicomweb")
     p.set_defaults(func=cmd_ingest)
 
     p = _add(sub, "search", help="find similar cases by image, report text, or both",
@@ -138,9 +142,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _add(sub, "explain", help="Grad-CAM heat map (PNG) for an image",
              description="Write a Grad-CAM heat map for the top (or a named) label as PNG.",
              examples=["lungsearch explain --image cxr.png --out heatmap.png",
-                       "lungsearch explain --image cxr.png --label Effusion --out effusion.png --overlay overlay.png"],
+                       "lungsearch explain --image cxr.png --label Effusion --out effusion.png --overlay overlay.png",
+                       "lungsearch explain --image cxr.png --match 3f1c... --out query.png --case-out case.png"],
              parents=[conn, model, _query_parent(image_required=True)])
-    p.add_argument("--label", default=None, help="label to explain (default: the top predicted label)")
+    p.add_argument("--label", default=None, help="label to explain (default: the top predicted label; with --match: "
+                                                 "the first label query and case share)")
+    p.add_argument("--match", default=None, metavar="CASE_KEY",
+                   help="explain why this retrieved case matches the query (ExplainMatch): heat maps on both, "
+                        "shared labels and report phrases")
+    p.add_argument("--case-out", default=None, metavar="PNG",
+                   help="with --match: the case's heat map overlay (default: <out>-case.png)")
     p.add_argument("--out", default="heatmap.png", metavar="PNG", help="heat map output (default: %(default)s)")
     p.add_argument("--overlay", default=None, metavar="PNG", help="also write the heat map blended over the input")
     p.set_defaults(func=cmd_explain)
@@ -390,7 +401,27 @@ def _ingest_one(client, job: _Job, model: str | None) -> dict[str, Any]:
 
 
 @_guarded
+def _ingest_dicomweb(args: argparse.Namespace) -> int:
+    if not (args.dicomweb and args.study) or args.paths or args.manifest:
+        raise _Usage("--dicomweb URL and --study UID go together, without PATHs or --manifest")
+    from lungsearch.pacs.dicomweb import ingest_study
+
+    profiles = {k: args.model for k in ("ct", "cxr", "mr")} if args.model else None
+    with _connect(args) as client:
+        out = ingest_study(client, args.dicomweb, args.study, profiles=profiles)
+    rows = [dict(series=o.index, modality=o.modality, images=o.instances, case_key=o.case_key, model=o.model,
+                 skipped=o.skipped) for o in out]
+    if args.json:
+        _print_json(rows)
+    else:
+        _table(["SERIES", "MODALITY", "IMAGES", "CASE KEY"],
+               [(r["series"], r["modality"], r["images"], r["case_key"] or r["skipped"]) for r in rows])
+    return EXIT_OK
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.dicomweb or args.study:
+        return _ingest_dicomweb(args)
     if not args.paths and not args.manifest:
         raise _Usage("give PATHs to ingest, or --manifest")
     if args.workers < 1:
@@ -490,9 +521,38 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _explain_match(args: argparse.Namespace, images: list[Any]) -> int:
+    with _connect(args) as client:
+        m = client.explain_match(args.match, images=images, report=_report_arg(args), label=args.label,
+                                 model=args.model)
+    out = Path(args.out)
+    written = {}
+    if m.query_overlay_png:
+        out.write_bytes(m.query_overlay_png)
+        written["query_overlay"] = str(out)
+    case_out = Path(args.case_out) if args.case_out else out.with_name(out.stem + "-case.png")
+    if m.case_overlay_png:
+        case_out.write_bytes(m.case_overlay_png)
+        written["case_overlay"] = str(case_out)
+    if args.json:
+        doc = {k: v for k, v in m.to_dict().items() if not k.endswith("_png")}
+        _print_json({**doc, "files": written})
+        return EXIT_OK
+    print(f"case {m.case.case_key} by {m.model or '(default)'}: heat maps for {m.label or '(the embedding)'}")
+    print(f"  shared labels:  {', '.join(m.shared_labels) or '-'}")
+    print(f"  shared phrases: {', '.join(p.phrase for p in m.shared_phrases) or '-'}")
+    for k, v in written.items():
+        print(f"  {k.replace('_', ' ')} -> {v}")
+    if not m.case_image_available:
+        print("  (the server keeps no image of this case: no heat map on it)")
+    return EXIT_OK
+
+
 @_guarded
 def cmd_explain(args: argparse.Namespace) -> int:
     images = _query_images(args)
+    if args.match:
+        return _explain_match(args, images)
     with _connect(args) as client:
         e = client.explain(images=images, report=_report_arg(args), label=args.label, model=args.model)
     out = e.save(args.out)
