@@ -35,7 +35,8 @@ def test_fit_fails_then_resumes_from_checkpoint(ray_cluster, tmp_path):
     assert res.checkpoint_path.startswith(str(tmp_path))
     assert res.model.training is False
     # The model returned is the last stage's best epoch, restored from the final checkpoint.
-    assert res.final_val_metrics()["val_accuracy"] == max(h["val_accuracy"] for h in res.history)
+    mon = cfg.train.monitor  # the config's monitor (val_f1 since issue 14)
+    assert res.final_val_metrics()[mon] == max(h[mon] for h in res.history)
 
 
 @pytest.mark.ray
