@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from lungsearch.data import phantoms, read_study
     from lungsearch.models import create_model
     from lungsearch.registry import load_model, save_model
-    from lungsearch.runtime import init_ray
+    from lungsearch.runtime import init_ray, shutdown_ray
     from lungsearch.serving import pipeline
     from services.encoding import Encoding
 
@@ -139,8 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "ratio_deployment_vs_direct_pipeline": med["deployment"] / med["direct_pipeline"],
                        "target_ratio": 0.85})
         result["met"] = result["ratio_deployment_vs_direct_model"] >= 0.85
-        serve.shutdown()
-        ray.shutdown()
+        shutdown_ray()  # waits for Ray's processes: the next run starts on quiet cores
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

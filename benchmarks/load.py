@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from ray import serve
         from ray.serve.config import gRPCOptions, HTTPOptions
 
-        from lungsearch.runtime import init_ray
+        from lungsearch.runtime import init_ray, shutdown_ray
         from services.gateway import app
 
         init_ray(address="", num_cpus=args.num_cpus, log_to_driver=False)
@@ -251,8 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # bound (no queueing, every core busy with this app and its client only).
             result["summary"]["cpu_ms_per_search"] = cost
             result["summary"]["qps_bound_on_dedicated_cores"] = 1e3 * args.num_cpus / cost
-        serve.shutdown()
-        ray.shutdown()
+        shutdown_ray()  # waits for Ray's processes: the next run starts on quiet cores
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from ray import serve
         from ray.serve.config import gRPCOptions
 
-        from lungsearch.runtime import init_ray
+        from lungsearch.runtime import init_ray, shutdown_ray
         from services.gateway import app
 
         init_ray(address="", num_cpus=args.num_cpus or os.cpu_count(), log_to_driver=False)
@@ -291,8 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"N={n:>7} ranking stage: CaseIndex p50 {ci['p50_ms']:.3f} ms vs NumPy {nb['p50_ms']:.3f} ms", flush=True)
             result["sizes"][str(n)] = row
         inproc_store.close()
-        serve.shutdown()
-        ray.shutdown()
+        shutdown_ray()  # waits for Ray's processes: the next run starts on quiet cores
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

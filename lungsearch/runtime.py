@@ -1,20 +1,71 @@
-"""Start or attach to Ray: one helper used by the jobs, ``lungsearch serve`` and the tests.
+"""Start or attach to Ray: one helper used by the jobs, ``lungsearch serve``, the benchmarks and the tests.
 
 On a laptop it starts a local Ray with the machine's CPUs; on a cluster it attaches to
 ``address`` (or ``LUNGSEARCH_RAY_ADDRESS``). The same code runs in both places.
+
+Why the local start is careful (issue: one start in four failed right after another Ray stopped, on
+2 cores): ``ray.shutdown()`` returns before the raylet, the GCS and their workers have exited, so the
+next run's GCS and raylet start while the previous ones still burn both cores and the GCS misses
+its 30 s port-file deadline ("Timed out waiting for file .../gcs_server_port_*") or the raylet
+misses its registration ("The current node timed out during startup"). So:
+
+* :func:`shutdown_ray` waits for the processes it started (``wait_for_processes=True``), and a
+  process that started a local Ray and exits without calling it still waits (an ``atexit`` hook);
+* no dashboard where nothing uses it (``include_dashboard=False`` unless asked);
+* Ray already picks a free GCS port (port 0) and a session folder per start under ``/tmp/ray``,
+  which the first attempt keeps (so ``ray status`` and ``address="auto"`` still find a local Ray);
+* one bounded retry, on exactly those start-up time-outs, after a clean shutdown of what the failed
+  attempt left, in a temp folder of its own (``<tmp>/ray-ls-*``: no port file, socket or
+  ``session_latest`` link of the failed attempt is read again) with a longer GCS wait, saying so in
+  one log line. Any other failure raises at once.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
+import time
 from typing import Any
 
 from lungsearch import constants
 
-__all__ = ["init_ray", "shutdown_ray"]
+__all__ = ["init_ray", "shutdown_ray", "is_startup_timeout"]
 
 log = logging.getLogger(__name__)
+
+#: Messages of the start-up failures that a retry on a clean session folder fixes (Ray 2.60's texts).
+_STARTUP_TIMEOUTS = (
+    "The current node timed out during startup",
+    "Timed out waiting for file",
+    "Failed to get node info",
+)
+#: Seconds the retry gives the GCS to publish its port (Ray's default: 30).
+_RETRY_GCS_WAIT_S = 90
+
+_state: dict[str, Any] = {"temp_dir": None, "atexit": False}
+
+
+def is_startup_timeout(exc: BaseException) -> bool:
+    """True for the local start-up time-outs that one retry on a clean session folder fixes."""
+    text = str(exc)
+    return any(m in text for m in _STARTUP_TIMEOUTS)
+
+
+def _new_temp_dir() -> str:
+    # Short and under the system temp dir: Ray puts unix sockets in it (108-byte path limit).
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix="ray-ls-", dir=base)
+
+
+def _remove_temp_dir() -> None:
+    """Remove the folder of a start that failed (nothing in it is worth keeping)."""
+    path, _state["temp_dir"] = _state["temp_dir"], None
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def init_ray(
@@ -35,9 +86,13 @@ def init_ray(
             Defaults to ``LUNGSEARCH_RAY_NUM_CPUS`` or the machine's CPU count.
         namespace: Ray namespace, so named actors (Serve, the store owner) are found again.
         runtime_env: Passed to ``ray.init`` (working_dir, pip, env_vars).
+        **kwargs: Passed to ``ray.init`` (``include_dashboard=True`` to have the dashboard).
 
     Returns:
         The ``ray`` module's context object of the connection.
+
+    Raises:
+        Whatever ``ray.init`` raises; a local start-up time-out only after one retry failed too.
     """
     import ray
 
@@ -48,15 +103,61 @@ def init_ray(
     if address:
         log.info("attaching to Ray at %s", address)
         opts["address"] = address
-    else:
-        opts["num_cpus"] = num_cpus or constants.RAY_NUM_CPUS or os.cpu_count() or 1
-        opts.setdefault("include_dashboard", False)
-        log.info("starting a local Ray with %s CPUs", opts["num_cpus"])
-    return ray.init(**opts)
+        return ray.init(**opts)
+    opts["num_cpus"] = num_cpus or constants.RAY_NUM_CPUS or os.cpu_count() or 1
+    opts.setdefault("include_dashboard", False)
+    caller_temp_dir = "_temp_dir" in opts
+    log.info("starting a local Ray with %s CPUs", opts["num_cpus"])
+    for attempt in (1, 2):
+        if attempt == 2 and not caller_temp_dir:
+            _state["temp_dir"] = opts["_temp_dir"] = _new_temp_dir()
+        try:
+            if attempt == 1:
+                ctx = ray.init(**opts)
+            else:
+                with _env("RAY_gcs_server_port_wait_time_s", str(_RETRY_GCS_WAIT_S)):
+                    ctx = ray.init(**opts)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is exactly a start-up time-out
+            _cleanup_failed_start()
+            if attempt == 2 or not is_startup_timeout(exc):
+                raise
+            log.warning("local Ray start timed out (%s); retrying once on a clean session folder",
+                        str(exc).splitlines()[0][:120])
+            time.sleep(1.0)
+            continue
+        if not _state["atexit"]:
+            # LIFO: runs before Ray's own atexit shutdown, which does not wait for the processes.
+            atexit.register(shutdown_ray)
+            _state["atexit"] = True
+        return ctx
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    """Set an environment variable for the duration (an operator's own setting wins)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def _cleanup_failed_start() -> None:
+    import ray
+
+    try:
+        ray.shutdown(wait_for_processes=True)
+    except Exception:  # noqa: BLE001 - a half-started Ray may fail to shut down; the folder goes anyway
+        log.debug("ray.shutdown after a failed start failed", exc_info=True)
+    _remove_temp_dir()
 
 
 def shutdown_ray() -> None:
-    """Shut Serve (if running) and Ray down."""
+    """Shut Serve (if running) and Ray down, and wait for the local processes to exit."""
     import ray
 
     if not ray.is_initialized():
@@ -67,4 +168,5 @@ def shutdown_ray() -> None:
         serve.shutdown()
     except Exception:  # noqa: BLE001 - Serve may not be running; shutdown must not fail
         log.debug("serve.shutdown failed", exc_info=True)
-    ray.shutdown()
+    ray.shutdown(wait_for_processes=True)
+    _state["temp_dir"] = None
