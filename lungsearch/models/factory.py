@@ -222,9 +222,9 @@ class ComposedModel(LungModel):
         finally:
             self.train(was_training)
         cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        flat = cam.flatten(1)
-        lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-        return (cam - lo) / (hi - lo).clamp_min(1e-12)
+        from lungsearch.models.hashing import normalise_heatmap
+
+        return normalise_heatmap(cam)
 
     # ------------------------------------------------------------------ training hooks
     def regularization(self) -> torch.Tensor:

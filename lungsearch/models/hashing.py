@@ -30,6 +30,7 @@ __all__ = [
     "HashLayer",
     "AttentionHash",
     "grad_cam",
+    "normalise_heatmap",
     "otsu_threshold",
 ]
 
@@ -145,6 +146,28 @@ def grad_cam(fmap: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return F.relu((weights * fmap).sum(dim=1))
 
 
+#: A heat map whose range is below this fraction of its magnitude is flat: what is left is float
+#: rounding (bilinear upsampling of a 1x1 or constant CAM is not exactly constant in float32).
+FLAT_HEATMAP_RTOL = 1e-4
+
+
+def normalise_heatmap(cam: torch.Tensor) -> torch.Tensor:
+    """Scale each map of ``cam`` ``[B, H, W]`` to [0, 1] by its own min and max.
+
+    A flat map (range below ``FLAT_HEATMAP_RTOL`` of its largest magnitude, or all zero) becomes all
+    zeros. Scaling it would blow rounding noise of ~1e-7 up to the full [0, 1] range, and the Otsu
+    mask of that noise (hence the local branch, the embedding and the code) would then depend on the
+    batch a case was computed in, the thread count and the SIMD path. This was the cause of the
+    flaky index-build test.
+    """
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    magnitude = torch.maximum(hi.abs(), lo.abs())
+    is_flat = (hi - lo) <= FLAT_HEATMAP_RTOL * magnitude
+    out = (cam - lo[:, None, None]) / (hi - lo).clamp_min(1e-12)[:, None, None]
+    return torch.where(is_flat[:, None, None], torch.zeros_like(out), out)
+
+
 def otsu_threshold(x: torch.Tensor, bins: int = 64) -> torch.Tensor:
     """Otsu's threshold (paper 5, eq. 3) per image: maximises the between-class variance of a
     ``bins``-level histogram. ``x`` ``[B, H, W]`` -> thresholds ``[B]``."""
@@ -228,9 +251,7 @@ class AttentionHash(nn.Module):
                 tgt = self._target(logits, target)
                 cam = grad_cam(f, logits.gather(1, tgt[:, None]).squeeze(1)).detach()
         cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        flat = cam.flatten(1)
-        lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-        return (cam - lo) / (hi - lo).clamp_min(1e-12)
+        return normalise_heatmap(cam)
 
     @staticmethod
     def _target(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.Tensor:
@@ -244,7 +265,7 @@ class AttentionHash(nn.Module):
         """Otsu mask of the heat map applied to the image (eq. 3-4), or its bounding-box crop."""
         thr = otsu_threshold(heat, self.otsu_bins)
         mask = (heat > thr[:, None, None]).to(images.dtype)
-        # an all-background mask (flat heat map) would erase the image: keep it whole instead
+        # an all-background mask (a flat heat map is all zeros) would erase the image: keep it whole instead
         empty = mask.flatten(1).sum(1) == 0
         mask[empty] = 1.0
         if not self.crop:

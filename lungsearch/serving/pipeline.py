@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from lungsearch.errors import InvalidRequestError
+# One rule for every path (lungsearch.inference), re-exported for the deployments.
+from lungsearch.inference import EXCERPT_CHARS, probabilities, report_excerpt
 
 if TYPE_CHECKING:  # pragma: no cover
     from lungsearch.config import ProfileConfig
@@ -43,8 +45,6 @@ __all__ = [
     "EXCERPT_CHARS",
 ]
 
-#: Characters of the report kept as the stored excerpt (the store cuts at 2048 UTF-8 bytes too).
-EXCERPT_CHARS = 600
 
 # Feature keys that are per image (pooled over the slices of a CT case); the rest are per case.
 _PER_IMAGE = ("image_pooled", "image_tokens", "hash_logits", "logits")
@@ -75,8 +75,8 @@ class StudyInput:
 def prepare_study(study: "Study | None", text: str | None, cfg: "ProfileConfig", model: "LungModel") -> StudyInput:
     """Preprocess one study exactly as training does (``lungsearch.data.preprocess_study``).
 
-    Radiomics (ct-ild) are extracted from the decoded pixels (HU for CT) inside the lung mask of
-    each slice and averaged over the slices (``RadiomicsExtractor.extract_study``).
+    Through :func:`lungsearch.inference.prepare_case`, the rule ``build_index`` uses: radiomics
+    (ct-ild) from the decoded pixels (HU for CT) inside each slice's lung mask, averaged over slices.
 
     Raises:
         InvalidRequestError: neither an image nor a report; a report for a profile without a
@@ -90,16 +90,11 @@ def prepare_study(study: "Study | None", text: str | None, cfg: "ProfileConfig",
             raise InvalidRequestError(f"profile {cfg.profile} cannot search by report text alone",
                                       code="text_only_unsupported", field="images")
         return StudyInput(pixels=None, text=text)
-    from lungsearch.data import lung_mask, preprocess_study
+    from lungsearch.inference import prepare_case
 
-    pixels = preprocess_study(study, cfg.data)
-    raw = None
     radiomics_part = getattr(model, "radiomics", None)
-    if radiomics_part is not None:
-        vol = study.volume()
-        masks = np.stack([lung_mask(s, modality=study.modality) for s in vol])
-        raw = radiomics_part.extractor.extract_study(vol, masks)
-    return StudyInput(pixels=pixels, text=(text or "") if has_text_encoder else None, radiomics=raw,
+    case = prepare_case(study, cfg, extractor=radiomics_part.extractor if radiomics_part is not None else None)
+    return StudyInput(pixels=case.pixels, text=(text or "") if has_text_encoder else None, radiomics=case.radiomics,
                       modality=study.modality, view=study.view)
 
 
@@ -149,16 +144,6 @@ def encode_batch(model: "LungModel", items: Sequence[StudyInput]) -> list[dict[s
             for j, i in enumerate(rad_idx):
                 out[i]["radiomics"] = _np(feats["radiomics"][j])
     return out
-
-
-def probabilities(logits: np.ndarray, *, multilabel: bool) -> np.ndarray:
-    """Class probabilities: sigmoid per label (multi-label) or softmax."""
-    z = np.asarray(logits, dtype=np.float64)
-    if multilabel:
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _stack_padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -221,6 +206,7 @@ def hash_code(model: "LungModel", *, hash_logits: np.ndarray | None = None,
     """
     import torch
 
+    from lungsearch.inference import code_bytes
     from lungsearch.models.hashing import pack_codes
 
     bits = int(getattr(model, "code_bits", 0) or 0)
@@ -232,7 +218,7 @@ def hash_code(model: "LungModel", *, hash_logits: np.ndarray | None = None,
         if z.shape[0] != bits:
             raise InvalidRequestError(f"hash_logits has {z.shape[0]} values, the model uses {bits} bits",
                                       code="code_bits", field="hash_logits")
-        return pack_codes(z[None]).tobytes()
+        return code_bytes(z[None])[0]
     if embedding is None:
         raise InvalidRequestError("give hash_logits or an embedding", code="no_input")
     e = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
@@ -303,15 +289,6 @@ def knn_vote(neighbour_labels: Sequence[Sequence[str]], targets: Sequence[str]) 
         for lab in set(labels):
             counts[lab] = counts.get(lab, 0) + 1
     return [(lab, (c / n) if n else 0.0) for lab, c in counts.items()]
-
-
-def report_excerpt(text: str, max_chars: int = EXCERPT_CHARS) -> str:
-    """The stored excerpt: whitespace collapsed, cut at a word boundary with an ellipsis."""
-    flat = " ".join((text or "").split())
-    if len(flat) <= max_chars:
-        return flat
-    cut = flat[:max_chars].rsplit(" ", 1)[0]
-    return cut + " …"
 
 
 def _png(arr: np.ndarray) -> bytes:

@@ -28,6 +28,7 @@ import numpy as np
 
 from lungsearch import constants
 from lungsearch.errors import ConfigError, InvalidRequestError
+from lungsearch.inference import study_radiomics  # one radiomics rule for training, build_index and serving
 
 if TYPE_CHECKING:
     from lungsearch.config import ProfileConfig
@@ -196,34 +197,23 @@ def radiomics_extractor(cfg: "ProfileConfig"):
                               min_roi_pixels=p.get("min_roi_pixels", 16))
 
 
-def study_radiomics(study: "Study", extractor) -> np.ndarray:
-    """Raw radiomics of one case: features of each slice inside its lung mask, NaN-aware mean.
-
-    Computed on the decoded pixels (HU for CT), as the training cache does; serving calls this
-    too so the model's fitted scaler sees the same distribution."""
-    from lungsearch.data import lung_mask
-
-    slices = [im.pixels for im in study.images]
-    masks = [lung_mask(px, modality=study.modality) for px in slices]
-    return extractor.extract_study(np.stack(slices), np.stack(masks))
-
-
 def _decode_cases(records: Sequence["CaseRecord"], cfg: "ProfileConfig", hmac_key: bytes | None) -> Callable:
     """The Ray Data ``map_batches`` function: record index -> preprocessed arrays."""
-    data_cfg = cfg.data
     want_radiomics = cfg.model.radiomics is not None
 
     def fn(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from lungsearch.data import load_study, preprocess_study
+        from lungsearch.data import load_study
+        from lungsearch.inference import prepare_case
 
         extractor = radiomics_extractor(cfg) if want_radiomics else None
         out: dict[str, list] = {"i": [], "image": [], "radiomics": [], "view": []}
         for i in batch["i"]:
             study = load_study(records[int(i)], hmac_key=hmac_key)
+            case = prepare_case(study, cfg, extractor=extractor)  # the rule build_index and serving use
             out["i"].append(int(i))
-            out["image"].append(preprocess_study(study, data_cfg, train=False))
+            out["image"].append(case.pixels)
             out["view"].append(study.view or records[int(i)].view or "")
-            out["radiomics"].append(study_radiomics(study, extractor) if extractor is not None else np.zeros(0))
+            out["radiomics"].append(case.radiomics if case.radiomics is not None else np.zeros(0))
         return {"i": np.asarray(out["i"]), "image": _obj(out["image"]), "radiomics": _obj(out["radiomics"]),
                 "view": np.asarray(out["view"], dtype=object)}
 

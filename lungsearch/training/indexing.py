@@ -24,6 +24,7 @@ import numpy as np
 
 from lungsearch import constants
 from lungsearch.errors import StoreUnavailableError
+from lungsearch.inference import EXCERPT_CHARS  # the excerpt rule every path uses (re-exported)
 
 if TYPE_CHECKING:
     from lungsearch.config import ProfileConfig
@@ -34,8 +35,6 @@ __all__ = ["IndexReport", "build_index", "record_case_key", "EXCERPT_CHARS"]
 
 log = logging.getLogger(__name__)
 
-#: Characters of the (de-identified) report kept with each indexed case.
-EXCERPT_CHARS = 400
 
 
 @dataclass
@@ -76,14 +75,15 @@ def record_case_key(hmac_key: bytes, record: "CaseRecord", study: "Study") -> st
 
 
 class _Decode:
-    """Ray Data map: record index -> preprocessed slices (+ raw radiomics) and metadata."""
+    """Ray Data map: record index -> prepared case (``lungsearch.inference.prepare_case``) and metadata."""
 
     def __init__(self, records: Sequence["CaseRecord"], cfg: "ProfileConfig", hmac_key: bytes | None) -> None:
         self.records, self.cfg, self.hmac_key = records, cfg, hmac_key
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from lungsearch.data import load_study, preprocess_study
-        from lungsearch.training.cases import _obj, radiomics_extractor, study_radiomics
+        from lungsearch.data import load_study
+        from lungsearch.inference import prepare_case
+        from lungsearch.training.cases import _obj, radiomics_extractor
 
         ex = radiomics_extractor(self.cfg)
         images, rads, views, n, keys = [], [], [], [], []
@@ -91,17 +91,17 @@ class _Decode:
             rec = self.records[int(i)]
             study = load_study(rec, hmac_key=self.hmac_key)
             keys.append(record_case_key(self.hmac_key, rec, study))
-            x = preprocess_study(study, self.cfg.data, train=False)
-            images.append(x)
-            n.append(x.shape[0])
+            case = prepare_case(study, self.cfg, extractor=ex)
+            images.append(case.pixels)
+            n.append(case.num_slices)
             views.append(study.view or rec.view or "")
-            rads.append(study_radiomics(study, ex) if ex is not None else np.zeros(0))
+            rads.append(case.radiomics if case.radiomics is not None else np.zeros(0))
         return {"i": np.asarray(batch["i"]), "image": _obj(images), "radiomics": _obj(rads), "n_slices": np.asarray(n),
                 "view": np.asarray(views, dtype=object), "key": np.asarray(keys, dtype=object)}
 
 
 class _Embedder:
-    """Ray Data actor: the registered model, loaded once; outputs embedding and packed code."""
+    """Ray Data actor: the registered model, loaded once; ``lungsearch.inference.embed_cases`` per batch."""
 
     def __init__(self, ref: str, registry_root: str | None, use_gpu: bool, texts: Sequence[str]) -> None:
         import torch
@@ -114,31 +114,15 @@ class _Embedder:
         self.texts = list(texts)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
+        from lungsearch.inference import PreparedCase, embed_cases
 
-        from lungsearch.models.hashing import pack_codes
-        from lungsearch.training.inference import forward_cases
-
-        imgs = list(batch["image"])
-        s = max(x.shape[0] for x in imgs)
-        h, w = imgs[0].shape[-2:]
-        arr = np.zeros((len(imgs), s, 1, h, w), dtype=np.float32)
-        for k, x in enumerate(imgs):
-            arr[k, : x.shape[0]] = x
-        rad = None
-        if getattr(self.model, "radiomics", None) is not None:
-            rad = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float64) for r in batch["radiomics"]]))
-        texts = [self.texts[int(i)] for i in batch["i"]] if getattr(self.model, "text_encoder", None) is not None else None
-        with torch.no_grad():
-            out = forward_cases(self.model, torch.from_numpy(arr).to(self.device), torch.as_tensor(batch["n_slices"]).to(self.device),
-                                texts=texts, radiomics=rad)
-        emb = out["embedding"].float().cpu().numpy()
-        if "hash_logits" in out:
-            packed = pack_codes(torch.where(out["hash_logits"] >= 0, 1.0, -1.0).cpu())
-            codes = np.asarray([bytes(row) for row in packed], dtype=object)
-        else:
-            codes = np.asarray([b""] * len(emb), dtype=object)
-        return {"i": batch["i"], "embedding": emb, "code": codes, "n_slices": batch["n_slices"], "view": batch["view"],
+        has_rad = getattr(self.model, "radiomics", None) is not None
+        cases = [PreparedCase(pixels=np.asarray(x, dtype=np.float32), radiomics=np.asarray(r, dtype=np.float64) if has_rad else None)
+                 for x, r in zip(batch["image"], batch["radiomics"])]
+        texts = [self.texts[int(i)] for i in batch["i"]]
+        outs = embed_cases(self.model, cases, texts=texts, device=self.device)
+        return {"i": batch["i"], "embedding": np.stack([o.embedding for o in outs]),
+                "code": np.asarray([o.code for o in outs], dtype=object), "n_slices": batch["n_slices"], "view": batch["view"],
                 "key": batch["key"]}
 
 
@@ -153,6 +137,7 @@ def build_index(
     hmac_key: bytes | None = None,
     batch_size: int = 32,
     use_gpu: bool | None = None,
+    actors: int | None = None,
     upsert_batch: int = 512,
     progress: bool = True,
     store_factory: Callable[..., Any] | None = None,
@@ -168,6 +153,8 @@ def build_index(
         hmac_key: key of the case-key hashes (default: ``LUNGSEARCH_HMAC_KEY_FILE``, created if absent).
         batch_size: cases per inference batch.
         use_gpu: run the embedding actors on GPUs (default: if the cluster has any).
+        actors: embedding actors (default: one per GPU, else one). On CPUs, several actors share
+            the cores with the decode tasks (half a CPU each), so they never starve them.
         upsert_batch: rows per store upsert (each is flushed: durable when it returns).
         store_factory: builds the store (tests); default ``MilvusStore``.
 
@@ -181,6 +168,7 @@ def build_index(
 
     from lungsearch.data import load_records
     from lungsearch.data.deid import load_or_create_key
+    from lungsearch.inference import report_excerpt
     from lungsearch.registry import resolve, parse_ref
     from lungsearch.runtime import init_ray
     from lungsearch.store import MilvusStore, StoredCase, collection_name
@@ -206,9 +194,11 @@ def build_index(
     texts = [r.report or "" for r in records]
     ds = ray.data.from_items([{"i": i} for i in range(len(records))], override_num_blocks=max(1, min(len(records), 64)))
     ds = ds.map_batches(_Decode(records, cfg, key), batch_size=batch_size, batch_format="numpy", num_cpus=1)
+    n_actors = max(1, int(actors) if actors else n_gpu)
+    cpu_per_actor = 0 if use_gpu else (1 if n_actors == 1 else 0.5)
     ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu), texts),
-                        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=max(1, n_gpu)),
-                        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
+                        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
+                        num_gpus=1 if use_gpu else 0, num_cpus=cpu_per_actor)
 
     store = (store_factory or MilvusStore)(milvus_uri, token=milvus_token)
     bar = None
@@ -238,7 +228,7 @@ def build_index(
             keys.add(str(row["key"]))
             pending.append(StoredCase(
                 case_key=str(row["key"]), modality=rec.modality or cfg.modality, view=str(row["view"] or ""), labels=list(rec.labels),
-                report_excerpt=(rec.report or "")[:EXCERPT_CHARS], embedding=np.asarray(row["embedding"], dtype=np.float32),
+                report_excerpt=report_excerpt(rec.report or ""), embedding=np.asarray(row["embedding"], dtype=np.float32),
                 code=bytes(row["code"]), ingested_at=now, num_images=int(row["n_slices"]), model_version=card.version,
             ))
             if bar is not None:

@@ -114,3 +114,21 @@ def test_beta_schedule(hasher):
     assert float(hasher.beta) == 1.0
     hasher.set_epoch(5)
     assert float(hasher.beta) == 4.0
+
+
+def test_a_flat_heat_map_normalises_to_zeros_not_to_rounding_noise():
+    """Bilinear upsampling of a 1x1 CAM is constant up to float32 rounding; scaling that range to
+    [0, 1] made the Otsu mask (and so the code) depend on the batch a case was computed in."""
+    import torch.nn.functional as F
+
+    from lungsearch.models.hashing import normalise_heatmap
+
+    cam = torch.full((3, 1, 1), 0.37)
+    cam[1] = 0.0
+    up = F.interpolate(cam[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    assert all(float(m.max() - m.min()) < 1e-6 for m in up)  # each map nearly, not always exactly, constant
+    out = normalise_heatmap(up)
+    assert torch.equal(out, torch.zeros_like(out))
+    ramp = torch.linspace(0, 2, 16).reshape(1, 4, 4)
+    out = normalise_heatmap(ramp)
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
