@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import time
 from dataclasses import dataclass, field
@@ -177,10 +178,14 @@ def run_demo(
         argv += [a for p in served for a in ("--profile", p)]
         if registry_root:
             argv += ["--artifacts-dir", registry_root]
-        deploy(build_config(build_parser().parse_args(argv)))
+        doc = build_config(build_parser().parse_args(argv))
+        deploy(doc)
         wait_running()
         res.seconds["serve_start"] = round(time.perf_counter() - t0, 1)
         echo(f"[serve] gRPC on 127.0.0.1:{port} ({', '.join(served)}) in {res.seconds['serve_start']} s")
+        http = doc.get("http_options") or {}
+        echo(f"[serve] web page on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ "
+             "(while the demo runs; `lungsearch serve` keeps it up)")
         t0 = time.perf_counter()
         splits = {p: split_records(records[p], cfgs[p].data.split, seed=cfgs[p].data.seed) for p in served}
         res.queries = _queries(f"127.0.0.1:{port}", splits, work, echo)
@@ -192,7 +197,7 @@ def run_demo(
             _shutdown_serve()
     res.seconds["total"] = round(time.perf_counter() - t_all, 1)
     (work / "summary.json").write_text(json.dumps(res.to_dict(), indent=2, default=str))
-    _print_summary(res, work, echo)
+    _print_summary(res, work, echo, registry_root)
     return res
 
 
@@ -294,7 +299,23 @@ _HEADLINE = {
 }
 
 
-def _print_summary(res: DemoResult, work: Path, echo) -> None:
+def serve_command(work: str | os.PathLike, served: Sequence[str] = SERVED_PROFILES,
+                  registry_root: str | os.PathLike | None = None) -> list[str]:
+    """The ``lungsearch serve`` command that serves what this demo built: its profiles, its
+    milvus-lite file (not the platform's default store, which the demo leaves alone), and its
+    registry and HMAC key where they are not the defaults. Printed at the end and in the README."""
+    argv = ["lungsearch", "serve", *[a for p in served for a in ("--profile", p)], "--insecure-local",
+            "--milvus-uri", str(Path(work) / "lungsearch.db")]
+    if registry_root and Path(registry_root).resolve() != Path(constants.ARTIFACTS_DIR).resolve():
+        argv += ["--artifacts-dir", str(registry_root)]
+    # what `lungsearch serve` reads by itself: $LUNGSEARCH_HMAC_KEY_FILE, else <data dir>/hmac.key
+    serve_default = Path(os.environ.get("LUNGSEARCH_HMAC_KEY_FILE") or Path(constants.DATA_DIR) / "hmac.key")
+    if Path(constants.HMAC_KEY_FILE).resolve() != serve_default.resolve():
+        argv += ["--hmac-key-file", str(constants.HMAC_KEY_FILE)]
+    return argv
+
+
+def _print_summary(res: DemoResult, work: Path, echo, registry_root: str | None = None) -> None:
     echo("")
     echo("== lungsearch demo summary (SYNTHETIC phantom data: these numbers show the pipeline works; "
          "they are not clinical results) ==")
@@ -309,3 +330,4 @@ def _print_summary(res: DemoResult, work: Path, echo) -> None:
     echo(f"index: " + ", ".join(f"{p}={v['cases']}" for p, v in res.index.items()))
     echo("time (s): " + ", ".join(f"{k}={v}" for k, v in res.seconds.items()))
     echo(f"summary: {work / 'summary.json'}")
+    echo("serve it again: " + " ".join(shlex.quote(a) for a in serve_command(work, tuple(res.index), registry_root)))

@@ -60,9 +60,32 @@ def test_demo_end_to_end_then_cached(ray_cluster, tmp_path, monkeypatch):
     assert "SYNTHETIC" in text and "summary:" in text
     # The demo leaves a Ray it did not start running (only its Serve application is gone).
     assert ray.is_initialized()
+    _serve_again_serves_what_the_demo_built(lines, work, summary)
 
     again = run_demo(workdir=work, registry_root=str(art), overrides=overrides, echo=lambda _: None)
     assert all(m["reused"] for m in again.models.values())
     assert all(v["reused"] for v in again.index.values())
     assert again.index["ct-ild"]["cases"] == summary["index"]["ct-ild"]["cases"]  # no second copy
     assert again.queries["ct_series"]["ingested_key_created"] is False
+
+
+def _serve_again_serves_what_the_demo_built(lines, work, summary):
+    """The README's next step: the command the demo prints deploys a config whose store is the file
+    the demo indexed, holding every served profile's cases (it used to open data/lungsearch.db)."""
+    import shlex
+
+    from lungsearch.cli import build_parser
+    from lungsearch.cli._serve import build_config
+    from lungsearch.store import MilvusStore
+
+    line = next(x for x in lines if x.startswith("serve it again: "))
+    argv = shlex.split(line.split(": ", 1)[1])
+    assert argv[:2] == ["lungsearch", "serve"]
+    args = dict(build_config(build_parser().parse_args(argv[1:]))["applications"][0]["args"])
+    assert Path(args["milvus_uri"]).resolve() == (work / "lungsearch.db").resolve()
+    assert sorted(args["profiles"]) == sorted(summary["index"])
+    assert Path(args["hmac_key_file"]).resolve() == Path(constants.HMAC_KEY_FILE).resolve()
+    with MilvusStore(args["milvus_uri"]) as store:
+        for p, idx in summary["index"].items():
+            version = summary["models"][p]["model"].split("@", 1)[1]
+            assert store.count(p, version) == idx["cases"] > 0
