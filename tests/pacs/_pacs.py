@@ -251,8 +251,9 @@ def cxr_dicom(*, photometric: str = "MONOCHROME2", bits: int = 12, size: int = 6
         ds.WindowCenter, ds.WindowWidth = maxv / 2, maxv
     elif voi == "lut":
         item = Dataset()
-        item.LUTDescriptor = [maxv + 1, 0, 16]
-        item.LUTData = [int(v) for v in np.linspace(0, 65535, maxv + 1)]
+        entries = maxv + 1
+        item.LUTDescriptor = [0 if entries == 65536 else entries, 0, 16]  # PS3.3 C.11.2.1.1: 0 means 65536
+        item.LUTData = np.linspace(0, 65535, entries).astype("<u2").tobytes()
         from pydicom.sequence import Sequence
 
         ds.VOILUTSequence = Sequence([item])
