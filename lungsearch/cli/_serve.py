@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: start a local one)")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray (default: all)")
     p.add_argument("--check", action="store_true", help="validate the config and the models, print the plan, exit")
+    p.add_argument("--dicom-port", type=int, default=0,
+                   help="also start the DICOM C-STORE receiver on this port, its own process (0 = off; docs/pacs.md)")
+    p.add_argument("--dicom-config", default=None, help="the DICOM receiver's YAML (AE titles, spool, TLS)")
     p.set_defaults(func=run)
 
 
@@ -246,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: still honour SIGINT
         signal.signal(signal.SIGINT, _stop)
-    proxy = metrics_server = None
+    proxy = metrics_server = dicom = None
     try:
         deploy(doc)
         wait_running()
@@ -265,6 +268,12 @@ def run(args: argparse.Namespace) -> int:
                              upstream=f"127.0.0.1:{args.grpc_port}", cert_file=args.tls_cert,
                              key_file=args.tls_key or "", client_ca_file=args.tls_client_ca).start()
             print(f"  TLS:     {args.tls_host}:{args.tls_port}{' (mTLS)' if args.tls_client_ca else ''}")
+        if args.dicom_port:
+            from lungsearch.pacs import start_receiver_process
+
+            dicom = start_receiver_process(port=args.dicom_port, target=f"127.0.0.1:{args.grpc_port}",
+                                           config=args.dicom_config)
+            print(f"  DICOM:   port {args.dicom_port} (C-STORE receiver, pid {dicom.pid})")
         print("ready; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
@@ -272,6 +281,9 @@ def run(args: argparse.Namespace) -> int:
         print("stopping ...")
         return 130
     finally:
+        if dicom is not None:
+            dicom.terminate()
+            dicom.wait(30)
         if proxy is not None:
             proxy.stop()
         if metrics_server is not None:
