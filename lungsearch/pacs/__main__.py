@@ -67,10 +67,12 @@ def run_receiver(argv: list[str] | None = None) -> int:
     return 0
 
 
-def start_receiver_process(*, port: int, target: str, config: str | None = None, host: str = "127.0.0.1",
+def start_receiver_process(*, port: int, target: str, config: str | None = None, host: str | None = None,
                            log_file: str | Path | None = None) -> subprocess.Popen:
     """Start ``python -m lungsearch.pacs`` as a child process (used by ``lungsearch serve --dicom-port``)."""
-    cmd = [sys.executable, "-m", "lungsearch.pacs", "--port", str(port), "--host", host, "--target", target]
+    cmd = [sys.executable, "-m", "lungsearch.pacs", "--port", str(port), "--target", target]
+    if host:
+        cmd += ["--host", host]
     if config:
         cmd += ["--config", str(config)]
     out = open(log_file, "ab") if log_file else None
