@@ -55,6 +55,12 @@ def run_receiver(argv: list[str] | None = None) -> int:
 
             on_ingested = results_hook(cfg)
         receiver = Receiver(cfg, on_ingested=on_ingested).start()
+        if cfg.metrics_port:
+            import prometheus_client
+
+            from lungsearch.pacs import metrics
+
+            prometheus_client.start_http_server(cfg.metrics_port, addr=cfg.host, registry=metrics.REGISTRY)
     except LungsearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

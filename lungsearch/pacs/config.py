@@ -117,6 +117,7 @@ class ReceiverConfig(_Model):
     target_ca_file: str | None = None
     ingest_timeout_s: float = Field(default=120.0, gt=0)
     audit_log: str = "data/audit/pacs.jsonl"
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics of the receiver (0 = off)")
     destination: Destination | None = None
 
     _ae_check = field_validator("ae_title")(lambda cls, v: _ae(v))
