@@ -2,7 +2,7 @@
 
 Used by ``tests/store/conftest.py`` (one server for the whole test run) and by hand:
 
-    .venv/bin/python -m tests.store.milvus_server /tmp/milvus-data   # prints the URI, Ctrl+C stops
+    .venv/bin/python -m tests.store._milvus_server /tmp/milvus-data   # prints the URI, Ctrl+C stops
 
 Every component port is a free port chosen here, and every component advertises 127.0.0.1.
 The Milvus 2.3 binary still *binds* its gRPC ports on all interfaces (its ``ip`` settings only
@@ -53,14 +53,18 @@ class EmbeddedMilvus:
 
         self.base_dir = Path(base_dir)
         config = MilvusServerConfig()
-        port_keys = sorted(k for k in config.configurable_items if k.endswith("_port"))
-        # Fixed free ports (not the package's scan from the defaults upwards, which collides with
-        # anything else on 19530/2379 on a shared machine); the same ports again after a restart.
-        config.update(**dict(zip(port_keys, _free_ports(len(port_keys)))))
         self.server = MilvusServer(config)
+        self._assign_ports()
         self.server.set_base_dir(str(self.base_dir))
         for section in _SECTIONS:
             self.server.config.set(f"{section}.ip", "127.0.0.1")
+
+    def _assign_ports(self) -> None:
+        # Free ports from the OS (not the package's scan upwards from the defaults, which collides
+        # with anything else on 19530 on a shared machine).
+        config = self.server.config
+        port_keys = sorted(k for k in config.configurable_items if k.endswith("_port"))
+        config.update(**dict(zip(port_keys, _free_ports(len(port_keys)))))
 
     @property
     def uri(self) -> str:
@@ -76,7 +80,13 @@ class EmbeddedMilvus:
         self.server.stop()
 
     def restart(self) -> "EmbeddedMilvus":
+        """Stop, then start over the same data on fresh ports (``uri`` changes).
+
+        The same ports would need a 60 s wait: the package bind-tests each port without
+        SO_REUSEADDR, and a stopped server's sockets sit in TIME_WAIT that long.
+        """
         self.stop()
+        self._assign_ports()
         return self.start()
 
 
