@@ -68,25 +68,28 @@ log = logging.getLogger(__name__)
 #: Recorded in DeidentificationMethod (0012,0063; LO, at most 64 characters).
 DEID_METHOD = "lungsearch: PS3.15 E.1 basic profile subset, dates shifted"
 
-#: Attributes removed outright (PS3.15 Table E.1-1 actions X/Z/D for identifying free text).
+#: Attributes removed outright (PS3.15 Table E.1-1 actions X/Z/D for identifying free text). Checked against
+#: dicognito 0.19 (tests/data/test_deid_reference.py): everything it removes or replaces is handled here.
 REMOVE_KEYWORDS: tuple[str, ...] = (
-    "AccessionNumber", "AdditionalPatientHistory", "AdmissionID", "AdmittingDiagnosesDescription",
-    "Allergies", "BranchOfService", "ConsultingPhysicianName", "ContentCreatorName",
-    "CountryOfResidence", "CurrentPatientLocation", "DerivationDescription", "DeviceSerialNumber",
-    "EthnicGroup", "FillerOrderNumberImagingServiceRequest", "ImageComments", "InstitutionAddress",
-    "InstitutionName", "InstitutionalDepartmentName", "IssuerOfPatientID", "MedicalAlerts",
-    "MedicalRecordLocator", "MilitaryRank", "NameOfPhysiciansReadingStudy", "Occupation",
-    "OperatorsName", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
-    "PatientAddress", "PatientAge", "PatientBirthDate", "PatientBirthName", "PatientBirthTime",
-    "PatientComments", "PatientInsurancePlanCodeSequence", "PatientMotherBirthName", "PatientName",
-    "PatientReligiousPreference", "PatientSize", "PatientTelephoneNumbers", "PatientWeight",
-    "PerformedProcedureStepDescription", "PerformedProcedureStepID", "PerformingPhysicianName",
-    "PersonName", "PhysiciansOfRecord", "PlacerOrderNumberImagingServiceRequest",
-    "ReferringPhysicianAddress", "ReferringPhysicianName", "ReferringPhysicianTelephoneNumbers",
-    "RegionOfResidence", "RequestAttributesSequence", "RequestedProcedureDescription",
-    "RequestedProcedureID", "RequestingPhysician", "RequestingService", "ResponsibleOrganization",
-    "ResponsiblePerson", "ScheduledProcedureStepDescription", "SeriesDescription", "StationName",
-    "StudyDescription", "StudyID", "TextComments", "TextString",
+    "AccessionNumber", "AdditionalPatientHistory", "AdmissionID", "AdmittingDiagnosesDescription", "Allergies",
+    "BranchOfService", "ConsultingPhysicianName", "ContentCreatorName", "CountryOfResidence",
+    "CurrentPatientLocation", "DerivationDescription", "DeviceSerialNumber", "EthnicGroup",
+    "FillerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequestRetired",
+    "FillerOrderNumberProcedure", "ImageComments", "InstitutionAddress", "InstitutionName",
+    "InstitutionalDepartmentName", "IssuerOfPatientID", "MedicalAlerts", "MedicalRecordLocator", "MilitaryRank",
+    "NameOfPhysiciansReadingStudy", "Occupation", "OperatorsName", "OtherPatientIDs", "OtherPatientIDsSequence",
+    "OtherPatientNames", "PatientAddress", "PatientAge", "PatientBirthDate", "PatientBirthName",
+    "PatientBirthTime", "PatientComments", "PatientInsurancePlanCodeSequence", "PatientMotherBirthName",
+    "PatientName", "PatientReligiousPreference", "PatientSize", "PatientTelecomInformation",
+    "PatientTelephoneNumbers", "PatientWeight", "PerformedProcedureStepDescription", "PerformedProcedureStepID",
+    "PerformingPhysicianName", "PersonName", "PhysiciansOfRecord", "PlacerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberImagingServiceRequestRetired", "PlacerOrderNumberProcedure",
+    "ReferencedPatientPhotoSequence", "ReferringPhysicianAddress", "ReferringPhysicianName",
+    "ReferringPhysicianTelephoneNumbers", "RegionOfResidence", "RequestAttributesSequence",
+    "RequestedProcedureDescription", "RequestedProcedureID", "RequestingPhysician", "RequestingService",
+    "ResponsibleOrganization", "ResponsiblePerson", "ScheduledProcedureStepDescription",
+    "ScheduledProcedureStepID", "SeriesDescription", "StationName", "StudyDescription", "StudyID",
+    "TextComments", "TextString",
 )
 
 _STANDARD_UID_PREFIX = "1.2.840.10008."
