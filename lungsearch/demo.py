@@ -134,7 +134,10 @@ def run_demo(
             t1 = time.perf_counter()
             if card is None:
                 echo(f"[train] {p:<11} training ({cfg.train.epochs} epochs max) ...")
-                out = train_and_evaluate(cfg, registry_root=registry_root, resume=not fresh)
+                from lungsearch.training.progress import reporting
+
+                with reporting(lambda line: echo(f"[train]   {line}")):  # one line per epoch, with time left
+                    out = train_and_evaluate(cfg, registry_root=registry_root, resume=not fresh)
                 card = out.card
                 reused = False
             else:

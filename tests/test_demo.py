@@ -58,6 +58,8 @@ def test_demo_end_to_end_then_cached(ray_cluster, tmp_path, monkeypatch):
     assert q["bad_file"]["store_unchanged"] is True
     text = "\n".join(lines)
     assert "SYNTHETIC" in text and "summary:" in text
+    # training shows one line per epoch with the time left (it used to be silent for minutes)
+    assert any(x.startswith("[train]   ") and " left" in x for x in lines), "no epoch progress lines"
     # The demo leaves a Ray it did not start running (only its Serve application is gone).
     assert ray.is_initialized()
     _serve_again_serves_what_the_demo_built(lines, work, summary)

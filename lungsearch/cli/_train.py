@@ -49,6 +49,17 @@ def _parse(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    import sys
+
+    from lungsearch.training.progress import reporting
+
+    # One line per epoch on a terminal (stderr: stdout stays the JSON result); quiet otherwise.
+    tty = sys.stderr.isatty()
+    with reporting((lambda line: print(line, file=sys.stderr, flush=True)) if tty else None):
+        return _train_quietly_or_not(args)
+
+
+def _train_quietly_or_not(args: argparse.Namespace) -> int:
     from lungsearch.registry import set_live
     from lungsearch.training.pipeline import reproduce_profile, run_kfold, train_and_evaluate
 

@@ -224,6 +224,20 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return value < best - 1e-9 if mode == "min" else value > best + 1e-9
 
 
+def _append_progress(path: str, cfg: ProfileConfig, stages: list, si: int, epoch: int, stage, metrics: dict) -> None:
+    """One line for the person waiting (``lungsearch.training.progress``); never fails the run."""
+    from lungsearch.training import progress
+
+    left_epochs = (stage.epochs - epoch - 1) + sum(s.epochs for s in stages[si + 1:])
+    try:
+        progress.append(path, {"profile": cfg.profile, "stage": stage.name, "epoch": epoch + 1, "epochs": stage.epochs,
+                               "train_loss": metrics.get("train_loss"), "monitor": stage.monitor,
+                               "monitor_value": metrics.get(stage.monitor), "samples_per_s": metrics.get("samples_per_s"),
+                               "seconds_left": metrics["epoch_seconds"] * left_epochs})
+    except OSError:
+        log.debug("could not write training progress", exc_info=True)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker (``TorchTrainer(train_loop_per_worker=...)``).
 
@@ -342,6 +356,8 @@ def _run(config: dict[str, Any], ctx) -> None:
                 shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val_") or k == "train_loss")
                 log.info("stage %s epoch %d/%d: %s (%.1f s, %.1f samples/s)", stage.name, epoch + 1, stage.epochs, shown,
                          metrics["epoch_seconds"], metrics["samples_per_s"])
+                if config.get("progress_file"):
+                    _append_progress(config["progress_file"], cfg, stages, si, epoch, stage, metrics)
             value = metrics.get(stage.monitor, metrics["val_loss"])
             if _better(value, state["best_value"], stage.mode):
                 state.update(best_value=value, best_epoch=epoch, bad_epochs=0)

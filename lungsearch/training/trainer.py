@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ import torch
 
 from lungsearch.config import ProfileConfig
 from lungsearch.errors import LungsearchError
+from lungsearch.training import progress
 from lungsearch.training.recipes import Stage, stages_for
 
 if TYPE_CHECKING:
@@ -183,6 +185,8 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
         "radiomics_fit": train.radiomics if train.radiomics is not None else None,
         "disable_attention": disable_attention,
         "fail_after_epoch": fail_after_epoch,
+        # epoch lines for the person waiting (local storage only: the file must be readable here)
+        "progress_file": str(run_dir / progress.PROGRESS_FILE) if run_dir is not None else None,
     }
     from lungsearch.training.loop import train_loop_per_worker
 
@@ -199,10 +203,17 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
         # Every worker sees the whole validation set, so early-stopping decisions agree across ranks.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
+    stop = threading.Event()
+    reporter = progress.current_reporter()
+    follower = progress.follow(loop_config["progress_file"], reporter, stop) if reporter and run_dir is not None else None
     try:
         result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors in several types
         raise TrainingError(f"training run {run_name} failed ({type(exc).__name__}); see the Ray logs") from exc
+    finally:
+        stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
     if result.error is not None:
         raise TrainingError(f"training run {run_name} failed ({type(result.error).__name__})")
     if result.checkpoint is None:
