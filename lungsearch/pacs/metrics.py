@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "STATUS_NAMES", "DIMSE_RESPONSES", "ASSOCIATIONS", "SERIES_INGESTED", "INGEST_SECONDS",
+__all__ = ["REGISTRY", "STATUS_NAMES", "DIMSE_RESPONSES", "ASSOCIATIONS", "SERIES_INGESTED", "INGEST_SECONDS", "CSTORE_STAGE_SECONDS",
            "AUDIT_EVENTS", "RESULTS_SENT", "render"]
 
 #: One private registry, so importing this module never touches the process-global one.
@@ -26,6 +26,10 @@ SERIES_INGESTED = Counter("lungsearch_pacs_series_total", "assembled series by o
                           ["outcome", "site"], registry=REGISTRY)
 INGEST_SECONDS = Histogram("lungsearch_pacs_series_ingest_seconds", "one series' Ingest call",
                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=REGISTRY)
+CSTORE_STAGE_SECONDS = Histogram("lungsearch_pacs_cstore_stage_seconds",
+                                 "time inside the C-STORE handler by stage (decode, check, spool)", ["stage"],
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+                                 registry=REGISTRY)
 AUDIT_EVENTS = Counter("lungsearch_audit_events_total", "audit log lines written",
                        ["event", "outcome"], registry=REGISTRY)
 RESULTS_SENT = Counter("lungsearch_pacs_results_sent_total", "SR / SC objects sent back",

@@ -291,6 +291,7 @@ class Receiver:
             return self._status(OUT_OF_RESOURCES, site, "association instance/byte limit")
         if size > lim.max_instance_bytes:
             return self._status(OUT_OF_RESOURCES, site, "instance over the size limit")
+        t0 = time.perf_counter()
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
@@ -303,7 +304,11 @@ class Receiver:
         if sop_class != str(event.request.AffectedSOPClassUID) or not series_uid or not sop_uid:
             return self._status(NOT_IMAGE, site, "data set does not match its SOP class")
         data = event.encoded_dataset(include_meta=True)
+        t1 = time.perf_counter()
+        metrics.CSTORE_STAGE_SECONDS.labels(stage="decode").observe(t1 - t0)
         status = self._check_pixels(data, site)
+        t2 = time.perf_counter()
+        metrics.CSTORE_STAGE_SECONDS.labels(stage="check").observe(t2 - t1)
         if status != SUCCESS:
             return status
         kind = MODALITY_KINDS.get(modality)
@@ -317,6 +322,7 @@ class Receiver:
             path = self.spool.put(series_uid, sop_uid, data, meta)
         except OSError as exc:  # disk full, permissions: the instance is not stored, say so
             return self._status(OUT_OF_RESOURCES, site, f"spool write failed ({type(exc).__name__})")
+        metrics.CSTORE_STAGE_SECONDS.labels(stage="spool").observe(time.perf_counter() - t2)
         with self._lock:
             st.instances += 1
             st.nbytes += size
