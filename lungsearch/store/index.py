@@ -118,6 +118,11 @@ class CaseIndex:
         self._label_bits: dict[str, int] = {}
         self._label_names: list[str] = []
         self._state = self._empty_state(_MIN_CAPACITY, 1)
+        #: Write calls applied (``add_arrays``/``upsert`` with rows, ``delete`` with keys): lets a
+        #: snapshot keeper tell whether every store write has reached this index.
+        self.mutations = 0
+        #: The SnapshotKeeper of an index built by lungsearch.store.snapshot.index_from_store.
+        self.snapshot_keeper = None
 
     # --- construction ----------------------------------------------------------------------------
 
@@ -298,6 +303,7 @@ class CaseIndex:
         emb16 = (emb / np.where(norms > 0, norms, 1.0)).astype(np.float16)
 
         with self._lock:
+            self.mutations += 1
             mod = self._encode_column(self._modalities, modalities, m, "modality")
             vw = self._encode_column(self._views, views, m, "view")
             lab = self._label_mask_rows(labels, m)
@@ -333,7 +339,10 @@ class CaseIndex:
     def delete(self, keys: str | Iterable[str]) -> int:
         """Remove cases by key; returns how many existed."""
         keys = [keys] if isinstance(keys, str) else list(keys)
+        if not keys:
+            return 0
         with self._lock:
+            self.mutations += 1
             rows = [r for r in (self._rows.pop(k, None) for k in keys) if r is not None]
             if not rows:
                 return 0
@@ -370,6 +379,64 @@ class CaseIndex:
         new.n = m
         self._rows = dict(zip(new.keys[:m].tolist(), range(m)))
         return new
+
+    # --- snapshot parts (lungsearch.store.snapshot does the file format) ----------------------------
+
+    def export_parts(self) -> dict:
+        """The live rows as plain arrays plus the vocabularies: what a snapshot stores.
+
+        Taken from one published state, so it is consistent without blocking writers; the
+        vocabularies are copied under the write lock (they only grow, and every code a row of the
+        state uses is already in them).
+        """
+        with self._lock:
+            st = self._state
+            vocab = {"modalities": sorted(self._modalities, key=self._modalities.__getitem__),
+                     "views": sorted(self._views, key=self._views.__getitem__),
+                     "label_names": list(self._label_names), "mutations": self.mutations}
+        n = st.n
+        keep = np.flatnonzero(st.alive[:n]) if st.n_dead else None
+
+        def rows(a: np.ndarray) -> np.ndarray:
+            return a[:n] if keep is None else a[keep]
+
+        keys = rows(st.keys).tolist()
+        return {**vocab, "embedding_dim": self.embedding_dim, "code_bits": self.code_bits,
+                "emb": rows(st.emb), "codes": rows(st.codes), "modality": rows(st.modality), "view": rows(st.view),
+                "labels": rows(st.labels), "keys": keys}
+
+    @classmethod
+    def from_parts(cls, parts: dict, *, backend: str = "auto", default_candidates: int = 100) -> "CaseIndex":
+        """An index holding exactly what :meth:`export_parts` returned (no re-encoding, same row order).
+
+        Raises:
+            InvalidRequestError: the parts are inconsistent (sizes, dimensions).
+        """
+        idx = cls(int(parts["embedding_dim"]), int(parts["code_bits"]), backend=backend, default_candidates=default_candidates)
+        keys = list(parts["keys"])
+        m = len(keys)
+        emb, codes = parts["emb"], parts["codes"]
+        labels = parts["labels"]
+        if (emb.shape != (m, idx.embedding_dim) or codes.shape != (m, idx.code_words) or parts["modality"].shape != (m,)
+                or parts["view"].shape != (m,) or labels.ndim != 2 or labels.shape[0] != m or len(set(keys)) != m):
+            raise InvalidRequestError("snapshot parts are inconsistent", code="bad_snapshot")
+        idx._modalities = {v: i for i, v in enumerate(parts["modalities"])}
+        idx._views = {v: i for i, v in enumerate(parts["views"])}
+        idx._label_names = list(parts["label_names"])
+        idx._label_bits = {name: b for b, name in enumerate(idx._label_names)}
+        lw = max(1, labels.shape[1], -(-len(idx._label_names) // 64))
+        st = idx._empty_state(max(_MIN_CAPACITY, int(m * 1.05) + 1), lw)  # a little room: the first ingests do not regrow
+        st.emb[:m] = emb
+        st.codes[:m] = codes
+        st.modality[:m] = parts["modality"]
+        st.view[:m] = parts["view"]
+        st.labels[:m, : labels.shape[1]] = labels
+        st.alive[:m] = True
+        st.keys[:m] = keys
+        st.n = m
+        idx._rows = dict(zip(keys, range(m)))
+        idx._state = st
+        return idx
 
     # --- reads -----------------------------------------------------------------------------------
 

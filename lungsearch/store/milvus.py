@@ -173,6 +173,8 @@ class MilvusStore:
         # left (see clean_generation: what an index snapshot may be tagged with).
         self._writes: dict[str, int] = {}
         self._clean_gen: dict[str, str] = {}
+        self._dirty: set[str] = set()  # a write began here and has not completed (yet)
+        self._tainted: set[str] = set()  # a write here failed: the store may hold rows no index has
         if self._lite_path is not None:
             logging.getLogger("grpc._server").addFilter(_LITE_LOG_FILTER)  # idempotent: one filter object
             Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
@@ -390,6 +392,7 @@ class MilvusStore:
             if not self._base_caps.single_process and self._client.has_collection(companion_name(name), timeout=self.timeout):
                 self._client.drop_collection(companion_name(name), timeout=self.timeout)
         self._generation_store().forget(name)
+        self._dirty.discard(name)
         self._info.pop(name, None)
         self._loaded.discard(name)
         self._loaded.discard(companion_name(name))
@@ -417,10 +420,10 @@ class MilvusStore:
         """The generation the last write *through this object* completed with, if no write
         (here or elsewhere) has changed it since; None otherwise (a failed write, another writer)."""
         name = collection_name(profile, version)
-        mine = self._clean_gen.get(name)
+        if name in self._dirty or name in self._tainted:
+            return None
         current = self.write_generation(profile, version)
-        if mine is None and name not in self._writes:
-            self._clean_gen[name] = mine = current  # nothing written here yet: the store's state is "clean"
+        mine = self._clean_gen.setdefault(name, current)  # nothing written here yet: what the store has now
         return current if current == mine else None
 
     def write_count(self, profile: str, version: str) -> int:
@@ -428,12 +431,15 @@ class MilvusStore:
         return self._writes.get(collection_name(profile, version), 0)
 
     def _begin_write(self, name: str) -> str:
-        self._clean_gen.pop(name, None)
+        if name in self._dirty:  # the previous write never completed: it failed part-way
+            self._tainted.add(name)
+        self._dirty.add(name)
         return self._generation_store().bump(name)
 
     def _end_write(self, name: str, generation: str) -> None:
         self._writes[name] = self._writes.get(name, 0) + 1
         self._clean_gen[name] = generation
+        self._dirty.discard(name)
 
     def _ensure_loaded(self, name: str) -> None:
         # Collections come back released after a reopen; loading is idempotent, so once per process.
