@@ -143,6 +143,17 @@ class Encoding:
         resp.features.CopyFrom(convert.features_to_proto(feats))
         return resp
 
+    async def explain_pixels(self, model: common_pb2.ModelRef, pixels: Any, label: str = "",
+                             text: str | None = None) -> tuple[Any, str]:
+        """Grad-CAM of already preprocessed pixels ``[S, 1, H, W]`` (a stored case's thumbnail, for the
+        Gateway's ExplainMatch): ``(heat map [H, W] in [0, 1], the label explained)``."""
+        import numpy as np
+
+        served = self.models.get(model.profile, model.version)
+        has_text = getattr(served.model, "text_encoder", None) is not None
+        item = pipeline.StudyInput(pixels=np.asarray(pixels, dtype=np.float32), text=(text or "") if has_text else None)
+        return await asyncio.to_thread(pipeline.explain_study, served.model, item, label)
+
     async def encode_fused(self, request: encoding_pb2.EncodeRequest, *, study=None
                            ) -> tuple[encoding_pb2.EncodeResponse, fusion_pb2.FuseResponse, common_pb2.HashCode | None]:
         """Encode (batched), then fuse and hash in this replica: the gateway's ``stages: fused`` mode.

@@ -56,6 +56,7 @@ _READY_TIMEOUT_S = 3.0
 
 
 @serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=64)
+@serve.ingress()  # the web page (lungsearch.web.app) on Serve's HTTP ingress; gRPC routes by method name as before
 class Gateway:
     """Args:
         encoding, fusion, hashing, ranking: deployment handles (bound by :func:`app`).
@@ -77,8 +78,24 @@ class Gateway:
         self._live_mtime = {p: self._live_file_mtime(p) for p in self.models.profiles}
         self._live_checked = time.monotonic()
         self._publish_models()
+        self.thumbs = self._open_thumbnails()
         log.info("gateway up: profiles=%s auth=%s", ",".join(self.models.profiles),
                  "tokens" if self.auth.secured else ("insecure-local" if self.auth.insecure_local else "deny-all"))
+
+    def _open_thumbnails(self):
+        """The stored cases' thumbnails (``lungsearch.web.thumbs``), or None when turned off."""
+        from lungsearch.web.thumbs import ThumbnailStore, default_path
+
+        where = self.args.thumbnails_path
+        if where == "off":
+            return None
+        return ThumbnailStore(where or default_path(self.args.hmac_key_file))
+
+    def __serve_build_asgi_app__(self):
+        """Serve's late-bound ingress hook: the page and its JSON API, over this replica's methods."""
+        from lungsearch.web.app import build_web_app
+
+        return build_web_app(self)
 
     # --- model resolution ------------------------------------------------------------------------
     def _live_file_mtime(self, profile: str) -> float:
@@ -205,7 +222,21 @@ class Gateway:
             record.code.CopyFrom(code)
         # Ranking writes Milvus and flushes before it answers: an OK here is durable.
         up = await self.ranking.Upsert.remote(ranking_pb2.UpsertRequest(model=ref, records=[record]))
+        await self._store_thumbnail(served, key, study)
         return gateway_pb2.IngestResponse(case_key=key, created=up.inserted > 0, model=ref)
+
+    async def _store_thumbnail(self, served: ServedModel, key: str, study) -> None:
+        """Keep the case's preprocessed pixels as a thumbnail (ExplainMatch draws its heat map on it).
+        The case is already durable: a failure here costs the page an image, not the ingest."""
+        if self.thumbs is None:
+            return
+        from lungsearch.data import preprocess_study
+
+        try:
+            pixels = await asyncio.to_thread(preprocess_study, study, served.cfg.data)
+            await asyncio.to_thread(self.thumbs.put, served.profile, key, pixels, model_version=served.version)
+        except Exception as exc:  # noqa: BLE001 - see the docstring; logged without any value
+            log.warning("thumbnail not stored: %s", type(exc).__name__)
 
     @rpc("Ingest", gateway_pb2.IngestResponse)
     async def Ingest(self, request: gateway_pb2.IngestRequest, grpc_context=None) -> gateway_pb2.IngestResponse:
@@ -279,6 +310,70 @@ class Gateway:
         return gateway_pb2.ExplainResponse(model=enc.model, label=enc.heatmap_label, score=float(score),
                                            heatmap_png=heat_png, overlay_png=overlay)
 
+    async def _query_heat(self, served: ServedModel, study, report, label: str):
+        """(encode response with the query's heat map for ``label``, fused response, code)."""
+        ref = convert.model_ref(served.profile, served.version)
+        req = encoding_pb2.EncodeRequest(model=ref, report=report, explain=study is not None, explain_label=label)
+        enc = await self.encoding.Encode.remote(req, study=study)
+        fus, code = await self._embed(served, enc)
+        return enc, fus, code
+
+    @rpc("ExplainMatch", gateway_pb2.ExplainMatchResponse)
+    async def ExplainMatch(self, request: gateway_pb2.ExplainMatchRequest, grpc_context=None
+                           ) -> gateway_pb2.ExplainMatchResponse:
+        from lungsearch.data import preprocess_study
+        from lungsearch.web import match
+
+        served = self._served(request.model)
+        lim = served.cfg.serve.limits
+        self.metrics.observe_request_size("ExplainMatch", limits.check_message(request, lim))
+        key = limits.check_case_key(request.case_key)
+        targets = list(served.card.targets)
+        if request.label and request.label not in targets:
+            raise InvalidRequestError("label is not one of the model's targets", code="unknown_label", field="label")
+        text = limits.check_report(request.report, lim)
+        if not request.images and not text:
+            raise InvalidRequestError("give an image, a report, or both", code="empty_query")
+        ref = convert.model_ref(served.profile, served.version)
+        case = (await self.ranking.Get.remote(ranking_pb2.GetRequest(model=ref, case_key=key))).case
+        study = await self._decode(served, request.images) if request.images else None
+        # Explain for the label most likely to be shared first; a second pass only if the query's
+        # own prediction shows another shared label.
+        first = match.choose_label(request.label, [], list(case.labels), targets)
+        enc, fus, code = await self._query_heat(served, study, request.report, first)
+        if fus.probabilities:
+            scores = [(p.label, float(p.score)) for p in fus.probabilities]
+        else:  # no classifier head (ct-ild): the query's labels are its neighbours' vote
+            ranked = await self._rank(served, fus, code, 10)
+            scores = pipeline.knn_vote([list(r.case.labels) for r in ranked.results], targets)
+        qlabels = match.predicted_labels(scores)
+        shared = match.shared_labels([lab for lab, _ in qlabels], case.labels)
+        label = match.choose_label(request.label, shared, list(case.labels), targets, qlabels[0][0] if qlabels else "")
+        if study is not None and label != first:
+            enc, _, _ = await self._query_heat(served, study, request.report, label)
+        query_excerpt = pipeline.report_excerpt(text)
+        resp = gateway_pb2.ExplainMatchResponse(model=ref, label=label, shared_labels=shared, case=case,
+                                                query_excerpt=query_excerpt)
+        resp.query_labels.extend(common_pb2.LabelScore(label=lab, score=s) for lab, s in qlabels)
+        for ph in match.shared_phrases(query_excerpt, case.report_excerpt):
+            sp = resp.shared_phrases.add(phrase=ph.phrase)
+            sp.query_spans.extend(gateway_pb2.TextSpan(start=x.start, end=x.end) for x in ph.query_spans)
+            sp.case_spans.extend(gateway_pb2.TextSpan(start=x.start, end=x.end) for x in ph.case_spans)
+        if study is not None and enc.HasField("heatmap"):
+            heat = convert.tensor_from_proto(enc.heatmap, field="heatmap")
+            pixels = await asyncio.to_thread(preprocess_study, study, served.cfg.data)
+            image = pixels[pixels.shape[0] // 2, 0]
+            resp.query_heatmap_png, resp.query_overlay_png = await asyncio.to_thread(
+                lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(image, heat)))
+        thumb = await asyncio.to_thread(self.thumbs.get, served.profile, key) if self.thumbs is not None else None
+        if thumb is not None:
+            pixels = thumb.model_input(served.cfg.data.image_size)
+            heat, _ = await self.encoding.explain_pixels.remote(ref, pixels, label, case.report_excerpt)
+            resp.case_heatmap_png, resp.case_overlay_png = await asyncio.to_thread(
+                lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(pixels[0, 0], heat)))
+            resp.case_image_available = True
+        return resp
+
     @rpc("GetCase", gateway_pb2.GetCaseResponse)
     async def GetCase(self, request: gateway_pb2.GetCaseRequest, grpc_context=None) -> gateway_pb2.GetCaseResponse:
         served = self._served(request.model)
@@ -293,6 +388,8 @@ class Gateway:
         key = limits.check_case_key(request.case_key)
         res = await self.ranking.Delete.remote(
             ranking_pb2.DeleteRequest(model=convert.model_ref(served.profile, served.version), case_key=key))
+        if self.thumbs is not None:  # a deleted case keeps no pixels either
+            await asyncio.to_thread(self.thumbs.delete, served.profile, key)
         return gateway_pb2.DeleteCaseResponse(deleted=res.deleted)
 
     @rpc("ListModels", gateway_pb2.ListModelsResponse)
@@ -500,6 +597,7 @@ def app(args: dict[str, Any] | None = None):
     a = AppArgs.parse(args)
     a = a.model_copy(update={"artifacts_dir": _abs(a.artifacts_dir), "hmac_key_file": _abs(a.hmac_key_file),
                              "tokens_file": _abs(a.tokens_file),
+                             "thumbnails_path": a.thumbnails_path if a.thumbnails_path == "off" else _abs(a.thumbnails_path),
                              "milvus_uri": _abs(a.milvus_uri) if is_lite_uri(a.milvus_uri) else a.milvus_uri})
     profile, version = parse_profiles(a.profiles)[0]
     cfg = _profile_config(profile, version, a.artifacts_dir)

@@ -254,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
         deploy(doc)
         wait_running()
         print(f"  gRPC:    {args.host}:{args.grpc_port} (plaintext; reflection and grpc.health.v1 on)")
+        http = doc.get("http_options") or {}
+        print(f"  web:     http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ (the page; same tokens)")
         if args.metrics_port:
             from ray import serve
 

@@ -32,7 +32,8 @@ from lungsearch.client._requests import CHUNK_BYTES, STREAM_THRESHOLD_BYTES
 from lungsearch.client._retry import NO_RETRY, RetryPolicy
 from lungsearch.client._sync import LungSearchClient
 from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, HealthStatus, Image,
-                                      IngestResult, ModelInfo, ModelRef, SearchHit, SearchResult)
+                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, SearchHit, SearchResult,
+                                      SharedPhrase)
 
 __all__ = [
     "LungSearchClient",
@@ -53,6 +54,8 @@ __all__ = [
     "SearchResult",
     "Classification",
     "ExplainResult",
+    "MatchExplanation",
+    "SharedPhrase",
     "ModelInfo",
     "IngestResult",
     "ActivateResult",

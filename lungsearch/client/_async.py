@@ -17,7 +17,7 @@ from lungsearch.client._base import ClientBase, Plan
 from lungsearch.client._errors import DeadlineExceeded, LungSearchError, NotFound, error_from_rpc
 from lungsearch.client._retry import Attempts, RetryPolicy, pushback_ms
 from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, HealthStatus,
-                                      IngestResult, ModelInfo, ModelRef, SearchResult)
+                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, SearchResult)
 
 __all__ = ["AsyncLungSearchClient"]
 
@@ -145,6 +145,15 @@ class AsyncLungSearchClient(ClientBase):
         """See :meth:`LungSearchClient.explain`."""
         plan = await asyncio.to_thread(self._explain_plan, image=image, images=images, report=report, label=label,
                                        model=model)
+        return await self._run(plan, timeout)
+
+    async def explain_match(self, case_key: str, *, image: rq.ImageLike | None = None,
+                            images: Sequence[rq.ImageLike] | None = None, report: str | Mapping[str, str] | None = None,
+                            label: str | None = None, model: str | ModelRef | None = None,
+                            timeout: float | None = None) -> MatchExplanation:
+        """See :meth:`LungSearchClient.explain_match`."""
+        plan = await asyncio.to_thread(self._explain_match_plan, case_key, image=image, images=images, report=report,
+                                       label=label, model=model)
         return await self._run(plan, timeout)
 
     async def get_case(self, case_key: str, *, model: str | ModelRef | None = None,

@@ -21,7 +21,7 @@ from lungsearch.client import _requests as rq
 from lungsearch.client._errors import InvalidArgument
 from lungsearch.client._retry import RetryPolicy
 from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, IngestResult,
-                                      ModelInfo, ModelRef, SearchResult)
+                                      MatchExplanation, ModelInfo, ModelRef, SearchResult)
 
 __all__ = ["ClientBase", "Plan", "DEFAULT_OPTIONS", "MAX_MESSAGE_BYTES"]
 
@@ -183,6 +183,16 @@ class ClientBase:
         request = gateway_pb2.ExplainRequest(model=ModelRef.parse(model).to_proto(), images=[s.to_proto() for s in srcs],
                                              report=rq.report_proto(report), label=label or "")
         return Plan("Explain", lambda: request, ExplainResult.from_proto)
+
+    def _explain_match_plan(self, case_key, *, image, images, report, label, model) -> Plan:
+        srcs = self._query_images(image, images, "explain_match")
+        if not srcs and not report:
+            raise InvalidArgument("explain_match needs the query: an image, a report, or both", method="explain_match",
+                                  field="images")
+        request = gateway_pb2.ExplainMatchRequest(model=ModelRef.parse(model).to_proto(),
+                                                  images=[s.to_proto() for s in srcs], report=rq.report_proto(report),
+                                                  case_key=self._key(case_key, "explain_match"), label=label or "")
+        return Plan("ExplainMatch", lambda: request, MatchExplanation.from_proto)
 
     @staticmethod
     def _key(case_key: str, method: str) -> str:

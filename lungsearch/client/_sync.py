@@ -15,7 +15,7 @@ from lungsearch.client._base import ClientBase, Plan
 from lungsearch.client._errors import DeadlineExceeded, LungSearchError, NotFound, error_from_rpc
 from lungsearch.client._retry import Attempts, RetryPolicy, pushback_ms
 from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, HealthStatus,
-                                      IngestResult, ModelInfo, ModelRef, SearchResult)
+                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, SearchResult)
 
 __all__ = ["LungSearchClient"]
 
@@ -203,6 +203,31 @@ class LungSearchClient(ClientBase):
         """
         return self._run(self._explain_plan(image=image, images=images, report=report, label=label, model=model),
                          timeout)
+
+    def explain_match(self, case_key: str, *, image: rq.ImageLike | None = None,
+                      images: Sequence[rq.ImageLike] | None = None, report: str | Mapping[str, str] | None = None,
+                      label: str | None = None, model: str | ModelRef | None = None,
+                      timeout: float | None = None) -> MatchExplanation:
+        """Why the stored case ``case_key`` matches a query: Grad-CAM heat maps on the query and on the
+        case for a label they share, the shared labels, and the report phrases both excerpts contain.
+
+        Args:
+            case_key: a retrieved case (``hit.case.case_key``).
+            image, images, report: the query, as given to :meth:`search`.
+            label: the label to explain (default: the first shared label, else the case's first label
+                the model knows).
+            model, timeout: as for :meth:`ingest`.
+
+        Raises:
+            NotFound: unknown case key. InvalidArgument: no query, or a label the model does not know.
+
+        Example:
+            >>> hit = client.search(image="query.png", top_k=1)[0]  # doctest: +SKIP
+            >>> why = client.explain_match(hit.case.case_key, image="query.png")  # doctest: +SKIP
+            >>> why.label, why.shared_labels, [p.phrase for p in why.shared_phrases]  # doctest: +SKIP
+        """
+        return self._run(self._explain_match_plan(case_key, image=image, images=images, report=report, label=label,
+                                                  model=model), timeout)
 
     def get_case(self, case_key: str, *, model: str | ModelRef | None = None, timeout: float | None = None) -> Case:
         """The stored case with this key. Raises :class:`NotFound` for an unknown key."""

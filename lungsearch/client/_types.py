@@ -415,6 +415,63 @@ class ExplainResult(_Result):
 
 
 @dataclass(frozen=True)
+class SharedPhrase(_Result):
+    """A report phrase both excerpts contain.
+
+    Attributes:
+        phrase: 1-3 lower-case words, stop words removed.
+        query_spans: ``(start, end)`` character offsets into :attr:`MatchExplanation.query_excerpt`.
+        case_spans: offsets into the case's ``report_excerpt``.
+    """
+
+    phrase: str
+    query_spans: tuple[tuple[int, int], ...] = ()
+    case_spans: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class MatchExplanation(_Result):
+    """Why a retrieved case matches a query (:meth:`LungSearchClient.explain_match`).
+
+    Attributes:
+        model: the model that answered.
+        label: the label both heat maps explain ("" when the model has none to explain).
+        shared_labels: the case's labels the model also predicts for the query.
+        case: the retrieved case as stored.
+        query_excerpt: the query report as the server cuts it (what the spans index).
+        shared_phrases: report phrases in both excerpts, with their spans.
+        query_heatmap_png, query_overlay_png: Grad-CAM on the query (PNG; b"" without a query image).
+        case_heatmap_png, case_overlay_png: Grad-CAM on the case's stored thumbnail (b"" when none is kept).
+        case_image_available: the server keeps a thumbnail of the case.
+        query_labels: the query's predicted labels and scores, most probable first.
+    """
+
+    model: ModelRef
+    label: str
+    shared_labels: tuple[str, ...]
+    case: Case
+    query_excerpt: str = ""
+    shared_phrases: tuple[SharedPhrase, ...] = ()
+    query_heatmap_png: bytes = b""
+    query_overlay_png: bytes = b""
+    case_heatmap_png: bytes = b""
+    case_overlay_png: bytes = b""
+    case_image_available: bool = False
+    query_labels: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, msg: gateway_pb2.ExplainMatchResponse) -> "MatchExplanation":
+        phrases = tuple(SharedPhrase(p.phrase, tuple((s.start, s.end) for s in p.query_spans),
+                                     tuple((s.start, s.end) for s in p.case_spans)) for p in msg.shared_phrases)
+        return cls(model=ModelRef.from_proto(msg.model), label=msg.label, shared_labels=tuple(msg.shared_labels),
+                   case=Case.from_proto(msg.case), query_excerpt=msg.query_excerpt, shared_phrases=phrases,
+                   query_heatmap_png=msg.query_heatmap_png, query_overlay_png=msg.query_overlay_png,
+                   case_heatmap_png=msg.case_heatmap_png, case_overlay_png=msg.case_overlay_png,
+                   case_image_available=msg.case_image_available,
+                   query_labels={x.label: float(x.score) for x in msg.query_labels})
+
+
+@dataclass(frozen=True)
 class ModelInfo(_Result):
     """A trained model the server can use (from its model card).
 

@@ -42,6 +42,9 @@ class AppArgs(BaseModel):
     torch_threads: int = Field(default=1, ge=0, description="torch intra-op threads per model replica.")
     store_timeout: float = Field(default=10.0, gt=0, description="Seconds per Milvus call.")
     index_backend: Literal["auto", "faiss", "numpy"] = "auto"
+    thumbnails_path: str = Field(default="", description="SQLite file of stored cases' thumbnails (ExplainMatch, the "
+                                                         "web page); '' = thumbnails.sqlite beside hmac_key_file; "
+                                                         "'off' = none kept.")
     stages: Literal["graph", "fused"] = Field(
         default="graph", description="graph: gateway calls Encoding, Fusion, Hashing in turn; fused: the Encoding "
                                      "replica also fuses and hashes (two hops fewer per request).")

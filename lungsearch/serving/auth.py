@@ -10,7 +10,7 @@ Tokens live in a YAML (or JSON) file, mounted from a Kubernetes Secret in a clus
         role: read
         token: "a-long-random-string"   # plaintext is accepted too; prefer sha256
 
-Roles nest: ``read`` (Search, Classify, Explain, GetCase, ListModels and the read-only internal
+Roles nest: ``read`` (Search, Classify, Explain, ExplainMatch, GetCase, ListModels and the read-only internal
 services) < ``write`` (+ Ingest, IngestStream, DeleteCase) < ``admin`` (+ ActivateModel and the
 internal writers Upsert/Delete, which bypass de-identification). The standard health service is
 open; server reflection is answered by Serve's proxy itself and never reaches the gateway.
@@ -60,7 +60,8 @@ ROLES = ("read", "write", "admin")
 #: Minimum role per RPC method name (Serve routes by method name, so names are unique here).
 METHOD_ROLES: dict[str, str] = {
     # lungsearch.v1.LungSearch
-    "Search": "read", "Classify": "read", "Explain": "read", "GetCase": "read", "ListModels": "read",
+    "Search": "read", "Classify": "read", "Explain": "read", "ExplainMatch": "read", "GetCase": "read",
+    "ListModels": "read",
     "Ingest": "write", "IngestStream": "write", "DeleteCase": "write",
     "ActivateModel": "admin",
     # internal services forwarded by the gateway (operators, debugging)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["Span", "SharedPhrase", "STOPWORDS", "tokens", "shared_phrases", "predicted_labels", "shared_labels",
+__all__ = ["Span", "SharedPhrase", "STOPWORDS", "NEGATIONS", "tokens", "shared_phrases", "predicted_labels", "shared_labels",
            "choose_label", "MAX_NGRAM", "MAX_PHRASES"]
 
 #: Longest phrase compared (words).
@@ -26,14 +26,17 @@ MAX_NGRAM = 3
 #: Most phrases returned (a page highlights a few, not every shared word).
 MAX_PHRASES = 20
 
-# Function words and report boilerplate that every report shares (a match on "the" or "seen" says
-# nothing). Negations ("no", "without") stay out of this list on purpose: "no effusion" and
+# Function words, section headers and report boilerplate that every report shares (a match on
+# "the", "seen" or IU X-ray's de-identification mark "XXXX" says nothing). Negations ("no", "without") stay out of this list on purpose: "no effusion" and
 # "effusion" are different findings, and keeping "no" lets the trigram tell them apart.
 STOPWORDS = frozenset("""
 a an and are as at be been being by for from has have in is it its of on or that the there these this to was were
 with which while who will would than then into onto upon also both either each other such per via
 may might can could should seen noted identified demonstrated appear appears appearing
+findings impression comparison indication history technique xxxx
 """.split())
+# Kept inside phrases ("no pneumothorax") but never a phrase on their own.
+NEGATIONS = frozenset({"no", "not", "without", "negative", "free"})
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*")
 
@@ -85,6 +88,8 @@ def _ngrams(text: str, max_n: int) -> dict[str, list[Span]]:
             run = content[a:a + n]
             if len({sentence[r[0]] for r in run}) != 1:
                 break
+            if n == 1 and run[0][1] in NEGATIONS:
+                continue
             phrase = " ".join(r[1] for r in run)
             out.setdefault(phrase, []).append(Span(run[0][2], run[-1][3]))
     return out

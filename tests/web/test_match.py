@@ -45,6 +45,11 @@ def test_negation_is_part_of_the_phrase():
     assert "no effusion" in [p.phrase for p in shared_phrases("No effusion.", "no effusion")]
 
 
+def test_boilerplate_and_lone_negations_are_not_phrases():
+    got = [p.phrase for p in shared_phrases("FINDINGS: No XXXX. No effusion.", "IMPRESSION: No XXXX. No nodule.")]
+    assert got == []
+
+
 def test_phrases_do_not_cross_sentences():
     got = [p.phrase for p in shared_phrases("Heart normal. Lungs clear.", "Heart normal lungs clear")]
     assert "normal lungs" not in got and "heart normal" in got and "lungs clear" in got
