@@ -54,8 +54,11 @@ QUICK = {
     "cxr-cnn": ["train.epochs=3"],
     "ct-ild": ["train.epochs=2", "data.phantom.n=160", "data.image_size=64"],
     "cxr-clip": ["train.epochs=2", "data.image_size=64"],
-    "cxr-hash": ["train.epochs=2", "data.image_size=64"],
+    "cxr-hash": ["train.epochs=1", "data.image_size=64"],
 }
+#: ``--quick`` trains only these rows (each with every seed): the headline comparison and its ends.
+QUICK_VARIANTS = {"cxr-hash": ["ours, 16 bits", "ours, 64 bits", "ours-A (no attention), 64 bits"],
+                  "cxr-report": ["CMA+SG-Bi-LSTM (ours)", "ResNet (image only)", "Report only", "CMA+Bi-LSTM"]}
 #: ``--gpu``: the *.gpu.yaml recipes on paper-scale phantoms (>= 20,000 cases, 224 px input),
 #: epochs cut so ONE profile's variants x 3 seeds fit ~9 minutes on one H200 (see GPU_BUDGET_S).
 GPU = {
@@ -480,7 +483,7 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
     extra: dict[str, list] = {}
     storage = str(run_dir.parent / "runs")
     vs = _variants(cfg)
-    only = args.variants or (GPU_VARIANTS.get(name) if args.gpu else None)
+    only = args.variants or (GPU_VARIANTS.get(name) if args.gpu else QUICK_VARIANTS.get(name) if args.quick else None)
     if only:
         vs = [v for v in vs if v.name in only]
         sec["notes"].append(f"variants limited to: {', '.join(v.name for v in vs)}")
@@ -512,6 +515,7 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
             sec["outcomes"].setdefault(v.name, []).append(to_json(r["outcome"]))
             sec["metrics"].setdefault(v.name, []).append(r["metrics"])
             sec["collapsed"].setdefault(v.name, []).extend(f"seed {seed}: {x}" for x in r["collapsed"])
+            sec.setdefault("kept", {}).setdefault(v.name, []).append(r["kept"])
             _say(f"{name}: seed {seed}: {v.name}: {r['train_seconds']:.0f} s, "
                  + ", ".join(f"{m}={r['metrics'][m]:.3f}" for m in ("accuracy", "f1", "map10", "top1_f1") if m in r["metrics"])
                  + (f"; COLLAPSED: {r['collapsed']}" if r["collapsed"] else ""))
@@ -540,6 +544,29 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
     return sec
 
 
+def recompute(run_dir: Path, n_boot: int) -> list[dict]:
+    """Sections of a finished (or cut-short) run folder with their claims recomputed from the saved
+    per-case outcomes (the current claim logic; nothing retrained)."""
+    from lungsearch.config import load_profile
+    from lungsearch.evaluation.percase import from_json
+
+    sections = []
+    for name in PROFILES:
+        path = run_dir / f"{name}.outcomes.json"
+        if not path.is_file():
+            continue
+        sec = json.loads(path.read_text())
+        kept = sec.get("kept", {})
+        runs = {k: [{"outcome": from_json(o), "kept": (kept.get(k) or [])[i] if i < len(kept.get(k) or []) else {}}
+                    for i, o in enumerate(v)] for k, v in sec["outcomes"].items()}
+        refs = {k: from_json(v) for k, v in sec["references"].items()}
+        extra = {k: ([from_json(o) for o in v] if not k.startswith("time ") else v) for k, v in sec.get("extra_outcomes", {}).items()}
+        main = next((v.name for v in _variants(load_profile(name)) if v.main), None)
+        sec["claims"] = _claims(name, runs, refs, extra, sec["n_test"], n_boot, [k for k, v in sec["collapsed"].items() if v], main=main)
+        sections.append(sec)
+    return sections
+
+
 def _write(run_dir: Path, sections: list[dict], meta: dict, args) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     md = _page(sections, meta, args.boot)
@@ -565,11 +592,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval")
     p.add_argument("--fresh", action="store_true", help="retrain instead of resuming finished runs")
     p.add_argument("--address", default=None)
+    p.add_argument("--from-run", default=None, metavar="DIR",
+                   help="recompute the claims and the page of an earlier run folder from its saved outcomes (no training)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lungsearch import constants
     from lungsearch.runtime import init_ray
 
+    if args.from_run:
+        run_dir = Path(args.from_run)
+        old = json.loads((run_dir / "results.json").read_text())["meta"]
+        old["status"] = old.get("status", "") + f"; claims recomputed {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%dT%H:%M}Z from the saved outcomes"
+        sections = recompute(run_dir, args.boot)
+        _write(run_dir, sections, old, args)
+        for s in sections:
+            for c in s["claims"]:
+                _say(f"{s['profile']}: {c['verdict']:>12}: {c['claim']}: {c['numbers']}")
+        if args.publish:
+            shutil.copyfile(run_dir / "results.md", REPO / "docs" / "results.md")
+            _say("published to docs/results.md")
+        return 0
     t_start = time.time()
     budget = args.budget_s if args.budget_s is not None else (GPU_BUDGET_S if args.gpu else None)
     deadline = t_start + budget if budget else None
