@@ -74,10 +74,19 @@ def _start_real(work: Path):
 
     R = _pacs_helpers().reliability_module()
     init_ray(address="", num_cpus=2, log_to_driver=False)
-    cards = R.build_registry(work / "artifacts", {"ct-ild": ["data.image_size=64", "data.phantom.size=64",
-                                                             "data.phantom.slices=4",
-                                                             "serve.limits.max_series_images=1000",
-                                                             "serve.limits.max_image_side=1024"]})
+    import torch
+
+    from lungsearch.config import load_profile
+    from lungsearch.models import create_model
+    from lungsearch.registry import save_model
+
+    # A tiny untrained ct-ild model, as tests/services builds them, with the profile's default limits
+    # (the test builders' tight limits would refuse a real-sized series).
+    cfg = load_profile("ct-ild", ["data.image_size=64", "data.phantom.size=64", "data.phantom.slices=4"])
+    torch.manual_seed(0)
+    card = save_model(create_model(cfg).eval(), cfg, metrics={"untrained": 1.0}, data_fingerprint="none",
+                      synthetic_data=True, root=work / "artifacts", version=f"20260101-000000-{cfg.fingerprint()[:6]}")
+    cards = [card]
     args = {"profiles": ["ct-ild"], "artifacts_dir": str(work / "artifacts"), "milvus_uri": str(work / "store.db"),
             "hmac_key_file": str(work / "hmac.key"), "insecure_local": True, "torch_threads": 1}
     return R.start_serve_app(work, args, cards)
@@ -124,9 +133,10 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
             keys = [x["case_key"] for x in rx.audit.read() if x["event"] == "ingest" and x["outcome"] == "ok"]
             if len(keys) != len(data):
                 raise RuntimeError(f"only {len(keys)} of {len(data)} series ingested: {rx.audit.read()}")
-            for s in data:  # searchable: its own images find it
-                P.wait_for(lambda s=s: set(keys) & {h.case.case_key for h in client.search(
-                    images=s, top_k=len(data) + 1, model="ct-ild")}, 600, 0.2)
+            for s in data:  # searchable: its own images find it (the fake's 8 MiB limit: a few slices)
+                query = s if platform == "real" else s[:2]
+                P.wait_for(lambda q=query: set(keys) & {h.case.case_key for h in client.search(
+                    images=q, top_k=len(data) + 1, model="ct-ild")}, 600, 0.2)
             t_search = time.perf_counter()
             audit = rx.audit.read()
         after = _stage_sums()
@@ -145,6 +155,8 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
         "instance_bytes": len(data[0][0]), "settle_s": settle_s, "phantom_generation_s": round(gen_s, 2),
         "push_to_searchable_s": round(total, 3),
         "instances_per_s": round(n_instances / total, 2),
+        # Without the final check (a Search with each series' own images, i.e. a second encode of it).
+        "instances_per_s_push_to_ingested": round(n_instances / (t_ingested - t0), 2),
         "target_instances_per_s": TARGET_INSTANCES_PER_S,
         "meets_target": n_instances / total >= TARGET_INSTANCES_PER_S,
         "stages_s": {
