@@ -40,18 +40,30 @@ def _valid_slices(table: "CaseTable", i: int) -> np.ndarray:
     return np.asarray(table.images[i, : max(int(table.n_slices[i]), 1), 0], dtype=np.float32)  # [S, H, W]
 
 
-def first_order_features(table: "CaseTable", bins: int = 16) -> np.ndarray:
-    """Per case: mean, std, skew, kurtosis, 5 percentiles and a ``bins`` histogram (25 numbers)."""
+def first_order_features(table: "CaseTable", bins: int = 16, batch: int = 256) -> np.ndarray:
+    """Per case: mean, std, skew, kurtosis, 5 percentiles and a ``bins`` histogram (25 numbers),
+    over the valid slices' pixels (vectorised per batch of single-slice cases: 20,000 radiographs
+    take seconds, not minutes)."""
     from scipy.stats import kurtosis, skew
 
     lo, hi = float(np.min(table.images)), float(np.max(table.images))
     edges = np.linspace(lo, hi + 1e-6, bins + 1)
-    out = []
-    for i in range(len(table)):
-        v = _valid_slices(table, i).ravel().astype(np.float64)
-        h = np.histogram(v, edges)[0] / max(v.size, 1)
-        out.append([v.mean(), v.std(), skew(v), kurtosis(v), *np.percentile(v, [5, 25, 50, 75, 95]), *h])
-    return np.nan_to_num(np.asarray(out, dtype=np.float64))
+
+    def rows(v: np.ndarray) -> np.ndarray:  # v: [B, P] pixels
+        v = v.astype(np.float64)
+        idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, bins - 1)
+        hist = np.stack([np.bincount(r, minlength=bins) for r in idx]) / v.shape[1]
+        return np.column_stack([v.mean(1), v.std(1), skew(v, axis=1), kurtosis(v, axis=1),
+                                np.percentile(v, [5, 25, 50, 75, 95], axis=1).T, hist])
+
+    out = np.zeros((len(table), 9 + bins))
+    single = np.flatnonzero(np.asarray(table.n_slices) <= 1)
+    for start in range(0, len(single), batch):
+        ids = single[start:start + batch]
+        out[ids] = rows(np.asarray(table.images[ids, 0, 0], dtype=np.float32).reshape(len(ids), -1))
+    for i in np.flatnonzero(np.asarray(table.n_slices) > 1):
+        out[i] = rows(_valid_slices(table, i).reshape(1, -1))[0]
+    return np.nan_to_num(out)
 
 
 def pixel_features(table: "CaseTable", side: int = 16) -> np.ndarray:
