@@ -95,17 +95,19 @@ class Ranking:
             idx = self._indexes.get(key)
             if idx is not None:
                 return idx
-            from lungsearch.store import CaseIndex
+            from lungsearch.store.snapshot import index_from_store
 
             store = self._open_store()
             card, cfg = served.card, served.cfg
             candidates = cfg.index.candidates if cfg.index is not None else 100
             store.ensure_collection(card.profile, card.version, embedding_dim=card.embedding_dim,
                                     code_bits=card.code_bits, index=cfg.index)
-            idx = CaseIndex.from_store(store, card.profile, card.version, backend=self._backend,
-                                       default_candidates=candidates)
+            # From the index snapshot when the collection's write generation still matches it, else
+            # rebuilt from the store (and re-snapshotted; a keeper thread re-snapshots after ingests).
+            idx, how = index_from_store(store, card.profile, card.version, backend=self._backend,
+                                        default_candidates=candidates, keep_every_s=300.0)
             self._indexes[key] = idx
-            log.info("index %s@%s rebuilt from the store: %d cases", card.profile, card.version, len(idx))
+            log.info("index %s@%s from %s: %d cases", card.profile, card.version, how, len(idx))
             self._publish_index(card.profile, card.version, idx)
             return idx
 

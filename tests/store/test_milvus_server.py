@@ -81,18 +81,18 @@ def test_upsert_get_search_delete_count_round_trip(store):
         np.testing.assert_allclose(b.embedding, c.embedding, rtol=1e-6)
     for c in cases[:20]:  # the server's own HNSW finds each case by its embedding, and by its code
         assert store.search(profile, VERSION, c.embedding, top_k=1, consistency="Strong")[0].key == c.case_key
-        hit = store.search_codes(profile, VERSION, c.code, top_k=1)[0]
+        hit = store.search_codes(profile, VERSION, c.code, top_k=1, consistency="Strong")[0]
         assert hit.hamming == 0 and hit.score == 1.0
     flt = SearchFilter(modality="ct", labels_any=("Nodule",))
     want = sorted(c.case_key for c in cases if c.modality == "ct" and "Nodule" in c.labels)
     assert store.query_keys(profile, VERSION, flt) == want
-    assert {h.key for h in store.search(profile, VERSION, cases[0].embedding, top_k=10, filter=flt)} <= set(want)
+    assert {h.key for h in store.search(profile, VERSION, cases[0].embedding, top_k=10, filter=flt, consistency="Strong")} <= set(want)
     gone = [cases[0].case_key, cases[1].case_key]
     assert store.delete(profile, VERSION, gone + ["never-stored"]) == 2
     assert store.count(profile, VERSION) == 298
     with pytest.raises(NotFoundError):
         store.get(profile, VERSION, gone[0])
-    assert gone[0] not in {h.key for h in store.search_codes(profile, VERSION, cases[0].code, top_k=5)}
+    assert gone[0] not in {h.key for h in store.search_codes(profile, VERSION, cases[0].code, top_k=5, consistency="Strong")}
     assert sorted(c.case_key for c in store.iterate(profile, VERSION, batch_rows=64)) == sorted(c.case_key for c in cases[2:])
 
 
@@ -108,7 +108,7 @@ def test_server_hamming_search_agrees_with_a_numpy_popcount_oracle(store):
         keep = (lambda c: True) if trial % 2 == 0 else (lambda c: c.modality == "cxr")
         flt = None if trial % 2 == 0 else SearchFilter(modality="cxr")
         truth = _popcount_oracle(cases, query, keep)
-        hits = store.search_codes(profile, VERSION, query, top_k=15, filter=flt, nprobe=HAMMING_NLIST)
+        hits = store.search_codes(profile, VERSION, query, top_k=15, filter=flt, nprobe=HAMMING_NLIST, consistency="Strong")
         assert len(hits) == 15
         for h in hits:  # each distance is the true popcount distance of that case
             assert h.hamming == truth[h.key] and h.score == pytest.approx(1 - truth[h.key] / BITS)
@@ -156,5 +156,52 @@ def test_data_and_generation_survive_a_server_restart(milvus_server):
     with MilvusStore(milvus_server.uri, timeout=60.0) as s:
         assert s.count(profile, VERSION) == 120
         assert s.write_generation(profile, VERSION) == generation
-        assert s.search_codes(profile, VERSION, cases[9].code, top_k=1)[0].key == cases[9].case_key
+        assert s.search_codes(profile, VERSION, cases[9].code, top_k=1, consistency="Strong")[0].key == cases[9].case_key
         assert s.get(profile, VERSION, cases[3].case_key).labels == cases[3].labels
+
+
+def test_two_replicas_on_one_server_agree_through_server_side_search(store, milvus_server):
+    """Item 2's server-side-search option at the store level: two connections ("replicas"), writes
+    through one, Strong reads through both give identical answers with no delay; the generation
+    written by one is what the other reads (the hook an in-memory replica uses to see it is stale)."""
+    profile = _fresh(store, "srv-replicas")
+    base = make_cases(200, seed=17)
+    store.upsert(profile, VERSION, base)
+    with MilvusStore(milvus_server.uri, timeout=60.0) as other:
+        before = other.write_generation(profile, VERSION)
+        for i in range(3):
+            new = make_cases(1, seed=300 + i, start=3000 + i)[0]
+            store.upsert(profile, VERSION, [new])  # ingest through replica A
+            for replica in (store, other):  # search through both, at once
+                assert replica.search_codes(profile, VERSION, new.code, top_k=1, consistency="Strong")[0].key == new.case_key
+            a = store.search_codes(profile, VERSION, base[i].code, top_k=10, consistency="Strong")
+            b = other.search_codes(profile, VERSION, base[i].code, top_k=10, consistency="Strong")
+            assert [h.hamming for h in a] == [h.hamming for h in b]
+            assert store.search(profile, VERSION, new.embedding, top_k=5, consistency="Strong") == \
+                other.search(profile, VERSION, new.embedding, top_k=5, consistency="Strong")
+        assert other.delete(profile, VERSION, [base[0].case_key]) == 1  # a delete through replica B
+        assert store.count(profile, VERSION) == other.count(profile, VERSION) == 202
+        assert base[0].case_key not in {h.key for h in store.search_codes(profile, VERSION, base[0].code, top_k=3, consistency="Strong")}
+        after = other.write_generation(profile, VERSION)
+        assert after != before and store.write_generation(profile, VERSION) == after
+        assert other.clean_generation(profile, VERSION) == after and store.clean_generation(profile, VERSION) is None
+
+
+def test_index_snapshot_on_a_server_is_invalidated_by_another_replicas_write(store, milvus_server, tmp_path):
+    from lungsearch.store.snapshot import index_from_store
+
+    profile = _fresh(store, "srv-snapshot")
+    cases = make_cases(150, seed=19)
+    store.upsert(profile, VERSION, cases)
+    first, how = index_from_store(store, profile, VERSION, snapshot_dir=tmp_path)
+    assert how == "rebuild"
+    with MilvusStore(milvus_server.uri, timeout=60.0) as restarted:
+        again, how = index_from_store(restarted, profile, VERSION, snapshot_dir=tmp_path)
+        assert how == "snapshot"
+        for c in cases[::15]:
+            assert again.search(c.embedding, c.code, top_k=10) == first.search(c.embedding, c.code, top_k=10)
+    with MilvusStore(milvus_server.uri, timeout=60.0) as other_replica:
+        other_replica.upsert(profile, VERSION, make_cases(2, seed=20, start=4000))
+    with MilvusStore(milvus_server.uri, timeout=60.0) as restarted:
+        idx, how = index_from_store(restarted, profile, VERSION, snapshot_dir=tmp_path)
+        assert how == "rebuild" and len(idx) == 152
