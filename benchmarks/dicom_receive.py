@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -123,6 +124,26 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
                                    audit_log=str(work / "audit.jsonl"), settle_s=settle_s, target=target,
                                    ingest_timeout_s=600, linger_s=0,
                                    callers=[{"ae_title": P.ORTHANC_AET, "site": "bench", "profiles": profiles}])
+        # Side by side: the same push to a bare pynetdicom SCP that answers Success and keeps nothing
+        # (the wire + Orthanc's own cost on this machine right now), before lungsearch's receiver.
+        bare_port = P.free_port()
+        orthanc._request("PUT", "/modalities/bare", json.dumps(
+            {"AET": "BARE", "Host": "127.0.0.1", "Port": bare_port}).encode())
+        from pynetdicom import AE, evt
+
+        bare_ae = AE(ae_title="BARE")
+        from lungsearch.pacs.scp import IMAGE_SOP_CLASSES, supported_transfer_syntaxes
+
+        for uid in IMAGE_SOP_CLASSES:
+            bare_ae.add_supported_context(uid, supported_transfer_syntaxes())
+        bare = bare_ae.start_server(("127.0.0.1", bare_port), block=False,
+                                    evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+        try:
+            tb = time.perf_counter()
+            orthanc.push(studies, modality="bare", timeout=600)
+            bare_push_s = time.perf_counter() - tb
+        finally:
+            bare.shutdown()
         before = _stage_sums()
         with Receiver(cfg) as rx, LungSearchClient(target, timeout=600) as client:
             t0 = time.perf_counter()
@@ -159,6 +180,9 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
         "instances_per_s_push_to_ingested": round(n_instances / (t_ingested - t0), 2),
         "target_instances_per_s": TARGET_INSTANCES_PER_S,
         "meets_target": n_instances / total >= TARGET_INSTANCES_PER_S,
+        "bare_scp_push_s": round(bare_push_s, 3),
+        "bare_scp_instances_per_s": round(n_instances / bare_push_s, 2),
+        "receiver_push_vs_bare_scp": round((t_push - t0) / bare_push_s, 2),
         "stages_s": {
             "push_s (Orthanc C-STORE job, wire + handler)": round(t_push - t0, 3),
             "handler.decode_s (sum)": round(stages["decode"], 3),
@@ -196,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"provenance": provenance("dicom_receive", seed=7, argv=sys.argv[1:] if argv is None else argv), **res}
     write_json(args.out, out)
     print(format_table([[k, v] for k, v in res["stages_s"].items()], ["stage", "seconds"]))
+    print(f"bare pynetdicom SCP (answers Success, stores nothing): push {res['bare_scp_push_s']} s = "
+          f"{res['bare_scp_instances_per_s']} instances/s; lungsearch receiver's push / bare = {res['receiver_push_vs_bare_scp']}x")
     print(f"\n{res['instances']} CT instances ({res['size']} px, {res['platform']} platform): "
           f"{res['instances_per_s']} instances/s push -> searchable (target {TARGET_INSTANCES_PER_S}); "
           f"load average {res['loadavg_before']} -> {res['loadavg_after']}; phantom data (synthetic)")
