@@ -30,6 +30,7 @@ __all__ = [
     "silhouette",
     "intra_inter_distance",
     "inference_time_per_sample",
+    "dice",
 ]
 
 
@@ -219,3 +220,17 @@ def inference_time_per_sample(fn: Callable[[], object], batch_size: int, repeats
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) / batch_size
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice overlap ``2|A & B| / (|A| + |B|)`` of two boolean masks of the same shape (1.0 when
+    both are empty: nothing to find, nothing found).
+
+    Raises:
+        InvalidRequestError: the shapes differ.
+    """
+    a, b = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if a.shape != b.shape:
+        raise InvalidRequestError(f"dice needs masks of one shape, got {a.shape} and {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total

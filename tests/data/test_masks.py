@@ -1,20 +1,33 @@
-"""Lung masks (paper 3's k-means recipe) on synthetic CT and CXR."""
+"""CT lung masks: HU physics on synthetic slices, the CT phantoms, a real cropped CT slice."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 from lungsearch.data import lung_mask
-from lungsearch.data.masks import kmeans_threshold
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+from lungsearch.data.masks import kmeans_threshold, lung_mask_checked
+from lungsearch.metrics import dice
 
 
 def _ellipse(shape, cy, cx, ry, rx):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _chest(rng, shape=(128, 128)):
+    """Body in outside air, two lungs at ~-850 HU with vessels, soft tissue at 40 HU."""
+    hu = np.full(shape, -1000.0)
+    hu[_ellipse(shape, 64, 64, 50, 60)] = 40.0
+    lungs = _ellipse(shape, 60, 40, 32, 18) | _ellipse(shape, 60, 88, 32, 18)
+    hu[lungs] = -850.0
+    for _ in range(30):
+        y, x = rng.integers(0, shape[0], 2)
+        if lungs[y, x]:
+            hu[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = 30.0
+    return hu, lungs
 
 
 def test_kmeans_threshold_splits_two_modes():
@@ -24,31 +37,80 @@ def test_kmeans_threshold_splits_two_modes():
 
 def test_ct_mask_recovers_lungs_with_vessels_and_pleural_lesion():
     rng = np.random.default_rng(0)
-    shape = (128, 128)
-    hu = np.full(shape, -1000.0)
-    body = _ellipse(shape, 64, 64, 50, 60)
-    hu[body] = 40.0
-    lungs = _ellipse(shape, 60, 40, 32, 18) | _ellipse(shape, 60, 88, 32, 18)
-    hu[lungs] = -850.0
-    # vessels (bright dots) and a consolidation touching the pleura
-    for _ in range(30):
-        y, x = rng.integers(0, 128, 2)
-        if lungs[y, x]:
-            hu[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = 30.0
-    lesion = _ellipse(shape, 75, 25, 6, 6) & lungs
+    hu, lungs = _chest(rng)
+    lesion = _ellipse(hu.shape, 75, 25, 6, 6) & lungs
     hu[lesion] = 20.0
-    hu += rng.normal(0, 20, shape)
+    hu += rng.normal(0, 20, hu.shape)
     mask = lung_mask(hu, modality="ct")
     assert mask.dtype == bool and dice(mask, lungs) >= 0.9
+    # Known limit (docs/masks.md): a juxtapleural lesion wider than the closing (~2.5 % of the
+    # field of view) stays a bite out of the lung; this one is 5 %, so only the Dice is asserted.
 
 
-def test_cxr_mask_and_degenerate_inputs():
-    shape = (96, 96)
-    img = np.full(shape, 0.05)
-    img[_ellipse(shape, 48, 48, 44, 40)] = 0.7
-    lungs = _ellipse(shape, 45, 30, 25, 11) | _ellipse(shape, 45, 66, 25, 11)
-    img[lungs] = 0.2
-    img += np.random.default_rng(1).normal(0, 0.02, shape)
-    assert dice(lung_mask(img, modality="cxr"), lungs) >= 0.85
+def test_ct_outside_air_trachea_and_bowel_gas_excluded():
+    rng = np.random.default_rng(1)
+    hu, lungs = _chest(rng)
+    trachea = _ellipse(hu.shape, 40, 64, 4, 4)      # pure air in the mediastinum
+    gas = _ellipse(hu.shape, 100, 60, 5, 8) & ~lungs  # a gas pocket under the diaphragm
+    hu[trachea] = -1000.0
+    hu[gas] = -1000.0
+    hu += rng.normal(0, 15, hu.shape)
+    res = lung_mask_checked(hu, modality="ct")
+    assert res.ok
+    body = _ellipse(hu.shape, 64, 64, 50, 60)
+    assert not (res.mask & ~body).any(), "outside air in the lung mask"
+    assert not (res.mask & trachea).any() and not (res.mask & gas).any()
+    assert dice(res.mask, lungs) >= 0.9
+
+
+def test_ct_lungs_touching_the_field_of_view_edge_are_kept():
+    """A slice cropped around the spine: the lungs run into the image edges, no outside air."""
+    rng = np.random.default_rng(2)
+    hu, lungs = _chest(rng)
+    hu += rng.normal(0, 15, hu.shape)
+    crop = (slice(40, 90), slice(30, 100))  # inside the body, through both lungs at the top and sides
+    h, t = hu[crop], lungs[crop]
+    assert t[0].any() and t[:, 0].any() and t[:, -1].any()
+    mask = lung_mask(h, modality="ct")
+    assert dice(mask, t) >= 0.9
+
+
+def test_ct_phantom_dice():
+    from lungsearch.data.phantoms._ct import CT_TARGETS, render_ct
+
+    rng = np.random.default_rng(0)
+    scores = []
+    for label in CT_TARGETS:
+        vol, truth = render_ct(rng, 128, 4, label)
+        pred = np.stack([lung_mask(s.astype(np.float32), modality="ct") for s in vol])
+        scores.append(dice(pred, truth))
+    assert np.median(scores) >= 0.95 and min(scores) >= 0.9, scores
+
+
+def test_real_ct_slice_cropped_around_the_spine():
+    """pydicom's CT_small.dcm (a real slice, 128 px, lungs at the top corners and edges)."""
+    import pydicom.data
+
+    from lungsearch.data import read_image
+
+    path = os.path.join(os.path.dirname(pydicom.data.__file__), "test_files", "CT_small.dcm")
+    if not os.path.exists(path):
+        pytest.skip("pydicom's bundled CT_small.dcm is not installed")
+    px = read_image(open(path, "rb").read()).pixels
+    res = lung_mask_checked(px, modality="ct")
+    assert res.ok, res.reasons
+    # both lungs (the two upper corners), nothing that is pure air
+    assert res.mask[:40, :40].mean() > 0.5 and res.mask[:40, -40:].mean() > 0.3
+    assert 0.1 < res.mask.mean() < 0.4
+    assert not (res.mask & (px < -950)).any()
+
+
+def test_degenerate_inputs():
     assert not lung_mask(np.zeros((10, 10)), modality="ct").any()
     assert lung_mask(np.zeros((1, 1)), modality="cxr").shape == (1, 1)
+    assert lung_mask_checked(np.full((64, 64), np.nan), modality="cxr").outcome == "empty"
+    assert lung_mask_checked(np.zeros((3,)), modality="ct").mask.shape == (0, 0)
+    # a head slice: no lung, nothing found, no exception
+    head = np.full((96, 96), -1000.0)
+    head[_ellipse(head.shape, 48, 48, 40, 34)] = 35.0
+    assert lung_mask_checked(head, modality="ct").outcome == "empty"
