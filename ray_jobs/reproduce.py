@@ -427,6 +427,28 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
     return lines
 
 
+def _calibration_md(cal: dict) -> list[str]:
+    """The phantoms' own label information (lungsearch.evaluation.calibration), synthetic."""
+    lines = ["## Phantom calibration: how much label information the images carry (PHANTOM, synthetic)", ""]
+    cx = cal.get("cxr")
+    if cx:
+        lines += [f"`cxr` kind ({cx['n']} cases, {cx['size']} px, generator seed {cx['seed']}; labels come from the report). "
+                  "Patient-grouped 5-fold CV, logistic regression:", "",
+                  "| signal knob | chance (majority acc. / balanced acc. / AUC) | 39 image statistics: acc. / balanced acc. / AUC | "
+                  "report TF-IDF: acc. / balanced acc. / AUC |", "|---|---|---|---|"]
+        for sig, r in cx["by_signal"].items():
+            ch, im, rp = r["chance"], r["image_stats_logreg"], r.get("report_tfidf_logreg") or {}
+            lines.append(f"| {sig} | {ch['majority_accuracy']:.3f} / {ch['balanced_accuracy']:.3f} / 0.5 | {im['accuracy']:.3f} / "
+                         f"{im['balanced_accuracy']:.3f} / {im['macro_auc_ovr']:.3f} | {rp.get('accuracy', float('nan')):.3f} / "
+                         f"{rp.get('balanced_accuracy', float('nan')):.3f} / {rp.get('macro_auc_ovr', float('nan')):.3f} |")
+        lines.append("")
+    ct = cal.get("ct")
+    if ct:
+        lines += [f"`ct` kind ({ct['n']} cases, {ct['size']} px, {ct['slices']} slices, signal {ct['signal']:g}): {ct['features']} + "
+                  f"logistic regression, grouped 5-fold CV: accuracy **{ct['accuracy']:.3f}** (majority class {ct['chance_majority']:.3f}).", ""]
+    return lines
+
+
 def _page(sections: list[dict], meta: dict, n_boot: int) -> str:
     kinds = sorted({s["data_kind"] for s in sections})
     lines = ["# Reproduction of the papers' claims", "",
@@ -444,6 +466,9 @@ def _page(sections: list[dict], meta: dict, n_boot: int) -> str:
         for c in s["claims"]:
             tally[c["verdict"]] = tally.get(c["verdict"], 0) + 1
     lines += ["Verdict count: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())), ""]
+    cal = meta.get("calibration")
+    if cal:
+        lines += _calibration_md(cal)
     for s in sections:
         lines += _profile_md(s, min(n_boot, 300))  # table cells: fewer resamples than the verdicts
     return "\n".join(lines) + "\n"
@@ -592,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval")
     p.add_argument("--fresh", action="store_true", help="retrain instead of resuming finished runs")
     p.add_argument("--address", default=None)
+    p.add_argument("--calibrate", action="store_true",
+                   help="also measure the phantoms' image label information (cxr at signal 1 and 3) and CT first-order HU separability")
     p.add_argument("--from-run", default=None, metavar="DIR",
                    help="recompute the claims and the page of an earlier run folder from its saved outcomes (no training)")
     args = p.parse_args(argv)
@@ -603,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.from_run)
         old = json.loads((run_dir / "results.json").read_text())["meta"]
         old["status"] = old.get("status", "") + f"; claims recomputed {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%dT%H:%M}Z from the saved outcomes"
+        if (run_dir / "calibration.json").is_file():
+            old["calibration"] = json.loads((run_dir / "calibration.json").read_text())
         sections = recompute(run_dir, args.boot)
         _write(run_dir, sections, old, args)
         for s in sections:
@@ -632,6 +661,14 @@ def main(argv: list[str] | None = None) -> int:
                        f"1-min load at start {os.getloadavg()[0]:.1f}",
             "status": "running"}
     _say(f"run folder {_rel(run_dir)}; seeds {args.seeds}; profiles {args.profiles}")
+    if args.calibrate:
+        from lungsearch.evaluation.calibration import ct_first_order_separability, cxr_image_information
+
+        _say("calibration: cxr image label information at signal 1 and 3; CT first-order HU separability")
+        meta["calibration"] = {"cxr": cxr_image_information(run_dir / "calibration"),
+                               "ct": ct_first_order_separability(run_dir / "calibration")}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "calibration.json").write_text(json.dumps(meta["calibration"], indent=1))
     init_ray(args.address if args.address is not None else os.environ.get("RAY_ADDRESS", None))
     sections: list[dict] = []
     for name in args.profiles:

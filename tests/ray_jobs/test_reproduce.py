@@ -78,3 +78,15 @@ def test_run_folder_and_no_silent_publish(tmp_path):
     _write(tmp_path / "run", [_section("PHANTOM (synthetic)")], meta, argparse.Namespace(boot=100))
     assert {p.name for p in (tmp_path / "run").iterdir()} == {"results.md", "results.json", "cxr-hash.outcomes.json"}
     assert not docs.exists()
+
+
+def test_calibration_section():
+    cal = {"cxr": {"n": 400, "size": 128, "seed": 2, "by_signal": {"1": {
+        "chance": {"majority_accuracy": 0.485, "balanced_accuracy": 0.1667},
+        "image_stats_logreg": {"accuracy": 0.32, "balanced_accuracy": 0.33, "macro_auc_ovr": 0.66},
+        "report_tfidf_logreg": {"accuracy": 0.87, "balanced_accuracy": 0.78, "macro_auc_ovr": 0.97}}}},
+        "ct": {"n": 120, "size": 64, "slices": 4, "signal": 1.0, "features": "9 HU stats", "accuracy": 0.9, "chance_majority": 0.25}}
+    meta = {"written": "now", "command": "cmd", "run_dir": "r", "seeds": 3, "machine": "m", "status": "s", "calibration": cal}
+    page = _page([], meta, 100)
+    assert "| 1 | 0.485 / 0.167 / 0.5 | 0.320 / 0.330 / 0.660 | 0.870 / 0.780 / 0.970 |" in page
+    assert "accuracy **0.900** (majority class 0.250)" in page
