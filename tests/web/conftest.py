@@ -5,6 +5,9 @@ cases ingested through the SDK (so the Gateway stores their thumbnails).
 
 The gallery size is ``LUNGSEARCH_WEB_GALLERY`` CXR cases (default 300) plus 24 CT series; the
 upload-to-first-cards figure the browser test prints is measured at that size.
+``LUNGSEARCH_WEB_INDEX_ROWS=10000`` pads the cxr-hash index to that many rows with filler records
+(random unit embeddings and random codes, labels copied, no report and no thumbnail) through the
+internal ``Upsert`` RPC: a timing-only gallery of demo size without ingesting 10k images one by one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 N_CXR = int(os.environ.get("LUNGSEARCH_WEB_GALLERY", "300"))
 N_CT = 24
+INDEX_ROWS = int(os.environ.get("LUNGSEARCH_WEB_INDEX_ROWS", "0"))
+ADMIN = "web-admin-token-" + "a" * 20
 READ = "web-read-token-" + "r" * 20
 WRITE = "web-write-token-" + "w" * 20
 
@@ -60,7 +65,8 @@ def web_app(ray_cluster, tmp_path_factory):
                                                              "data.phantom.slices=4"]})
     tokens = work / "tokens.yaml"
     tokens.write_text(yaml.safe_dump({"tokens": [{"name": "viewer", "role": "read", "token": READ},
-                                                 {"name": "bridge", "role": "write", "token": WRITE}]}))
+                                                 {"name": "bridge", "role": "write", "token": WRITE},
+                                                 {"name": "ops", "role": "admin", "token": ADMIN}]}))
     args = {"profiles": ["cxr-hash", "ct-ild"], "artifacts_dir": str(work / "artifacts"),
             "milvus_uri": str(work / "store.db"), "hmac_key_file": str(work / "hmac.key"),
             "tokens_file": str(tokens), "torch_threads": 1}
@@ -89,6 +95,7 @@ def web_app(ray_cluster, tmp_path_factory):
             for r in ct[2:]:
                 c.ingest_series(r["image_paths"], labels=r["labels"], model="ct-ild")
         print(f"\nweb gallery: {N_CXR - 4} CXR + {N_CT - 2} CT cases ingested in {time.perf_counter() - t0:.1f} s")
+        filler = _pad_index(f"127.0.0.1:{grpc_port}", cards, INDEX_ROWS - (N_CXR - 4), [r["labels"] for r in cxr])
 
         class App:
             target = f"127.0.0.1:{grpc_port}"
@@ -96,7 +103,39 @@ def web_app(ray_cluster, tmp_path_factory):
             workdir = work
             data = {"cxr": cxr, "ct": ct}
             read_token, write_token = READ, WRITE
+            filler_rows = filler
 
         yield App
     finally:
         serve.shutdown()
+
+
+def _pad_index(target: str, cards, n: int, labels: list) -> int:
+    """Insert ``n`` filler rows into the live cxr-hash collection (see the module docstring)."""
+    if n <= 0:
+        return 0
+    import grpc
+    import numpy as np
+
+    from lungsearch._proto.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+    from lungsearch.serving import convert
+
+    card = next(c for c in cards if c.profile == "cxr-hash")
+    ref = common_pb2.ModelRef(profile=card.profile, version=card.version)
+    rng = np.random.default_rng(5)
+    t0 = time.perf_counter()
+    with grpc.insecure_channel(target) as ch:
+        stub = ranking_pb2_grpc.RankingStub(ch)
+        for start in range(0, n, 500):
+            req = ranking_pb2.UpsertRequest(model=ref)
+            for i in range(start, min(n, start + 500)):
+                emb = rng.standard_normal(card.embedding_dim).astype(np.float32)
+                emb /= np.linalg.norm(emb)
+                case = common_pb2.Case(case_key=f"{i:032x}", modality=common_pb2.MODALITY_CXR, view=common_pb2.VIEW_PA,
+                                       labels=labels[i % len(labels)], model=ref, num_images=1)
+                req.records.add(case=case, embedding=convert.tensor_to_proto(emb),
+                                code=convert.code_to_proto(rng.integers(0, 256, card.code_bits // 8, dtype=np.uint8)
+                                                           .tobytes(), card.code_bits))
+            stub.Upsert(req, timeout=300, metadata=[("authorization", f"Bearer {ADMIN}")])
+    print(f"web gallery: {n} filler rows upserted in {time.perf_counter() - t0:.1f} s")
+    return n

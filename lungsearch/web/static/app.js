@@ -218,8 +218,8 @@ async function explainOne(h, res, q) {
     why.append(r.label ? `heat maps for ${r.label}` : "heat maps of the retrieval embedding");
     if (r.shared_labels.length) why.append(" · shared labels: ", chips(r.shared_labels, r.shared_labels));
     why.append(` · ${r.shared_phrases.length} shared phrase(s)`);
-    highlight(card.querySelector(".case-excerpt"), r.case.report_excerpt || "",
-              r.shared_phrases.flatMap((p) => p.case_spans));
+    if (r.case.report_excerpt) highlight(card.querySelector(".case-excerpt"), r.case.report_excerpt,
+                                         r.shared_phrases.flatMap((p) => p.case_spans));
     const qx = card.querySelector(".query-excerpt");
     if (r.query_excerpt) { qx.hidden = false; highlight(qx, r.query_excerpt, r.shared_phrases.flatMap((p) => p.query_spans)); }
     card.dataset.explained = "1";
