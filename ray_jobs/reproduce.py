@@ -460,7 +460,10 @@ def _page(sections: list[dict], meta: dict, n_boot: int) -> str:
              "seed-averaged difference over the test cases; **yes** only if it excludes 0 in the paper's direction, **no** if it "
              "excludes 0 the other way, else inconclusive; a collapsed variant's comparisons are inconclusive. The margin is the "
              "interval bound nearest 0 in the paper's direction.",
-             f"- Status: {meta['status']}.", ""]
+             f"- Status: {meta['status']}.",
+             "- Re-run: `python ray_jobs/reproduce.py --quick --profiles <profile>` (2-core preset), `--seeds 3` without `--quick` "
+             "(the CPU configs), `--gpu --profiles cxr-hash` (the *.gpu.yaml recipe on 20,000 phantoms at 224 px, ~9 min budget); "
+             "`--from-run <run folder>` recomputes the verdicts from saved per-case outcomes; `--publish` copies the page here.", ""]
     tally: dict[str, int] = {}
     for s in sections:
         for c in s["claims"]:
