@@ -45,6 +45,12 @@ SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 
 
+def _quiet_highdicom() -> None:
+    # highdicom logs 'copy Patient-related attributes from dataset "<SOP Instance UID>"' at INFO
+    # (seen in tests/pacs/test_end_to_end.py's PHI grep): keep its logger at WARNING.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
 def _code(value: str, meaning: str, scheme: str = SCHEME):
     from highdicom.sr import CodedConcept
 
@@ -108,6 +114,7 @@ def _reference(datasets: Sequence[Any]) -> Any:
 
 def build_sc(query: Sequence[Any], analysis: Analysis) -> Any | None:
     """The Grad-CAM overlay (RGB PNG from Explain) as a Secondary Capture in the query's study."""
+    _quiet_highdicom()
     if analysis.explain is None or not (analysis.explain.overlay_png or analysis.explain.heatmap_png):
         return None
     import highdicom as hd
@@ -137,6 +144,7 @@ def build_sc(query: Sequence[Any], analysis: Analysis) -> Any | None:
 def build_sr(query: Sequence[Any], analysis: Analysis, *, sc: Any | None = None,
              accession_for: Callable[[str], str | None] | None = None) -> Any:
     """The Comprehensive SR described in the module docstring."""
+    _quiet_highdicom()
     import highdicom as hd
     from highdicom.sr import (CodeContentItem, ContainerContentItem, ContentSequence, ImageContentItem,
                               NumContentItem, RelationshipTypeValues as R, TextContentItem)
@@ -208,6 +216,7 @@ def build_sr(query: Sequence[Any], analysis: Analysis, *, sc: Any | None = None,
 def build_results(query: Sequence[Any], analysis: Analysis, *,
                   accession_for: Callable[[str], str | None] | None = None) -> list[Any]:
     """``[SR]`` or ``[SR, SC]`` for the query study (pydicom datasets)."""
+    _quiet_highdicom()
     sc = build_sc(query, analysis)
     sr = build_sr(query, analysis, sc=sc, accession_for=accession_for)
     return [sr] + ([sc] if sc is not None else [])

@@ -36,7 +36,7 @@ def live(ray_cluster, tmp_path_factory):
         serve.shutdown()
 
 
-def test_orthanc_push_becomes_searchable_and_results_come_back(live, orthanc, tmp_path, scp_port):
+def test_orthanc_push_becomes_searchable_and_results_come_back(live, orthanc, tmp_path, scp_port, all_logs):
     from lungsearch.client import LungSearchClient
     from lungsearch.pacs.config import Destination, load_receiver_config
     from lungsearch.pacs.results import report_back
@@ -56,7 +56,8 @@ def test_orthanc_push_becomes_searchable_and_results_come_back(live, orthanc, tm
                                ingest_timeout_s=180,
                                callers=[{"ae_title": _pacs.ORTHANC_AET, "site": "site-a",
                                          "profiles": {"ct": "ct-ild", "cxr": "cxr-hash"}}])
-    ct = _pacs.ct_series(tmp_path / "ct", slices=4, size=64, seed=31)[0]
+    R = _pacs.reliability_module()
+    ct = R.with_phi(_pacs.ct_series(tmp_path / "ct", slices=4, size=64, seed=31)[0])  # known PHI in every header
     cxr = _pacs.cxr_dicom(photometric="MONOCHROME1", bits=12, seed=32)
     ct_study = orthanc.upload(ct[0])["ParentStudy"]
     for b in ct[1:]:
@@ -80,3 +81,10 @@ def test_orthanc_push_becomes_searchable_and_results_come_back(live, orthanc, tm
     for study in (ct_study, cxr_study):
         modalities = sorted(s["MainDicomTags"]["Modality"] for s in orthanc.get(f"/studies/{study}/series"))
         assert "SR" in modalities, modalities
+    # The PHI test, on the DICOM path: no planted value in any log line of the run (Ray/Serve session
+    # logs, this process's records, the receiver's audit log, spool paths).
+    texts = R.read_logs(R.ray_session_dir())
+    texts["driver log records"] = "\n".join(all_logs.lines)
+    texts["audit log"] = (tmp_path / "audit.jsonl").read_text()
+    texts["spool paths"] = "\n".join(str(p) for p in (tmp_path / "spool").rglob("*"))
+    assert R.find_needles(texts, R.phi_needles()) == []

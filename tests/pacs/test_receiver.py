@@ -307,3 +307,27 @@ def test_restart_mid_association_loses_no_acknowledged_instance(tmp_path, scp_po
     assert proc.returncode == 0
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [x["outcome"] for x in lines if x["event"] == "ingest"] == ["ok"]
+
+
+def test_serve_flag_starts_the_receiver_process(tmp_path, scp_port, fresh_platform):
+    """What `lungsearch serve --dicom-port N` runs next to the Serve app: its own process, stopped by SIGTERM."""
+    import yaml
+
+    from lungsearch.cli import build_parser
+    from lungsearch.pacs import start_receiver_process
+
+    args = build_parser().parse_args(["serve", "--dicom-port", "11112", "--dicom-config", "rx.yaml"])
+    assert (args.dicom_port, args.dicom_config) == (11112, "rx.yaml")
+    assert build_parser().parse_args(["serve"]).dicom_port == 0  # off by default
+    (tmp_path / "rx.yaml").write_text(yaml.safe_dump({
+        "spool_dir": str(tmp_path / "spool"), "audit_log": str(tmp_path / "audit.jsonl"),
+        "callers": [{"ae_title": _pacs.ORTHANC_AET}]}))
+    proc = start_receiver_process(port=scp_port, target=fresh_platform.target, config=str(tmp_path / "rx.yaml"),
+                                  log_file=tmp_path / "rx.log")
+    try:
+        _pacs.wait_port(scp_port, 30)
+        assert _echo(scp_port) == 0
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert proc.returncode == 0
