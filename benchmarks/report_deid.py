@@ -9,6 +9,12 @@ per report. The reports are real (torchxrayvision's NLMCXR_reports.tgz); every P
     .venv/bin/python -m benchmarks.report_deid                                    # prints JSON
     .venv/bin/python -m benchmarks.report_deid --out benchmarks/results/report_deid.json
     .venv/bin/python -m benchmarks.report_deid --limit 500 --seed 1               # a quick run
+    .venv/bin/python -m benchmarks.report_deid --limit 500 --compare-philter      # needs philter-lite==0.6.0
+
+``--compare-philter`` also measures philter-lite on the same reports and PHI. philter-lite needs NLTK's
+``averaged_perceptron_tagger_eng`` data (a download, absent offline), so ``nltk.pos_tag`` is replaced
+by a stand-in that tags every token as a noun: the numbers are philter's filters with that tagger,
+not philter as designed.
 """
 
 from __future__ import annotations
@@ -52,14 +58,43 @@ def run(*, limit: int | None = None, seed: int = 0, items_per_report: int = 2) -
     return res
 
 
+def run_philter(*, limit: int | None = None, seed: int = 0, items_per_report: int = 2) -> dict:
+    """philter-lite 0.6 (``philter_delta.toml``) with a stand-in POS tagger; see the module docstring."""
+    try:
+        import nltk
+        import philter_lite
+    except ImportError as exc:
+        return {"error": f"not installed: {exc.name}"}
+    import importlib.resources
+
+    from lungsearch.data.report_deid_eval import evaluate, iu_xray_reports
+
+    nltk.pos_tag = lambda tokens, *a, **k: [(t, "NN") for t in tokens]  # the tagger data is a download
+    filters = philter_lite.load_filters(str(importlib.resources.files("philter_lite") / "configs" / "philter_delta.toml"))
+
+    def scrub(text: str) -> str:
+        include, _, _ = philter_lite.detect_phi(text, filters)
+        return philter_lite.transform_text_asterisk(text, include)
+
+    reports = iu_xray_reports(limit=limit)
+    t0 = time.perf_counter()
+    res = evaluate(scrub, reports, seed=seed, items_per_report=items_per_report)
+    res["ms_per_scrub"] = 1e3 * (time.perf_counter() - t0) / max(1, 2 * len(reports))
+    res["note"] = "nltk.pos_tag replaced by an every-token-is-NN stand-in (NLTK tagger data not available offline)"
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="first N reports only (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--items-per-report", type=int, default=2)
     ap.add_argument("--out", default=None, help="write JSON here")
+    ap.add_argument("--compare-philter", action="store_true", help="also measure philter-lite (if installed)")
     args = ap.parse_args(argv)
     res = run(limit=args.limit, seed=args.seed, items_per_report=args.items_per_report)
+    if args.compare_philter:
+        res["philter_lite"] = run_philter(limit=args.limit, seed=args.seed, items_per_report=args.items_per_report)
     res["provenance"] = provenance("report_deid", seed=args.seed, argv=argv)
     if args.out:
         write_json(args.out, res)

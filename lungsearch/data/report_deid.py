@@ -257,6 +257,24 @@ def _build_anonymizer() -> "AnonymizerEngine":
     return AnonymizerEngine()
 
 
+#: Presidio's low-confidence date patterns (score 0.1: "12/33", "2/24") fire on ratios and measurements
+#: ("CT ratio 12/33", "16.2/24.7"); the full date formats are covered by the LS_DATE patterns.
+_MIN_PRESIDIO_DATE_SCORE = 0.3
+
+
+def _keep(text: str, r) -> bool:
+    span = text[r.start:r.end]
+    if "XXXX" in span:  # the IU X-ray collection's own redaction mark: never part of an entity
+        return False
+    if r.entity_type == "DATE_TIME" and r.score < _MIN_PRESIDIO_DATE_SCORE:
+        return False
+    # A match that starts or ends inside a number ("16.2/24.7") is a measurement, not PHI.
+    before, after = text[max(0, r.start - 2):r.start], text[r.end:r.end + 2]
+    if re.search(r"\d[.,]?$", before) or re.match(r"^[.,]?\d", after):
+        return False
+    return True
+
+
 def scrub_report(text: str, *, date_shift_days: int | None = None) -> ScrubResult:
     """De-identify one free-text report.
 
@@ -274,8 +292,7 @@ def scrub_report(text: str, *, date_shift_days: int | None = None) -> ScrubResul
 
     analyzer, anonymizer = _Engines.get()
     found = analyzer.analyze(text=text, language="en", entities=sorted(_CATEGORY), score_threshold=0.0)
-    # "XXXX" is the IU X-ray collection's own redaction mark: never part of an entity.
-    found = [r for r in found if "XXXX" not in text[r.start:r.end]]
+    found = [r for r in found if _keep(text, r)]
 
     def _date(value: str) -> str:
         if date_shift_days is None:

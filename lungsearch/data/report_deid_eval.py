@@ -162,7 +162,6 @@ def make_phi(rng: random.Random, category: str) -> PhiItem:
         addr = (f"{rng.randint(1, 19999)} {rng.choice(_STREETS)} {rng.choice(_STREET_TYPES)}, {city}, {state} "
                 f"{rng.randint(46000, 47999)}")
         sentence = [f"Patient resides at {addr}.", f"Home address: {addr}.", f"Mailing address {addr}."][rng.randrange(3)]
-        number, rest = addr.split(" ", 1)
         return PhiItem("address", sentence, (addr.split(",")[0], city, addr.rsplit(" ", 1)[1]))
     if category == "age":
         age = rng.randint(90, 109)
@@ -182,6 +181,20 @@ def insert_phi(text: str, rng: random.Random, items: Sequence[PhiItem]) -> str:
     for item in items:
         sentences.insert(rng.randint(0, len(sentences)), item.sentence)
     return " ".join(sentences)
+
+
+def _items_for(rng: random.Random, i: int, n: int, *, bare: bool) -> list[PhiItem]:
+    """The PHI items of report ``i``: ``n`` categories in rotation (plus a bare name), redrawn until no
+    two items share a part (a surname used twice would make a leak impossible to attribute)."""
+    cats = [RECALL_CATEGORIES[(i * n + j) % len(RECALL_CATEGORIES)] for j in range(n)] + (["bare_name"] if bare else [])
+    items: list[PhiItem] = []
+    for c in cats:
+        for _ in range(50):
+            item = make_phi(rng, c)
+            if not any(p in q or q in p for other in items for p in item.parts for q in other.parts):
+                break
+        items.append(item)
+    return items
 
 
 def _occurrences(part: str, text: str) -> int:
@@ -217,11 +230,7 @@ def evaluate(scrub: Callable[[str], str], reports: Sequence[str], *, seed: int =
         clean = scrub(report)
         same, n = _kept_tokens(report, clean)
         kept, tokens, changed = kept + same, tokens + n, changed + (clean != report)
-        cats = [RECALL_CATEGORIES[(i * items_per_report + j) % len(RECALL_CATEGORIES)] for j in range(items_per_report)]
-        items = [make_phi(rng, c) for c in cats]
-        with_bare = i < bare_names
-        if with_bare:
-            items.append(make_phi(rng, "bare_name"))
+        items = _items_for(rng, i, items_per_report, bare=i < bare_names)
         scrubbed = scrub(insert_phi(report, rng, items))
         for item in items:
             ok = all(_occurrences(p, scrubbed) <= _occurrences(p, report) for p in item.parts)
@@ -246,15 +255,12 @@ def evaluate(scrub: Callable[[str], str], reports: Sequence[str], *, seed: int =
 
 
 def iter_missed(scrub: Callable[[str], str], reports: Sequence[str], *, seed: int = 0,
-                items_per_report: int = 2) -> Iterator[tuple[str, str]]:
+                items_per_report: int = 2, bare_names: int = 200) -> Iterator[tuple[str, str]]:
     """(category, inserted sentence) of each missed item, for debugging the patterns on synthetic PHI.
     The values are made up; never run this on real PHI."""
     rng = random.Random(seed)
     for i, report in enumerate(reports):
-        cats = [RECALL_CATEGORIES[(i * items_per_report + j) % len(RECALL_CATEGORIES)] for j in range(items_per_report)]
-        items = [make_phi(rng, c) for c in cats]
-        if i < 200:
-            items.append(make_phi(rng, "bare_name"))
+        items = _items_for(rng, i, items_per_report, bare=i < bare_names)
         scrubbed = scrub(insert_phi(report, rng, items))
         for item in items:
             if item.category != "bare_name" and not all(
