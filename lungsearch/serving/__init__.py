@@ -9,8 +9,9 @@ functions and classes testable without Ray.
 * :mod:`~lungsearch.serving.models`  - registry-backed models per profile, atomic live switch
 * :mod:`~lungsearch.serving.pipeline` - preprocess / predict / postprocess of each stage
 * :mod:`~lungsearch.serving.logs`    - the deployments' log records into Serve's replica log
+* :mod:`~lungsearch.serving.quality` - retrieval-quality signals (similarity, low-similarity rate, drift)
 
 Submodules are imported on use (``import lungsearch.serving`` pulls neither torch nor ray).
 """
 
-__all__ = ["auth", "convert", "limits", "logs", "metrics", "models", "pipeline", "status"]
+__all__ = ["auth", "convert", "limits", "logs", "metrics", "models", "pipeline", "quality", "status"]
