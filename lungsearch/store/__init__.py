@@ -3,7 +3,9 @@
 - :class:`MilvusStore`: the system of record (pymilvus ``MilvusClient`` over an embedded
   milvus-lite file or a Milvus server), one collection per profile and model version.
 - :class:`CaseIndex`: what the ranking deployment searches: float16 embeddings, packed uint64
-  codes with popcount Hamming, filter columns; rebuilt from the store on start.
+  codes with popcount Hamming, filter columns; on start loaded from its snapshot when the store's
+  write generation matches, else rebuilt from the store (:func:`index_from_store`).
+- :class:`StoreCapabilities`: what the connected Milvus can do (probed once per server connection).
 - :class:`StoredCase`: one case as stored; :class:`SearchFilter`: typed metadata filters.
 
 Example:
@@ -16,6 +18,7 @@ Example:
 from lungsearch.store.filters import SearchFilter, to_milvus_expr
 from lungsearch.store.index import CaseIndex
 from lungsearch.store.milvus import CollectionInfo, MilvusStore, StoreCapabilities, collection_name, is_lite_uri
+from lungsearch.store.snapshot import index_from_store
 from lungsearch.store.types import CaseBatch, Hit, StoredCase, UpsertResult
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "collection_name",
     "is_lite_uri",
     "CaseIndex",
+    "index_from_store",
     "StoredCase",
     "SearchFilter",
     "to_milvus_expr",

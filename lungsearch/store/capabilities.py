@@ -143,9 +143,11 @@ def probe_server(client, base: StoreCapabilities, *, timeout: float = 30.0) -> S
         if binary:
             binary = _try("BIN_IVF_FLAT/HAMMING", index("bin", "BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": 8}))
         if not (multi or binary) and not _try("a float collection", create(("emb", DataType.FLOAT_VECTOR))):
-            log.warning("capability probe could not create a collection: assuming the fewest capabilities")
-            return replace(base, binary_vector=False, multi_vector=False, array_scalar_index=False,
-                           scalar_index_type=None, numeric_index_type=None, strong_reads=False, probed=True)
+            # Not an answer about capabilities (the server is down or refuses everything): fail
+            # this call retriably and probe again on the next one, rather than remember "nothing".
+            from lungsearch.errors import StoreUnavailableError
+
+            raise StoreUnavailableError("the vector store did not answer the capability probe", code="probe_failed")
         numeric = next((t for t in ("INVERTED", "STL_SORT") if _try(f"{t} on INT32", index("num", t))), None)
         varchar = next((t for t in ("INVERTED", "Trie") if _try(f"{t} on VARCHAR", index("txt", t))), None)
         array = _try("INVERTED on ARRAY", index("arr", "INVERTED"))
