@@ -268,8 +268,10 @@ def run(args: argparse.Namespace) -> int:
 
             proxy = TLSProxy(listen_host=args.tls_host, listen_port=args.tls_port,
                              upstream=f"127.0.0.1:{args.grpc_port}", cert_file=args.tls_cert,
-                             key_file=args.tls_key or "", client_ca_file=args.tls_client_ca).start()
-            print(f"  TLS:     {args.tls_host}:{args.tls_port}{' (mTLS)' if args.tls_client_ca else ''}")
+                             key_file=args.tls_key or "", client_ca_file=args.tls_client_ca,
+                             http_upstream=f"127.0.0.1:{http.get('port', 8000)}").start()
+            print(f"  TLS:     {args.tls_host}:{args.tls_port}{' (mTLS)' if args.tls_client_ca else ''}; "
+                  f"page: https://{args.tls_host}:{args.tls_port}/lungsearch/")
         if args.dicom_port:
             from lungsearch.pacs import start_receiver_process
 

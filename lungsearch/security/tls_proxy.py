@@ -47,11 +47,15 @@ class TLSProxy:
         client_ca_file: PEM CA bundle; when set, client certificates are required (mTLS).
         max_body_bytes: largest request message accepted (the gateway enforces its own limits too).
         read_timeout_s: longest a single call may run through the proxy.
+        http_upstream: "host:port" of Serve's plaintext HTTP proxy; when set, the same TLS port also
+            serves the web page (``/lungsearch/``, proxied as HTTP/1.1) beside gRPC, whose paths
+            (``/lungsearch.v1.LungSearch/...``) never start with ``/lungsearch/``.
     """
 
     def __init__(self, *, listen_port: int, upstream: str, cert_file: str | os.PathLike, key_file: str | os.PathLike,
                  listen_host: str = "127.0.0.1", client_ca_file: str | os.PathLike | None = None,
-                 max_body_bytes: int = 256 * 1024 * 1024, read_timeout_s: int = 300) -> None:
+                 max_body_bytes: int = 256 * 1024 * 1024, read_timeout_s: int = 300,
+                 http_upstream: str | None = None) -> None:
         for label, path in (("cert_file", cert_file), ("key_file", key_file), ("client_ca_file", client_ca_file)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"TLS {label}: no such file: {path}")
@@ -59,6 +63,7 @@ class TLSProxy:
         self.cert_file, self.key_file = Path(cert_file).resolve(), Path(key_file).resolve()
         self.client_ca_file = Path(client_ca_file).resolve() if client_ca_file else None
         self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
+        self.http_upstream = http_upstream
         self._workdir: Path | None = None
         self._proc: subprocess.Popen | None = None
 
@@ -76,6 +81,11 @@ class TLSProxy:
             mtls = (f"ssl_client_certificate {self.client_ca_file};\n        ssl_verify_client on;\n"
                     "        error_page 495 496 = @unauthenticated;\n"
                     "        location @unauthenticated { return 401; }")
+        web = ""
+        if self.http_upstream:
+            web = (f"location /lungsearch/ {{\n            proxy_pass http://{self.http_upstream};\n"
+                   "            proxy_http_version 1.1;\n            proxy_set_header X-Forwarded-Proto https;\n"
+                   f"            proxy_read_timeout {self.read_timeout_s}s;\n        }}")
         temp = "\n    ".join(f"{kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         return f"""{user}
 worker_processes 1;
@@ -95,6 +105,7 @@ http {{
         client_max_body_size {self.max_body_bytes};
         grpc_read_timeout {self.read_timeout_s}s;
         grpc_send_timeout {self.read_timeout_s}s;
+        {web}
         location / {{
             grpc_pass grpc://{self.upstream};
         }}
