@@ -191,27 +191,35 @@ def _probe_outcomes(cfg, model, seed: int, splits) -> dict[str, dict]:
 
 
 def _train_one(cfg, v, seed: int, ds, splits, storage: str, fresh: bool) -> dict:
+    """Train variant ``v`` at ``seed`` (Ray Train, resumable by run name) and evaluate it on the
+    profile's test split against its gallery, on the GPU when the recipe trains on one."""
+    import torch
+
+    from lungsearch.evaluation import evaluate_model
     from lungsearch.evaluation.percase import outcome_from_predictions
     from lungsearch.evaluation.stats import collapse_reasons
-    from lungsearch.training.pipeline import train_and_evaluate
-    from lungsearch.training.trainer import default_run_name
+    from lungsearch.training.pipeline import load_dataset, make_splits
+    from lungsearch.training.trainer import default_run_name, fit
 
     vcfg = cfg.with_overrides([*v.overrides, f"train.seed={seed}", f"train.storage_path={storage}"])
     same = vcfg.data == cfg.data and (vcfg.model.radiomics is None or vcfg.model.radiomics == cfg.model.radiomics)
-    suffix = ("" if v.main else "v-" + "".join(ch if ch.isalnum() else "-" for ch in v.name.lower()).strip("-")[:40])
-    o = train_and_evaluate(vcfg, dataset=ds if same else None, splits=splits if same else None,
-                           run_name=default_run_name(vcfg, suffix or "main"), resume=not fresh, register=False, write=False,
-                           variant=v)
-    if list(o.splits.test.case_ids) != list(splits.test.case_ids):
+    vsplits = splits if same else make_splits(vcfg, load_dataset(vcfg))
+    if list(vsplits.test.case_ids) != list(splits.test.case_ids):
         raise RuntimeError(f"{v.name}: its test split differs from the profile's; cases cannot be paired")
-    ev = o.evaluation
+    suffix = ("" if v.main else "v-" + "".join(ch if ch.isalnum() else "-" for ch in v.name.lower()).strip("-")[:40])
+    fr = fit(vcfg, vsplits.train, vsplits.val, run_name=default_run_name(vcfg, suffix or "main"), resume=not fresh,
+             disable_attention=v.disable_attention)
+    # evaluation where the training ran: 20,000-case galleries through two ResNet50s take minutes on CPUs
+    dev = "cuda" if vcfg.train.use_gpu and torch.cuda.is_available() else "cpu"
+    model = fr.model.to(dev)
+    ev = evaluate_model(model, vcfg, vsplits.test, vsplits.gallery, device=dev, batch_size=256 if dev == "cuda" else 32)
+    model.to("cpu")
     gp = ev.details.get("gallery_predictions")
     outcome = outcome_from_predictions(vcfg, splits.test, splits.gallery, ev.predictions, gp)
     reasons = collapse_reasons(probs=outcome.get("probs"), embedding=outcome.get("embedding"), metrics=ev.metrics,
                                codes=outcome.get("codes"), labels=outcome.get("labels"))
-    return {"metrics": ev.metrics, "outcome": outcome, "collapsed": reasons, "model": o.fit.model,
-            "train_seconds": o.fit.seconds, "epochs": len(o.fit.history), "kept": _kept_fractions(o.fit.model),
-            "cfg": vcfg}
+    return {"metrics": ev.metrics, "outcome": outcome, "collapsed": reasons, "model": model,
+            "train_seconds": fr.seconds, "epochs": len(fr.history), "kept": _kept_fractions(model), "cfg": vcfg}
 
 
 # ------------------------------------------------------------------------------------- the tables
