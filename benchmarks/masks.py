@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     res = {"provenance": provenance("masks", seed=SEED, argv=argv)}
     res["cost"] = measure_cost(10 if q else 50)
     print("cost", {k: v.get("p50_ms") if isinstance(v, dict) else v for k, v in res["cost"].items()}, flush=True)
-    res["cxr_phantom_dice"] = measure_cxr(12 if q else 120, 224)
+    res["cxr_phantom_dice"] = measure_cxr(12 if q else 60, 224)
     print("cxr", res["cxr_phantom_dice"]["by_variant"], flush=True)
     res["ct_phantom_dice"] = measure_ct(4 if q else 24, 256, 6)
     print("ct", res["ct_phantom_dice"], flush=True)

@@ -114,3 +114,23 @@ def test_degenerate_inputs():
     head = np.full((96, 96), -1000.0)
     head[_ellipse(head.shape, 48, 48, 40, 34)] = 35.0
     assert lung_mask_checked(head, modality="ct").outcome == "empty"
+
+
+def test_real_head_ct_is_not_lung():
+    """pydicom's J2K_pixelrep_mismatch.dcm is a head CT: sinus air must not pass as lung."""
+    import pydicom.data
+
+    from lungsearch.data import read_image
+
+    path = os.path.join(os.path.dirname(pydicom.data.__file__), "test_files", "J2K_pixelrep_mismatch.dcm")
+    if not os.path.exists(path):
+        pytest.skip("pydicom's bundled J2K_pixelrep_mismatch.dcm is not installed")
+    res = lung_mask_checked(read_image(open(path, "rb").read()).pixels, modality="ct")
+    assert res.outcome in ("empty", "implausible")
+
+
+def test_non_radiograph_modality_is_never_plausible():
+    rng = np.random.default_rng(0)
+    img = rng.random((96, 96)).astype(np.float32)
+    res = lung_mask_checked(img, modality="mr")
+    assert res.outcome != "ok" and ("modality" in res.reasons or res.reasons == ("empty",))

@@ -138,7 +138,8 @@ def lung_mask_checked(pixels: np.ndarray, *, modality: str) -> LungMaskResult:
             from lungsearch.data.masks._ct import segment_ct
 
             fit = segment_ct(x)
-            reasons, stats = ct_reasons(fit.mask)
+            lung_px = int(fit.mask[::fit._step, ::fit._step].sum())
+            reasons, stats = ct_reasons(fit.mask, lung_px / max(int(fit._body.sum()), 1))
             res = LungMaskResult(mask=fit.mask, modality=kind, outcome=_outcome(reasons), reasons=reasons,
                                  stats=stats, _thorax=lambda fit=fit: fit.body)
         else:
@@ -146,6 +147,10 @@ def lung_mask_checked(pixels: np.ndarray, *, modality: str) -> LungMaskResult:
 
             fit = segment_cxr(x)
             reasons, stats = cxr_reasons(fit.mask)
+            if modality != "cxr" and reasons != ("empty",):
+                # The layout match is made and checked for frontal radiographs only: an MR slice
+                # can pass the shape checks (pydicom's examples_overlay.dcm, a head, did).
+                reasons = reasons + ("modality",)
             stats["layout_score"] = fit.score
             res = LungMaskResult(mask=fit.mask, modality=kind, outcome=_outcome(reasons), reasons=reasons,
                                  stats=stats, inverted=fit.inverted, _thorax=lambda fit=fit: fit.thorax)
