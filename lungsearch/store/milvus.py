@@ -752,11 +752,15 @@ class MilvusStore:
             self._drain_lite_background(info.name, budget)
             return
         deadline = time.monotonic() + budget
+        targets = [(info.name, "embedding")] + ([(info.companion, "code")] if info.companion else [])
         while True:
-            with self._guard("describe_index", info.name):
-                d = self._client.describe_index(info.name, "embedding", timeout=self.timeout) or {}
-            total, done, pending = int(d.get("total_rows", 0)), int(d.get("indexed_rows", 0)), int(d.get("pending_index_rows", 0))
-            if pending == 0 and done >= total:
+            finished = True
+            for name, field_name in targets:  # the float index, and the companion's HAMMING index
+                with self._guard("describe_index", name):
+                    d = self._client.describe_index(name, field_name, timeout=self.timeout) or {}
+                total, done, pending = int(d.get("total_rows", 0)), int(d.get("indexed_rows", 0)), int(d.get("pending_index_rows", 0))
+                finished = finished and pending == 0 and done >= total
+            if finished:
                 return
             if time.monotonic() > deadline:
                 raise StoreUnavailableError("index build did not finish in time", code="index_timeout")
