@@ -284,9 +284,24 @@ class Receiver:
             st = self._assocs.get(id(event.assoc))
         if st is None:  # accepted before our handler saw it: cannot happen with require_calling_aet, be safe
             return self._status(OUT_OF_RESOURCES, "unknown", "association state missing")
-        site, lim = st.caller.site, self.config.limits
         raw = event.request.DataSet
         size = raw.getbuffer().nbytes if hasattr(raw, "getbuffer") else 0
+
+        def decode():
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            return ds
+
+        return self.store_instance(st, size, decode, str(event.request.AffectedSOPClassUID),
+                                   lambda: event.encoded_dataset(include_meta=True))
+
+    def store_instance(self, st: _Assoc, size: int, decode: Callable[[], Any], declared_sop_class: str | None,
+                       encoded: Callable[[], bytes]) -> int:
+        """Validate, spool and account one instance for the sender ``st``; returns the DIMSE status.
+
+        Shared by C-STORE and STOW-RS (``declared_sop_class`` None: the data set's own is taken).
+        """
+        site, lim = st.caller.site, self.config.limits
         if time.monotonic() - st.started > lim.max_seconds:
             return self._status(OUT_OF_RESOURCES, site, "association time limit")
         if st.instances + 1 > lim.max_instances or st.nbytes + size > lim.max_bytes:
@@ -295,17 +310,21 @@ class Receiver:
             return self._status(OUT_OF_RESOURCES, site, "instance over the size limit")
         t0 = time.perf_counter()
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            ds = decode()
             series_uid = str(ds.get("SeriesInstanceUID", "") or "")
             sop_uid = str(ds.get("SOPInstanceUID", "") or "")
             sop_class = str(ds.get("SOPClassUID", "") or "")
             modality = str(ds.get("Modality", "") or "").strip().upper()
         except Exception:  # noqa: BLE001 - any decoding failure of hostile bytes is "cannot understand"
             return self._status(CANNOT_UNDERSTAND, site, "data set cannot be decoded")
-        if sop_class != str(event.request.AffectedSOPClassUID) or not series_uid or not sop_uid:
+        if sop_class != (declared_sop_class or sop_class) or not series_uid or not sop_uid:
             return self._status(NOT_IMAGE, site, "data set does not match its SOP class")
-        data = event.encoded_dataset(include_meta=True)
+        if sop_class not in IMAGE_SOP_CLASSES:  # STOW-RS has no negotiation: refuse non-image classes here
+            return self._status(NOT_IMAGE, site, "not an image storage SOP class")
+        try:
+            data = encoded()
+        except Exception:  # noqa: BLE001
+            return self._status(CANNOT_UNDERSTAND, site, "data set cannot be encoded")
         t1 = time.perf_counter()
         metrics.CSTORE_STAGE_SECONDS.labels(stage="decode").observe(t1 - t0)
         kind = MODALITY_KINDS.get(modality)
@@ -357,6 +376,15 @@ class Receiver:
         except Exception as exc:  # noqa: BLE001 - decoder crashes on hostile input
             return self._status(CANNOT_UNDERSTAND, site, type(exc).__name__)
         return SUCCESS
+
+    def open_sender(self, caller: Caller) -> _Assoc:
+        """Per-request state for a front door without associations (STOW-RS): limits count per request."""
+        return _Assoc(caller=caller, started=time.monotonic())
+
+    def close_sender(self, st: _Assoc) -> None:
+        """The request is complete: its series are ingested now (as on an association's release)."""
+        with self._lock:
+            self._ready |= st.series
 
     # ---- series flushing ----------------------------------------------------------------------
     def _busy(self) -> set[str]:

@@ -126,7 +126,9 @@ def test_sop_class_mismatch_is_refused_a900(make_receiver, fresh_platform, tmp_p
     del ds_copy.file_meta
     req.DataSet = io.BytesIO(encode(ds_copy, ctx.transfer_syntax[0].is_implicit_VR, ctx.transfer_syntax[0].is_little_endian))
     assoc.dimse.send_msg(req, ctx.context_id)
-    _, rsp = assoc.dimse.get_msg(block=True)
+    rsp, deadline = None, time.monotonic() + 60
+    while rsp is None and time.monotonic() < deadline:  # get_msg gives (None, None) when its wait times out
+        _, rsp = assoc.dimse.get_msg(block=True)
     assoc.release()
     assert int(rsp.Status) == scp.NOT_IMAGE and not _stored(fresh_platform)
 
