@@ -180,18 +180,20 @@ def test_cxr_cards_heat_maps_and_phrases(browser, web_app, tmp_path):
 def test_upload_to_first_cards_time(browser, web_app, capsys):
     """p50 over 5 uploads, measured in the page from submit to the cards on screen."""
     _sign_in(browser, web_app)
-    browser.execute_script("window.lungsearchTimings.length = 0")
+    browser.execute_script("window.lungsearchTimings.length = 0; window.lungsearchExplainTimings.length = 0")
     for i in range(5):
         q = web_app.data["cxr"][i % 4]
         _query(browser, files=q["image_paths"], profile="cxr-hash", report=q.get("report") or "")
     times = browser.execute_script("return window.lungsearchTimings.slice()")
+    explained = browser.execute_script("return window.lungsearchExplainTimings.slice()")
     assert len(times) == 5
     p50 = statistics.median(times)
     load = os.getloadavg()[0]
     with capsys.disabled():
         print(f"\nupload-to-first-cards (cxr-hash index of {len(web_app.data['cxr']) - 4 + web_app.filler_rows} rows: "
               f"{len(web_app.data['cxr']) - 4} ingested CXR + {web_app.filler_rows} filler; synthetic phantoms, untrained "
-              f"64-px models): p50 {p50:.0f} ms, all {[round(t) for t in times]} ms, load average {load:.2f}")
+              f"64-px models): p50 {p50:.0f} ms, all {[round(t) for t in times]} ms; every card explained (k={K}): p50 "
+              f"{statistics.median(explained):.0f} ms; load average {load:.2f}")
     assert p50 < 10_000  # a bound that catches a hang; the 1 s target is reported, not asserted on a shared CI box
 
 

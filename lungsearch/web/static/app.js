@@ -5,8 +5,9 @@
 "use strict";
 
 const state = { token: sessionStorage.getItem("lungsearch-token") || "", files: [], models: [], query: null,
-                timings: [] };
+                timings: [], explainTimings: [] };
 window.lungsearchTimings = state.timings;  // upload-to-first-cards (ms), read by the browser test
+window.lungsearchExplainTimings = state.explainTimings;  // upload to every card's explanation (ms)
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -126,6 +127,7 @@ $("query-form").addEventListener("submit", async (ev) => {
     document.body.dataset.cards = String(res.hits.length);
     await classified;
     await explainAll(res, q);
+    state.explainTimings.push(performance.now() - t0);
   } catch (e) {
     if (e.status === 401) { showLogin("Your token was not accepted."); return; }
     $("query-error").textContent = e.message;
