@@ -120,6 +120,8 @@ class TrainConfig(_Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     scheduler: Literal["none", "cosine", "step"] = "none"
     num_workers: int = Field(default=1, ge=1, description="Ray Train workers (DDP ranks).")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="How the workers are placed over the cluster's nodes (Ray's placement-group strategy).")
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
@@ -202,8 +204,12 @@ class ProfileConfig(_Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def fingerprint(self) -> str:
-        """Short stable hash of the whole config (provenance of every output file)."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Short stable hash of what decides the model (provenance of every output file).
+
+        Where it runs is left out: the ``serve`` section (replicas, batch waits, limits) and the
+        workers' placement. Changing a replica count must not make ``make demo`` retrain."""
+        data = self.model_dump(mode="json", exclude={"serve": True, "train": {"placement_strategy"}})
+        canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
     def with_overrides(self, overrides: list[str] | tuple[str, ...], *, source: str = "<overrides>") -> "ProfileConfig":

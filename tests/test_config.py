@@ -87,3 +87,12 @@ def test_hamming_index_needs_bits():
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="expected key=value"):
         load_profile("cxr-hash", overrides=["train.epochs"])
+
+
+def test_where_it_runs_is_not_part_of_the_model_fingerprint():
+    from lungsearch.config import load_profile
+
+    base = load_profile("cxr-hash")
+    assert base.with_overrides(["serve.limits.max_top_k=7"]).fingerprint() == base.fingerprint()
+    assert base.with_overrides(["train.placement_strategy=STRICT_SPREAD"]).fingerprint() == base.fingerprint()
+    assert base.with_overrides(["train.epochs=2"]).fingerprint() != base.fingerprint()

@@ -193,7 +193,8 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
+                                              placement_strategy=t.placement_strategy),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
