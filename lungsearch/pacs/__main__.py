@@ -41,7 +41,7 @@ def run_receiver(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom's own INFO/DEBUG lines carry SOP Instance UIDs and AE-supplied text: keep them out.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    from lungsearch.errors import LungsearchError
+    from lungsearch.errors import ConfigError, LungsearchError
     from lungsearch.pacs.config import load_receiver_config
     from lungsearch.pacs.scp import Receiver
 
@@ -55,6 +55,14 @@ def run_receiver(argv: list[str] | None = None) -> int:
 
             on_ingested = results_hook(cfg)
         receiver = Receiver(cfg, on_ingested=on_ingested).start()
+        stow = None
+        if cfg.stow_port:
+            from lungsearch.pacs.stow import StowServer
+
+            tokens = cfg.stow_tokens()
+            if not tokens:
+                raise ConfigError("stow_port needs stow_tokens_file (bearer token -> caller AE title)")
+            stow = StowServer(receiver, host=cfg.host, port=cfg.stow_port, tokens=tokens).start()
         if cfg.metrics_port:
             import prometheus_client
 
@@ -69,6 +77,8 @@ def run_receiver(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(f"ready: DICOM receiver {cfg.ae_title} on {cfg.host}:{receiver.port}", flush=True)
     stop.wait()
+    if stow is not None:
+        stow.stop()
     receiver.stop()
     return 0
 

@@ -117,6 +117,8 @@ class ReceiverConfig(_Model):
     target_ca_file: str | None = None
     ingest_timeout_s: float = Field(default=120.0, gt=0)
     audit_log: str = "data/audit/pacs.jsonl"
+    stow_port: int = Field(default=0, ge=0, le=65535, description="STOW-RS receive endpoint (0 = off)")
+    stow_tokens_file: str | None = Field(default=None, description="YAML mapping bearer token -> caller AE title")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics of the receiver (0 = off)")
     destination: Destination | None = None
 
@@ -132,6 +134,17 @@ class ReceiverConfig(_Model):
     def caller(self, ae_title: str) -> Caller | None:
         name = ae_title.strip()
         return next((c for c in self.callers if c.ae_title == name), None)
+
+    def stow_tokens(self) -> dict[str, str]:
+        """Bearer token -> caller AE title for the STOW-RS endpoint (every AE must be a caller)."""
+        import yaml
+
+        if not self.stow_tokens_file:
+            return {}
+        doc = yaml.safe_load(Path(self.stow_tokens_file).read_text()) or {}
+        if not isinstance(doc, dict) or any(self.caller(str(ae)) is None for ae in doc.values()):
+            raise ConfigError(f"{self.stow_tokens_file}: a mapping of token -> a caller's AE title is expected")
+        return {str(k): str(v) for k, v in doc.items()}
 
     def token(self) -> str | None:
         if not self.token_file:

@@ -333,3 +333,54 @@ def test_serve_flag_starts_the_receiver_process(tmp_path, scp_port, fresh_platfo
         proc.terminate()
         proc.wait(20)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("chunk", [1 << 30, 4096])  # whole, and chunked transfer encoding (dicomweb-client #42)
+def test_stow_rs_endpoint_stores_and_answers_per_instance(make_receiver, fresh_platform, tmp_path, chunk):
+    from dicomweb_client.api import DICOMwebClient
+
+    from lungsearch.pacs.stow import StowServer
+
+    r = make_receiver(settle_s=30)  # the request's end must trigger the ingest
+    stow = StowServer(r, tokens={"stow-secret": _pacs.ORTHANC_AET}).start()
+    try:
+        series = _pacs.ct_series(tmp_path, slices=3)[0]
+        sr = _pacs.dataset(_pacs.pydicom_test_file("reportsi.dcm"))
+        web = DICOMwebClient(f"http://127.0.0.1:{stow.port}", headers={"Authorization": "Bearer stow-secret"},
+                             chunk_size=chunk)
+        answer = web.store_instances([_pacs.dataset(b) for b in series] + [sr])
+        stored = [str(x.ReferencedSOPInstanceUID) for x in answer.ReferencedSOPSequence]
+        assert sorted(stored) == sorted(str(_pacs.dataset(b).SOPInstanceUID) for b in series)
+        [bad] = answer.FailedSOPSequence
+        assert bad.FailureReason == scp.NOT_IMAGE  # an SR is no image, here as over DIMSE
+        _pacs.wait_for(lambda: _stored(fresh_platform), 15)
+        assert _stored(fresh_platform)[0].case.num_images == 3
+        nobody = DICOMwebClient(f"http://127.0.0.1:{stow.port}", headers={"Authorization": "Bearer wrong"})
+        with pytest.raises(Exception, match="401"):
+            nobody.store_instances([_pacs.dataset(series[0])])
+    finally:
+        stow.stop()
+
+
+def test_stow_rs_in_the_receiver_process(tmp_path, scp_port, fresh_platform):
+    """`python -m lungsearch.pacs` with stow_port: a STOW-RS push is ingested like a C-STORE."""
+    import yaml
+    from dicomweb_client.api import DICOMwebClient
+
+    stow_port = _pacs.free_port()
+    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"t0ken": _pacs.ORTHANC_AET}))
+    (tmp_path / "rx.yaml").write_text(yaml.safe_dump({
+        "port": scp_port, "spool_dir": str(tmp_path / "spool"), "audit_log": str(tmp_path / "audit.jsonl"),
+        "target": fresh_platform.target, "stow_port": stow_port, "stow_tokens_file": str(tmp_path / "tokens.yaml"),
+        "callers": [{"ae_title": _pacs.ORTHANC_AET, "profiles": {"ct": "ct-ild"}}]}))
+    proc = _start_process(tmp_path / "rx.yaml", tmp_path / "rx.log")
+    try:
+        series = _pacs.ct_series(tmp_path, slices=2)[0]
+        web = DICOMwebClient(f"http://127.0.0.1:{stow_port}", headers={"Authorization": "Bearer t0ken"})
+        answer = web.store_instances([_pacs.dataset(b) for b in series])
+        assert len(answer.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in answer
+        _pacs.wait_for(lambda: fresh_platform.servicer.store, 20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert proc.returncode == 0
