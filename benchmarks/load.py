@@ -18,6 +18,10 @@ Each step is closed-loop: ``c`` client threads, one gRPC channel each, each send
     .venv/bin/python -m benchmarks.load --quick
     .venv/bin/python -m benchmarks.load                  # writes benchmarks/results/load.json
 
+A real Prometheus (``/usr/bin/prometheus``, Debian's) scrapes the plain ``/metrics`` endpoint every 2 s
+during the steps (``--no-prometheus`` to skip); the result records the series it stored and whether any
+label value looks like an identifier (``benchmarks/_prometheus.py``).
+
 Target (shared/TARGETS.md): report the max sustained QPS with p99 <= 250 ms on 2 cores; 0 errors
 below saturation.
 """
@@ -37,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._prometheus import PROMETHEUS
 from benchmarks._util import format_table, latency_stats, provenance, write_json
 
 __all__ = ["main", "run", "step"]
@@ -162,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="lungsearch-bench-load-"))
+    prom = metrics_server = None
     result: dict[str, Any] = {"provenance": provenance("load", seed=args.seed, profile=args.profile, cases=args.cases,
                                                        image_size=args.image_size, num_cpus=args.num_cpus,
                                                        step_seconds=args.step_seconds, p99_target_ms=args.p99_ms,
@@ -217,6 +223,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stub = gateway_pb2_grpc.LungSearchStub(ch)
             for i in range(5):
                 assert len(stub.Search(make_request(i), timeout=120).hits) == TOP_K
+        if args.prometheus and not Path(PROMETHEUS).exists():
+            result["prometheus"] = {"skipped": f"{PROMETHEUS} not installed (Debian package prometheus)"}
+        elif args.prometheus:
+            # A real Prometheus scrapes the plain /metrics endpoint (as `lungsearch serve` serves it) all along.
+            from benchmarks._prometheus import PrometheusScrape
+            from lungsearch.cli._serve import start_metrics_server
+
+            gateway = serve.get_deployment_handle("Gateway", app_name="lungsearch")
+            metrics_server = start_metrics_server("127.0.0.1", 0, lambda: gateway.metrics_text.remote().result(timeout_s=15))
+            prom = PrometheusScrape(f"127.0.0.1:{metrics_server.server_address[1]}", work / "prometheus",
+                                    interval_s=2.0).start()
         steps: list[dict[str, Any]] = []
         over = 0
         c = 1
@@ -232,6 +249,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             c *= 2
         result["steps"] = steps
+        if prom is not None:
+            # Series count and the label check: no label value may look like a case key or a DICOM UID
+            # (the queries are PHI-free phantoms, so no PHI needle can be looked for here).
+            result["prometheus"] = prom.report()
+            print(f"prometheus: {result['prometheus']['series']} series, "
+                  f"{result['prometheus']['metric_names']} metric names, identifier-like labels: "
+                  f"{result['prometheus']['labels_identifier_like'] or 'none'}", flush=True)
         ok = [s for s in steps if s.get("p99_ms", float("inf")) <= args.p99_ms]
         best = max(ok, key=lambda s: s["qps"]) if ok else None
         below = [s for s in steps if best is not None and s["concurrency"] <= best["concurrency"]]
@@ -253,6 +277,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["summary"]["qps_bound_on_dedicated_cores"] = 1e3 * args.num_cpus / cost
         shutdown_ray()  # waits for Ray's processes: the next run starts on quiet cores
     finally:
+        if prom is not None:
+            prom.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -279,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-concurrency", type=int, default=8, help="always step up to this (the curve past the knee)")
     ap.add_argument("--p99-ms", type=float, default=250.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-prometheus", dest="prometheus", action="store_false",
+                    help="do not run Debian's prometheus against /metrics during the load")
     ap.add_argument("--quick", action="store_true", help="2000 cases, 5 s steps, up to concurrency 8, no file")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
