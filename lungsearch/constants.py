@@ -18,6 +18,7 @@ __all__ = [
     "MILVUS_URI",
     "RAY_ADDRESS",
     "RAY_NUM_CPUS",
+    "TRAIN_BACKEND",
     "TOKENS_FILE",
     "GRPC_PORT",
     "METRICS_PORT",
@@ -46,6 +47,9 @@ TOKENS_FILE = _env("TOKENS_FILE", "")
 RAY_ADDRESS = _env("RAY_ADDRESS", "")
 #: Logical CPUs for a locally started Ray (defaults to the machine's count).
 RAY_NUM_CPUS = int(_env("RAY_NUM_CPUS", "0") or 0)
+#: "ray" (Ray Train's TorchTrainer, the default) or "local": the same worker loop in this process,
+#: for a single-GPU machine without Ray (``lungsearch.training.loop.run_local``).
+TRAIN_BACKEND = (_env("TRAIN_BACKEND", "ray") or "ray").strip().lower()
 #: gRPC port of the Serve proxy and the metrics port of `lungsearch serve`.
 GRPC_PORT = int(_env("GRPC_PORT", "9000") or 9000)
 METRICS_PORT = int(_env("METRICS_PORT", "9100") or 9100)

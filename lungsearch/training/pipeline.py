@@ -73,10 +73,14 @@ class Splits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def load_dataset(cfg: ProfileConfig, *, use_ray: bool = True) -> Dataset:
-    """Load the profile's records (phantoms are generated on first use) and prepare their arrays."""
+def load_dataset(cfg: ProfileConfig, *, use_ray: bool | None = None) -> Dataset:
+    """Load the profile's records (phantoms are generated on first use) and prepare their arrays
+    (with Ray Data unless ``LUNGSEARCH_TRAIN_BACKEND=local``: then in this process)."""
+    from lungsearch import constants
     from lungsearch.data import load_records
 
+    if use_ray is None:
+        use_ray = constants.TRAIN_BACKEND != "local"
     records = list(load_records(cfg.data))
     if not records:
         raise ConfigError(f"{cfg.profile}: the dataset has no records")

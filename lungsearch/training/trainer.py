@@ -122,13 +122,20 @@ def fit(
         TrainingError: the run failed (after ``max_failures`` retries), or ``code="run_in_progress"``:
             another process is training the same run (same name and storage path) right now.
     """
+    from lungsearch import constants
     from lungsearch.runtime import init_ray
 
-    init_ray()
     t0 = time.perf_counter()
     run_name = run_name or default_run_name(cfg)
     storage = storage_uri(cfg, storage_path)
     run_dir = Path(storage) / run_name if "://" not in storage else None
+    if constants.TRAIN_BACKEND == "local":
+        if run_dir is None:
+            raise TrainingError("the local training backend needs a local train.storage_path", code="local_storage")
+        with _run_lock(run_dir, run_name):
+            return _fit_local(cfg, train, val, run_name=run_name, run_dir=run_dir, resume=resume,
+                              disable_attention=disable_attention, t0=t0)
+    init_ray()
     with _run_lock(run_dir, run_name):
         return _fit_locked(cfg, train, val, run_name=run_name, storage=storage, run_dir=run_dir, resume=resume,
                            max_failures=max_failures, disable_attention=disable_attention,
@@ -155,6 +162,60 @@ def _run_lock(run_dir: Path | None, run_name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fit_local(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_name: str, run_dir: Path,
+               resume: bool, disable_attention: bool, t0: float) -> FitResult:
+    """The same worker loop in this process (``LUNGSEARCH_TRAIN_BACKEND=local``): one worker, on the
+    GPU when the recipe asks for one. For a single-GPU machine without Ray; checkpoints go to
+    ``<run>/local/attempt_*/``, where a later run with ``resume`` continues as Ray Train's would."""
+    from lungsearch.models import create_model
+    from lungsearch.training.loop import LocalContext, run_local
+
+    if cfg.train.num_workers != 1:
+        raise TrainingError("the local training backend runs one worker (train.num_workers=1)", code="local_workers")
+    ckpt_root = run_dir / "local"
+    if not resume and ckpt_root.exists():
+        shutil.rmtree(ckpt_root)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    # one folder per attempt (LocalContext numbers its checkpoints from 1 each time)
+    previous = sorted(p for p in ckpt_root.glob("attempt_*/checkpoint_*") if p.is_dir())
+    attempt = ckpt_root / f"attempt_{len(list(ckpt_root.glob('attempt_*'))):03d}"
+    attempt.mkdir()
+    stages = stages_for(cfg)
+    device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
+    config = {"cfg": cfg.model_dump(mode="json"), "stages": [asdict(s) for s in stages],
+              "radiomics_fit": train.radiomics if train.radiomics is not None else None,
+              "disable_attention": disable_attention, "fail_after_epoch": None,
+              "progress_file": str(run_dir / progress.PROGRESS_FILE)}
+    ctx = LocalContext({"train": train.rows(), "val": val.rows()}, str(attempt), device)
+    stop = threading.Event()
+    reporter = progress.current_reporter()
+    follower = progress.follow(config["progress_file"], reporter, stop) if reporter else None
+    try:
+        run_local(config, ctx.datasets, resume_from=str(previous[-1]) if previous and resume else None, context=ctx,
+                  device=device)
+    except LungsearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - same contract as the Ray path
+        raise TrainingError(f"training run {run_name} failed ({type(exc).__name__})") from exc
+    finally:
+        stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
+    if ctx.last_checkpoint is None:
+        raise TrainingError(f"training run {run_name} reported no checkpoint")
+    saved = torch.load(Path(ctx.last_checkpoint) / "state.pt", map_location="cpu", weights_only=False)
+    model = create_model(cfg)
+    model.load_state_dict(saved["model"])
+    if disable_attention:
+        from lungsearch.training.loop import disable_attention as _disable
+
+        _disable(model)
+    model.eval()
+    return FitResult(model=model, history=list(saved["history"]), best=saved.get("best_value"), run_name=run_name,
+                     checkpoint_path=ctx.last_checkpoint, resumed=bool(previous and resume),
+                     seconds=time.perf_counter() - t0, stages=stages)
 
 
 def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_name: str, storage: str,
