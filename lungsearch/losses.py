@@ -150,11 +150,13 @@ class WeightedPairwiseBayesLoss(_Loss):
     Eq. 10 is printed with a leading minus; this is the negative log-likelihood of eq. 7-8,
     which is what is minimised. ``α`` defaults to ``10 / K`` (< 1 for K ≥ 16, as the paper asks;
     HashNet's choice, keeps ``α θ`` in [-10, 10]). Quantisation: ``mean((|b| - 1)²)`` =
-    ``|sign(b) - b|²`` times ``quantization``. ``classification > 0`` adds the BCE of eq. 5 on
-    ``outputs["logits"]``.
+    ``|sign(b) - b|²`` times ``quantization``. ``classification`` weighs the BCE of eq. 5 on
+    ``outputs["logits"]`` (the hash network's classification head): paper 5's total loss is
+    ``L_cls + L_weightedPair`` (section 3, "损失函数包括 L_cls 和 L_weightedPair"; no weight is
+    printed, so the default is 1). ``classification: 0`` is the pairwise loss alone.
     """
 
-    def __init__(self, alpha: float | None = None, quantization: float = 0.0, classification: float = 0.0) -> None:
+    def __init__(self, alpha: float | None = None, quantization: float = 0.0, classification: float = 1.0) -> None:
         super().__init__()
         self.alpha, self.quantization, self.classification = alpha, quantization, classification
 
@@ -306,7 +308,7 @@ def _supcon(params: dict[str, Any], ctx: BuildContext) -> SupConLoss:
 
 @LOSSES.register("pairwise_bayes")
 def _pairwise(params: dict[str, Any], ctx: BuildContext) -> WeightedPairwiseBayesLoss:
-    return WeightedPairwiseBayesLoss(**take_params("pairwise_bayes", params, {"alpha": None, "quantization": 0.0, "classification": 0.0}))
+    return WeightedPairwiseBayesLoss(**take_params("pairwise_bayes", params, {"alpha": None, "quantization": 0.0, "classification": 1.0}))
 
 
 @LOSSES.register("infonce")
@@ -330,7 +332,8 @@ def create_loss(component: Component) -> nn.Module:
 
 def loss_for_stage(cfg: ProfileConfig, stage: str | None = None) -> nn.Module:
     """The loss of a training stage: ``classifier`` / ``probe`` stages train the classifier
-    with BCE (multi-label) or CE; any other stage (or None) uses ``cfg.model.loss``."""
+    with BCE (multi-label) or CE; any other stage (or None) uses ``cfg.model.loss`` (for cxr-hash's
+    ``hash`` stage that is ``pairwise_bayes``, whose ``classification`` term keeps L_cls)."""
     if stage in ("classifier", "probe"):
         return BCELoss() if cfg.data.multilabel else CrossEntropyLoss()
     return create_loss(cfg.model.loss)

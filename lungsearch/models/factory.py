@@ -8,7 +8,7 @@ cxr-report image + text tokens     cma            sg_bilstm      proj(head hidde
 cxr-cnn    ldc                     (pooled)       linear         proj(128-d dense)
 ct-ild     image (GeM) + radiomics outer_product  (none)         ILD-FFN output F; LSH codes
 cxr-clip   image + text            (pretraining)  probe (linear) image (or text) projection
-cxr-hash   image (global + local)  (none)         classifier     tanh(beta z) / sign(z) codes
+cxr-hash   image (global + local)  (none)         CAM clf, L_cls tanh(beta z) / sign(z) codes
 ========== ======================= ============== ============== =====================================
 """
 
@@ -82,7 +82,7 @@ class ComposedModel(LungModel):
                 local = built.pop("local_encoder") or m.image_encoder.model_dump()
                 local_enc = IMAGE_ENCODERS.build(local["name"], local.get("params", {}), ctx)
                 self.hasher = AttentionHash(self.image_encoder, local_enc, ctx.num_classes, built["bits"],
-                                            built["beta_schedule"], built["crop"], built["otsu_bins"])
+                                            built["beta_schedule"], built["crop"], built["otsu_bins"], cam=built["cam"])
                 self.code_bits = built["bits"]
                 if m.embedding_dim != self.code_bits:
                     raise ConfigError(f"{cfg.profile}: model.embedding_dim must equal the hash bits ({self.code_bits}): "
@@ -128,12 +128,18 @@ class ComposedModel(LungModel):
                 raise InvalidRequestError(f"profile {self.cfg.profile} takes no images")
             if images.ndim != 4 or images.shape[1] != 1:
                 raise InvalidRequestError(f"images must be [B, 1, H, W], got {tuple(images.shape)}")
+            if self.hasher is not None and self.stage == "classifier":
+                # Stage 1 trains only the CAM classifier: the hash network's branches (frozen now)
+                # are not run at all (saves their forward pass in every step of the stage).
+                c = self.hasher.cam(images)
+                feats["cam_pooled"], feats["logits"] = c["pooled"], c["logits"]
+                return feats
             g = self.image_encoder(images)
             feats["image_pooled"], feats["image_tokens"] = g["pooled"], g["tokens"]
             if self.hasher is not None:
                 h = self.hasher(images, glob=g)
                 feats["hash_logits"] = h["hash_logits"]
-                feats["logits"] = h["logits"]  # the Grad-CAM classifier's scores (stage 1)
+                feats["logits"] = h["logits"]  # the hash network's L_cls head (the total loss of stage 2)
         if texts is not None:
             if self.text_encoder is None:
                 raise InvalidRequestError(f"profile {self.cfg.profile} takes no report text")
@@ -162,6 +168,9 @@ class ComposedModel(LungModel):
             return out
         if self.hasher is not None:
             z = features.get("hash_logits")
+            if z is None and "cam_pooled" in features:
+                # classifier stage: validation ranks by the CAM classifier's pooled features (cosine)
+                return {"embedding": F.normalize(features["cam_pooled"], dim=-1), "logits": features["logits"]}
             if z is None:
                 raise InvalidRequestError("fusion needs hash_logits (encode images first)")
             out["hash_logits"] = z
@@ -195,7 +204,7 @@ class ComposedModel(LungModel):
         self.eval()
         try:
             if self.hasher is not None:
-                return self.hasher.heatmap(images, None, target)
+                return self.hasher.heatmap(images, target)  # the separately trained CAM classifier
             with torch.enable_grad():
                 fmap = self.image_encoder.features(images).detach().requires_grad_(True)
                 pooled = self.image_encoder.pool(fmap)
@@ -242,9 +251,11 @@ class ComposedModel(LungModel):
     def set_stage(self, stage: str) -> None:
         """Select what trains in a two-stage recipe (``cfg.train.stages``).
 
-        * ``classifier`` (cxr-hash): the global encoder and the Grad-CAM classifier only.
-        * ``hash`` (cxr-hash): both branches and the hash layers; the classifier is frozen so
-          the attention maps stay those of the trained classifier.
+        * ``classifier`` (cxr-hash): the CAM classifier (its own backbone) only; the hash network
+          is frozen and not run.
+        * ``hash`` (cxr-hash): both branches, their L_cls head and the hash layers; the CAM
+          classifier is frozen (no gradient, BatchNorm in eval mode), so the attention maps stay
+          those of the trained classifier and a hash step cannot change it.
         * ``pretrain`` (cxr-clip): everything except the probe.
         * ``probe`` (cxr-clip): only the linear probe (encoders frozen).
         * anything else: every part whose parameters are not frozen by config.
@@ -254,11 +265,12 @@ class ComposedModel(LungModel):
         for p in self.parameters():
             if id(p) not in frozen_by_cfg:
                 p.requires_grad_(True)
+        if self.hasher is not None:
+            self.hasher.freeze_cam(stage == "hash")
         if stage == "classifier" and self.hasher is not None:
-            for mod in (self.hasher.local_encoder, self.hasher.hash_global, self.hasher.hash_local):
-                mod.requires_grad_(False)
-        elif stage == "hash" and self.hasher is not None:
-            self.hasher.classifier.requires_grad_(False)
+            for name, mod in self.hasher.named_children():
+                if name != "cam":
+                    mod.requires_grad_(False)
         elif stage == "pretrain" and self.probe is not None:
             self.probe.requires_grad_(False)
         elif stage == "probe" and self.probe is not None:

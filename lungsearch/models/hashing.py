@@ -28,6 +28,7 @@ __all__ = [
     "hamming_distance",
     "LSH",
     "HashLayer",
+    "CamClassifier",
     "AttentionHash",
     "grad_cam",
     "normalise_heatmap",
@@ -189,34 +190,110 @@ def otsu_threshold(x: torch.Tensor, bins: int = 64) -> torch.Tensor:
     return lo.squeeze(1) + (k + 0.5) / (bins - 1) * (hi - lo).squeeze(1)
 
 
+def dilate_last_stage(layer: nn.Sequential) -> None:
+    """Turn a torchvision ResNet stage into its dilated form in place (DeepLab's output stride 16,
+    what ``replace_stride_with_dilation`` does for Bottleneck nets; torchvision refuses it for
+    ResNet18/34's BasicBlock, so it is done here): the stride-2 convolutions get stride 1, every 3x3
+    convolution after the strided one dilation 2 and padding 2. Weight shapes do not change, so the
+    same (pretrained) weights load, and the even cells of the new map equal the old map (same
+    receptive field; tested)."""
+    seen_stride = False
+    for block in layer:
+        for mod in block.modules():
+            if not isinstance(mod, nn.Conv2d):
+                continue
+            if mod.stride == (2, 2):
+                mod.stride = (1, 1)
+                seen_stride = seen_stride or mod.kernel_size == (3, 3)
+            elif seen_stride and mod.kernel_size == (3, 3):
+                mod.dilation, mod.padding = (2, 2), (2, 2)
+
+
+class CamClassifier(nn.Module):
+    """The separately trained classifier whose Grad-CAM guides the local branch (paper 5, 3.1:
+    a classifier is trained to convergence first, then the hash network; its heat maps are "those
+    of the classification task").
+
+    Its own ResNet backbone (not shared with the hash network, so hashing cannot move it), global
+    average pooling and a linear layer (sigmoid/BCE, eq. 5). ``output_stride`` 16 dilates the last
+    stage (:func:`dilate_last_stage`): the CAM grid is ``input/16`` (8x8 at 128 px, 14x14 at 224)
+    instead of ``input/32`` (4x4 at 128 px). Chosen over taking the CAM from layer3 because Grad-CAM
+    wants the last convolutional layer (the paper: "最后一层的特征图") and the deepest semantics,
+    and over dropping the stride without dilation because that shrinks the stage's receptive field
+    (pretrained weights would then see a different scale).
+
+    With average pooling and a linear layer, Grad-CAM (eq. 1-2) has the closed form
+    ``ReLU(sum_k W_ck P^k) / hw`` (identical to the autograd result, see tests): no backward pass.
+    """
+
+    def __init__(self, num_classes: int, arch: str = "resnet18", output_stride: int = 16,
+                 pretrained: str | None = None) -> None:
+        super().__init__()
+        from lungsearch.models.encoders import ResNetEncoder
+
+        if output_stride not in (16, 32):
+            raise ConfigError(f"attention_hash.cam.output_stride must be 16 or 32, got {output_stride}")
+        self.backbone = ResNetEncoder(arch, pool="avg", pretrained=pretrained)
+        if output_stride == 16:
+            dilate_last_stage(self.backbone.body[-1])
+        self.output_stride = output_stride
+        self.fc = nn.Linear(self.backbone.out_dim, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(images)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.features(images)
+        pooled = self.backbone.pool(fmap)
+        return {"logits": self.fc(pooled), "pooled": pooled, "fmap": fmap}
+
+    def cam(self, fmap: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Grad-CAM ``[B, h, w]`` on the feature-map grid (closed form; not normalised)."""
+        logits = self.fc(self.backbone.pool(fmap))
+        tgt = _target(logits, target)
+        w = self.fc.weight[tgt]  # [B, K]
+        return F.relu(torch.einsum("bk,bkhw->bhw", w, fmap)) / (fmap.shape[-1] * fmap.shape[-2])
+
+
+def _target(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.Tensor:
+    """Class explained per image: the top-scoring one (multi-label: the most confident label)."""
+    if target is None:
+        return logits.argmax(dim=1)
+    if isinstance(target, int):
+        return torch.full((logits.shape[0],), target, dtype=torch.long, device=logits.device)
+    return target.to(logits.device).long()
+
+
 class AttentionHash(nn.Module):
     """Paper 5's two-branch deep hashing.
 
-    1. A classifier (linear on the global branch's pooled features, BCE eq. 5) is trained first.
+    1. A separate classifier (:class:`CamClassifier`, its own backbone, BCE eq. 5) is trained
+       first (stage ``classifier``) and then frozen (:meth:`freeze_cam`: no gradient, eval-mode
+       BatchNorm), so a hash-stage step cannot change it.
     2. Its Grad-CAM heat map for the top class (eq. 1-2) is upsampled to the image, Otsu's
        threshold (eq. 3) gives a mask and ``x' = mask ⊙ x`` (eq. 4) is the local image.
        ``crop: true`` instead crops the mask's bounding box and resizes it (a zoomed variant).
     3. Global image -> global branch -> ``z'`` (bits/2); local image -> local branch -> ``z''``
        (bits/2); ``z = [z', z'']`` (codes concatenated as in the paper).
-    4. Training uses ``tanh(beta z)`` with ``beta`` raised per epoch by ``beta_schedule``
+    4. ``classifier``, a linear head on the global branch, gives the L_cls of the hashing stage's
+       total loss (the paper's loss "includes L_cls and L_weightedPair", multi-task; the frozen CAM
+       classifier cannot carry it).
+    5. Training uses ``tanh(beta z)`` with ``beta`` raised per epoch by ``beta_schedule``
        (HashNet continuation, eq. 12); inference uses ``sign(z)`` (eq. 11).
 
-    Choices where the paper is loose: the classifier shares the global branch's backbone (the
-    paper pre-trains a classifier and initialises the network from it); with average pooling
-    and a linear classifier Grad-CAM has the closed form ``ReLU(sum_k W_ck P^k)/hw`` (identical
-    to the autograd result, see tests), used at inference to avoid a backward pass; for
-    multi-label images the top-scoring class is explained.
-
-    ``beta`` is a buffer: it is saved with the weights.
+    For multi-label images the top-scoring class is explained. ``beta`` is a buffer: it is saved
+    with the weights.
     """
 
     def __init__(self, global_encoder: nn.Module, local_encoder: nn.Module, num_classes: int, bits: int,
-                 beta_schedule: list[float] | None = None, crop: bool = False, otsu_bins: int = 64) -> None:
+                 beta_schedule: list[float] | None = None, crop: bool = False, otsu_bins: int = 64,
+                 cam: CamClassifier | None = None) -> None:
         super().__init__()
         if bits % 2 or bits <= 0:
             raise ConfigError(f"attention_hash: bits must be a positive even number, got {bits}")
         self.global_encoder = global_encoder
         self.local_encoder = local_encoder
+        self.cam = cam if cam is not None else CamClassifier(num_classes)
         dim_g, dim_l = global_encoder.out_dim, local_encoder.out_dim
         self.classifier = nn.Linear(dim_g, num_classes)
         self.hash_global = HashLayer(dim_g, bits // 2)
@@ -226,40 +303,43 @@ class AttentionHash(nn.Module):
         self.register_buffer("beta", torch.tensor(self.beta_schedule[0]))
         self.crop = crop
         self.otsu_bins = otsu_bins
+        self.cam_frozen = False
+
+    def freeze_cam(self, frozen: bool = True) -> None:
+        """Freeze (or release) the CAM classifier: no gradients, and BatchNorm in eval mode even
+        while the rest trains (running statistics are state too: they must not drift either)."""
+        self.cam_frozen = frozen
+        self.cam.requires_grad_(not frozen)
+        if frozen:
+            self.cam.eval()
+        else:
+            self.cam.train(self.training)
+
+    def train(self, mode: bool = True) -> "AttentionHash":
+        super().train(mode)
+        if self.cam_frozen:
+            self.cam.eval()
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         """Continuation: ``beta = beta_schedule[min(epoch, len-1)]``."""
         self.beta.fill_(self.beta_schedule[min(max(epoch, 0), len(self.beta_schedule) - 1)])
 
-    def _closed_form_ok(self) -> bool:
-        return getattr(self.global_encoder, "pool_kind", None) == "avg"
-
-    def heatmap(self, images: torch.Tensor, fmap: torch.Tensor | None = None,
-                target: int | torch.Tensor | None = None) -> torch.Tensor:
-        """Grad-CAM heat map ``[B, H, W]`` in [0, 1] at image resolution (upsampled bilinearly)."""
-        if fmap is None:
-            fmap = self.global_encoder.features(images)
-        if self._closed_form_ok() and not fmap.requires_grad:
-            logits = self.classifier(self.global_encoder.pool(fmap))
-            tgt = self._target(logits, target)
-            w = self.classifier.weight[tgt]  # [B, K]
-            cam = F.relu(torch.einsum("bk,bkhw->bhw", w, fmap)) / (fmap.shape[-1] * fmap.shape[-2])
-        else:
-            with torch.enable_grad():
-                f = fmap.detach().requires_grad_(True)
-                logits = self.classifier(self.global_encoder.pool(f))
-                tgt = self._target(logits, target)
-                cam = grad_cam(f, logits.gather(1, tgt[:, None]).squeeze(1)).detach()
+    @torch.no_grad()
+    def heatmap(self, images: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The CAM classifier's Grad-CAM ``[B, H, W]`` in [0, 1] at image resolution (bilinear)."""
+        cam = self.cam.cam(self.cam.features(images), target)
         cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return normalise_heatmap(cam)
 
-    @staticmethod
-    def _target(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.Tensor:
-        if target is None:
-            return logits.argmax(dim=1)
-        if isinstance(target, int):
-            return torch.full((logits.shape[0],), target, dtype=torch.long, device=logits.device)
-        return target.to(logits.device).long()
+    def cam_grid(self, size: int) -> tuple[int, int]:
+        """The CAM's feature-map grid ``(h, w)`` for a ``size`` x ``size`` input."""
+        with torch.no_grad():
+            was = self.cam.training
+            self.cam.eval()
+            shape = self.cam.features(torch.zeros(1, 1, size, size, device=self.beta.device)).shape[-2:]
+            self.cam.train(was)
+        return int(shape[0]), int(shape[1])
 
     def local_images(self, images: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
         """Otsu mask of the heat map applied to the image (eq. 3-4), or its bounding-box crop."""
@@ -279,12 +359,14 @@ class AttentionHash(nn.Module):
         return torch.stack(out)
 
     def forward(self, images: torch.Tensor, glob: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Returns ``logits`` [B, C], ``hash_logits`` z [B, bits], ``local_pooled``, ``heatmap``."""
+        """Returns ``logits`` [B, C] (the hash network's L_cls head), ``hash_logits`` z [B, bits],
+        ``local_pooled``, ``heatmap`` (of the CAM classifier)."""
         if glob is None:
             glob = self.global_encoder(images)
         logits = self.classifier(glob["pooled"])
-        with torch.no_grad():  # the mask is a data transform: no gradient through the threshold
-            heat = self.heatmap(images, glob["fmap"].detach())
+        # the mask is a data transform of the frozen classifier: no gradient through the threshold
+        heat = self.heatmap(images)
+        with torch.no_grad():
             local = self.local_images(images, heat)
         loc = self.local_encoder(local)
         z = torch.cat([self.hash_global(glob["pooled"]), self.hash_local(loc["pooled"])], dim=1)
@@ -296,7 +378,12 @@ def _attention_hash(params: dict[str, Any], ctx: BuildContext) -> dict[str, Any]
     """Returns the params; :mod:`lungsearch.models.factory` wires the branches (it owns the
     global encoder)."""
     p = take_params("attention_hash", params, {"bits": 64, "beta_schedule": [1.0, 2.0, 4.0, 8.0, 16.0],
-                                               "local_encoder": None, "crop": False, "otsu_bins": 64})
+                                               "local_encoder": None, "crop": False, "otsu_bins": 64, "cam": None})
+    cam = take_params("attention_hash.cam", dict(p.pop("cam") or {}),
+                      {"arch": "resnet18", "output_stride": 16, "pretrained": None})
+    if cam["arch"] not in ("resnet18", "resnet34", "resnet50"):
+        raise ConfigError(f"attention_hash.cam.arch must be resnet18/34/50, got {cam['arch']!r}")
+    p["cam"] = CamClassifier(ctx.num_classes, cam["arch"], int(cam["output_stride"]), cam["pretrained"])
     return p
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from lungsearch.errors import InvalidRequestError
 from lungsearch.models.encoders import ResNetEncoder
-from lungsearch.models.hashing import LSH, AttentionHash, grad_cam, hamming_distance, otsu_threshold, pack_codes, unpack_codes
+from lungsearch.models.hashing import LSH, AttentionHash, CamClassifier, grad_cam, hamming_distance, otsu_threshold, pack_codes, unpack_codes
 
 
 @pytest.mark.parametrize("bits", [16, 32, 48, 64, 12])
@@ -72,16 +72,16 @@ def test_otsu_separates_two_modes():
 def hasher():
     torch.manual_seed(0)
     g, l = ResNetEncoder("resnet18"), ResNetEncoder("resnet18")
-    return AttentionHash(g, l, num_classes=3, bits=16, beta_schedule=[1, 4]).eval()
+    return AttentionHash(g, l, num_classes=3, bits=16, beta_schedule=[1, 4], cam=CamClassifier(3)).eval()
 
 
 def test_grad_cam_closed_form_equals_autograd(hasher):
     imgs = torch.randn(2, 1, 64, 64)
+    fast = hasher.heatmap(imgs)
     with torch.no_grad():
-        fmap = hasher.global_encoder.features(imgs)
-    fast = hasher.heatmap(imgs, fmap)
+        fmap = hasher.cam.features(imgs)
     f = fmap.clone().requires_grad_(True)
-    logits = hasher.classifier(hasher.global_encoder.pool(f))
+    logits = hasher.cam.fc(hasher.cam.backbone.pool(f))
     cam = grad_cam(f, logits.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)).detach()
     cam = F.interpolate(cam[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     flat = cam.flatten(1)
@@ -132,3 +132,130 @@ def test_a_flat_heat_map_normalises_to_zeros_not_to_rounding_noise():
     ramp = torch.linspace(0, 2, 16).reshape(1, 4, 4)
     out = normalise_heatmap(ramp)
     assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+
+
+@pytest.mark.parametrize(("size", "grid"), [(128, 8), (224, 14)])
+def test_cam_grid_is_at_least_7x7_at_the_working_size(size, grid):
+    """A plain ResNet's CAM is input/32: 4x4 at the demo's 128 px. The CAM classifier dilates its
+    last stage (output stride 16): 8x8 at 128 px, 14x14 at 224 px."""
+    torch.manual_seed(0)
+    plain, dilated = CamClassifier(3, output_stride=32).eval(), CamClassifier(3).eval()
+    with torch.no_grad():
+        x = torch.randn(1, 1, size, size)
+        assert plain.features(x).shape[-2:] == (size // 32, size // 32)
+        assert dilated.features(x).shape[-2:] == (grid, grid)
+    assert grid >= 7
+    # same weight shapes: a plain ResNet18's (pretrained) weights load into the dilated one
+    dilated.load_state_dict(plain.state_dict())
+
+
+def test_dilated_stage_keeps_the_receptive_field():
+    """Dilation 2 after the removed stride: the dilated map is the plain map on a finer grid.
+    Shifting the input by 16 px shifts the dilated map by one cell exactly (output stride 16),
+    away from the borders; and the response at even cells equals the plain net's at stride 32."""
+    torch.manual_seed(0)
+    plain = CamClassifier(3, output_stride=32).eval()
+    dilated = CamClassifier(3).eval()
+    dilated.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 256, 256)
+    with torch.no_grad():
+        fp, fd = plain.features(x), dilated.features(x)
+    assert fd.shape[-1] == 2 * fp.shape[-1]
+    # the even cells of the dilated map see the same input window as the plain map's cells
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    assert torch.allclose(fd[:, :, ::2, ::2][inner], fp[inner], atol=1e-4)
+
+
+def _hash_model(size: int = 64):
+    from lungsearch.config import load_profile
+    from lungsearch.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(load_profile("cxr-hash", overrides=[f"data.image_size={size}"]))
+
+
+def _batch(model, b: int = 6, size: int = 64):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, 1, size, size, generator=g)
+    y = torch.zeros(b, len(model.targets))
+    y[torch.arange(b), torch.arange(b) % len(model.targets)] = 1
+    return x, y
+
+
+def test_a_hash_stage_step_leaves_the_cam_classifier_bit_identical():
+    """Paper 5: the classifier behind the attention maps is trained first and then frozen. A
+    hash-stage optimizer step (the loop's optimizer and loss) moves the hash network but not one
+    parameter or BatchNorm statistic of the CAM classifier."""
+    from lungsearch.losses import loss_for_stage
+    from lungsearch.training.loop import build_optimizer
+    from lungsearch.training.recipes import stages_for
+
+    model = _hash_model()
+    cfg = model.cfg
+    stage = next(s for s in stages_for(cfg) if s.name == "hash")
+    model.set_stage("hash")
+    model.train()
+    assert not model.hasher.cam.training  # frozen BatchNorm: running stats cannot drift
+    before = {k: v.clone() for k, v in model.hasher.cam.state_dict().items()}
+    glob_before = [p.detach().clone() for p in model.hasher.global_encoder.parameters()]
+    opt = build_optimizer(model, stage, cfg)
+    cam_ids = {id(p) for p in model.hasher.cam.parameters()}
+    assert not any(id(p) in cam_ids for g in opt.param_groups for p in g["params"])
+    x, y = _batch(model)
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_for_stage(cfg, "hash")(model(images=x), y)
+        loss.backward()
+        opt.step()
+    after = model.hasher.cam.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    moved = [not torch.equal(a, p.detach()) for a, p in zip(glob_before, model.hasher.global_encoder.parameters())]
+    assert any(moved)  # the step did train the hash network
+
+
+def test_classifier_stage_trains_only_the_cam_classifier():
+    from lungsearch.losses import loss_for_stage
+
+    model = _hash_model()
+    model.set_stage("classifier")
+    model.train()
+    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad and n.startswith("hasher.")}
+    assert trainable == {"cam"}
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    x, y = _batch(model)
+    out = model(images=x)
+    assert "hash_logits" not in out  # the frozen hash network is not even run
+    loss_for_stage(model.cfg, "classifier")(out, y).backward()
+    assert all(p.grad is not None for p in model.hasher.cam.parameters())
+    # the heat map is the CAM classifier's: changing the global branch does not change it
+    model.eval()
+    h0 = model.explain(x)
+    with torch.no_grad():
+        for p in model.image_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    assert torch.equal(h0, model.explain(x))
+
+
+def test_hash_stage_total_loss_keeps_l_cls():
+    """Paper 5's total loss is L_cls + L_weightedPair: the shipped config keeps a non-zero L_cls
+    in the hash stage, on the hash network's own head (the CAM classifier is frozen)."""
+    from lungsearch.losses import WeightedPairwiseBayesLoss, loss_for_stage
+
+    model = _hash_model()
+    loss_fn = loss_for_stage(model.cfg, "hash")
+    assert isinstance(loss_fn, WeightedPairwiseBayesLoss) and loss_fn.classification > 0
+    model.set_stage("hash")
+    model.train()
+    x, y = _batch(model)
+    out = model(images=x)
+    total = loss_fn(out, y)
+    assert loss_fn.parts["bce"] > 0
+    expected = loss_fn.parts["pairwise"] + loss_fn.quantization * loss_fn.parts["quantization"] + loss_fn.classification * loss_fn.parts["bce"]
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+    total.backward()
+    assert model.hasher.classifier.weight.grad is not None and model.hasher.classifier.weight.grad.abs().sum() > 0
+    # the registry default keeps it too (a config that names the loss without params)
+    from lungsearch.config import Component
+    from lungsearch.losses import create_loss
+
+    assert create_loss(Component(name="pairwise_bayes", params={})).classification == 1.0
