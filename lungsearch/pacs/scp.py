@@ -28,7 +28,6 @@ Logs carry only keyed ids (``spool.key``), AE titles, status names and counts: n
 
 from __future__ import annotations
 
-import io
 import logging
 import ssl
 import threading

@@ -5,7 +5,6 @@ The platform here is the fake servicer of tests/client (see test_end_to_end.py f
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 
