@@ -44,15 +44,22 @@ def test_on_renders_a_receiver_lungsearch_accepts(tmp_path):
     assert cfg.caller("PACS_MAIN").site == "site-a" and cfg.tls.ca_file and cfg.destination.port == 104
     assert cfg.target.startswith("lungsearch-serve.lungsearch.svc:") or ".lungsearch.svc:" in cfg.target
     assert cfg.host == "0.0.0.0" and cfg.token_file == "/run/secrets/lungsearch/token"
+    assert cfg.stow_port == 8043 and cfg.stow_tokens_file.endswith("tokens.yaml")
     dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "lungsearch-dicom")
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["python", "-m", "lungsearch.pacs"]
     assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
     svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "lungsearch-dicom")
     assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["ports"][0]["port"] == 11112
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["dicom", "metrics", "stow"]
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
     assert any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "dicom-receiver"
                for rule in policy["spec"]["ingress"] for p in rule.get("from", []))
+
+
+def test_stow_without_tokens_fails_with_a_clear_message():
+    with pytest.raises(Exception, match="tokensSecretName"):
+        _render({"pacs": {"enabled": True, "stow": {"enabled": True}}})
 
 
 def test_bad_receiver_values_are_refused_by_the_schema():
