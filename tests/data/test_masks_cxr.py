@@ -31,16 +31,18 @@ def _phantom(bank, seed: int, *findings):
 
 
 def test_atlas_is_small_and_disjoint_from_the_held_out_outlines(bank):
-    from lungsearch.data.masks._atlas import load_atlas
-
-    atlas = load_atlas()
-    assert atlas.masks.shape[1:] == (64, 64) and 150 <= len(atlas.masks) <= 300
-    assert len(bank) >= 150
-    # the atlas holds the even positions of the filtered bank, the held-out bank the odd ones
     import os
 
-    assert os.path.getsize(os.path.join(os.path.dirname(__import__("lungsearch.data.masks._atlas", fromlist=["x"]).__file__),
-                                        "atlas.npz")) < 100_000
+    from lungsearch.data.masks import _atlas
+    from lungsearch.data.phantoms._shapes import load_shape_bank
+
+    atlas = _atlas.load_atlas()
+    assert atlas.masks.shape[1:] == (64, 64) and 150 <= len(atlas.masks) <= 300
+    assert os.path.getsize(_atlas._PATH) < 100_000
+    # the atlas holds the even positions of the filtered bank, the held-out bank the odd ones
+    full = load_shape_bank()
+    assert len(atlas.masks) + len(bank) == len(full)
+    assert set(bank.names).isdisjoint(full.names[0::2])
 
 
 def test_phantom_dice(bank):

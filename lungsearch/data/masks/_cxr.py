@@ -253,7 +253,7 @@ def segment_cxr(pixels: np.ndarray) -> CxrFit:
     fine = _search(dark, atlas.mean, [wf0 - step_w, wf0, wf0 + step_w], [hf0 - step_h, hf0, hf0 + step_h],
                    centre=centre, radius=max(3, round(0.04 * max(fh, fw))))[1.0]
     score, y0, x0, bh, bw = fine if fine[0] > -9 else (sc, centre[0], centre[1], round(hf0 * fh), round(wf0 * fw))
-    # box corner in field coordinates (the search padded the field by the template margin)
+    # the template's context margins, reused for the thorax box (the fallback ROI)
     mt = max(1, round(_MARGIN[0] * bh))
     ms = max(1, round(_MARGIN[2] * bw))
     by0, bx0 = int(y0), int(x0)
