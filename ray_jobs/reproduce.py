@@ -598,6 +598,13 @@ def recompute(run_dir: Path, n_boot: int) -> list[dict]:
         refs = {k: from_json(v) for k, v in sec["references"].items()}
         extra = {k: ([from_json(o) for o in v] if not k.startswith("time ") else v) for k, v in sec.get("extra_outcomes", {}).items()}
         main = next((v.name for v in _variants(load_profile(name)) if v.main), None)
+        # the collapse guards too follow the current logic (from the saved outputs and metrics)
+        from lungsearch.evaluation.stats import collapse_reasons
+
+        mets = sec.get("metrics", {})
+        sec["collapsed"] = {k: [f"seed {i}: {x}" for i, r in enumerate(v) for x in collapse_reasons(
+            probs=r["outcome"].get("probs"), embedding=r["outcome"].get("embedding"), codes=r["outcome"].get("codes"),
+            metrics=(mets.get(k) or [None] * len(v))[i] if i < len(mets.get(k) or []) else None)] for k, v in runs.items()}
         sec["claims"] = _claims(name, runs, refs, extra, sec["n_test"], n_boot, [k for k, v in sec["collapsed"].items() if v], main=main)
         sections.append(sec)
     return sections

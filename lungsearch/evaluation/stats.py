@@ -168,13 +168,21 @@ def collapse_reasons(*, probs: np.ndarray | None = None, multilabel: bool = Fals
     * ``probs`` (single-label): the argmax is one class for every test case;
     * ``embedding``: every test embedding (L2-normalised) sits within ``tol`` of the mean (intra-
       and inter-class distances both near 0), or ``metrics`` says ``intra`` and ``inter`` < ``tol``;
-    * ``codes``: every binary code identical (Hamming ranking is then the gallery order).
+    * ``codes``: every binary code identical (Hamming ranking is then the gallery order), or the
+      mean pairwise Hamming distance below ``tol`` of the bits. A model that ranks by codes is
+      judged by its codes, not by its float embedding (``embedding`` is then ignored: hash
+      outputs near the tanh saturation sit close together after L2 normalisation yet give
+      distinct codes).
     """
     out: list[str] = []
     if probs is not None and not multilabel and len(probs) > 1:
         pred = np.asarray(probs).argmax(1)
         if len(np.unique(pred)) == 1:
             out.append(f"classifier predicts one class ({int(pred[0])}) for all {len(pred)} test cases")
+    if codes is not None:
+        embedding = None
+        if metrics is not None:
+            metrics = {k: v for k, v in metrics.items() if k not in ("intra", "inter")}
     if embedding is not None and len(embedding) > 1:
         e = np.asarray(embedding, dtype=np.float64)
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
@@ -188,4 +196,9 @@ def collapse_reasons(*, probs: np.ndarray | None = None, multilabel: bool = Fals
         c = np.asarray(codes) > 0
         if (c == c[0]).all():
             out.append("every binary code identical")
+        else:
+            frac = c.mean(0)  # mean pairwise Hamming distance / bits = mean over bits of 2 p (1 - p) * n / (n - 1)
+            ham = float((2 * frac * (1 - frac)).mean() * len(c) / (len(c) - 1))
+            if ham < tol:
+                out.append(f"binary codes nearly identical (mean pairwise Hamming distance {ham:.3f} of the bits)")
     return out
