@@ -11,7 +11,9 @@ gateway's ``Ingest`` (the Encoding -> Fusion -> Hashing stages) and through the 
 * :func:`embed_cases` -- a batch of prepared cases through ``forward_cases`` (encode, pool the
   slices of a CT case, standardise radiomics, fuse): embedding, hash logits, probabilities, code;
 * :func:`code_bytes` -- the packed code of hash logits (``sign(z)``, ``sign(0) = +1``, eq. 11);
-* :func:`report_excerpt` -- the stored excerpt of a report.
+* :func:`deidentify_report` -- the report text every stored path keeps and embeds (names, MRNs,
+  accession numbers, dates, phones, addresses, ages over 89 removed:
+  ``lungsearch.data.report_deid.scrub_report``), before :func:`report_excerpt` cuts the excerpt.
 
 The serving stages split the same computation across deployments (``serving.pipeline``'s
 ``encode_batch`` / ``fuse_batch`` / ``hash_code`` call ``model.encode`` / ``model.fuse`` and the
@@ -33,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lungsearch.models.base import LungModel
 
 __all__ = ["EXCERPT_CHARS", "PreparedCase", "CaseOutput", "prepare_case", "study_radiomics", "embed_cases",
-           "code_bytes", "probabilities", "report_excerpt"]
+           "code_bytes", "probabilities", "deidentify_report", "report_excerpt"]
 
 #: Characters of the (de-identified) report kept as the stored excerpt (the store also cuts at
 #: 2048 UTF-8 bytes). One number for every path: 600 on ingest and 400 in build_index used to give
@@ -156,6 +158,16 @@ def embed_cases(model: "LungModel", cases: Sequence[PreparedCase], *, texts: Seq
         probs = probabilities(out["logits"].float().cpu().numpy(), multilabel=bool(getattr(model, "multilabel", False)))
     return [CaseOutput(embedding=emb[i], code=codes[i], hash_logits=None if hl is None else hl[i],
                        probabilities=None if probs is None else probs[i]) for i in range(len(cases))]
+
+
+def deidentify_report(text: str, *, date_shift_days: int | None = None):
+    """The de-identified report (``ScrubResult``: ``.text`` and ``.counts`` per category, never the
+    values removed). Ingest and ``build_index`` store and embed this text, not the one sent."""
+    from lungsearch.data.report_deid import ScrubResult, scrub_report
+
+    if not (text or "").strip():
+        return ScrubResult(text=text or "", counts={})
+    return scrub_report(text, date_shift_days=date_shift_days)
 
 
 def report_excerpt(text: str, max_chars: int = EXCERPT_CHARS) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from lungsearch._proto.v1 import (
     hashing_pb2,
     ranking_pb2,
 )
+from lungsearch import inference
 from lungsearch.errors import ConfigError, InvalidImageError, InvalidRequestError, NotFoundError
 from lungsearch.serving import convert, limits, pipeline
 from lungsearch.serving.appconfig import AppArgs, deployment_options
@@ -79,6 +81,8 @@ class Gateway:
         self._live_checked = time.monotonic()
         self._publish_models()
         self.thumbs = self._open_thumbnails()
+        # The report scrubber's first call imports spaCy (seconds): do it now, not in the first Ingest.
+        threading.Thread(target=inference.deidentify_report, args=("warm-up",), daemon=True).start()
         log.info("gateway up: profiles=%s auth=%s", ",".join(self.models.profiles),
                  "tokens" if self.auth.secured else ("insecure-local" if self.auth.insecure_local else "deny-all"))
 
@@ -209,7 +213,8 @@ class Gateway:
         source_id = limits.check_source_id(request.source_id)
         if not request.images:
             raise InvalidRequestError("ingest needs at least one image", code="no_image", field="images")
-        study, text, enc, fus, code = await self._encode_embed(served, request.images, request.report)
+        report = await self._deidentified_report(request.report, lim)
+        study, text, enc, fus, code = await self._encode_embed(served, request.images, report)
         key = pipeline.derive_case_key(self.hmac_key, study=study, source_id=source_id,
                                        image_bytes=[im.data for im in request.images])
         ref = convert.model_ref(served.profile, served.version)
@@ -224,6 +229,16 @@ class Gateway:
         up = await self.ranking.Upsert.remote(ranking_pb2.UpsertRequest(model=ref, records=[record]))
         await self._store_thumbnail(served, key, study)
         return gateway_pb2.IngestResponse(case_key=key, created=up.inserted > 0, model=ref)
+
+    async def _deidentified_report(self, report: common_pb2.Report, lim) -> common_pb2.Report:
+        """The report an ingest stores and embeds: names, identifiers, dates, phones, addresses and
+        ages over 89 removed (``lungsearch.inference.deidentify_report``); only counts are recorded."""
+        text = limits.check_report(report, lim)
+        if not text:
+            return report
+        scrubbed = await asyncio.to_thread(inference.deidentify_report, text)
+        self.metrics.observe_report_scrub(dict(scrubbed.counts))
+        return common_pb2.Report(text=scrubbed.text)
 
     async def _store_thumbnail(self, served: ServedModel, key: str, study) -> None:
         """Keep the case's preprocessed pixels as a thumbnail (ExplainMatch draws its heat map on it).

@@ -159,20 +159,25 @@ def test_one_excerpt_rule():
 @pytest.mark.parametrize("batch_size,actors", [(1, 1), (5, 2), (None, None)])
 def test_build_index_stores_the_reference(case_set, ray_cluster, batch_size, actors):
     from lungsearch.data import load_study
-    from lungsearch.inference import report_excerpt
+    from lungsearch.inference import deidentify_report, report_excerpt
     from lungsearch.store import MilvusStore
     from lungsearch.training.indexing import build_index, record_case_key
 
     tmp, card, records = case_set["tmp"], case_set["card"], case_set["records"]
     uri = str(tmp / f"index-{batch_size}-{actors}.db")
     kw = {} if batch_size is None else {"batch_size": batch_size, "actors": actors}
-    rep = build_index(card.ref, registry_root=tmp / "art", milvus_uri=uri, hmac_key=KEY, progress=False, **kw)
+    thumbs = tmp / f"thumbs-{batch_size}-{actors}.sqlite"
+    rep = build_index(card.ref, registry_root=tmp / "art", milvus_uri=uri, hmac_key=KEY, progress=False,
+                      thumbnails=thumbs, **kw)
     assert rep.ok and rep.cases == len(records)
+    from lungsearch.web.thumbs import ThumbnailStore
+
+    assert ThumbnailStore(thumbs).count(card.profile) == len(records)  # the page can draw every indexed case
     store = MilvusStore(uri)
     try:
         for k, rec in enumerate(records):
             row = store.get(card.profile, card.version, record_case_key(KEY, rec, load_study(rec, hmac_key=KEY)))
             _assert_same(case_set["ref"][k], row.embedding, row.code, f"build_index batch={batch_size} actors={actors}, case {k}")
-            assert row.report_excerpt == report_excerpt(rec.report or "")
+            assert row.report_excerpt == report_excerpt(deidentify_report(rec.report or "").text)
     finally:
         store.close()

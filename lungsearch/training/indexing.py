@@ -103,7 +103,8 @@ class _Decode:
 class _Embedder:
     """Ray Data actor: the registered model, loaded once; ``lungsearch.inference.embed_cases`` per batch."""
 
-    def __init__(self, ref: str, registry_root: str | None, use_gpu: bool, texts: Sequence[str]) -> None:
+    def __init__(self, ref: str, registry_root: str | None, use_gpu: bool, texts: Sequence[str],
+                 thumbnails: str | None = None) -> None:
         import torch
 
         from lungsearch.registry import load_model
@@ -112,6 +113,7 @@ class _Embedder:
         self.model, self.card = load_model(ref, root=registry_root, map_location=self.device)
         self.model.to(self.device)
         self.texts = list(texts)
+        self.thumbnails = thumbnails
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from lungsearch.inference import PreparedCase, embed_cases
@@ -121,6 +123,12 @@ class _Embedder:
                  for x, r in zip(batch["image"], batch["radiomics"])]
         texts = [self.texts[int(i)] for i in batch["i"]]
         outs = embed_cases(self.model, cases, texts=texts, device=self.device)
+        if self.thumbnails:
+            # the page draws retrieved cases and their heat maps on these (PHI-free pixels, keyed case key)
+            from lungsearch.web.thumbs import record_thumbnail
+
+            for key, case in zip(batch["key"], cases):
+                record_thumbnail(self.thumbnails, self.card.profile, str(key), case.pixels, model_version=self.card.version)
         return {"i": batch["i"], "embedding": np.stack([o.embedding for o in outs]),
                 "code": np.asarray([o.code for o in outs], dtype=object), "n_slices": batch["n_slices"], "view": batch["view"],
                 "key": batch["key"]}
@@ -140,6 +148,7 @@ def build_index(
     actors: int | None = None,
     upsert_batch: int = 512,
     progress: bool = True,
+    thumbnails: str | Path | None = None,
     store_factory: Callable[..., Any] | None = None,
 ) -> IndexReport:
     """Embed every case and upsert it into the store collection of the model's version.
@@ -156,6 +165,9 @@ def build_index(
         actors: embedding actors (default: one per GPU, else one). On CPUs, several actors share
             the cores with the decode tasks (half a CPU each), so they never starve them.
         upsert_batch: rows per store upsert (each is flushed: durable when it returns).
+        thumbnails: the thumbnail store the page draws retrieved cases from (``lungsearch.web.thumbs``);
+            default: beside ``LUNGSEARCH_HMAC_KEY_FILE`` when the key comes from that file (where the
+            server looks), none when the caller passes ``hmac_key`` itself; ``"off"`` for none.
         store_factory: builds the store (tests); default ``MilvusStore``.
 
     Returns:
@@ -168,7 +180,7 @@ def build_index(
 
     from lungsearch.data import load_records
     from lungsearch.data.deid import load_or_create_key
-    from lungsearch.inference import report_excerpt
+    from lungsearch.inference import deidentify_report, report_excerpt
     from lungsearch.registry import resolve, parse_ref
     from lungsearch.runtime import init_ray
     from lungsearch.store import MilvusStore, StoredCase, collection_name
@@ -184,6 +196,11 @@ def build_index(
         records = list(load_records(cfg.data))
     records = list(records)
     key = hmac_key if hmac_key is not None else load_or_create_key(constants.HMAC_KEY_FILE)
+    if thumbnails is None and hmac_key is None:
+        from lungsearch.web.thumbs import default_path
+
+        thumbnails = default_path(constants.HMAC_KEY_FILE)
+    thumbs_path = None if thumbnails in (None, "off") else str(thumbnails)
 
     init_ray()
     ctx = ray.data.DataContext.get_current()
@@ -191,12 +208,14 @@ def build_index(
     if use_gpu is None:
         use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     n_gpu = int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 0
-    texts = [r.report or "" for r in records]
+    # What is stored and embedded is the de-identified report (the one rule Ingest follows too).
+    texts = [deidentify_report(r.report or "").text for r in records]
     ds = ray.data.from_items([{"i": i} for i in range(len(records))], override_num_blocks=max(1, min(len(records), 64)))
     ds = ds.map_batches(_Decode(records, cfg, key), batch_size=batch_size, batch_format="numpy", num_cpus=1)
     n_actors = max(1, int(actors) if actors else n_gpu)
     cpu_per_actor = 0 if use_gpu else (1 if n_actors == 1 else 0.5)
-    ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu), texts),
+    ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu), texts,
+                                             thumbs_path),
                         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
                         num_gpus=1 if use_gpu else 0, num_cpus=cpu_per_actor)
 
@@ -228,7 +247,7 @@ def build_index(
             keys.add(str(row["key"]))
             pending.append(StoredCase(
                 case_key=str(row["key"]), modality=rec.modality or cfg.modality, view=str(row["view"] or ""), labels=list(rec.labels),
-                report_excerpt=report_excerpt(rec.report or ""), embedding=np.asarray(row["embedding"], dtype=np.float32),
+                report_excerpt=report_excerpt(texts[i]), embedding=np.asarray(row["embedding"], dtype=np.float32),
                 code=bytes(row["code"]), ingested_at=now, num_images=int(row["n_slices"]), model_version=card.version,
             ))
             if bar is not None:

@@ -1,10 +1,8 @@
 """Report text on its way to storage: a report carrying a name, an MRN, a date and a phone number must
 leave none of them in what is stored (the excerpt) or counted (metrics). Values are made up here.
 
-The end-to-end part (ingest through the gateway, then grep the store, the logs, /metrics and every
-answer, as tests/reliability/test_live_app.py does for DICOM) needs the ingest path to call
-``scrub_report``; until then the wiring test below is an expected failure (strict: it turns red the day
-the wiring lands, so the marker is removed then).
+The end-to-end part (ingest through a live gateway, then the stored case, the answers and /metrics) is
+``tests/services/test_gateway.py::test_an_ingested_report_is_stored_and_answered_de_identified``.
 """
 
 from __future__ import annotations
@@ -36,6 +34,18 @@ def test_scrubbed_excerpt_and_metrics_carry_no_needle():
     assert res.counts == {"date": 1, "name": 1, "phone": 1, "identifier": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="lead wiring pending: the stored excerpt must be made from scrub_report(text)")
-def test_the_stored_excerpt_is_scrubbed():
-    assert _clean(pipeline.report_excerpt(REPORT))
+def test_every_stored_path_scrubs_before_the_excerpt(monkeypatch):
+    """Ingest (the Gateway) and build_index take the report through lungsearch.inference.deidentify_report
+    before report_excerpt; the live Ingest is checked end to end in tests/services/test_gateway.py."""
+    from lungsearch import inference
+
+    res = inference.deidentify_report(REPORT)
+    assert _clean(inference.report_excerpt(res.text)) and res.counts
+    assert inference.deidentify_report("").text == "" and not inference.deidentify_report("  ").counts
+    import inspect
+
+    from lungsearch.training import indexing
+    from services import gateway
+
+    assert "deidentify_report(" in inspect.getsource(indexing.build_index)
+    assert "deidentify_report" in inspect.getsource(gateway.Gateway.func_or_class._deidentified_report)

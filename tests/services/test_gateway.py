@@ -456,3 +456,31 @@ def test_restart_keeps_acknowledged_cases(served, ingested, phantom_sets):
     for profile, keys in ingested.items():
         for k in list(keys)[:5]:
             assert c("GetCase", gateway_pb2.GetCaseRequest(model=common_pb2.ModelRef(profile=profile), case_key=k)).case.case_key == k
+
+
+def test_an_ingested_report_is_stored_and_answered_de_identified(served, ingested, phantom_sets):
+    """A report carrying a name, an MRN, a date and a phone number: none of them in the stored case,
+    any answer or the metrics; the counts of what was removed are in the metrics (values made up)."""
+    from ray import serve
+
+    needles = ("Thaddeus", "Kirkpatrick", "77120431", "11/02/2018", "(317) 555-0187")
+    report = ("FINDINGS: No pneumothorax. Heart size normal. IMPRESSION: Stable since 11/02/2018. "
+              "Discussed with Dr. Thaddeus Kirkpatrick at (317) 555-0187. MRN 77120431.")
+    c = served["client"]
+    rec = phantom_sets["cxr"][0]
+    ref = common_pb2.ModelRef(profile="cxr-report")
+    res = c("Ingest", gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"],
+                                                report=common_pb2.Report(text=report), source_id="phi-report-1"),
+            token=WRITE)
+    case = c("GetCase", gateway_pb2.GetCaseRequest(model=ref, case_key=res.case_key)).case
+    assert "No pneumothorax." in case.report_excerpt
+    hits = c("Search", gateway_pb2.SearchRequest(model=ref, images=_images(rec), report=common_pb2.Report(text="pneumothorax"),
+                                                top_k=5))
+    answers = str(case) + str(hits)
+    text = serve.get_deployment_handle("Gateway", app_name="lungsearch").metrics_text.remote().result()
+    for needle in needles:
+        assert needle not in answers and needle not in text, needle
+    removed = [ln for ln in text.splitlines() if ln.startswith("lungsearch_gateway_report_phi_removed_total")]
+    assert {c for c in ("name", "identifier", "date", "phone") if any(f'category="{c}"' in ln for ln in removed)} == \
+        {"name", "identifier", "date", "phone"}
+    c("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=res.case_key), token=WRITE)
