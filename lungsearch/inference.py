@@ -71,15 +71,18 @@ class CaseOutput:
 
 
 def study_radiomics(study: "Study", extractor: Any) -> np.ndarray:
-    """Raw radiomics of one case: features of each slice inside its lung mask, NaN-aware mean.
+    """Raw radiomics of one case: features of each slice inside its lung mask (the whole thorax when
+    no plausible lung is found: ``lungsearch.data.masks.roi_masks``), NaN-aware mean.
 
     Computed on the decoded pixels (HU for CT), as the training cache does; every path calls this,
     so the model's fitted scaler sees one distribution."""
-    from lungsearch.data import lung_mask
+    from lungsearch.data.masks import roi_masks
 
     slices = [im.pixels for im in study.images]
-    masks = [lung_mask(px, modality=study.modality) for px in slices]
-    return extractor.extract_study(np.stack(slices), np.stack(masks))
+    # An empty or implausible lung mask falls back to the whole thorax, flagged, logged and counted
+    # (lungsearch_data_radiomics_roi_fallbacks_total), instead of radiomics on nothing.
+    roi = roi_masks(slices, modality=study.modality)
+    return extractor.extract_study(np.stack(slices), roi.masks)
 
 
 def prepare_case(study: "Study", cfg: "ProfileConfig", *, extractor: Any = None) -> PreparedCase:

@@ -16,6 +16,9 @@ echo ">> setting up .venv (pinned dependencies from requirements/lock.txt; a few
 pipq() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v -E "^WARNING: Location .* is ignored" || true; }; }
 pipq install -r requirements/bootstrap.txt
 pipq install -r requirements/lock.txt
+# The real Milvus standalone for the server-path tests (tests/store, a session fixture): its metadata
+# pins an old pymilvus for an extra we do not use, so it goes in without dependencies (FACTS.md).
+pipq install --no-deps milvus==2.3.5
 # pyradiomics 3.0.1 builds against the installed numpy only with build isolation off (FACTS.md).
 pipq install --no-build-isolation --no-deps pyradiomics==3.0.1
 pipq install --no-build-isolation --no-deps -e .

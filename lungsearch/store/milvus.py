@@ -133,6 +133,16 @@ def _lite_lock_held_elsewhere(path: str) -> bool:
         os.close(fd)
 
 
+def _keepalive_options(uri: str) -> dict[str, int]:
+    """gRPC keepalive the server accepts. pymilvus pings every 10 s even with no call in flight; a
+    Milvus server permits that, but milvus-lite's embedded gRPC server keeps gRPC's defaults (no pings
+    without calls, at most one per 5 minutes) and answers GOAWAY "too_many_pings", dropping the channel
+    of an idle Ranking replica. For a lite file: ping only during calls, and at most every 5 minutes."""
+    if "://" in uri:
+        return {}
+    return {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": 0}
+
+
 class MilvusStore:
     """Vector store over pymilvus ``MilvusClient``: the system of record for indexed cases.
 
@@ -184,7 +194,8 @@ class MilvusStore:
                     code="store_locked",
                 )
         try:
-            self._client = MilvusClient(uri=self.uri, token=token or "", timeout=self.timeout)
+            self._client = MilvusClient(uri=self.uri, token=token or "", timeout=self.timeout,
+                                        grpc_options=_keepalive_options(self.uri))
         except Exception as exc:  # pymilvus raises MilvusException subclasses and grpc errors here
             locked = self._lite_path is not None and _lite_lock_held_elsewhere(self._lite_path)
             raise StoreUnavailableError(

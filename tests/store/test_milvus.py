@@ -235,3 +235,13 @@ def test_lite_index_creation_logs_no_grpc_traceback(db_path, caplog):
     with MilvusStore(db_path, timeout=30.0) as s:
         s.ensure_collection("cxr-hash", "v1", embedding_dim=8, code_bits=16)
     assert not [r for r in caplog.records if r.name == "grpc._server"], [r.getMessage() for r in caplog.records]
+
+
+def test_a_lite_store_pings_no_more_than_its_server_allows():
+    """milvus-lite's gRPC server keeps gRPC's ping policy (none without a call, at most one per 5 min):
+    pymilvus's default 10 s keepalive got GOAWAY "too_many_pings" on an idle Ranking replica."""
+    from lungsearch.store.milvus import _keepalive_options
+
+    lite = _keepalive_options("/data/lungsearch.db")
+    assert lite["grpc.keepalive_time_ms"] >= 300_000 and lite["grpc.keepalive_permit_without_calls"] == 0
+    assert _keepalive_options("http://milvus:19530") == {}  # a Milvus server permits pymilvus's pings
