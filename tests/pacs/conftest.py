@@ -83,7 +83,7 @@ def make_receiver(tmp_path, scp_port, fresh_platform):
 
     def make(*, ingestor=None, on_ingested=None, **over) -> Receiver:
         doc = {"port": scp_port, "spool_dir": str(tmp_path / "spool"), "audit_log": str(tmp_path / "audit.jsonl"),
-               "settle_s": 0.5, "target": fresh_platform.target, "network_timeout_s": 5,
+               "settle_s": 0.5, "target": fresh_platform.target, "network_timeout_s": 30,
                "callers": [{"ae_title": _pacs.ORTHANC_AET, "site": "site-a",
                             # the fake platform serves ct-ild and cxr-report
                             "profiles": {"ct": "ct-ild", "cxr": "cxr-report"}}]}

@@ -111,6 +111,7 @@ def test_sop_class_mismatch_is_refused_a900(make_receiver, fresh_platform, tmp_p
     from pynetdicom import AE
 
     ae = AE(ae_title=_pacs.ORTHANC_AET)
+    ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60  # a loaded machine: no spurious timeouts
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1")  # CR context
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
     assoc = ae.associate("127.0.0.1", r.port, ae_title=_pacs.LUNGSEARCH_AET)
