@@ -400,7 +400,6 @@ def _ingest_one(client, job: _Job, model: str | None) -> dict[str, Any]:
     return res.to_dict()
 
 
-@_guarded
 def _ingest_dicomweb(args: argparse.Namespace) -> int:
     if not (args.dicomweb and args.study) or args.paths or args.manifest:
         raise _Usage("--dicomweb URL and --study UID go together, without PATHs or --manifest")
@@ -419,6 +418,7 @@ def _ingest_dicomweb(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_guarded
 def cmd_ingest(args: argparse.Namespace) -> int:
     if args.dicomweb or args.study:
         return _ingest_dicomweb(args)
