@@ -43,6 +43,10 @@ class RetryPolicy:
         retry_on: status codes that may be retried. INVALID_ARGUMENT, UNAUTHENTICATED,
             PERMISSION_DENIED, NOT_FOUND and DEADLINE_EXCEEDED are refused (ValueError).
         seed: seed of the jitter's random generator (None = from the OS), for reproducible tests.
+        retry_bare_internal: also retry INTERNAL that carries no lungsearch ``ErrorDetail``: the server
+            maps every error of its own to a status with a detail, so a bare INTERNAL is the serving
+            machinery failing under the call (a Gateway replica killed mid-call: "actor died"), which
+            another replica answers. Every LungSearch RPC is idempotent, so resending is safe.
 
     Example:
         >>> RetryPolicy(max_attempts=6, initial_backoff=0.05).max_attempts
@@ -55,6 +59,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     retry_on: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
     seed: int | None = None
+    retry_bare_internal: bool = True
     _rng: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +76,9 @@ class RetryPolicy:
 
     def should_retry(self, error: LungSearchError) -> bool:
         """Whether ``error`` is worth another attempt (ignoring time; see :meth:`next_delay`)."""
+        if error.status == grpc.StatusCode.INTERNAL and error.detail is None and self.retry_bare_internal \
+                and self.max_attempts > 1:
+            return True
         if error.status not in self.retry_on:
             return False
         if error.detail is not None and not error.detail.retriable:

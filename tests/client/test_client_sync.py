@@ -252,7 +252,8 @@ U, R, I = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.
     ([(R, False, None)], 1, ResourceExhausted),       # a size limit: never retried
     ([(R, None, None)], 2, None),
     ([(I, None, None)], 1, InvalidArgument),          # never on INVALID_ARGUMENT
-    ([(grpc.StatusCode.INTERNAL, None, None)], 1, LungSearchError),
+    ([(grpc.StatusCode.INTERNAL, None, None)], 2, None),         # bare INTERNAL (a replica died mid-call): retried
+    ([(grpc.StatusCode.INTERNAL, False, None)], 1, LungSearchError),  # the server's own INTERNAL (with detail): not
     ([(U, True, -1)], 1, Unavailable),                # server pushback < 0: do not retry
     ([(U, True, None)] * 4, 4, Unavailable),          # max_attempts
 ])
