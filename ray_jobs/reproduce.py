@@ -639,7 +639,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure the phantoms' image label information (cxr at signal 1 and 3) and CT first-order HU separability")
     p.add_argument("--from-run", default=None, metavar="DIR",
                    help="recompute the claims and the page of an earlier run folder from its saved outcomes (no training)")
+    p.add_argument("--config", default=None, metavar="YAML",
+                   help="one profile, named by its config as the other job scripts take it (configs/<profile>.yaml; "
+                        "configs/<profile>.gpu.yaml means --gpu); trailing KEY=VALUE words are --set overrides")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: overrides (same as --set)")
     args = p.parse_args(argv)
+    if args.config:
+        stem = Path(args.config).name.split(".")[0]
+        if stem not in PROFILES:
+            p.error(f"--config {args.config}: not one of the profiles {', '.join(PROFILES)}")
+        args.profiles, args.gpu = [stem], args.gpu or ".gpu." in Path(args.config).name
+    elif args.overrides:
+        p.error("KEY=VALUE overrides go with --config (or use --set)")
+    args.set = list(args.set) + list(args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from lungsearch import constants
     from lungsearch.runtime import init_ray
@@ -687,7 +699,11 @@ def main(argv: list[str] | None = None) -> int:
                                "ct": ct_first_order_separability(run_dir / "calibration")}
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "calibration.json").write_text(json.dumps(meta["calibration"], indent=1))
-    init_ray(args.address if args.address is not None else os.environ.get("RAY_ADDRESS", None))
+    if constants.TRAIN_BACKEND == "local":
+        # a single-GPU machine without Ray (LUNGSEARCH_TRAIN_BACKEND=local): same loop, in this process
+        _say("training backend: local (no Ray)")
+    else:
+        init_ray(args.address if args.address is not None else os.environ.get("RAY_ADDRESS", None))
     sections: list[dict] = []
     for name in args.profiles:
         sec = run_profile(name, args, run_dir, meta, sections, deadline)
