@@ -169,7 +169,6 @@ def _fit_local(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_
     """The same worker loop in this process (``LUNGSEARCH_TRAIN_BACKEND=local``): one worker, on the
     GPU when the recipe asks for one. For a single-GPU machine without Ray; checkpoints go to
     ``<run>/local/attempt_*/``, where a later run with ``resume`` continues as Ray Train's would."""
-    from lungsearch.models import create_model
     from lungsearch.training.loop import LocalContext, run_local
 
     if cfg.train.num_workers != 1:
@@ -206,16 +205,8 @@ def _fit_local(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_
     if ctx.last_checkpoint is None:
         raise TrainingError(f"training run {run_name} reported no checkpoint")
     saved = torch.load(Path(ctx.last_checkpoint) / "state.pt", map_location="cpu", weights_only=False)
-    model = create_model(cfg)
-    model.load_state_dict(saved["model"])
-    if disable_attention:
-        from lungsearch.training.loop import disable_attention as _disable
-
-        _disable(model)
-    model.eval()
-    return FitResult(model=model, history=list(saved["history"]), best=saved.get("best_value"), run_name=run_name,
-                     checkpoint_path=ctx.last_checkpoint, resumed=bool(previous and resume),
-                     seconds=time.perf_counter() - t0, stages=stages)
+    return _fit_result(cfg, saved, disable_attention, run_name=run_name, checkpoint_path=ctx.last_checkpoint,
+                       resumed=bool(previous and resume), t0=t0, stages=stages)
 
 
 def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_name: str, storage: str,
@@ -225,7 +216,6 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from lungsearch.models import create_model
 
     if not resume and run_dir is not None and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -282,6 +272,15 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
         raise TrainingError(f"training run {run_name} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+    return _fit_result(cfg, saved, disable_attention, run_name=run_name, checkpoint_path=result.checkpoint.path,
+                       resumed=resumed, t0=t0, stages=stages)
+
+
+def _fit_result(cfg: ProfileConfig, saved: dict, disable_attention: bool, *, run_name: str, checkpoint_path: str,
+                resumed: bool, t0: float, stages) -> FitResult:
+    """The trained model of a final checkpoint's ``state.pt`` (either backend), eval mode, on CPU."""
+    from lungsearch.models import create_model
+
     model = create_model(cfg)
     model.load_state_dict(saved["model"])
     if disable_attention:
@@ -290,5 +289,4 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
         _disable(model)
     model.eval()
     return FitResult(model=model, history=list(saved["history"]), best=saved.get("best_value"), run_name=run_name,
-                     checkpoint_path=result.checkpoint.path, resumed=resumed, seconds=time.perf_counter() - t0,
-                     stages=stages)
+                     checkpoint_path=checkpoint_path, resumed=resumed, seconds=time.perf_counter() - t0, stages=stages)
