@@ -216,7 +216,6 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
     import ray.train
     from ray.train.torch import TorchTrainer
 
-
     if not resume and run_dir is not None and run_dir.exists():
         shutil.rmtree(run_dir)
     resumed = run_dir is not None and any(p.is_dir() for p in run_dir.glob("checkpoint_*"))
