@@ -69,7 +69,9 @@ def rank_gallery(cfg: "ProfileConfig", q: Predictions, g: Predictions, kind: str
     if kind == "hamming" and q.codes is not None:
         from lungsearch.models.hashing import pack_codes
 
-        return M.rank_by_hamming(pack_codes(q.codes), pack_codes(g.codes))
+        from lungsearch.evaluation.ties import rank_by_hamming  # equal distances in a seeded random order
+
+        return rank_by_hamming(pack_codes(q.codes), pack_codes(g.codes))
     if kind == "lsh" and q.codes is not None:
         return _lsh_rerank(q.embedding, q.codes, g.embedding, g.codes, cfg.index.candidates if cfg.index else 100)
     return M.rank_by_cosine(q.embedding, g.embedding)
@@ -130,7 +132,9 @@ def evaluate_model(
         if pred.codes is not None:
             from lungsearch.models.hashing import pack_codes
 
-            ham_order = M.rank_by_hamming(pack_codes(pred.codes), pack_codes(gp.codes))
+            from lungsearch.evaluation.ties import rank_by_hamming  # equal distances in a seeded random order
+
+            ham_order = rank_by_hamming(pack_codes(pred.codes), pack_codes(gp.codes))
             ham_ranked = np.take_along_axis(rel_all, ham_order, axis=1)
             out["map10_hamming"] = M.map_at_k(ham_ranked, k)
             out["ndcg_all_hamming"] = M.ndcg_at_k(ham_ranked, None, ideal_rel=rel_all)

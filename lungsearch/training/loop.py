@@ -92,7 +92,9 @@ def validation_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray, cfg: 
             from lungsearch.models.hashing import pack_codes
 
             packed = pack_codes(outputs["codes"])
-            order = M.rank_by_hamming(packed, packed)
+            from lungsearch.evaluation.ties import rank_by_hamming  # ties in a seeded random order, not gallery order
+
+            order = rank_by_hamming(packed, packed)
         else:
             order = M.rank_by_cosine(outputs["embedding"], outputs["embedding"])
         order = np.stack([row[row != q][: n - 1] for q, row in enumerate(order)])  # leave the query out
