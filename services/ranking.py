@@ -107,7 +107,8 @@ class Ranking:
             idx, how = index_from_store(store, card.profile, card.version, backend=self._backend,
                                         default_candidates=candidates, keep_every_s=300.0)
             self._indexes[key] = idx
-            log.info("index %s@%s from %s: %d cases", card.profile, card.version, how, len(idx))
+            log.info("index %s@%s %s: %d cases", card.profile, card.version,
+                     "loaded from its snapshot" if how == "snapshot" else "rebuilt from the store", len(idx))
             self._publish_index(card.profile, card.version, idx)
             return idx
 
