@@ -114,23 +114,32 @@ def test_sop_class_mismatch_is_refused_a900(make_receiver, fresh_platform, tmp_p
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60  # a loaded machine: no spurious timeouts
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1")  # CR context
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
-    assoc = ae.associate("127.0.0.1", r.port, ae_title=_pacs.LUNGSEARCH_AET)
-    ctx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.1")
-    # pynetdicom picks the context by the data set's SOP class; send a CT data set in the CR context by hand.
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import encode
 
-    req = C_STORE()
-    req.MessageID, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = 7, ctx.abstract_syntax, ds.SOPInstanceUID
-    req.Priority = 2
-    ds_copy = ds.copy()
-    del ds_copy.file_meta
-    req.DataSet = io.BytesIO(encode(ds_copy, ctx.transfer_syntax[0].is_implicit_VR, ctx.transfer_syntax[0].is_little_endian))
-    assoc.dimse.send_msg(req, ctx.context_id)
-    rsp, deadline = None, time.monotonic() + 60
-    while rsp is None and time.monotonic() < deadline:  # get_msg gives (None, None) when its wait times out
-        _, rsp = assoc.dimse.get_msg(block=True)
-    assoc.release()
+    def push_ct_in_cr_context():
+        """Send a CT data set in the CR context by hand (pynetdicom would pick the context by the data
+        set's SOP class); the C-STORE response, or None when the association went away first."""
+        assoc = ae.associate("127.0.0.1", r.port, ae_title=_pacs.LUNGSEARCH_AET)
+        ctx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.1")
+        req = C_STORE()
+        req.MessageID, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = 7, ctx.abstract_syntax, ds.SOPInstanceUID
+        req.Priority = 2
+        ds_copy = ds.copy()
+        del ds_copy.file_meta
+        req.DataSet = io.BytesIO(encode(ds_copy, ctx.transfer_syntax[0].is_implicit_VR, ctx.transfer_syntax[0].is_little_endian))
+        assoc.dimse.send_msg(req, ctx.context_id)
+        rsp, deadline = None, time.monotonic() + 60
+        while rsp is None and time.monotonic() < deadline and assoc.is_established:  # (None, None) on a wait timeout
+            _, rsp = assoc.dimse.get_msg(block=True)
+        if assoc.is_established:
+            assoc.release()
+        return rsp
+
+    # Under heavy load (CI on 2 shared cores) the hand-made exchange has once lost its association
+    # before the answer came (fresh-clone run, 2026-12-04): one more association, never a pass without one.
+    rsp = push_ct_in_cr_context() or push_ct_in_cr_context()
+    assert rsp is not None, "no C-STORE response on two associations"
     assert int(rsp.Status) == scp.NOT_IMAGE and not _stored(fresh_platform)
 
 
