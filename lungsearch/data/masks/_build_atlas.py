@@ -16,7 +16,6 @@ the radiograph), from every frontal two-lung mask of the zip, not just the atlas
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import zipfile
 
@@ -29,29 +28,11 @@ ATLAS_CANON = 64
 
 
 def _frame_mask(raw: bytes) -> np.ndarray | None:
-    """The whole mask image at <= 256 px, two largest components kept; None if not frontal-2-lung."""
-    from PIL import Image
-    from scipy import ndimage as ndi
+    """The whole mask image at <= 256 px, two largest components kept; None if not frontal-2-lung
+    (the shape bank's rule: :func:`lungsearch.data.phantoms._shapes.two_lung_mask`)."""
+    from lungsearch.data.phantoms._shapes import two_lung_mask
 
-    im = Image.open(io.BytesIO(raw))
-    im.draft("L", (256, 256))
-    im = im.convert("L")
-    w, h = im.size
-    s = 256 / max(w, h)
-    im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-    m = np.asarray(im) > 127
-    lab, n = ndi.label(m)
-    if n < 2:
-        return None
-    areas = ndi.sum_labels(m, lab, index=np.arange(1, n + 1))
-    order = np.argsort(-areas)
-    if areas[order[1]] < 0.3 * areas[order[0]] or areas[order[0]] < 500:
-        return None
-    c1 = ndi.center_of_mass(lab == order[0] + 1)[1]
-    c2 = ndi.center_of_mass(lab == order[1] + 1)[1]
-    if abs(c1 - c2) < 0.2 * m.shape[1]:
-        return None
-    return (lab == order[0] + 1) | (lab == order[1] + 1)
+    return two_lung_mask(raw)
 
 
 def frame_stats(mask: np.ndarray) -> dict[str, float]:

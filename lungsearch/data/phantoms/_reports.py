@@ -12,7 +12,6 @@ label the image can show.
 from __future__ import annotations
 
 import functools
-import os
 import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -131,8 +130,6 @@ def _reports_path() -> str:
     from lungsearch.data.phantoms._txv import txv_data_file
 
     return txv_data_file("NLMCXR_reports.tgz")
-
-    return os.path.join(os.path.dirname(torchxrayvision.__file__), "data", "NLMCXR_reports.tgz")
 
 
 def labels_from_mesh(mesh: tuple[str, ...] | list[str]) -> tuple[str, ...] | None:

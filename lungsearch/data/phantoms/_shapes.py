@@ -43,10 +43,11 @@ def _zip_path() -> str:
 
     return txv_data_file("semantic_masks_v7labs_lungs.zip")
 
-    return os.path.join(os.path.dirname(torchxrayvision.__file__), "data", "semantic_masks_v7labs_lungs.zip")
 
-
-def _canonical(raw: bytes) -> tuple[np.ndarray, float] | None:
+def two_lung_mask(raw: bytes) -> np.ndarray | None:
+    """A mask image (PNG/JPEG bytes) at <= 256 px with its two largest components kept, or None when
+    it is not a frontal two-lung mask (lateral views, one lung, a tiny or lopsided second component,
+    both components on one side). Shared by the shape bank and the lung-mask atlas builder."""
     from PIL import Image
     from scipy import ndimage as ndi
 
@@ -65,10 +66,18 @@ def _canonical(raw: bytes) -> tuple[np.ndarray, float] | None:
     a1, a2 = areas[order[0]], areas[order[1]]
     if a2 < 0.3 * a1 or a1 < 500:
         return None
-    keep = (lab == order[0] + 1) | (lab == order[1] + 1)
     c1 = ndi.center_of_mass(lab == order[0] + 1)[1]
     c2 = ndi.center_of_mass(lab == order[1] + 1)[1]
     if abs(c1 - c2) < 0.2 * m.shape[1]:
+        return None
+    return (lab == order[0] + 1) | (lab == order[1] + 1)
+
+
+def _canonical(raw: bytes) -> tuple[np.ndarray, float] | None:
+    from PIL import Image
+
+    keep = two_lung_mask(raw)
+    if keep is None:
         return None
     ys, xs = np.nonzero(keep)
     crop = keep[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
