@@ -58,9 +58,12 @@ JOB_SCRIPTS = {
 }
 
 #: Never uploaded: environments, data, trained artifacts, caches (Ray caps working_dir size).
+#: gitignore syntax, so a bare name matches at any depth: the repository-root folders are anchored
+#: with a leading "/" ("data" alone also dropped the ``lungsearch/data`` package from every job, which
+#: then imported it from whatever lungsearch the cluster's image had installed).
 RUNTIME_ENV_EXCLUDES = [
-    ".venv", ".venv-*", "data", "artifacts", ".git", "**/__pycache__", "*.pyc", ".pytest_cache",
-    ".hypothesis", "benchmarks/results", "*.egg-info", "build", "dist", ".gl", ".whl",
+    "/.venv", "/.venv-*", "/data", "/artifacts", ".git", "**/__pycache__", "*.pyc", ".pytest_cache",
+    ".hypothesis", "/benchmarks/results", "*.egg-info", "/build", "/dist", "/.gl", "/.whl",
 ]
 
 #: Job statuses after which nothing changes.

@@ -37,7 +37,7 @@ def test_entrypoint_and_runtime_env(tmp_path):
 
     env = build_runtime_env(env_vars={"LUNGSEARCH_MILVUS_URI": "http://m:19530"})
     assert env["working_dir"] == str(REPO_ROOT)
-    assert {".venv", "data", "artifacts"} <= set(env["excludes"])
+    assert {"/.venv", "/data", "/artifacts"} <= set(env["excludes"])
     assert env["env_vars"]["HF_HUB_OFFLINE"] == "1" and env["env_vars"]["LUNGSEARCH_MILVUS_URI"] == "http://m:19530"
     assert "pip" not in env
     locked = build_runtime_env(pip="lock")["pip"]["packages"]
@@ -164,3 +164,22 @@ def test_submit_real_job_with_token(ray_head, monkeypatch, tmp_path):
     assert cli_main(["jobs", "stop", "--address", url, "--token-file", str(tok_file), long_id]) == 0
     assert jobs.wait(long_id, timeout=60).status == "STOPPED"
     assert cli_main(["jobs", "status", "--address", url, "--token-file", str(tok_file), job_id]) == 0
+
+
+def test_the_uploaded_package_holds_every_lungsearch_module_and_no_data(tmp_path):
+    """What Ray actually zips with these excludes (its own packaging code, gitignore syntax): every
+    tracked ``lungsearch/**.py`` (``lungsearch/data`` once fell to the bare ``data`` pattern), and none
+    of the repository-root data, artifacts or environments."""
+    import subprocess
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    zpath = tmp_path / "pkg.zip"
+    create_package(str(REPO_ROOT), zpath, include_parent_dir=False,
+                   excludes=build_runtime_env()["excludes"], include_gitignore=True)
+    names = set(zipfile.ZipFile(zpath).namelist())
+    tracked = subprocess.run(["git", "ls-files", "lungsearch", "ray_jobs", "configs"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert tracked and not [f for f in tracked if f not in names]
+    assert not [n for n in names if n.split("/")[0] in {"data", "artifacts", ".venv", ".git"}]

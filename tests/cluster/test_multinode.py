@@ -77,6 +77,11 @@ def cluster(tmp_path_factory):
     gcs, dash = _free_port(), _free_port()
     # short: Ray puts unix sockets under it (107-byte limit; pytest's tmp paths are too long)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
+    # The second node its own temp dir, as a second machine has: by default it takes the head's, and
+    # the two runtime-env agents then share one runtime_resources/ folder, where Ray's working_dir
+    # plugin removes and re-extracts the job's package (overwrite=True) under the other node's running
+    # driver (seen in CI: "No module named 'lungsearch.evaluation.core'" from the half-extracted copy).
+    second_tmp = Path(tempfile.mkdtemp(prefix="rayd-", dir="/tmp"))
     common = ["--node-ip-address=127.0.0.1", "--object-store-memory=150000000", "--disable-usage-stats", "--block"]
 
     def own_ports() -> list[str]:
@@ -109,7 +114,8 @@ def cluster(tmp_path_factory):
             # On a loaded 2-core machine a raylet can miss Ray's fixed 30 s registration window
             # ("The current node timed out during startup"): start the node again, as init_ray does.
             second = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
-                                       '--resources={"second_node": 1}', *own_ports(), *common], env=env,
+                                       '--resources={"second_node": 1}', f"--temp-dir={second_tmp}", *own_ports(),
+                                       *common], env=env,
                                       stdout=logs["second"], stderr=subprocess.STDOUT, start_new_session=True)
             while len(_alive_nodes(dash)) < 2 and second.poll() is None:
                 assert time.monotonic() < deadline + 120 * attempt, "second node did not join"
@@ -127,6 +133,7 @@ def cluster(tmp_path_factory):
         for fh in logs.values():
             fh.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(second_tmp, ignore_errors=True)
 
 
 def test_two_nodes_with_their_own_resources(cluster):
