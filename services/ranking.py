@@ -146,6 +146,9 @@ class Ranking:
             await asyncio.to_thread(store.list_collections)
             for m in self.models.loaded():
                 await asyncio.to_thread(self._index, m)
+                # The index answers searches from memory, but ingests and GetCase need the collection
+                # loaded on the server: a restarted Milvus server has released it.
+                await asyncio.to_thread(store.ensure_loaded, m.profile, m.version)
             return ""
         except LungsearchError as exc:
             self.store_error = exc.message

@@ -452,13 +452,30 @@ class MilvusStore:
         self._clean_gen[name] = generation
         self._dirty.discard(name)
 
-    def _ensure_loaded(self, name: str) -> None:
+    def _ensure_loaded(self, name: str, timeout: float | None = None) -> None:
         # Collections come back released after a reopen; loading is idempotent, so once per process.
         if name in self._loaded:
             return
         with self._guard("load_collection", name):
-            self._client.load_collection(name, timeout=self.load_timeout)
+            self._client.load_collection(name, timeout=self.load_timeout if timeout is None else timeout)
         self._loaded.add(name)
+
+    def ensure_loaded(self, profile: str, version: str) -> None:
+        """Ask the server whether the collection (and its companion) is loaded, and load it if not.
+
+        A Milvus server comes back from a restart with every collection released; this process's
+        "loaded once" memory would not notice until a write failed. The health service calls this, so
+        it says NOT_SERVING (the load's error) until the collections answer again. The load waits at
+        most the call timeout: the server goes on loading, and the next health check asks again. Raises
+        :class:`NotFoundError` for a missing collection, :class:`StoreUnavailableError` otherwise.
+        """
+        info = self.collection_info(profile, version)
+        for name in filter(None, (info.name, info.companion)):
+            with self._guard("get_load_state", name):
+                state = self._client.get_load_state(name, timeout=self.timeout)
+            if getattr(state.get("state"), "name", str(state.get("state"))) != "Loaded":
+                self._loaded.discard(name)
+            self._ensure_loaded(name, timeout=self.timeout)
 
     def _open(self, profile: str, version: str) -> CollectionInfo:
         info = self.collection_info(profile, version)

@@ -226,6 +226,18 @@ def test_collection_released_behind_the_store_is_reloaded_on_the_next_call(store
     assert store.count(PROFILE, VERSION) == 3
 
 
+
+def test_ensure_loaded_reloads_what_was_released_without_a_failed_call(store):
+    """The health check's way: ask the server's load state, not this process's memory, so no call
+    has to fail first."""
+    cases = make_cases(3)
+    store.upsert(PROFILE, VERSION, cases)
+    name = collection_name(PROFILE, VERSION)
+    store._client.release_collection(name)
+    store.ensure_loaded(PROFILE, VERSION)
+    assert store._client.get_load_state(name)["state"].name == "Loaded"
+    assert set(store.get_many(PROFILE, VERSION, [c.case_key for c in cases])) == {c.case_key for c in cases}
+
 def test_lite_index_creation_logs_no_grpc_traceback(db_path, caplog):
     """pymilvus asks milvus-lite's in-process server for AllocTimestamp while it waits for a new
     index; the server lacks it and grpc logged an ERROR traceback per collection (noise only)."""

@@ -205,3 +205,23 @@ def test_index_snapshot_on_a_server_is_invalidated_by_another_replicas_write(sto
     with MilvusStore(milvus_server.uri, timeout=60.0) as restarted:
         idx, how = index_from_store(restarted, profile, VERSION, snapshot_dir=tmp_path)
         assert how == "rebuild" and len(idx) == 152
+
+
+def test_ensure_loaded_notices_a_released_collection_and_loads_it(store, milvus_server):
+    """What a server restart does to the collections (all released), done by a second client: this
+    store's "loaded once" memory still says loaded; ``ensure_loaded`` (the health check's) asks the
+    server and loads them again, companion included."""
+    profile = _fresh(store, "srv-reload")
+    store.upsert(profile, VERSION, make_cases(20, seed=9))
+    info = store.collection_info(profile, VERSION)
+    names = [n for n in (info.name, info.companion) if n]
+    with MilvusStore(milvus_server.uri, timeout=60.0) as other:
+        for n in names:
+            other._client.release_collection(n)
+        assert {other._client.get_load_state(n)["state"].name for n in names} == {"NotLoad"}
+    assert info.name in store._loaded  # the memory alone would have said "ready"
+    store.ensure_loaded(profile, VERSION)
+    assert {store._client.get_load_state(n)["state"].name for n in names} == {"Loaded"}
+    assert store.count(profile, VERSION) == 20
+    with pytest.raises(NotFoundError):
+        store.ensure_loaded("srv-never-made", VERSION)
