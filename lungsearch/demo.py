@@ -322,7 +322,7 @@ def _print_summary(res: DemoResult, work: Path, echo, registry_root: str | None 
     echo("")
     echo("== lungsearch demo summary (SYNTHETIC phantom data: these numbers show the pipeline works; "
          "they are not clinical results) ==")
-    echo(f"{'profile':<11} {'model':<38} {'metric 1':<24} {'metric 2':<24} report")
+    echo(f"{'profile':<11} {'model':<38} {'metric 1':<24} {'metric 2':<24} report (open report.html in it)")
     for p, m in res.models.items():
         cells = []
         for name in _HEADLINE.get(p, ()):

@@ -4,7 +4,7 @@
     python ray_jobs/evaluate.py --config cxr-cnn --model cxr-cnn@20261124-195301-3f2a1b
 
 The split is recomputed from the model card's config (same seed = same patient-disjoint split).
-Output: metrics.json, roc.png, pr.png, confusion.png, retrieval.png, report.md.
+Output: metrics.json, roc.png, pr.png, confusion.png, retrieval.png, report.md, report.html.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The evaluation report folder: ``metrics.json``, figures and ``report.md`` with tables laid out
-like the seed papers' tables. Every table states the dataset it ran on (phantom or real) and the
+"""The evaluation report folder: ``metrics.json``, figures, ``report.md`` with tables laid out
+like the seed papers' tables and ``report.html`` (the same tables with the figures beside them). Every table states the dataset it ran on (phantom or real) and the
 seeds; every file carries provenance (lungsearch version, profile, model version, config hash).
 
 =========== =====================================================================================
@@ -157,7 +157,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_report(out_dir: str | Path, inp: ReportInput) -> dict[str, Path]:
-    """Write ``metrics.json``, the PNG figures and ``report.md`` into ``out_dir``; returns the paths."""
+    """Write ``metrics.json``, the PNG figures, ``report.md`` and ``report.html`` into ``out_dir``;
+    returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = inp.cfg
@@ -194,8 +195,8 @@ def write_report(out_dir: str | Path, inp: ReportInput) -> dict[str, Path]:
     files["metrics"] = out / "metrics.json"
     _atomic_write(files["metrics"], json.dumps(_jsonable(doc), indent=2, sort_keys=False) + "\n")
 
-    lines = [f"# Evaluation report: {cfg.profile}", ""]
-    lines += [f"- **Dataset**: {data}" if data else "- **Dataset**: (unknown)"]
+    title = f"Evaluation report: {cfg.profile}"
+    lines = [f"- **Dataset**: {data}" if data else "- **Dataset**: (unknown)"]
     for key in ("model_version", "config_fingerprint", "code_version", "seed", "split_sizes", "run_name", "created_at"):
         if key in prov:
             lines.append(f"- **{key.replace('_', ' ')}**: {prov[key]}")
@@ -205,13 +206,20 @@ def write_report(out_dir: str | Path, inp: ReportInput) -> dict[str, Path]:
     tables = render_tables(inp)
     if tables:
         lines += ["## Tables laid out like the paper's", "", tables]
-    if files:
-        lines += ["## Figures", ""] + [f"![{k}]({v.name})" for k, v in files.items() if v.suffix == ".png"] + [""]
-    if cfg.data.source == "phantom":
-        lines += ["> All numbers above come from **synthetic phantom data**, not patients: they show the method works",
-                  "> end to end and how variants compare on the phantoms, not clinical performance.", ""]
+    synthetic = cfg.data.source == "phantom"
+    note = ["> All numbers above come from **synthetic phantom data**, not patients: they show the method works",
+            "> end to end and how variants compare on the phantoms, not clinical performance.", ""] if synthetic else []
+    figures = {k: v for k, v in files.items() if v.suffix == ".png"}
+    md = [f"# {title}", "", *lines]
+    if figures:
+        md += ["## Figures", ""] + [f"![{k}]({v.name})" for k, v in figures.items()] + [""]
     files["report"] = out / "report.md"
-    _atomic_write(files["report"], "\n".join(lines))
+    _atomic_write(files["report"], "\n".join(md + note))
+    # The same tables as one HTML page with the figures beside them (what a reader would rather open).
+    from lungsearch.evaluation.html import render_report_html
+
+    files["html"] = out / "report.html"
+    _atomic_write(files["html"], render_report_html(title, "\n".join(lines + note), figures, synthetic=synthetic))
     return files
 
 

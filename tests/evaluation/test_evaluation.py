@@ -94,3 +94,20 @@ def test_write_report_folder(cnn, tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "PHANTOM (synthetic)" in md and "Table 3 (paper 2)" in md and "| ResNet18 | 0.100 |" in md
     assert "mean ± std" in md and "synthetic phantom data" in md
+    # The HTML page: the same tables as real <table>s, every figure embedded beside them, one file.
+    page = (tmp_path / "report.html").read_text()
+    assert files["html"] == tmp_path / "report.html"
+    assert page.count("<table>") == md.count("\n|---") >= 3
+    assert "<td>ResNet18</td>" in page and "Synthetic phantom data" in page
+    assert all(f'id="fig-{k}"' in page for k in ("roc", "pr", "confusion", "retrieval"))
+    assert page.count("src=\"data:image/png;base64,") == 4 and "src=\"roc.png" not in page
+
+
+def test_report_page_renders_no_markup_from_names(tmp_path):
+    """Row names and profile text are data: a '<script>' in them comes out escaped."""
+    from lungsearch.evaluation.html import render_report_html
+
+    page = render_report_html("t <b>x</b>", "| method | v |\n| --- | --- |\n| <script>alert(1)</script> | 1 |\n", {},
+                              synthetic=False)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<b>x</b>" not in page
+    assert "Synthetic phantom data" not in page
