@@ -40,6 +40,7 @@ __all__ = [
     "BATCH_BUCKETS",
     "merge_expositions",
     "CONTENT_TYPE",
+    "PROCESS_FAMILIES",
 ]
 
 log = logging.getLogger(__name__)
@@ -281,8 +282,23 @@ class ServingMetrics:
             self._record("lungsearch_quality_code_bits_psi", psi, profile=profile, site=site)
 
     def render(self) -> str:
-        """This replica's metrics as Prometheus text exposition (format 0.0.4)."""
-        return generate_latest(self.registry).decode()
+        """This replica's metrics as Prometheus text exposition (format 0.0.4), with the process's
+        library counters (:data:`PROCESS_FAMILIES`) after them."""
+        return generate_latest(self.registry).decode() + _process_exposition()
+
+
+#: Counters that library code keeps in ``prometheus_client``'s default registry, one set per process
+#: (the lung-mask outcomes and the radiomics whole-thorax fallback of ``lungsearch.data.masks``): every
+#: replica's exposition carries its own process's, and :func:`merge_expositions` sums them across
+#: replicas, so the ``/metrics`` endpoint counts every fallback wherever the mask ran.
+PROCESS_FAMILIES = ("lungsearch_data_lung_masks", "lungsearch_data_radiomics_roi_fallbacks")
+
+
+def _process_exposition() -> str:
+    import lungsearch.data.masks._metrics  # noqa: F401 - registers the families (zero until counted)
+
+    fams = [f for f in prometheus_client.REGISTRY.collect() if f.name in PROCESS_FAMILIES]
+    return generate_latest(_Families(fams)).decode() if fams else ""
 
 
 class _Families:
