@@ -5,6 +5,7 @@ Layout (a Triton-model-repository / MONAI-bundle style folder per version)::
     <root>/<profile>/<version>/weights.pt        torch state_dict (every fitted part is a buffer)
     <root>/<profile>/<version>/model_card.yaml   config, targets, metrics, provenance
     <root>/<profile>/LIVE                        the live version (else the newest is live)
+    <root>/<profile>/STAGED                      the version a re-index is building (ingests go to both)
 
 Versions are ``YYYYMMDD-HHMMSS-<config fingerprint[:6]>`` (UTC), so lexical order is creation
 order. A version folder appears atomically: it is written under a hidden temporary name in the
@@ -57,6 +58,10 @@ __all__ = [
     "WEIGHTS_FILE",
     "CARD_FILE",
     "LIVE_FILE",
+    "STAGED_FILE",
+    "stage",
+    "staged_version",
+    "unstage",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,8 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model_card.yaml"
 LIVE_FILE = "LIVE"
+#: The version a re-index is building (``stage``): ingests are written to it as well as to the live one.
+STAGED_FILE = "STAGED"
 _CARD_SCHEMA = 1
 
 
@@ -418,6 +425,22 @@ def load_model(ref: str, *, root: str | Path | None = None, map_location: Any = 
     return model, card
 
 
+def _write_pointer(path: Path, version: str) -> None:
+    """Atomically replace a pointer file (``LIVE``, ``STAGED``) with ``version``: readers see the
+    old name or the new one, never a partial write."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def set_live(profile: str, version: str, root: str | Path | None = None) -> ModelCard:
     """Make ``profile@version`` the live version (atomic replace of ``<profile>/LIVE``).
 
@@ -425,17 +448,35 @@ def set_live(profile: str, version: str, root: str | Path | None = None) -> Mode
         ModelNotFoundError: the version is not registered.
     """
     card = resolve(profile, version, root=root)
-    parent = card.path.parent
-    fd, tmp = tempfile.mkstemp(prefix=".LIVE-", dir=parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(card.version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, parent / LIVE_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_pointer(card.path.parent / LIVE_FILE, card.version)
     log.info("live model of %s is now %s", profile, card.version)
     return card
+
+
+def stage(profile: str, version: str, root: str | Path | None = None) -> ModelCard:
+    """Mark ``profile@version`` as the version being re-indexed (``<profile>/STAGED``): while it is
+    staged, every gateway writes each ingest into its collection too, so a re-index loses none of the
+    cases that arrive during the rebuild (``lungsearch.reindex``).
+
+    Raises:
+        ModelNotFoundError: the version is not registered.
+    """
+    card = resolve(profile, version, root=root)
+    _write_pointer(card.path.parent / STAGED_FILE, card.version)
+    log.info("staged %s@%s for re-indexing", profile, card.version)
+    return card
+
+
+def staged_version(profile: str, root: str | Path | None = None) -> str | None:
+    """The version named in ``<profile>/STAGED`` if it is registered, else None."""
+    path = _root(root) / _check_name("profile", profile) / STAGED_FILE
+    try:
+        name = path.read_text().strip()
+    except OSError:
+        return None
+    return name if name and (path.parent / name / CARD_FILE).is_file() else None
+
+
+def unstage(profile: str, root: str | Path | None = None) -> None:
+    """End a re-index: remove ``<profile>/STAGED`` (a no-op when nothing is staged)."""
+    (_root(root) / _check_name("profile", profile) / STAGED_FILE).unlink(missing_ok=True)

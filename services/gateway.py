@@ -79,6 +79,8 @@ class Gateway:
         self.encoding, self.fusion, self.hashing, self.ranking = encoding, fusion, hashing, ranking
         self._live_mtime = {p: self._live_file_mtime(p) for p in self.models.profiles}
         self._live_checked = time.monotonic()
+        self.staged: dict[str, str] = {}  # profile -> the version a re-index is building (registry STAGED)
+        self._read_staged()
         self._publish_models()
         self.thumbs = self._open_thumbnails()
         # The report scrubber's first call imports spaCy (seconds): do it now, not in the first Ingest.
@@ -110,12 +112,23 @@ class Gateway:
         except OSError:
             return 0.0
 
+    def _read_staged(self) -> None:
+        from lungsearch.registry import staged_version
+
+        for p in self.models.profiles:
+            v = staged_version(p, root=self.args.artifacts_dir) or ""
+            if v != self.staged.get(p, ""):
+                log.info("re-index of %s: %s", p, f"ingests also go to {v}" if v else "ended")
+            self.staged[p] = v
+
     def _refresh_live(self) -> None:
         """Follow the registry's LIVE file when it changed (another gateway replica or an operator
-        switched versions): cheap stat calls, at most every few seconds."""
+        switched versions), and its STAGED file (a re-index under way): cheap stat and read calls,
+        at most every few seconds (``lungsearch.reindex`` waits that long after staging)."""
         if time.monotonic() - self._live_checked < _LIVE_REFRESH_S:
             return
         self._live_checked = time.monotonic()
+        self._read_staged()
         from lungsearch.registry import live_version
 
         for p in self.models.profiles:
@@ -214,9 +227,30 @@ class Gateway:
         if not request.images:
             raise InvalidRequestError("ingest needs at least one image", code="no_image", field="images")
         report = await self._deidentified_report(request.report, lim)
-        study, text, enc, fus, code = await self._encode_embed(served, request.images, report)
+        staged = self._staged_for(served, request.model.version)
+        if staged is not None:
+            # A re-index is building this version: write the case there first, so an OK means both
+            # versions hold it and a failure fails the call before the live version acknowledges it
+            # (the client retries; ingest is idempotent by case key).
+            await self._store_case(staged, request.images, report, labels, source_id)
+        key, created, ref = await self._store_case(served, request.images, report, labels, source_id)
+        return gateway_pb2.IngestResponse(case_key=key, created=created, model=ref)
+
+    def _staged_for(self, served: ServedModel, requested_version: str) -> ServedModel | None:
+        """The staged version to write an ingest to as well: only when the ingest targets the live
+        version (unpinned, or pinned to it) and a different version is staged."""
+        version = self.staged.get(served.profile, "")
+        if not version or version == served.version or served.version != self.models.live.get(served.profile):
+            return None
+        return self.models.get(served.profile, version)
+
+    async def _store_case(self, served: ServedModel, images, report: common_pb2.Report, labels, source_id: str
+                          ) -> tuple[str, bool, common_pb2.ModelRef]:
+        """Embed one study with ``served`` and upsert it into that version's collection; returns
+        (case key, created, model ref)."""
+        study, text, enc, fus, code = await self._encode_embed(served, images, report)
         key = pipeline.derive_case_key(self.hmac_key, study=study, source_id=source_id,
-                                       image_bytes=[im.data for im in request.images])
+                                       image_bytes=[im.data for im in images])
         ref = convert.model_ref(served.profile, served.version)
         case = common_pb2.Case(case_key=key, modality=convert.modality_to_proto(study.modality),
                                view=convert.view_to_proto(study.view), labels=labels,
@@ -228,7 +262,7 @@ class Gateway:
         # Ranking writes Milvus and flushes before it answers: an OK here is durable.
         up = await self.ranking.Upsert.remote(ranking_pb2.UpsertRequest(model=ref, records=[record]))
         await self._store_thumbnail(served, key, study)
-        return gateway_pb2.IngestResponse(case_key=key, created=up.inserted > 0, model=ref)
+        return key, up.inserted > 0, ref
 
     async def _deidentified_report(self, report: common_pb2.Report, lim) -> common_pb2.Report:
         """The report an ingest stores and embeds: names, identifiers, dates, phones, addresses and

@@ -30,6 +30,7 @@ EXIT_INVALID = 4  # the server rejected the input (bad image, empty report, PHI)
 EXIT_AUTH = 5  # missing/invalid token, or the token's role may not do this
 EXIT_UNAVAILABLE = 6  # server unreachable, not serving, or too slow (deadline): try again later
 EXIT_LIMIT = 7  # a size limit was exceeded, or the server stayed overloaded
+EXIT_REFUSED = 8  # a check refused the change (reindex: the regression gate)
 
 #: Exit code -> meaning, as printed in every client command's --help.
 EXIT_CODES = {
@@ -41,6 +42,7 @@ EXIT_CODES = {
     EXIT_AUTH: "authentication or permission denied",
     EXIT_UNAVAILABLE: "server unavailable, not serving, or deadline exceeded",
     EXIT_LIMIT: "size limit exceeded or server overloaded",
+    EXIT_REFUSED: "refused by a check (reindex gate)",
 }
 
 _EXIT_HELP = "exit codes: " + ", ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
@@ -167,6 +169,22 @@ def register(sub: argparse._SubParsersAction) -> None:
              examples=["lungsearch activate cxr-report@20261124-1953-ab12cd --token-file admin.token"], parents=[conn])
     p.add_argument("model_ref", metavar="PROFILE@VERSION")
     p.set_defaults(func=cmd_activate)
+
+    p = _add(sub, "reindex", help="build a new version's index, gate it against the live one, switch (admin)",
+             description="Gated re-indexing: stage PROFILE@VERSION (gateways write every ingest to it too), ingest "
+                         "the source cases into its collection, compare mAP@10 and P@10 with the live version on "
+                         "held-out probe cases (paired bootstrap interval of the difference), and switch only when "
+                         "the drop is at most --max-drop. The old version stays for rollback. Exits 8 when the gate "
+                         "refuses. Source and probes: the candidate's data config (train + val cases are built, the "
+                         "test split is the probe set).",
+             examples=["lungsearch reindex ct-ild@20261206-1200-ab12cd --token-file admin.token",
+                       "lungsearch reindex cxr-hash@20261206-1200-cd34ef --max-drop 0.05 --no-activate --json"],
+             parents=[conn])
+    p.add_argument("model_ref", metavar="PROFILE@VERSION")
+    p.add_argument("--artifacts-dir", default=None, help="the registry the gateways read (default: LUNGSEARCH_ARTIFACTS_DIR)")
+    p.add_argument("--max-drop", type=float, default=0.02, help="largest accepted drop of mAP@10 / P@10 (default: %(default)s)")
+    p.add_argument("--no-activate", action="store_true", help="build and gate only; do not switch")
+    p.set_defaults(func=cmd_reindex)
 
     p = _add(sub, "get", help="show a stored case by key",
              description="Show one stored (de-identified) case.",
@@ -596,6 +614,29 @@ def cmd_activate(args: argparse.Namespace) -> int:
     else:
         print(f"live: {res.live} (was {res.previous or 'none'})")
     return EXIT_OK
+
+
+@_guarded
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from lungsearch import constants, registry
+    from lungsearch.data import load_records, split_records
+    from lungsearch.errors import InvalidRequestError
+    from lungsearch.reindex import reindex
+
+    profile, version = registry.parse_ref(args.model_ref)
+    if not version:
+        raise InvalidRequestError("reindex needs PROFILE@VERSION", code="no_version", field="model_ref")
+    root = args.artifacts_dir or constants.ARTIFACTS_DIR
+    cfg = registry.resolve(profile, version, root=root).config
+    records = load_records(cfg.data)
+    splits = split_records(records, cfg.data.split, seed=cfg.data.seed)
+    echo = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    with _connect(args) as client:
+        rep = reindex(client, profile, version, records=[*splits["train"], *splits["val"]], probes=splits["test"],
+                      registry_root=root, max_drop=args.max_drop, activate=not args.no_activate, echo=echo)
+    if args.json:
+        _print_json(rep.as_dict())
+    return EXIT_OK if rep.gate is not None and rep.gate.passed else EXIT_REFUSED
 
 
 @_guarded

@@ -11,9 +11,12 @@ since an untrained CLIP-style model ranks text->image at chance.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -436,6 +439,79 @@ def test_activate_model_switches_atomically(served, ingested, phantom_sets):
              token=ADMIN, timeout=300)
     assert back.live.version == old and len(c("Search", q).hits) == 10
 
+
+
+def _case_record(rec: dict):
+    from lungsearch.data.types import CaseRecord
+
+    return CaseRecord(case_id=rec["case_id"], image_paths=tuple(rec["image_paths"]), labels=tuple(rec["labels"]),
+                      group=rec.get("group") or rec["case_id"], report=rec.get("report"), modality="ct")
+
+
+def test_gated_reindex_writes_ingests_to_both_switches_and_rolls_back(served, ingested, phantom_sets, tmp_path):
+    """lungsearch.reindex end to end on the served app: a candidate with the live model's weights is
+    built from the source cases, passes the gate with a zero difference and goes live; a case
+    ingested (unpinned) during the re-index is in both versions; rolling back restores the old
+    answers; a candidate whose index carries shuffled labels is refused with its numbers."""
+    import threading
+
+    from lungsearch.client import LungSearchClient
+    from lungsearch.data import phantoms
+    from lungsearch.reindex import STAGE_SETTLE_S, reindex
+
+    c, root = served["client"], Path(served["args"]["artifacts_dir"])
+    old = served["cards"]["ct-ild"].version
+    probes = [_case_record(r) for r in phantom_sets["ct"][:HELD_OUT["ct"]]]
+    source = [_case_record(r) for r in phantom_sets["ct"][HELD_OUT["ct"]:]]
+    same = build_registry(root, {"ct-ild": PROFILES["ct-ild"]}, version_suffix="-r")["ct-ild"]
+    extra = phantoms.generate("ct", 1, tmp_path / "extra", seed=99, size=64, slices=3)
+    extra_rec = [json.loads(x) for x in (Path(extra) / "manifest.jsonl").read_text().splitlines() if x][0]
+    extra_images = [common_pb2.Image(data=open(Path(extra) / q, "rb").read()) for q in extra_rec["image_paths"]]
+
+    def top(version: str, k: int = 10) -> list[str]:
+        req = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild", version=version),
+                                        images=_images(phantom_sets["ct"][0]), top_k=k)
+        return [h.case.case_key for h in c("Search", req).hits]
+
+    before = top(old)
+    arrived: dict[str, str] = {}
+
+    def ingest_during_reindex(line: str) -> None:
+        if line.startswith("[reindex] staged"):
+            def go():
+                time.sleep(STAGE_SETTLE_S)  # the gateways have read STAGED by now
+                req = gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=extra_images,
+                                                labels=extra_rec["labels"], source_id="during-reindex")
+                arrived["key"] = c("Ingest", req, token=WRITE).case_key
+            threading.Thread(target=go, daemon=True).start()
+
+    with LungSearchClient(f"127.0.0.1:{served['port']}", token=ADMIN, timeout=120) as sdk:
+        rep = reindex(sdk, "ct-ild", same.version, records=source, probes=probes, registry_root=str(root),
+                      max_drop=0.0, echo=ingest_during_reindex)
+        assert rep.gate is not None and rep.gate.passed and rep.activated, rep.gate.summary()
+        assert all(v["diff"] == 0.0 and v["lo"] == 0.0 for v in rep.gate.metrics.values())  # same weights
+        assert rep.built == len(source) and rep.live == old and rep.rollback.endswith(f"ct-ild@{old}")
+        assert "key" in arrived, "the concurrent ingest did not finish"
+        for version in (old, same.version):  # written to both while staged
+            got = c("GetCase", gateway_pb2.GetCaseRequest(model=common_pb2.ModelRef(profile="ct-ild", version=version),
+                                                          case_key=arrived["key"]))
+            assert got.case.case_key == arrived["key"]
+        assert not (root / "ct-ild" / "STAGED").exists()
+        assert sdk.activate_model("ct-ild", old).live.version == old  # the rollback
+        after = [k for k in top(old, 11) if k != arrived["key"]][:10]
+        assert after == before
+
+        # A candidate whose index is wrong (labels shuffled): the gate refuses, the live version stays.
+        bad = build_registry(root, {"ct-ild": PROFILES["ct-ild"]}, version_suffix="-x")["ct-ild"]
+        rng = np.random.default_rng(0)
+        labels = [r.labels for r in source]
+        shuffled = [dataclasses.replace(r, labels=labels[i]) for r, i in zip(source, rng.permutation(len(source)))]
+        refused = reindex(sdk, "ct-ild", bad.version, records=shuffled, probes=probes, registry_root=str(root),
+                          max_drop=0.02, settle_s=0.0)
+        assert not refused.gate.passed and not refused.activated
+        assert refused.gate.metrics["p10"]["candidate"] < refused.gate.metrics["p10"]["live"]
+    assert next(m for m in c("ListModels", gateway_pb2.ListModelsRequest(profile="ct-ild")).models if m.live
+                ).model.version == old
 
 def test_restart_keeps_acknowledged_cases(served, ingested, phantom_sets):
     """Delete the app and start it again on the same milvus-lite file: every acknowledged case
