@@ -15,6 +15,7 @@ so re-running the job updates rows in place: the build is idempotent.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,8 @@ def record_case_key(hmac_key: bytes, record: "CaseRecord", study: "Study") -> st
 class _Decode:
     """Ray Data map: record index -> prepared case (``lungsearch.inference.prepare_case``) and metadata."""
 
-    def __init__(self, records: Sequence["CaseRecord"], cfg: "ProfileConfig", hmac_key: bytes | None) -> None:
-        self.records, self.cfg, self.hmac_key = records, cfg, hmac_key
+    def __init__(self, cfg: "ProfileConfig", hmac_key: bytes | None) -> None:
+        self.cfg, self.hmac_key = cfg, hmac_key
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from lungsearch.data import load_study
@@ -87,8 +88,8 @@ class _Decode:
 
         ex = radiomics_extractor(self.cfg)
         images, rads, views, n, keys = [], [], [], [], []
-        for i in batch["i"]:
-            rec = self.records[int(i)]
+        for blob in batch["record"]:
+            rec = pickle.loads(blob)
             study = load_study(rec, hmac_key=self.hmac_key)
             keys.append(record_case_key(self.hmac_key, rec, study))
             case = prepare_case(study, self.cfg, extractor=ex)
@@ -97,14 +98,13 @@ class _Decode:
             views.append(study.view or rec.view or "")
             rads.append(case.radiomics if case.radiomics is not None else np.zeros(0))
         return {"i": np.asarray(batch["i"]), "image": _obj(images), "radiomics": _obj(rads), "n_slices": np.asarray(n),
-                "view": np.asarray(views, dtype=object), "key": np.asarray(keys, dtype=object)}
+                "view": np.asarray(views, dtype=object), "key": np.asarray(keys, dtype=object), "text": batch["text"]}
 
 
 class _Embedder:
     """Ray Data actor: the registered model, loaded once; ``lungsearch.inference.embed_cases`` per batch."""
 
-    def __init__(self, ref: str, registry_root: str | None, use_gpu: bool, texts: Sequence[str],
-                 thumbnails: str | None = None) -> None:
+    def __init__(self, ref: str, registry_root: str | None, use_gpu: bool, thumbnails: str | None = None) -> None:
         import torch
 
         from lungsearch.registry import load_model
@@ -112,7 +112,6 @@ class _Embedder:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model, self.card = load_model(ref, root=registry_root, map_location=self.device)
         self.model.to(self.device)
-        self.texts = list(texts)
         self.thumbnails = thumbnails
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -121,8 +120,7 @@ class _Embedder:
         has_rad = getattr(self.model, "radiomics", None) is not None
         cases = [PreparedCase(pixels=np.asarray(x, dtype=np.float32), radiomics=np.asarray(r, dtype=np.float64) if has_rad else None)
                  for x, r in zip(batch["image"], batch["radiomics"])]
-        texts = [self.texts[int(i)] for i in batch["i"]]
-        outs = embed_cases(self.model, cases, texts=texts, device=self.device)
+        outs = embed_cases(self.model, cases, texts=[str(t) for t in batch["text"]], device=self.device)
         if self.thumbnails:
             # the page draws retrieved cases and their heat maps on these (PHI-free pixels, keyed case key)
             from lungsearch.web.thumbs import record_thumbnail
@@ -210,11 +208,15 @@ def build_index(
     n_gpu = int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 0
     # What is stored and embedded is the de-identified report (the one rule Ingest follows too).
     texts = [deidentify_report(r.report or "").text for r in records]
-    ds = ray.data.from_items([{"i": i} for i in range(len(records))], override_num_blocks=max(1, min(len(records), 64)))
-    ds = ds.map_batches(_Decode(records, cfg, key), batch_size=batch_size, batch_format="numpy", num_cpus=1)
+    # The records and their texts travel in the rows: Ray Data fuses the decode map into the embedding
+    # actors, and as constructor arguments they would sit in the object store (Ray logs an error:
+    # such an actor cannot be restarted once they are lost).
+    rows = [{"i": i, "record": pickle.dumps(r), "text": t} for i, (r, t) in enumerate(zip(records, texts))]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(records), 64)))
+    ds = ds.map_batches(_Decode(cfg, key), batch_size=batch_size, batch_format="numpy", num_cpus=1)
     n_actors = max(1, int(actors) if actors else n_gpu)
     cpu_per_actor = 0 if use_gpu else (1 if n_actors == 1 else 0.5)
-    ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu), texts,
+    ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu),
                                              thumbs_path),
                         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
                         num_gpus=1 if use_gpu else 0, num_cpus=cpu_per_actor)

@@ -508,6 +508,7 @@ def test_gated_reindex_writes_ingests_to_both_switches_and_rolls_back(served, in
         shuffled = [dataclasses.replace(r, labels=labels[i]) for r, i in zip(source, rng.permutation(len(source)))]
         refused = reindex(sdk, "ct-ild", bad.version, records=shuffled, probes=probes, registry_root=str(root),
                           max_drop=0.02, settle_s=0.0)
+        print(f"\n{rep.gate.summary()}\n{refused.gate.summary()}")
         assert not refused.gate.passed and not refused.activated
         assert refused.gate.metrics["p10"]["candidate"] < refused.gate.metrics["p10"]["live"]
     assert next(m for m in c("ListModels", gateway_pb2.ListModelsRequest(profile="ct-ild")).models if m.live
