@@ -83,6 +83,7 @@ class Gateway:
         self._read_staged()
         self._publish_models()
         self.thumbs = self._open_thumbnails()
+        self.audit = self._open_audit()
         # The report scrubber's first call imports spaCy (seconds): do it now, not in the first Ingest.
         threading.Thread(target=inference.deidentify_report, args=("warm-up",), daemon=True).start()
         log.info("gateway up: profiles=%s auth=%s", ",".join(self.models.profiles),
@@ -96,6 +97,15 @@ class Gateway:
         if where == "off":
             return None
         return ThumbnailStore(where or default_path(self.args.hmac_key_file))
+
+    def _open_audit(self):
+        """The audit trail of external calls (``lungsearch.serving.audit``), or None when turned off."""
+        from lungsearch.serving.audit import GatewayAudit
+
+        where = self.args.audit_log
+        if where == "off":
+            return None
+        return GatewayAudit(where or Path(self.args.hmac_key_file).resolve().parent / "audit" / "gateway.jsonl")
 
     def __serve_build_asgi_app__(self):
         """Serve's late-bound ingress hook: the page and its JSON API, over this replica's methods."""

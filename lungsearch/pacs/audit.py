@@ -24,7 +24,8 @@ from lungsearch.pacs import metrics
 __all__ = ["AuditLog", "EVENTS", "OUTCOME_RE"]
 
 #: The events the log knows; anything else is a programming error.
-EVENTS = ("ingest", "search", "classify", "explain", "results_sent", "association", "retrieve")
+EVENTS = ("ingest", "search", "classify", "explain", "results_sent", "association", "retrieve", "get_case",
+          "delete_case", "activate")
 #: Outcomes are ``ok`` or a short lower-case reason code (also a metric label: kept bounded by shape).
 OUTCOME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Free-text fields are refused wholesale: only these keys, with short, identifier-shaped values.

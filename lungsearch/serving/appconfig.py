@@ -45,6 +45,9 @@ class AppArgs(BaseModel):
     thumbnails_path: str = Field(default="", description="SQLite file of stored cases' thumbnails (ExplainMatch, the "
                                                          "web page); '' = thumbnails.sqlite beside hmac_key_file; "
                                                          "'off' = none kept.")
+    audit_log: str = Field(default="", description="Append-only audit log of every external call on cases (one "
+                                                   "PHI-free JSON line each); '' = audit/gateway.jsonl beside "
+                                                   "hmac_key_file; 'off' = none.")
     stages: Literal["graph", "fused"] = Field(
         default="graph", description="graph: gateway calls Encoding, Fusion, Hashing in turn; fused: the Encoding "
                                      "replica also fuses and hashes (two hops fewer per request).")

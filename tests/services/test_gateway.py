@@ -561,3 +561,31 @@ def test_an_ingested_report_is_stored_and_answered_de_identified(served, ingeste
     assert {c for c in ("name", "identifier", "date", "phone") if any(f'category="{c}"' in ln for ln in removed)} == \
         {"name", "identifier", "date", "phone"}
     c("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=res.case_key), token=WRITE)
+    audit = (Path(served["args"]["hmac_key_file"]).parent / "audit" / "gateway.jsonl").read_text()
+    for needle in needles + ("phi-report-1",):
+        assert needle not in audit, needle
+
+
+def test_every_external_call_on_cases_is_in_the_audit_log(served, ingested, phantom_sets):
+    """One PHI-free line per call: who (the token's name), the keyed case or the hit count, the
+    model version, the outcome; refused calls too."""
+    c = served["client"]
+    path = Path(served["args"]["hmac_key_file"]).parent / "audit" / "gateway.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    ingests = [ln for ln in lines if ln["event"] == "ingest" and ln["outcome"] == "ok"]
+    keys = {k for profile in ingested.values() for k in profile}
+    assert keys <= {ln["case_key"] for ln in ingests if ln["who"] == "bridge"}  # the fixture's write token
+    assert {ln["who"] for ln in ingests} <= {"bridge", "ops"}  # ops: the re-index test's admin token
+    assert all(ln["model"].startswith(("cxr-report@", "ct-ild@", "cxr-clip@")) and ln["images"] >= 1 for ln in ingests)
+    n = len(lines)
+    rec = phantom_sets["ct"][0]
+    c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(rec), top_k=4))
+    c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"),
+                                                images=[common_pb2.Image(data=b"not an image")]))
+    c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(rec)),
+            token="wrong-token-" + "z" * 24)
+    new = [json.loads(x) for x in path.read_text().splitlines()][n:]
+    assert [(ln["event"], ln["who"], ln["outcome"]) for ln in new] == [
+        ("search", "viewer", "ok"), ("search", "viewer", "invalid_image"), ("search", "anonymous", "unauthenticated")]
+    assert new[0]["hits"] == 4 and new[0]["top_k"] == 4 and new[0]["model"].startswith("ct-ild@")
+    assert all(set(ln) <= {"ts", "event", "outcome", "who", "model", "hits", "top_k", "case_key", "images"} for ln in new)
