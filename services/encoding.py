@@ -1,8 +1,9 @@
 """Encoding deployment (``lungsearch.v1.Encoding``): images, report text and radiomics -> features.
 
 Studies from concurrent requests are batched with ``@serve.batch`` (``max_batch_size`` and
-``batch_wait_timeout_s`` come from ``user_config`` via :meth:`Encoding.reconfigure`); the model
-work runs in a thread so the replica keeps accepting requests while a batch computes.
+``batch_wait_timeout_s`` come from ``user_config`` via :meth:`Encoding.reconfigure`); a lone request
+(nothing else being encoded) skips the batch wait. The model work runs in a thread so the replica
+keeps accepting requests while a batch computes.
 
 The gateway calls :meth:`Encoding.Encode` through a handle with the already decoded and
 de-identified ``study`` (a ``lungsearch.data.Study``) so a large CT series is decoded once; a client
@@ -47,6 +48,7 @@ class Encoding:
         for p in self.models.errors:
             self.metrics.model_load_failed(p)
         self._publish_models()
+        self._in_flight = 0  # encodes under way in this replica (see _encode)
 
     def _publish_models(self) -> None:
         self.metrics.clear_models()
@@ -115,6 +117,22 @@ class Encoding:
                 out[i] = r
         return out
 
+    async def _encode(self, served, study, text: str | None) -> Any:
+        """One study's (prepared item, features), or its error. A lone request (nothing else being
+        encoded here) runs at once: ``@serve.batch`` would hold it ``batch_wait_timeout_s`` for
+        company that is not coming. Requests that arrive while one is under way queue into a batch."""
+        lone = self._in_flight == 0
+        self._in_flight += 1
+        try:
+            if not lone:
+                return await self._encode_batched((served, study, text))
+            start = time.perf_counter()
+            (res,) = await asyncio.to_thread(self._prepare_and_encode, served, [(study, text)])
+            self.metrics.observe_batch(served.profile, 1, time.perf_counter() - start)
+            return res
+        finally:
+            self._in_flight -= 1
+
     @rpc("Encode", encoding_pb2.EncodeResponse)
     async def Encode(self, request: encoding_pb2.EncodeRequest, grpc_context=None, *, study=None) -> encoding_pb2.EncodeResponse:
         served = self.models.get(request.model.profile, request.model.version)
@@ -127,7 +145,7 @@ class Encoding:
             study = await asyncio.to_thread(read_study, [im.data for im in request.images], limits=lim)
         if study is None and not text:
             raise InvalidRequestError("give an image, a report, or both", code="empty_query")
-        res = await self._encode_batched((served, study, text or None))
+        res = await self._encode(served, study, text or None)
         if isinstance(res, LungsearchError):
             raise res
         item, feats = res

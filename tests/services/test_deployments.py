@@ -83,6 +83,29 @@ def test_stages_match_the_library(registry):
         asyncio.run(hsh_d.Hash(hashing_pb2.HashRequest(model=ref)))
 
 
+
+def test_a_lone_encode_runs_at_once_without_the_batch_queue(registry):
+    """Nothing else in flight: Encode does not enter ``@serve.batch`` (which would wait
+    batch_wait_timeout_s; outside a replica it could not run at all), and its features are the
+    library's; it is counted as a batch of one."""
+    root, cards = registry
+    card = cards["ct-ild"]
+    enc_d = _cls("Encoding")(["ct-ild"], str(root), 1)
+    enc_d.reconfigure({"batch_wait_timeout_s": 30.0})  # a batch wait would show as a 30 s call
+    served = enc_d.models.get("ct-ild")
+    study = _study(2)
+    req = encoding_pb2.EncodeRequest(model=common_pb2.ModelRef(profile="ct-ild", version=card.version))
+    import time as _time
+
+    t0 = _time.perf_counter()
+    resp = asyncio.run(enc_d.Encode(req, study=study))
+    assert _time.perf_counter() - t0 < 20.0 and enc_d._in_flight == 0
+    model = served.model
+    alone = pipeline.encode_batch(model, [pipeline.prepare_study(study, None, card.config, model)])[0]
+    np.testing.assert_allclose(convert.features_from_proto(resp.features)["image_pooled"], alone["image_pooled"],
+                               rtol=1e-4, atol=1e-5)
+    assert 'lungsearch_encoding_batch_size_items_count{profile="ct-ild"} 1.0' in enc_d.metrics_text()
+
 def test_ranking_writes_store_first_and_a_failed_write_changes_nothing(registry, tmp_path):
     root, cards = registry
     card = cards["ct-ild"]
