@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo bench protos protos-check chart-check kubeflow lock clean help
+.PHONY: venv kfp-venv test test-fast demo bench protos protos-check chart-check rayjobs kubeflow lock clean help
 
 help:
 	@echo "make demo        run the main job end to end on phantom data (local Ray, milvus-lite)"
@@ -17,12 +17,14 @@ help:
 	@echo "make bench       run the benchmarks (JSON results under benchmarks/results/)"
 	@echo "make protos      regenerate lungsearch/_proto from protos/"
 	@echo "make chart-check render, lint and validate the Helm chart and k8s manifests offline"
+	@echo "make rayjobs     regenerate k8s/ manifests and the pipeline's RayJob spec from k8s/rayjob-spec.yaml"
 	@echo "make kubeflow    compile the Kubeflow pipeline (separate .venv-kfp; kfp pins its own protobuf)"
 
 venv:
 	@bash tools/ensure-venv.sh
 
-test: venv
+# .venv-kfp too: the suite recompiles the Kubeflow pipeline and compares it with the committed YAML.
+test: venv kfp-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
@@ -43,8 +45,13 @@ protos-check: venv
 chart-check: venv
 	$(PY) -m pytest tests/charts -q
 
-kubeflow:
+kfp-venv:
 	@bash tools/ensure-kfp-venv.sh
+
+rayjobs: venv
+	$(PY) tools/gen_rayjobs.py
+
+kubeflow: kfp-venv
 	.venv-kfp/bin/python -m k8s.kubeflow.pipeline --out k8s/kubeflow/pipeline.yaml
 
 # Re-resolve the pinned set from requirements/base.in in a scratch venv.

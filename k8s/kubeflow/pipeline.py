@@ -27,8 +27,11 @@ from k8s.kubeflow import components as steps
 __all__ = ["build_pipeline", "compile_pipeline", "source_digest", "main", "DEFAULT_IMAGE", "COMPONENT_IMAGE"]
 
 HERE = Path(__file__).resolve().parent
+#: The RayJob spec (k8s/rayjob-spec.yaml, embedded in components.py): the pipeline's defaults come from it.
+SPEC = steps._rayjob_spec()
 #: The lungsearch image the RayJobs run (Ray 2.60.0 + lungsearch, repository in /app).
-DEFAULT_IMAGE = "ghcr.io/lungsearch/lungsearch:0.1.0"
+DEFAULT_IMAGE = SPEC["image"]
+_CPU_WORKER = SPEC["workerGroups"]["cpu"]["resources"]["requests"]
 #: Image of the KFP steps themselves (API clients: stdlib + PyYAML; KFP installs kfp into it at start).
 COMPONENT_IMAGE = "python:3.11-slim"
 COMPONENT_PACKAGES = ["pyyaml==6.0.4"]
@@ -80,10 +83,10 @@ def build_pipeline(component_image: str = COMPONENT_IMAGE, *, offline: bool = Fa
         namespace: str = "lungsearch",
         image: str = DEFAULT_IMAGE,
         rayservice: str = "lungsearch",
-        registry_claim: str = "lungsearch-registry",
-        milvus_uri: str = "http://lungsearch-milvus:19530",
-        worker_cpus: int = 4,
-        worker_memory: str = "16Gi",
+        registry_claim: str = SPEC["registryClaim"],
+        milvus_uri: str = SPEC["milvusUri"],
+        worker_cpus: int = int(_CPU_WORKER["cpu"]),
+        worker_memory: str = _CPU_WORKER["memory"],
         gate_metric: str = "",
         gate_min: float = 0.0,
         job_timeout_s: int = 172800,

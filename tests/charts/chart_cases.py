@@ -33,6 +33,20 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
     return found[0]
 
 
+def ray_job_scripts() -> set[str]:
+    """ray_jobs/*.py scripts that run as a program (have a __main__ block): each needs a RayJob."""
+    import ast
+
+    found = set()
+    for path in sorted((REPO / "ray_jobs").glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body):
+            found.add(f"ray_jobs/{path.name}")
+    return found
+
+
 def script_flags(script: Path) -> set[str]:
     """Option strings and positional names a ray_jobs script's argparse parser defines (read, not run)."""
     import ast

@@ -4,20 +4,27 @@ CRDs and operator rules."""
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 import shutil
 import subprocess
 
 import pytest
 
 import k8s_checks
-from chart_cases import REPO, by_kind, entrypoint_errors, one
+from chart_cases import REPO, by_kind, entrypoint_errors, one, ray_job_scripts
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for `kubectl kustomize`) is not installed")
 
 TARGETS = {"base": "k8s/base", "cpu-dev": "k8s/overlays/cpu-dev", "gpu-prod": "k8s/overlays/gpu-prod"}
 NAMESPACES = {"base": "lungsearch", "cpu-dev": "lungsearch-dev", "gpu-prod": "lungsearch"}
+
+
+def _load_gen():
+    spec = importlib.util.spec_from_file_location("lungsearch_gen_rayjobs_k", REPO / "tools" / "gen_rayjobs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build(target: str) -> list[dict]:
@@ -30,18 +37,6 @@ def build(target: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def built() -> dict[str, list[dict]]:
     return {target: build(target) for target in TARGETS}
-
-
-def _entrypoints() -> set[str]:
-    """ray_jobs/*.py scripts that run as a program (have a __main__ block)."""
-    found = set()
-    for path in sorted((REPO / "ray_jobs").glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        tree = ast.parse(path.read_text())
-        if any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body):
-            found.add(f"ray_jobs/{path.name}")
-    return found
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -64,8 +59,8 @@ def test_rayjob_per_entrypoint_and_a_raycluster(built, target):
     jobs = by_kind(docs, "RayJob")
     scripts = {job["spec"]["entrypoint"].split()[1] for job in jobs}
     assert {"ray_jobs/train.py", "ray_jobs/evaluate.py", "ray_jobs/build_index.py"} <= scripts
-    missing = _entrypoints() - scripts
-    assert not missing, f"add a RayJob manifest to k8s/base for {sorted(missing)}"
+    missing = ray_job_scripts() - scripts
+    assert not missing, f"add a job to k8s/rayjob-spec.yaml for {sorted(missing)}"
     for job in jobs:
         spec = job["spec"]
         assert spec["entrypoint"].startswith("python ray_jobs/") and "--config configs/" in spec["entrypoint"]
@@ -105,6 +100,12 @@ def test_overlays_differ_where_they_should(built):
         assert limits["nvidia.com/gpu"] == 1
         assert workers(prod, name)["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert "nvidia.com/gpu" not in workers(dev, name)["template"]["spec"]["containers"][0]["resources"]["limits"]
+    # gpu-prod's jobs run the spec's gpu group exactly (the patch is generated from k8s/rayjob-spec.yaml).
+    gen = _load_gen()
+    spec, components = gen.load_spec(), gen.load_components()
+    for name in ("evaluate", "build-index", "reproduce"):
+        want = gen.rayjob(spec, name, group="gpu", C=components)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+        assert workers(prod, f"lungsearch-{name}") == want
     train = one(prod, "RayJob", "lungsearch-train")["spec"]
     assert "train.use_gpu=true" in train["entrypoint"] and "train.num_workers=2" in train["entrypoint"]
     assert workers(prod, "lungsearch-train")["replicas"] == 2
