@@ -85,3 +85,39 @@ def test_preset_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--preset", "paper/2-covid19-radiography", "--quick", "data.root=/"])
     assert e.value.code == 2 and "does not combine" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_preset_runs_end_to_end_with_probe_datasets(tmp_path, monkeypatch):
+    """``reproduce --preset paper/4-mimic-cxr`` on fixture trees (MIMIC-CXR, RSNA, COVIDx), tiny
+    parts and one epoch, in this process (local backend): the run folder has the in-domain table,
+    one probe table per probe dataset given, the claims per dataset, and says the missing one."""
+    import json
+
+    from lungsearch import constants
+    from tests.data.conftest import make_dicom
+    from tests.data.test_presets import _covidx_tree, _mimic_tree, _rsna_tree
+
+    _mimic_tree(tmp_path / "mimic", n=40)
+    _rsna_tree(tmp_path / "rsna", make_dicom)
+    _covidx_tree(tmp_path / "covidx")
+    monkeypatch.setattr(constants, "TRAIN_BACKEND", "local")
+    monkeypatch.setattr(constants, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(constants, "ARTIFACTS_DIR", tmp_path / "art")
+    run = tmp_path / "run"
+    rc = main(["--preset", "paper/4-mimic-cxr", f"data.root={tmp_path / 'mimic'}", f"preset.probes.rsna.root={tmp_path / 'rsna'}",
+               f"preset.probes.covidx.root={tmp_path / 'covidx'}", "data.image_size=32",
+               "model.image_encoder={name: vit, params: {patch: 16, layers: 1, heads: 2, hidden: 32, mlp: 64}}",
+               "model.text_encoder={name: hashed, params: {dim: 32}}", "train.epochs=1", "train.use_gpu=false",
+               "train.gpus_per_worker=0", "train.cpus_per_worker=1", "train.batch_size=16",
+               "--seeds", "1", "--boot", "50", "--run-dir", str(run)])
+    assert rc == 0
+    sec = json.loads((run / "cxr-clip.outcomes.json").read_text())
+    assert set(sec["downstream"]) == {"rsna", "covidx"} and sec["downstream"]["covidx"]["metric"] == "accuracy"
+    assert set(sec["downstream"]["rsna"]["outcomes"]) == {f"probe {e} {f}" for e in ("pretrained", "random init")
+                                                          for f in ("1%", "10%", "100%")}
+    claims = [c["claim"] for c in sec["claims"]]
+    assert sum(c.startswith("paper 4 Table 1 (rsna)") for c in claims) == 3
+    page = (run / "results.md").read_text()
+    assert "Linear probes on rsna (rsna-pneumonia" in page and "Linear probes on covidx (covidx" in page
+    assert "probe chexpert not run (no preset.probes.chexpert.root)" in page and "Data: REAL" in page
