@@ -301,12 +301,20 @@ def test_mimic_cxr_preset_with_probe_datasets(tmp_path, dicom_factory):
         assert p.image_size == cfg.data.image_size and p.phantom is None
     chex = load_records(preset.probes["chexpert"])
     assert Counter(r.labels[0] for r in chex) == {"No Finding": 4, "Edema": 4, "Effusion": 4}  # pneumothorax-only dropped
+    by_patient = {r.group: r.labels for r in chex}
+    assert by_patient["chexpert-00000"] == ("No Finding",) and by_patient["chexpert-00001"] == ("Edema",)
+    assert by_patient["chexpert-00002"] == ("Effusion",)
     rsna = load_records(preset.probes["rsna"])
     assert Counter(r.labels[0] for r in rsna) == {"Pneumonia": 5, "No Pneumonia": 5}  # two boxes = one image
+    by_id = {r.case_id: r.labels for r in rsna}
+    assert by_id["0001c0a6-aaaa-bbbb-cccc-000000000001"] == ("Pneumonia",)  # Target 1 (boxes)
+    assert by_id["0000c0a6-aaaa-bbbb-cccc-000000000000"] == ("No Pneumonia",)  # Target 0
     assert load_study(rsna[0], hmac_key=b"k" * 16).images[0].pixels.shape == (8, 8)
     cx = load_records(preset.probes["covidx"])
     assert len(cx) == 18 and Counter(r.labels[0] for r in cx) == {"COVID-19": 6, "Pneumonia": 6, "Normal": 6}
     assert {r.extra["split"] for r in cx} == {"train", "test"} and any(" " in Path(r.image_paths[0]).name for r in cx)
+    by_name = {r.case_id: r.labels for r in cx}
+    assert by_name["train-img 0"] == ("COVID-19",) and by_name["train-img1"] == ("Pneumonia",) and by_name["train-img2"] == ("Normal",)
     for name, recs_p in (("rsna", rsna), ("covidx", cx)):
         parts = _split_holds(recs_p, preset.probes[name].split, 0)
         assert parts["train"] and parts["test"]
