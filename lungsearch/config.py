@@ -71,7 +71,8 @@ class PhantomConfig(_Strict):
 class DataConfig(_Strict):
     """Where the cases come from and how they are split."""
 
-    source: Literal["phantom", "nih", "openi", "covid19-radiography", "chexpert", "mimic-cxr", "ild-ct", "folder"] = "phantom"
+    source: Literal["phantom", "nih", "openi", "covid19-radiography", "chexpert", "mimic-cxr", "ild-ct", "rsna-pneumonia",
+                    "covidx", "folder"] = "phantom"
     root: str | None = Field(default=None, description="Dataset root on disk (real datasets); phantoms go under data/phantoms/<kind>.")
     phantom: PhantomConfig | None = None
     image_size: int = Field(default=224, ge=32, le=1024, description="Model input side after resize/pad.")

@@ -20,6 +20,12 @@ only with ``--publish``.
     python ray_jobs/reproduce.py --seeds 3                              # all five profiles (CPU configs)
     python ray_jobs/reproduce.py --gpu --profiles cxr-hash              # *.gpu.yaml, 20,000 phantoms, 224 px
     python ray_jobs/reproduce.py --quick --profiles cxr-cnn --publish   # also replace docs/results.md
+    python ray_jobs/reproduce.py --preset paper/5-chestxray14 data.root=/data/chestxray14   # a paper on its real dataset
+
+``--preset paper/<n>-<dataset>`` (``configs/paper/``, :mod:`lungsearch.presets`) runs one paper's
+profile on its real dataset with the paper's labels, split protocol, recipe and (with
+``preset.weights_dir=``) local pretrained weights; KEY=VALUE words after it are its overrides.
+Paper 2's Table 3 is read on the validation split, as the paper does (``--eval-split``).
 
 The data kind in each title is read from the data (``synthetic`` flag of the cases), never assumed.
 """
@@ -58,6 +64,8 @@ QUICK = {
 }
 #: ``--quick`` trains only these rows (each with every seed): the headline comparison and its ends.
 QUICK_VARIANTS = {"cxr-hash": ["ours, 16 bits", "ours, 64 bits", "ours-A (no attention), 64 bits"],
+                  # paper 2: the two baselines its Table 5 keeps (VGG at 138 M parameters does not fit 2 cores)
+                  "cxr-cnn": ["LDC-Model (ours)", "MobileNetV2", "ResNet50"],
                   "cxr-report": ["CMA+SG-Bi-LSTM (ours)", "ResNet (image only)", "Report only", "CMA+Bi-LSTM"]}
 #: ``--gpu``: the *.gpu.yaml recipes on paper-scale phantoms (>= 20,000 cases, 224 px input),
 #: epochs cut so ONE profile's variants x 3 seeds fit ~9 minutes on one H200 (see GPU_BUDGET_S).
@@ -76,7 +84,7 @@ GPU_BUDGET_S = 420.0
 #: ``--gpu`` trains only the rows of the headline comparison (all 3 seeds of each fit the budget).
 GPU_VARIANTS = {"cxr-hash": ["ours, 64 bits", "ours-A (no attention), 64 bits"],
                 "cxr-report": ["CMA+SG-Bi-LSTM (ours)", "ResNet (image only)"],
-                "cxr-cnn": ["LDC-Model (ours)", "ResNet18"],
+                "cxr-cnn": ["LDC-Model (ours)", "MobileNetV2", "ResNet50", "VGG16"],
                 "ct-ild": ["ILD-FFN+SCL (ours)", "ResNet+SCL (image only)"]}
 
 #: The papers' published numbers (their datasets, not ours), shown beside the measured ones.
@@ -84,8 +92,13 @@ PUBLISHED = {
     "cxr-report": {"CMA+SG-Bi-LSTM (ours)": "acc 96.38 %, recall 96.22 %, AUC 0.957, 1.095 s", "ResNet (image only)": "ResNet50: acc 85.68 %, AUC 0.847",
                    "Report only": "(no report-only row in the paper)", "Bi-LSTM": "acc 92.16 %, AUC 0.905, 1.321 s",
                    "SG+Bi-LSTM": "acc 92.74 %, AUC 0.920, 0.793 s", "CMA+Bi-LSTM": "acc 95.86 %, AUC 0.946, 1.684 s"},
+    # Table 3 (validation split), ImageNet-initialised baselines; rows match by name before " ("
     "cxr-cnn": {"LDC-Model (ours)": "acc 0.819, precision 0.769, recall 0.802, F1 0.796 (Table 3)",
-                "ResNet18": "ResNet50: acc 0.770, F1 0.758 (Table 3)"},
+                "VGG16": "acc 0.702, precision 0.727, recall 0.767, F1 0.707 (Table 3, ImageNet)",
+                "VGG19": "acc 0.711, precision 0.732, recall 0.767, F1 0.716 (Table 3, ImageNet)",
+                "AlexNet": "acc 0.754, precision 0.739, recall 0.787, F1 0.745 (Table 3, ImageNet)",
+                "ResNet50": "acc 0.770, precision 0.755, recall 0.773, F1 0.758 (Table 3, ImageNet)",
+                "MobileNetV2": "acc 0.784, precision 0.758, recall 0.790, F1 0.770 (Table 3, ImageNet)"},
     "ct-ild": {"ILD-FFN+SCL (ours)": "P/R/F1 82.1/81.1/81.3 %, silhouette 0.482", "ResNet+SCL (image only)": "ResNet50+SCL: P/R/F1 78.2/77.6/77.3 %, silhouette 0.420",
                "Radiomics only (Omic)": "Omic: P/R/F1 72.1/70.3/69.9 %, silhouette 0.262",
                "ResNet, no SCL (image only, CE)": "ResNet50: P/R/F1 69.7/69.6/69.1 %, silhouette 0.406"},
@@ -101,6 +114,10 @@ EXTRA_VARIANTS = {
                                                       "model.head={name: linear}"), "Tables 2-3: fused vs single modality (paper 3)")],
 }
 
+#: Split each profile's table is read on when neither --eval-split nor a preset says: paper 2's
+#: Table 3 is on its 20 % validation split (queries = validation cases, gallery = training cases).
+EVAL_SPLIT = {"cxr-cnn": "val"}
+
 #: Metrics shown per profile (the first is the headline one read against chance and the baselines).
 COLUMNS = {
     "cxr-report": ["f1", "accuracy", "recall", "auc", "map10"],
@@ -111,6 +128,17 @@ COLUMNS = {
 }
 
 log = logging.getLogger("reproduce")
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=b", ...]`` -> ``{"a": "b"}`` (``flag`` names the option in the error)."""
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k or not v:
+            raise SystemExit(f"{flag} {item!r}: expected ARCH=PATH")
+        out[k.strip()] = v.strip()
+    return out
 
 
 def _rel(path) -> str:
@@ -127,10 +155,10 @@ def _say(msg: str) -> None:
 # ------------------------------------------------------------------------------------------- runs
 
 
-def _variants(cfg) -> list:
+def _variants(cfg, baseline_weights: dict[str, str] | None = None) -> list:
     from lungsearch.training.recipes import Variant, variants
 
-    out = list(variants(cfg))
+    out = list(variants(cfg, baseline_weights))
     for name, ov, table in EXTRA_VARIANTS.get(cfg.profile, []):
         out.append(Variant(name, ov, table))
     return out
@@ -190,6 +218,68 @@ def _probe_outcomes(cfg, model, seed: int, splits) -> dict[str, dict]:
     return out
 
 
+class _EvalView:
+    """Splits as a table is read: ``train``/``val`` train and early-stop; ``test`` holds the queries
+    and ``gallery`` what they search (test: train + val; paper 2's val reading: the training cases)."""
+
+    def __init__(self, splits, which: str = "test") -> None:
+        if which not in ("test", "val"):
+            raise ValueError(f"eval split must be 'test' or 'val', got {which!r}")
+        self.which = which
+        self.train, self.val = splits.train, splits.val
+        self.test = splits.test if which == "test" else splits.val
+        self.gallery = splits.gallery if which == "test" else splits.train
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "queries": len(self.test), "gallery": len(self.gallery)}
+
+
+#: Paper 4, Table 1: the metric each probe dataset is read with (AUC unless named here).
+PROBE_METRIC = {"covidx": "accuracy"}
+
+
+def _downstream_probes(preset, r: dict, seed: int, sec: dict, cache: dict) -> None:
+    """Paper 4, Table 1 on the preset's probe datasets (CheXpert, RSNA, COVIDx): the same 1 / 10 /
+    100 % probes as in-domain (:func:`_probe_outcomes`), on each dataset's own patient-level split,
+    with the encoder pretrained on the preset's data and a random-init one. Stored per dataset
+    (``sec["downstream"]``) with its own number of test cases, which the bootstrap needs."""
+    from lungsearch.config import ProfileConfig
+    from lungsearch.evaluation.percase import to_json
+    from lungsearch.training.pipeline import load_dataset, make_splits
+
+    for pname, dcfg in preset.probes.items():
+        if pname not in cache:
+            pcfg = ProfileConfig.model_validate({**r["cfg"].model_dump(mode="json"), "data": dcfg.model_dump(mode="json")})
+            _say(f"{sec['profile']}: probe dataset {pname} ({dcfg.source}): loading")
+            cache[pname] = (pcfg, make_splits(pcfg, load_dataset(pcfg)))
+        pcfg, psplits = cache[pname]
+        d = sec.setdefault("downstream", {}).setdefault(pname, {"n_test": len(psplits.test), "source": dcfg.source,
+                                                               "metric": PROBE_METRIC.get(pname, "auc"), "outcomes": {}})
+        for k, o in _probe_outcomes(pcfg, r["model"], seed, psplits).items():
+            d["outcomes"].setdefault(k, []).append(to_json(o))
+
+
+def _downstream_claims(sec: dict, n_boot: int) -> list[dict]:
+    """Paper 4, Table 1 per probe dataset: the pretrained encoder's probe beats the random-init one's."""
+    from lungsearch.evaluation.percase import from_json
+    from lungsearch.evaluation.stats import compare
+
+    out = []
+    for pname, d in sec.get("downstream", {}).items():
+        outs = {k: [from_json(o) for o in v] for k, v in d["outcomes"].items()}
+        for frac in ("1%", "10%", "100%"):
+            a, b = outs.get(f"probe pretrained {frac}"), outs.get(f"probe random init {frac}")
+            if not a or not b:
+                continue
+            sa, sb = _scores(a, d["metric"]), _scores(b, d["metric"])
+            if not sa or not sb:
+                continue
+            out.append(compare(f"paper 4 Table 1 ({pname}): the pretrained encoder's probe beats a random-init one's at {frac} "
+                               f"labels ({d['metric']})", d["metric"], f"{pname} pretrained {frac}", f"{pname} random init {frac}",
+                               sa, sb, d["n_test"], n_boot=n_boot).as_dict())
+    return out
+
+
 def _train_one(cfg, v, seed: int, ds, splits, storage: str, fresh: bool) -> dict:
     """Train variant ``v`` at ``seed`` (Ray Train, resumable by run name) and evaluate it on the
     profile's test split against its gallery, on the GPU when the recipe trains on one."""
@@ -203,7 +293,7 @@ def _train_one(cfg, v, seed: int, ds, splits, storage: str, fresh: bool) -> dict
 
     vcfg = cfg.with_overrides([*v.overrides, f"train.seed={seed}", f"train.storage_path={storage}"])
     same = vcfg.data == cfg.data and (vcfg.model.radiomics is None or vcfg.model.radiomics == cfg.model.radiomics)
-    vsplits = splits if same else make_splits(vcfg, load_dataset(vcfg))
+    vsplits = splits if same else _EvalView(make_splits(vcfg, load_dataset(vcfg)), getattr(splits, "which", "test"))
     if list(vsplits.test.case_ids) != list(splits.test.case_ids):
         raise RuntimeError(f"{v.name}: its test split differs from the profile's; cases cannot be paired")
     suffix = ("" if v.main else "v-" + "".join(ch if ch.isalnum() else "-" for ch in v.name.lower()).strip("-")[:40])
@@ -357,8 +447,10 @@ def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], ex
             out.append({"claim": "paper 1 Table 3: fraction of steps and units the sparse gate keeps (measured, last test batch)",
                         "verdict": "measured", "numbers": f"steps kept {ks:.3f}, units kept {ku:.3f} (mean over {len(kept)} seed(s))"})
     elif profile == "cxr-cnn":
-        for m in ("accuracy", "f1", "recall"):
-            add(f"paper 2 Table 3: LDC-Model beats ResNet18 on {m}", m, "LDC-Model (ours)", "ResNet18")
+        ours = "LDC-Model (ours)"
+        for other in [k for k in runs if k != ours]:  # the baselines trained in this run, named with their init
+            for m in ("accuracy", "f1", "recall"):
+                add(f"paper 2 Table 3: LDC-Model beats {other} on {m}", m, ours, other)
         out.append({"claim": "paper 2 Table 5: 4-fold cross-validation", "verdict": "not measured",
                     "numbers": "this harness trains seeds on one split; the K-fold table is the previous harness's (git history)"})
     elif profile == "ct-ild":
@@ -404,8 +496,10 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
     extra = {k: [from_json(o) for o in v] for k, v in sec.get("extra_outcomes", {}).items() if not k.startswith("time ")}
     pub = PUBLISHED.get(prof, {})
     lines = [f"## {prof} (paper {sec['paper']}): {sec['data_kind']} data", "",
-             f"*{sec['dataset']}. Test split {n} cases (queries), gallery {sec['n_gallery']} (train + val). Cells: seed mean "
-             f"[paired-bootstrap 95 % interval over test cases, {n_boot} resamples] ±sd over seeds. Reference rows are fitted "
+             f"*{sec['dataset']}. " + ("Validation split (the paper's Table 3 reading; it also drove early stopping) "
+             f"{n} cases (queries), gallery {sec['n_gallery']} (train). " if sec.get("eval_split") == "val" else
+             f"Test split {n} cases (queries), gallery {sec['n_gallery']} (train + val). ") + "Cells: seed mean "
+             f"[paired-bootstrap 95 % interval over the query cases, {n_boot} resamples] ±sd over seeds. Reference rows are fitted "
              f"on the training split only.*", "",
              f"Command: `{sec['command']}`; {sec['seconds']:.0f} s; configs: `{sec['config']}` + `{' '.join(sec['overrides']) or '(none)'}`.", ""]
     header = ["Row", "seeds", *cols, "collapsed?", "paper (its data)"]
@@ -415,7 +509,7 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
     for name, outs in runs.items():
         coll = sec["collapsed"].get(name) or []
         rows.append([name, str(len(outs)), *[_cell(outs, m, n, n_boot) for m in cols],
-                     ("**collapsed**: " + "; ".join(sorted(set(coll)))) if coll else "no", pub.get(name, "")])
+                     ("**collapsed**: " + "; ".join(sorted(set(coll)))) if coll else "no", pub.get(name, pub.get(name.split(" (")[0], ""))])
     for name, outs in extra.items():
         rows.append([name, str(len(outs)), *[_cell(outs, m, n, n_boot) for m in cols], "", pub.get(name, "")])
     from lungsearch.evaluation import markdown_table
@@ -425,6 +519,13 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
         pcols = ["auc", "accuracy", "f1"]
         prow = [[name, str(len(o)), *[_cell(o, m, n, n_boot) for m in pcols], str(o[0].get("n_labelled", ""))] for name, o in extra.items()]
         lines += ["Linear probes (paper 4, Table 1):", "", markdown_table(["Probe", "seeds", *pcols, "labelled cases"], prow), ""]
+    for pname, d in sec.get("downstream", {}).items():
+        outs = {k: [from_json(o) for o in v] for k, v in d["outcomes"].items()}
+        pn = d["n_test"]
+        prow = [[k, str(len(o)), *[_cell(o, m, pn, n_boot) for m in ("auc", "accuracy", "f1")], str(o[0].get("n_labelled", ""))]
+                for k, o in outs.items()]
+        lines += [f"Linear probes on {pname} ({d['source']}, {pn} test cases; the paper reads {d['metric']}):", "",
+                  markdown_table(["Probe", "seeds", "auc", "accuracy", "f1", "labelled cases"], prow), ""]
     lines += ["| claim | verdict | numbers |", "|---|---|---|"]
     for c in sec["claims"]:
         v = c["verdict"]
@@ -494,6 +595,7 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
     from lungsearch.evaluation.percase import to_json
     from lungsearch.training.pipeline import load_dataset, make_splits
 
+    preset = getattr(args, "preset_obj", None)
     overrides = list(args.set)
     if args.quick:
         overrides = QUICK.get(name, []) + overrides
@@ -501,27 +603,36 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
     if args.gpu:
         config = str(REPO / "configs" / f"{name}.gpu.yaml")
         overrides = GPU.get(name, []) + overrides
-    cfg = load_profile(config, overrides)
+    if preset is not None:  # the preset's config, its overrides already applied (main)
+        cfg, config_label, overrides = preset.cfg, _rel(preset.path), list(getattr(args, "preset_overrides", []))
+    else:
+        cfg, config_label = load_profile(config, overrides), (_rel(config) if args.gpu else f"configs/{name}.yaml")
     t0 = time.perf_counter()
     _say(f"{name}: loading data ({cfg.data.source}{', phantom n=%d' % cfg.data.phantom.n if cfg.data.phantom else ''})")
     ds = load_dataset(cfg)
-    splits = make_splits(cfg, ds)
-    _say(f"{name}: splits {splits.sizes()}; reference rows")
+    which = args.eval_split or (preset.eval_split if preset is not None else EVAL_SPLIT.get(name, "test"))
+    splits = _EvalView(make_splits(cfg, ds), which)
+    _say(f"{name}: splits {splits.sizes()} (table read on the {which} split); reference rows")
     refs = _reference(cfg, splits)
     sec: dict[str, Any] = {
-        "profile": name, "paper": cfg.paper, "data_kind": _data_kind(splits), "n_test": len(splits.test),
-        "n_gallery": len(splits.gallery), "config": _rel(config) if args.gpu else f"configs/{name}.yaml", "overrides": overrides,
+        "profile": name, "paper": cfg.paper, "data_kind": _data_kind(splits), "n_test": len(splits.test), "eval_split": which,
+        "n_gallery": len(splits.gallery), "config": config_label, "overrides": overrides,
         "dataset": dataset_label(cfg, len(ds.table)).split(", training seed")[0],
         "command": meta["command"], "seconds": 0.0, "outcomes": {}, "references": {k: to_json(v) for k, v in refs.items()},
         "collapsed": {}, "metrics": {}, "claims": [], "extra_outcomes": {}, "notes": [], "complete": False,
     }
     runs: dict[str, list[dict]] = {}
     extra: dict[str, list] = {}
+    probe_data: dict[str, tuple] = {}  # paper 4's probe datasets, loaded once for every seed
     storage = str(run_dir.parent / "runs")
-    vs = _variants(cfg)
+    weights = preset.baseline_weights if preset is not None else _pairs(args.baseline_weights, "--baseline-weights")
+    vs = _variants(cfg, weights)
+    if preset is not None:
+        sec["notes"] += [f"preset {preset.name}: {x}" for x in preset.section.notes]
+        sec["notes"] += [f"preset {preset.name}: probe {p} not run (no preset.probes.{p}.root)" for p in preset.skipped_probes]
     only = args.variants or (GPU_VARIANTS.get(name) if args.gpu else QUICK_VARIANTS.get(name) if args.quick else None)
-    if only:
-        vs = [v for v in vs if v.name in only]
+    if only:  # a row also matches by its name before " (": "VGG16" selects "VGG16 (from scratch)"
+        vs = [v for v in vs if v.name in only or v.name.split(" (")[0] in only]
         sec["notes"].append(f"variants limited to: {', '.join(v.name for v in vs)}")
     seeds = list(range(args.seeds))
     main_name = next((v.name for v in vs if v.main), None)
@@ -529,7 +640,7 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
     def refresh():
         sec["seconds"] = time.perf_counter() - t0
         sec["claims"] = _claims(name, runs, refs, extra, len(splits.test), args.boot,
-                                [k for k, v in sec["collapsed"].items() if v], main=main_name)
+                                [k for k, v in sec["collapsed"].items() if v], main=main_name) + _downstream_claims(sec, args.boot)
         _write(run_dir, sections + [sec] if sec not in sections else sections, meta, args)
 
     stopped = False
@@ -559,6 +670,8 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
                 for k, o in _probe_outcomes(r["cfg"], r["model"], seed, splits).items():
                     extra.setdefault(k, []).append(o)
                     sec["extra_outcomes"].setdefault(k, []).append(to_json(o))
+                if preset is not None and preset.probes:
+                    _downstream_probes(preset, r, seed, sec, probe_data)
             refresh()
         if name == "cxr-report":
             pairs = [n for n in ("CMA+SG-Bi-LSTM (ours)", "CMA+Bi-LSTM", "SG+Bi-LSTM", "Bi-LSTM") if n in models]
@@ -605,7 +718,8 @@ def recompute(run_dir: Path, n_boot: int) -> list[dict]:
         sec["collapsed"] = {k: [f"seed {i}: {x}" for i, r in enumerate(v) for x in collapse_reasons(
             probs=r["outcome"].get("probs"), embedding=r["outcome"].get("embedding"), codes=r["outcome"].get("codes"),
             metrics=(mets.get(k) or [None] * len(v))[i] if i < len(mets.get(k) or []) else None)] for k, v in runs.items()}
-        sec["claims"] = _claims(name, runs, refs, extra, sec["n_test"], n_boot, [k for k, v in sec["collapsed"].items() if v], main=main)
+        sec["claims"] = (_claims(name, runs, refs, extra, sec["n_test"], n_boot, [k for k, v in sec["collapsed"].items() if v], main=main)
+                         + _downstream_claims(sec, n_boot))
         sections.append(sec)
     return sections
 
@@ -642,9 +756,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, metavar="YAML",
                    help="one profile, named by its config as the other job scripts take it (configs/<profile>.yaml; "
                         "configs/<profile>.gpu.yaml means --gpu); trailing KEY=VALUE words are --set overrides")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: overrides (same as --set)")
+    p.add_argument("--preset", default=None, metavar="paper/<n>-<dataset>",
+                   help="one paper on its real dataset (configs/paper/*.yaml): labels, split protocol, recipe, local weights; "
+                        "trailing KEY=VALUE words are its overrides (data.root=... at least; preset.weights_dir=... for weights)")
+    p.add_argument("--eval-split", choices=("test", "val"), default=None,
+                   help="split the tables are read on (default: the preset's, else val for cxr-cnn as paper 2's Table 3, else test)")
+    p.add_argument("--baseline-weights", action="append", default=[], metavar="ARCH=PATH",
+                   help="cxr-cnn: a local ImageNet state dict for a torchvision baseline (vgg16, vgg19, alexnet, resnet50, "
+                        "mobilenet_v2); baselines without one train from scratch and the table says so")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config or --preset: overrides (same as --set)")
     args = p.parse_args(argv)
-    if args.config:
+    args.preset_obj = None
+    if args.preset:
+        if args.config or args.quick or args.gpu:
+            p.error("--preset is a whole recipe: it does not combine with --config, --quick or --gpu")
+        from lungsearch.errors import ConfigError
+        from lungsearch.presets import load_preset
+
+        try:
+            args.preset_obj = load_preset(args.preset, list(args.set) + list(args.overrides))
+        except ConfigError as exc:
+            p.error(str(exc))
+        args.preset_overrides = list(args.set) + list(args.overrides)  # shown in the table's config line
+        args.profiles, args.set, args.overrides = [args.preset_obj.cfg.profile], [], []
+    elif args.config:
         stem = Path(args.config).name.split(".")[0]
         if stem not in PROFILES:
             p.error(f"--config {args.config}: not one of the profiles {', '.join(PROFILES)}")

@@ -29,6 +29,7 @@ from lungsearch.models.registry import (
 )
 
 # importing the part modules registers their builders
+from lungsearch.models import baselines as _baselines  # noqa: F401  (paper 2's torchvision baselines)
 from lungsearch.models import encoders as _encoders  # noqa: F401
 from lungsearch.models import fusion as _fusion  # noqa: F401
 from lungsearch.models import heads as _heads  # noqa: F401

@@ -20,21 +20,22 @@ config) with a 10x learning rate on the hash layers, ``beta`` raised per epoch (
 profile trains only the linear probe on frozen (cached) embeddings.
 
 Variants (:func:`variants`) are config overrides used by ``ray_jobs/reproduce.py`` for the
-papers' comparison tables (image-only vs fused, the CMA/SG ablation, bits 16-64, single-modality
-ILD baselines, random-init probe).
+papers' comparison tables (image-only vs fused, the CMA/SG ablation, paper 2's torchvision baselines,
+bits 16-64, single-modality ILD baselines, random-init probe).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from lungsearch.errors import ConfigError
 
 if TYPE_CHECKING:
     from lungsearch.config import ProfileConfig
 
-__all__ = ["Stage", "Variant", "stages_for", "variants", "STAGE_NAMES"]
+__all__ = ["CNN_BASELINES", "Stage", "Variant", "cnn_baselines", "stages_for", "variants", "STAGE_NAMES"]
 
 STAGE_NAMES = ("train", "classifier", "hash", "pretrain", "probe")
 
@@ -112,8 +113,12 @@ class Variant:
     disable_attention: bool = False
 
 
-def variants(cfg: "ProfileConfig") -> list[Variant]:
-    """Comparison rows of the profile's paper (the main method included, overrides empty)."""
+def variants(cfg: "ProfileConfig", baseline_weights: Mapping[str, str] | None = None) -> list[Variant]:
+    """Comparison rows of the profile's paper (the main method included, overrides empty).
+
+    ``baseline_weights`` (cxr-cnn): local ImageNet state-dict files by architecture
+    (``{"vgg16": "/models/vgg16-397923af.pth"}``); baselines without one train from scratch.
+    """
     p = cfg.profile
     if p == "cxr-report":
         ablation = "Table 3: ablation (paper 1)"
@@ -128,10 +133,7 @@ def variants(cfg: "ProfileConfig") -> list[Variant]:
             Variant("CMA+Bi-LSTM", ("model.head={name: bilstm, params: {hidden: 64}}",), ablation),
         ]
     if p == "cxr-cnn":
-        return [
-            Variant("LDC-Model (ours)", (), "Table 3/5: CNN vs baselines (paper 2)", main=True),
-            Variant("ResNet18", ("model.image_encoder={name: resnet18, params: {pretrained: null}}",), "Table 3/5: CNN vs baselines (paper 2)"),
-        ]
+        return cnn_baselines(baseline_weights)
     if p == "ct-ild":
         t = "Tables 2-3: fused vs single modality (paper 3)"
         return [
@@ -153,3 +155,33 @@ def variants(cfg: "ProfileConfig") -> list[Variant]:
         # (evaluation fits the probes); no extra training variant is needed.
         return [Variant("Subgraph CLIP (ours)", (), "Table 1: linear probe (paper 4)", main=True)]
     return [Variant(p, (), "main", main=True)]
+
+
+#: Paper 2, Table 3: the row name -> registered image encoder (``lungsearch.models.baselines``;
+#: ResNet50 is the ``resnet50`` encoder). InceptionV5 is left out (no such published network).
+CNN_BASELINES: dict[str, str] = {"VGG16": "vgg16", "VGG19": "vgg19", "AlexNet": "alexnet", "ResNet50": "resnet50",
+                                 "MobileNetV2": "mobilenet_v2"}
+CNN_TABLE = "Table 3 (validation split) / Table 5: LDC-Model vs baselines (paper 2)"
+
+
+def cnn_baselines(weights: Mapping[str, str] | None = None) -> list[Variant]:
+    """Paper 2's rows: LDC-Model and the torchvision baselines, each named with its initialisation
+    ("ImageNet weights" when ``weights`` has a file for its architecture, else "from scratch"), so
+    the table says which. The baselines take the profile's linear head, loss and recipe."""
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(CNN_BASELINES.values()))
+    if unknown:
+        raise ConfigError(f"baseline weights for unknown architecture {unknown[0]!r}; known: {', '.join(CNN_BASELINES.values())}")
+    rows = [Variant("LDC-Model (ours)", (), CNN_TABLE, main=True)]
+    for name, arch in CNN_BASELINES.items():
+        path = weights.get(arch)
+        init = "ImageNet weights" if path else "from scratch"
+        # JSON is YAML: the path is quoted whatever characters it has
+        params = "{pretrained: %s}" % (json.dumps(str(path)) if path else "null")
+        rows.append(Variant(f"{name} ({init})", (f"model.image_encoder={{name: {arch}, params: {params}}}",), CNN_TABLE))
+    return rows
+
+
+def base_name(variant_name: str) -> str:
+    """A row's name without its parenthesised qualifier ("VGG16 (from scratch)" -> "VGG16")."""
+    return variant_name.split(" (")[0]

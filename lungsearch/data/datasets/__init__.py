@@ -12,6 +12,8 @@ covid19-radiography    <Class>/[images/]*.png (COVID, Lung_Opacity, Normal, Vira
 chexpert               train.csv + JPEGs
 mimic-cxr              MIMIC-CXR-JPG files/ + chexpert/metadata CSVs (+ report .txt files)
 ild-ct                 <class>/<patient>/[<series>/]*.dcm
+rsna-pneumonia         stage_2_train_labels.csv + <patientId>.dcm (binary: Pneumonia / No Pneumonia)
+covidx                 {train,val,test}.txt ('<patient> <file> <class> <source>') + <split>/<file>
 folder                 <class>/[<patient>/]<image>
 =====================  ==========================================================================
 
@@ -46,6 +48,8 @@ _REGISTRY: dict[str, str | Callable[[], DatasetAdapter]] = {
     "chexpert": "lungsearch.data.datasets.chexpert:ChexpertAdapter",
     "mimic-cxr": "lungsearch.data.datasets.mimic_cxr:MimicCxrAdapter",
     "ild-ct": "lungsearch.data.datasets.ild_ct:IldCtAdapter",
+    "rsna-pneumonia": "lungsearch.data.datasets.rsna_pneumonia:RsnaPneumoniaAdapter",
+    "covidx": "lungsearch.data.datasets.covidx:CovidxAdapter",
     "folder": "lungsearch.data.datasets.folder:FolderAdapter",
 }
 
