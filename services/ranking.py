@@ -7,8 +7,9 @@ Milvus fails nothing changes (a failed ingest stores nothing). The index is rebu
 when a profile version is first used (on start for the live ones). Writes are serialised; reads
 search an immutable snapshot of the index and never wait for a write.
 
-With a Milvus server instead of a lite file, several replicas may run (each rebuilds its index;
-they converge on restart, see docs/serving.md).
+With a Milvus server instead of a lite file, several replicas may run: each builds its index from
+the store and follows the others' writes (``lungsearch.store.follow``: rows since its watermark,
+reconciled by key when the counts differ), so they answer the same within ``follow_interval_s``.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class Ranking:
         milvus_token_env: name of the environment variable holding the server token.
         store_timeout: seconds per Milvus call.
         backend: CaseIndex scan kernels ("auto", "faiss", "numpy").
+        follow_interval_s: with a Milvus server, seconds between reads of the other replicas' writes.
     """
 
     def __init__(self, profiles: list[str], artifacts_dir: str | None = None, milvus_uri: str | None = None,
                  milvus_token_env: str = "LUNGSEARCH_MILVUS_TOKEN", store_timeout: float = 10.0,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", follow_interval_s: float = 2.0) -> None:
         route_to_serve_log()
         from lungsearch import constants
 
@@ -64,6 +66,8 @@ class Ranking:
         self._store = None
         self.store_error = ""
         self._indexes: dict[tuple[str, str], Any] = {}
+        self._followers: dict[tuple[str, str], Any] = {}
+        self._follow_interval_s = float(follow_interval_s)
         self._index_lock = threading.Lock()
         self._write_lock = asyncio.Lock()
         try:
@@ -109,6 +113,13 @@ class Ranking:
             self._indexes[key] = idx
             log.info("index %s@%s %s: %d cases", card.profile, card.version,
                      "loaded from its snapshot" if how == "snapshot" else "rebuilt from the store", len(idx))
+            if not store.capabilities.single_process:
+                # A server store may have other Ranking replicas writing to it: follow their writes
+                # (lungsearch.store.follow), so every replica answers the same within one interval.
+                from lungsearch.store.follow import IndexFollower
+
+                self._followers[key] = IndexFollower(store, card.profile, card.version, idx,
+                                                     interval_s=self._follow_interval_s).start()
             self._publish_index(card.profile, card.version, idx)
             return idx
 
@@ -167,6 +178,8 @@ class Ranking:
         return self.metrics.render()
 
     def __del__(self) -> None:
+        for follower in getattr(self, "_followers", {}).values():
+            follower.stop()
         # Graceful shutdown: release the milvus-lite file so a restarted app can open it.
         store = getattr(self, "_store", None)
         if store is not None:

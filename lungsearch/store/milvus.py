@@ -672,6 +672,32 @@ class MilvusStore:
             if len(res):
                 yield self._to_batch(res, info, with_text=with_text)
 
+    def rows_since(self, profile: str, version: str, since: float, *, limit: int = 16384) -> CaseBatch:
+        """The cases written (``ingested_at``) at or after ``since`` (seconds since the epoch), with
+        their timestamps: what a Ranking replica that follows the store reads (``store.follow``)."""
+        info = self._open(profile, version)
+        fields = self._fields(info, with_text=True)
+        with self._guard("query", info.name):
+            res = self._client.query(info.name, filter=f"ingested_at >= {float(since)!r}", output_fields=fields,
+                                     limit=int(limit), timeout=self.timeout, **self._read_kw())
+        return self._to_batch(res, info, with_text=True)
+
+    def all_keys(self, profile: str, version: str) -> set[str]:
+        """Every case key of the collection (paged by ``bucket`` ranges, keys only)."""
+        info = self._open(profile, version)
+        total = self.count(profile, version)
+        if total == 0:
+            return set()
+        pages = max(1, -(-total // max(1, self.capabilities.max_page_rows)))
+        width = -(-BUCKETS // pages)
+        out: set[str] = set()
+        for lo in range(0, BUCKETS, width):
+            with self._guard("query", info.name):
+                res = self._client.query(info.name, filter=f"bucket >= {lo} and bucket < {min(BUCKETS, lo + width)}",
+                                         output_fields=["case_key"], timeout=self.load_timeout, **self._read_kw())
+            out.update(r["case_key"] for r in res)
+        return out
+
     def iterate(self, profile: str, version: str, *, batch_rows: int | None = None) -> Iterator[StoredCase]:
         """Every case of the collection as :class:`StoredCase` (see :meth:`iter_batches` for bulk use)."""
         for batch in self.iter_batches(profile, version, batch_rows=batch_rows, with_text=True):
