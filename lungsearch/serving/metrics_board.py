@@ -2,10 +2,10 @@
 
 With several replicas of a deployment (two Gateways by default), asking one replica through a
 Serve handle reaches a different replica on each scrape and the counters jump. Instead every
-replica publishes its exposition (:meth:`ServingMetrics.render`) every :data:`PUSH_INTERVAL_S` to
-one small named, detached Ray actor, :class:`MetricsCollector`, keyed by the replica's Serve id;
-a scrape merges each live replica's latest exposition exactly once
-(:func:`lungsearch.serving.metrics.merge_expositions`).
+replica publishes its exposition (:meth:`ServingMetrics.render`) every :data:`PUSH_INTERVAL_S`,
+and again whenever a scrape asks, to one small named, detached Ray actor,
+:class:`MetricsCollector`, keyed by the replica's Serve id; a scrape merges each live replica's
+latest exposition exactly once (:func:`lungsearch.serving.metrics.merge_expositions`).
 
 A replica that stops publishing (SIGKILLed, its node lost, the app deleted) is dropped after
 :data:`STALE_AFTER_S`: its gauges (model_info, index sizes) must not linger, and its counters go
@@ -23,6 +23,7 @@ Example (a driver attached to the cluster)::
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -51,6 +52,7 @@ class _Entry:
     pid: int
     text: str
     at: float
+    generation: int = 0
 
 
 class MetricsBoard:
@@ -60,10 +62,24 @@ class MetricsBoard:
     def __init__(self, stale_after_s: float = STALE_AFTER_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.stale_after_s, self.clock = float(stale_after_s), clock
         self._entries: dict[str, _Entry] = {}
+        self.generation = 0  # bumped by every scrape that wants fresh expositions
 
-    def put(self, replica_id: str, app: str, deployment: str, text: str, pid: int = 0) -> None:
-        self._entries[replica_id] = _Entry(app, deployment, int(pid), text, self.clock())
+    def put(self, replica_id: str, app: str, deployment: str, text: str, pid: int = 0, generation: int = 0) -> None:
+        """Store a replica's exposition, rendered after it saw scrape ``generation``."""
+        self._entries[replica_id] = _Entry(app, deployment, int(pid), text, self.clock(), int(generation))
         self._expire()
+
+    def ask_fresh(self) -> int:
+        """A scrape starts: the generation every publishing replica should render after."""
+        self.generation += 1
+        return self.generation
+
+    def pending(self, app: str, generation: int, *, active_s: float = 2 * PUSH_INTERVAL_S) -> list[str]:
+        """Replicas of ``app`` still publishing (last put within ``active_s``) but not yet after
+        ``generation``: the ones a fresh scrape waits for (a dead one is not waited for)."""
+        now = self.clock()
+        return [r for r, e in sorted(self._entries.items())
+                if e.app == app and e.generation < generation and now - e.at <= active_s]
 
     def forget(self, replica_id: str) -> None:
         self._entries.pop(replica_id, None)
@@ -93,18 +109,62 @@ class MetricsBoard:
         return merge_expositions(texts) if texts else ""
 
 
-class MetricsCollector(MetricsBoard):
-    """The collector actor's class (:func:`collector` gives the handle)."""
+class MetricsCollector:
+    """The collector actor (an asyncio actor: :func:`collector` gives the handle).
 
-    def ping(self) -> bool:
-        return True
+    Fresh on scrape: each publisher keeps one :meth:`wait_for_scrape` call pending; a scrape
+    (:meth:`exposition`) wakes them all and waits, up to ``fresh_timeout_s``, until every replica
+    still publishing has put an exposition rendered after the scrape began, so what a client was
+    answered before the scrape is counted in it. A replica too slow to answer in time contributes
+    its previous exposition (at most :data:`PUSH_INTERVAL_S` old).
+    """
+
+    def __init__(self, stale_after_s: float = STALE_AFTER_S) -> None:
+        self.board = MetricsBoard(stale_after_s)
+        self._wake: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    async def put(self, replica_id: str, app: str, deployment: str, text: str, pid: int = 0,
+                  generation: int = 0) -> None:
+        self.board.put(replica_id, app, deployment, text, pid, generation)
+
+    async def forget(self, replica_id: str) -> None:
+        self.board.forget(replica_id)
+
+    async def wait_for_scrape(self, seen: int, timeout_s: float) -> int:
+        """Return the current generation once it is past ``seen`` (a scrape began), else after ``timeout_s``."""
+        if self.board.generation <= seen:
+            try:
+                await asyncio.wait_for(self._event().wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        return self.board.generation
+
+    async def replicas(self, app: str) -> dict[str, dict]:
+        return self.board.replicas(app)
+
+    async def texts(self, app: str) -> dict[str, str]:
+        return self.board.texts(app)
+
+    async def exposition(self, app: str, fresh_timeout_s: float = 2.0) -> str:
+        generation = self.board.ask_fresh()
+        woken, self._wake = self._event(), asyncio.Event()
+        woken.set()  # every pending wait_for_scrape returns; later ones see the new generation
+        deadline = time.monotonic() + fresh_timeout_s
+        while self.board.pending(app, generation) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.board.exposition(app)
 
 
 @functools.cache
 def _actor_class():
     import ray
 
-    # One thread: the board is not locked, and every call is short (a dict update or a merge).
+    # An asyncio actor (one event loop, no locks needed): the waits of the publishers are coroutines.
     return ray.remote(num_cpus=0)(MetricsCollector)
 
 
@@ -164,23 +224,30 @@ class Publisher:
     def stop(self) -> None:
         self._stop.set()
 
-    def publish_once(self, handle=None):
+    def publish_once(self, handle=None, generation: int = 0):
         import ray
 
         handle = handle or collector()
-        ray.get(handle.put.remote(self.replica_id, self.app, self.deployment, self.render(), os.getpid()),
+        ray.get(handle.put.remote(self.replica_id, self.app, self.deployment, self.render(), os.getpid(), generation),
                 timeout=max(5.0, self.interval_s))
         return handle
 
     def _run(self) -> None:
-        handle = None
+        import ray
+
+        handle, generation = None, 0
         while not self._stop.is_set():
             try:
-                handle = self.publish_once(handle)
+                handle = self.publish_once(handle, generation)
+                # Until the next tick or a scrape, whichever comes first (then publish again).
+                generation = ray.get(handle.wait_for_scrape.remote(generation, self.interval_s),
+                                     timeout=self.interval_s + 5.0)
+            except SystemExit:  # Ray shutting down in this process (raised into blocked ray.get calls)
+                return
             except Exception:  # noqa: BLE001 - a lost collector or a slow tick: try again, fresh handle
                 log.debug("metrics publication failed", exc_info=True)
                 handle = None
-            self._stop.wait(self.interval_s)
+                self._stop.wait(self.interval_s)
 
 
 def start_publisher(render: Callable[[], str]) -> Publisher | None:

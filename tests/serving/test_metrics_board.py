@@ -53,6 +53,21 @@ def test_a_replica_that_stops_publishing_is_dropped():
     assert board.exposition("lungsearch") == ""
 
 
+def test_a_fresh_scrape_waits_only_for_replicas_still_publishing():
+    clock = Clock()
+    board = MetricsBoard(stale_after_s=10, clock=clock)
+    board.put("dead", "lungsearch", "Gateway", "", generation=0)
+    clock.t += 5  # dead: silent for 5 s (still on the board, no longer publishing)
+    board.put("a", "lungsearch", "Gateway", "", generation=0)
+    board.put("b", "lungsearch", "Encoding", "", generation=0)
+    g = board.ask_fresh()
+    assert board.pending("lungsearch", g) == ["a", "b"]
+    board.put("a", "lungsearch", "Gateway", "", generation=g)
+    assert board.pending("lungsearch", g) == ["b"]
+    board.put("b", "lungsearch", "Encoding", "", generation=g)
+    assert board.pending("lungsearch", g) == []
+
+
 def test_apps_are_kept_apart():
     board = MetricsBoard(clock=Clock())
     board.put("one#Gateway#a", "one", "Gateway", _replica("gateway", 1))
@@ -82,3 +97,26 @@ def test_publishers_reach_the_collector_actor(ray_cluster):
     ray.get(c.forget.remote("test-app#Gateway#0"))
     ray.get(c.forget.remote("test-app#Gateway#1"))
     assert metrics_board.graph_exposition("test-app") == ""
+
+
+@pytest.mark.ray
+def test_a_scrape_sees_what_was_counted_before_it(ray_cluster):
+    """A publisher on a 60 s tick still shows a request counted just before the scrape: the scrape
+    wakes it and waits for its fresh exposition."""
+    import time
+
+    from lungsearch.serving import metrics_board
+
+    m = ServingMetrics("gateway", ray_export=False, publish=False)
+    pub = metrics_board.Publisher("fresh-app#Gateway#x", "fresh-app", "Gateway", m.render, interval_s=60).start()
+    try:
+        deadline = time.monotonic() + 30
+        while "fresh-app#Gateway#x" not in metrics_board.replica_texts("fresh-app"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for n in (1, 2, 3):
+            m.observe_request("Search", "OK", 0.01)
+            # exact at once: the 60 s tick cannot have published it, only the scrape's wake-up
+            assert _requests(metrics_board.graph_exposition("fresh-app")) == {("gateway", "Search"): float(n)}
+    finally:
+        pub.stop()
