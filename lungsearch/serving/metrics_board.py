@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "lungsearch-metrics"
 NAMESPACE = "lungsearch"
-#: Seconds between two publications of one replica (a scrape sees counts at most this old).
+#: Seconds between two publications of one replica when no scrape asks sooner (the heartbeat that
+#: keeps it on the board; a replica too slow to answer a scrape shows counts at most this old).
 PUSH_INTERVAL_S = 2.0
 #: A replica whose last publication is older than this is dropped (5 missed publications).
 STALE_AFTER_S = 10.0
