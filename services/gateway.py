@@ -605,8 +605,20 @@ class Gateway:
 
     # --- metrics -------------------------------------------------------------------------------------
     async def metrics_text(self) -> str:
-        """The whole graph's metrics as one exposition (one replica per deployment per scrape;
-        Ray's own metrics port carries every replica as ``ray_lungsearch_*``)."""
+        """The whole graph's metrics as one exposition: every live replica of every deployment of
+        this app, once, as published to the metrics collector (:mod:`lungsearch.serving.metrics_board`;
+        re-rendered for the scrape). Without a collector (not yet up, or lost), this replica merged
+        with one replica of each stage, as a scrape must get an answer."""
+        from lungsearch.serving import metrics_board
+
+        try:
+            app_name = serve.get_replica_context().app_name
+            text = await asyncio.wait_for(metrics_board.collector(create=False).exposition.remote(app_name),
+                                          _READY_TIMEOUT_S + 2.0)  # the collector waits up to 2 s for fresh ones
+            if text:
+                return text
+        except BaseException as exc:  # noqa: BLE001 - fall back below
+            log.warning("metrics collector unavailable: %s", type(exc).__name__)
         texts = [self.metrics.render()]
         for h in (self.encoding, self.fusion, self.hashing, self.ranking):
             try:

@@ -3,7 +3,9 @@
 Starts (or attaches to) Ray, Serve's gRPC proxy on ``--grpc-port`` (9000) and deploys
 ``services/serve_config.yaml`` (the same config the Helm chart's RayService embeds) with the
 command line's overrides: the registry's live models for each profile, milvus-lite by default.
-A plain Prometheus ``/metrics`` endpoint for the whole graph listens on ``--metrics-port`` (9100).
+A plain Prometheus ``/metrics`` endpoint for the whole graph (every replica of every deployment,
+``lungsearch.serving.metrics_board``) listens on ``--metrics-port`` (9100). ``--replicas N`` sets
+the Gateway's replicas (the config's 2 by default: one may die without failing a call).
 
 Security: Serve 2.60's gRPC proxy has no TLS and listens on every interface. Without
 ``--tokens-file`` the server runs in insecure local mode: the gateway answers loopback clients
@@ -52,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens-file", default=None, help="bearer tokens with roles (default: $LUNGSEARCH_TOKENS_FILE)")
     p.add_argument("--insecure-local", action="store_true",
                    help="no tokens: every loopback caller is admin (refused with a non-loopback --host)")
+    p.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="Gateway replicas (default: the config's, 2: one may die without failing a call)")
     p.add_argument("--host", default="127.0.0.1", help="address clients use for the plaintext gRPC port (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=constants.GRPC_PORT, help="Serve gRPC port (default: %(default)s)")
     p.add_argument("--metrics-port", type=int, default=constants.METRICS_PORT,
@@ -124,6 +128,8 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.tls_cert:
         check_bind(args.tls_host, secured=secured, insecure_local=parsed.insecure_local)
     app_doc["args"] = parsed.model_dump()
+    if args.replicas is not None:
+        _set_gateway_replicas(app_doc, args.replicas)
     doc["applications"] = [app_doc]
     doc.setdefault("grpc_options", {})["port"] = int(args.grpc_port)
     from ray.serve.schema import ServeDeploySchema
@@ -133,6 +139,23 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(f"{path}: not a valid Serve config ({str(exc).splitlines()[0][:200]})") from None
     return doc
+
+
+def _set_gateway_replicas(app_doc: dict[str, Any], n: int) -> None:
+    """``--replicas N``: N Gateway replicas (fixed; replaces an autoscaling_config).
+
+    Raises:
+        ConfigError: N < 1.
+    """
+    if n < 1:
+        raise ConfigError(f"--replicas {n}: the Gateway needs at least one replica")
+    deps = app_doc.setdefault("deployments", [])
+    gw = next((d for d in deps if d.get("name") == "Gateway"), None)
+    if gw is None:
+        gw = {"name": "Gateway"}
+        deps.append(gw)
+    gw.pop("autoscaling_config", None)
+    gw["num_replicas"] = n
 
 
 def _check_models(app_args: dict[str, Any]) -> list[str]:
@@ -229,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
     print("lungsearch serve")
     print("  models:\n" + "\n".join(models))
     print(f"  store:   {app_args['milvus_uri']}")
+    gw = next((d for d in doc["applications"][0].get("deployments") or [] if d.get("name") == "Gateway"), {})
+    print(f"  gateway: {'autoscaling' if 'autoscaling_config' in gw else gw.get('num_replicas', 1)} replica(s)")
     print(f"  auth:    {'bearer tokens from ' + app_args['tokens_file'] if secured else 'insecure local mode (loopback clients only)'}")
     if args.check:
         return 0
@@ -257,11 +282,12 @@ def run(args: argparse.Namespace) -> int:
         http = doc.get("http_options") or {}
         print(f"  web:     http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ (the page; same tokens)")
         if args.metrics_port:
-            from ray import serve
+            from lungsearch.serving.metrics_board import graph_exposition
 
-            handle = serve.get_deployment_handle("Gateway", app_name=APP_NAME)
+            # Every replica of every deployment once, from the collector the replicas publish to
+            # (not one Gateway handle: with two Gateways each scrape would see another replica).
             metrics_server = start_metrics_server(args.metrics_host, args.metrics_port,
-                                                  lambda: handle.metrics_text.remote().result(timeout_s=15))
+                                                  lambda: graph_exposition(APP_NAME, timeout_s=15))
             print(f"  metrics: http://{args.metrics_host}:{args.metrics_port}/metrics")
         if args.tls_cert:
             from lungsearch.security import TLSProxy

@@ -6,8 +6,9 @@ version) and never carry a patient, study or case identifier (``_check_label`` r
 that look like one).
 
 Each replica records into its own ``prometheus_client`` registry (rendered by
-:meth:`ServingMetrics.render`, merged across deployments by :func:`merge_expositions` for the plain
-``/metrics`` endpoint of ``lungsearch serve``) and, inside Ray, mirrors every observation into
+:meth:`ServingMetrics.render`, published to the cluster's collector actor and merged across every
+replica of every deployment by :func:`merge_expositions` for the plain ``/metrics`` endpoint of
+``lungsearch serve``: :mod:`lungsearch.serving.metrics_board`) and, inside Ray, mirrors every observation into
 ``ray.util.metrics`` so Ray's own metrics export (the port a ServiceMonitor scrapes) carries them
 too. Ray prefixes application metrics with ``ray_`` there: ``lungsearch_serve_requests_total`` is
 ``ray_lungsearch_serve_requests_total`` on Ray's port (verified with Ray 2.60).
@@ -160,9 +161,13 @@ class ServingMetrics:
         deployment: "gateway", "encoding", "fusion", "hashing" or "ranking".
         registry: a private registry (default: a new one, so replicas and tests never collide).
         ray_export: also record into ``ray.util.metrics`` when running inside Ray.
+        publish: inside a Serve replica, publish :meth:`render` to the cluster's metrics collector
+            every few seconds (:mod:`lungsearch.serving.metrics_board`), so the ``/metrics``
+            endpoint has every replica once; no-op outside a replica.
     """
 
-    def __init__(self, deployment: str, *, registry: CollectorRegistry | None = None, ray_export: bool = True) -> None:
+    def __init__(self, deployment: str, *, registry: CollectorRegistry | None = None, ray_export: bool = True,
+                 publish: bool = True) -> None:
         self.deployment = _check_label("deployment", deployment)
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._prom: dict[str, object] = {}
@@ -176,6 +181,11 @@ class ServingMetrics:
             else:
                 self._prom[spec.name] = Gauge(spec.name, spec.help, **kw)
         self._ray: dict[str, object] = self._ray_metrics() if ray_export else {}
+        self.publisher = None
+        if publish:
+            from lungsearch.serving.metrics_board import start_publisher
+
+            self.publisher = start_publisher(self.render)
 
     @staticmethod
     def _ray_metrics() -> dict[str, object]:

@@ -35,6 +35,32 @@ def test_overrides_are_applied(tmp_path):
     assert doc["grpc_options"]["port"] == 9555 and a["insecure_local"]  # the shipped config is local-demo
 
 
+def _gateway(doc) -> dict:
+    return next(d for d in doc["applications"][0]["deployments"] if d["name"] == "Gateway")
+
+
+def test_two_gateway_replicas_by_default_and_replicas_flag(tmp_path):
+    assert _gateway(_serve.build_config(_args()))["num_replicas"] == 2
+    doc = _serve.build_config(_args(replicas=3))
+    gw = _gateway(doc)
+    assert gw["num_replicas"] == 3 and gw["max_ongoing_requests"] == 32  # the rest of the block is kept
+    stages = [d for d in doc["applications"][0]["deployments"] if d["name"] != "Gateway"]
+    assert all(d["num_replicas"] == 1 for d in stages)
+    cfg = tmp_path / "auto.yaml"
+    import yaml
+
+    base = yaml.safe_load(open(_serve.DEFAULT_CONFIG))
+    gw = next(d for d in base["applications"][0]["deployments"] if d["name"] == "Gateway")
+    gw.pop("num_replicas")
+    gw["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 4}
+    cfg.write_text(yaml.safe_dump(base))
+    assert "autoscaling_config" in _gateway(_serve.build_config(_args(config=str(cfg))))
+    fixed = _gateway(_serve.build_config(_args(config=str(cfg), replicas=1)))
+    assert fixed["num_replicas"] == 1 and "autoscaling_config" not in fixed
+    with pytest.raises(ConfigError, match="at least one"):
+        _serve.build_config(_args(replicas=0))
+
+
 def test_non_loopback_needs_tokens(tmp_path):
     with pytest.raises(ConfigError, match="without auth tokens"):
         _serve.build_config(_args(host="0.0.0.0"))

@@ -250,27 +250,37 @@ class ServeApp:
                                                            ("grpc.max_receive_message_length", 64 << 20)])
 
     def metrics_text(self) -> str:
-        """The gateway's merged exposition (what ``/metrics`` serves)."""
-        from ray import serve
+        """Every replica's exposition merged once (what ``/metrics`` of ``lungsearch serve`` serves)."""
+        from lungsearch.serving.metrics_board import graph_exposition
 
-        h = serve.get_deployment_handle("Gateway", app_name=APP_NAME)
-        return h.metrics_text.remote().result(timeout_s=30)
+        return graph_exposition(APP_NAME, timeout_s=30)
 
     def card(self, profile: str):
         return next(c for c in self.cards if c.profile == profile)
 
 
-def start_serve_app(workdir: Path, args: dict[str, Any], cards: list[Any], *, timeout_s: float = 300.0) -> ServeApp:
-    """``serve.start`` (gRPC on a free loopback port) + ``serve.run(services.gateway.app(args))``."""
+def start_serve_app(workdir: Path, args: dict[str, Any], cards: list[Any], *, gateway_replicas: int = 1,
+                    timeout_s: float = 300.0) -> ServeApp:
+    """``serve.start`` (gRPC on a free loopback port) + ``serve.run(services.gateway.app(args))``;
+    with ``gateway_replicas`` > 1 the same app through Serve's config path (as ``lungsearch serve``
+    deploys it), whose per-deployment override sets the Gateway's replicas."""
     from ray import serve
     from ray.serve.config import gRPCOptions, HTTPOptions
 
     from services.gateway import app
 
     port = free_port()
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
-                grpc_options=gRPCOptions(port=port, grpc_servicer_functions=GRPC_SERVICERS))
-    serve.run(app(args), name=APP_NAME, route_prefix="/" + APP_NAME, blocking=False)
+    if gateway_replicas == 1:
+        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
+                    grpc_options=gRPCOptions(port=port, grpc_servicer_functions=GRPC_SERVICERS))
+        serve.run(app(args), name=APP_NAME, route_prefix="/" + APP_NAME, blocking=False)
+    else:
+        from lungsearch.cli._serve import deploy
+
+        deploy({"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": free_port()},
+                "grpc_options": {"port": port, "grpc_servicer_functions": GRPC_SERVICERS},
+                "applications": [{"name": APP_NAME, "route_prefix": "/" + APP_NAME, "import_path": "services.gateway:app",
+                                  "args": args, "deployments": [{"name": "Gateway", "num_replicas": gateway_replicas}]}]})
     deadline = time.monotonic() + timeout_s
     while True:
         status = serve.status().applications.get(APP_NAME)

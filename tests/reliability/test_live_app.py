@@ -12,6 +12,8 @@ In order (pytest keeps file order; later checks rely on earlier state):
    the reason and health says NOT_SERVING meanwhile, and recovers without a restart.
 5. Replica crashes: the Encoding and the Ranking replica are SIGKILLed during a bounded Search
    load; Serve replaces them, clients (with the SDK's retries) see no error and no wrong answer.
+   The app runs two Gateway replicas (the shipped default): /metrics counts each request once
+   whichever replica took it, and one Gateway SIGKILLed under load reaches no client at all.
 6. Last: every log line of the run (Ray/Serve session logs, the store server's log, this
    process's records), the /metrics page, every returned error, and every stored row are grepped
    for the PHI values.
@@ -60,7 +62,7 @@ def live(ray_cluster, tmp_path_factory, driver_logs):
             "hmac_key_file": str(work / "hmac.key"), "insecure_local": True, "store_timeout": 5.0, "torch_threads": 1}
     t0 = time.perf_counter()
     try:
-        app = R.start_serve_app(work, args, cards)
+        app = R.start_serve_app(work, args, cards, gateway_replicas=2)  # the shipped default: two Gateways
         print(f"\nreliability app up in {time.perf_counter() - t0:.1f} s")
         app.store = store
         yield app
@@ -565,10 +567,17 @@ def _load_until_recovered(live, deployment: str, queries: list[bytes], expected:
     stop = threading.Event()
     lock = threading.Lock()
     calls: list[tuple[float, float, str]] = []
+    retried: list[str] = []  # status of every failed attempt the SDK saw (and retried or not)
+
+    class Recording(RetryPolicy):
+        def should_retry(self, error) -> bool:
+            with lock:
+                retried.append(error.status.name)
+            return super().should_retry(error)
 
     def worker(i: int) -> None:
         client = LungSearchClient(live.target, timeout=45,
-                                  retries=RetryPolicy(max_attempts=10, initial_backoff=0.2, max_backoff=2.0, seed=i))
+                                  retries=Recording(max_attempts=10, initial_backoff=0.2, max_backoff=2.0, seed=i))
         j = i
         while not stop.is_set():
             q = j % len(queries)
@@ -586,7 +595,8 @@ def _load_until_recovered(live, deployment: str, queries: list[bytes], expected:
     for th in pool:
         th.start()
     time.sleep(warm_s)
-    (victim,) = R.replica_pids(deployment)
+    before = R.replica_pids(deployment)
+    victim = before[0]
     killed = time.monotonic()
     import os
 
@@ -595,7 +605,7 @@ def _load_until_recovered(live, deployment: str, queries: list[bytes], expected:
     while time.monotonic() - killed < max_s:
         if replaced is None:
             pids = R.replica_pids(deployment)
-            if pids and victim not in pids:
+            if len(pids) >= len(before) and victim not in pids:
                 replaced = time.monotonic()
         with lock:
             done = replaced is not None and any(s > replaced and o == "ok" for s, _, o in calls)
@@ -609,9 +619,11 @@ def _load_until_recovered(live, deployment: str, queries: list[bytes], expected:
     after = [c for c in calls if c[1] >= killed]
     first_ok = min((e for s, e, o in calls if s >= killed and o == "ok"), default=float("nan"))
     return {
-        "deployment": deployment, "calls": len(calls), "calls_after_kill": len(after),
+        "deployment": deployment, "victim": victim, "replicas": len(before),
+        "calls": len(calls), "calls_after_kill": len(after),
         "errors": [o for _, _, o in calls if o not in ("ok", "wrong")],
         "wrong": sum(o == "wrong" for _, _, o in calls),
+        "failed_attempts": sorted(retried),
         "replica_replaced_s": (replaced - killed) if replaced else None,
         "first_new_call_ok_s": first_ok - killed,
         "longest_call_s": max((e - s for s, e, _ in after), default=0.0),
@@ -629,6 +641,99 @@ def test_replica_crash_under_load_costs_no_errors_and_no_wrong_answers(live, dat
     # The SDK retries UNAVAILABLE: at most the calls in flight at the kill may end UNAVAILABLE.
     assert set(r["errors"]) <= {"Unavailable"} and len(r["errors"]) <= 4, r["errors"]
     assert r["calls_after_kill"] > 0 and r["first_new_call_ok_s"] < 60
+
+
+# --------------------------------------------------------------------------- 5b. two Gateways
+
+
+def _gateway_searches(replicas: dict[str, dict]) -> dict[str, float]:
+    """OK Search count of each live Gateway replica, from its own published exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for rid, r in replicas.items():
+        if r["deployment"] != "Gateway":
+            continue
+        fams = {f.name: f for f in text_string_to_metric_families(r["text"])}
+        out[rid] = sum(s.value for s in fams["lungsearch_serve_requests"].samples
+                       if s.labels == {"deployment": "gateway", "method": "Search", "code": "OK"})
+    return out
+
+
+def _settled(read, *, want=None, timeout_s: float = 30.0):
+    """``read()`` once two reads a publication apart agree (and equal ``want`` when given)."""
+    from lungsearch.serving.metrics_board import PUSH_INTERVAL_S
+
+    deadline = time.monotonic() + timeout_s
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(PUSH_INTERVAL_S + 0.5)
+        now = read()
+        if now == last and (want is None or want(now)):
+            return now
+        last = now
+    raise AssertionError(f"metrics did not settle: {last}")
+
+
+def test_metrics_count_every_gateway_replica_once(live, data):
+    """Two Gateway replicas: the merged exposition counts each Search once, whichever replica took it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from lungsearch.serving.metrics_board import replica_texts
+
+    def total() -> float:
+        fams = {f.name: f for f in text_string_to_metric_families(live.metrics_text())}
+        return sum(s.value for s in fams["lungsearch_serve_requests"].samples
+                   if s.labels == {"deployment": "gateway", "method": "Search", "code": "OK"})
+
+    gateways = R.replica_pids("Gateway")
+    assert len(gateways) == 2
+    before_total = _settled(total)
+    before = _gateway_searches(replica_texts(R.APP_NAME))
+    assert sorted(m["pid"] for m in replica_texts(R.APP_NAME).values() if m["deployment"] == "Gateway") == gateways
+    n, queries = 40, data["png"]
+    client = live.client()
+    with ThreadPoolExecutor(4) as pool:  # concurrent, so that Serve's router uses both replicas
+        list(pool.map(lambda i: client.search(image=queries[i % len(queries)], top_k=1, model="cxr-hash"), range(n)))
+    after_total = _settled(total, want=lambda v: v >= before_total + n)
+    assert after_total - before_total == n
+    after = _gateway_searches(replica_texts(R.APP_NAME))
+    took = {rid: after[rid] - before.get(rid, 0.0) for rid in after}
+    print(f"\nSearches per Gateway replica: {sorted(took.values())}")
+    assert len(took) == 2 and sum(took.values()) == n and all(v > 0 for v in took.values()), took
+
+
+def test_gateway_replica_crash_under_load_reaches_no_client(live, data):
+    """SIGKILL one of the two Gateway replicas under a steady SDK Search load through Serve's gRPC
+    proxy: no error and no wrong answer reaches the SDK, and the app is whole again afterwards."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from lungsearch.serving.metrics_board import STALE_AFTER_S, replica_texts
+
+    queries, keys = data["png"], STATE["png_keys"]
+    r = _load_until_recovered(live, "Gateway", queries, keys)
+    print(f"\nreplica kill Gateway: {r}")
+    STATE["kill_Gateway"] = r
+    assert r["replicas"] == 2
+    assert r["replica_replaced_s"] is not None, "Serve did not replace the killed Gateway replica"
+    assert r["wrong"] == 0
+    assert r["errors"] == [], r["errors"]  # the other replica answers; the SDK retries what the dead one held
+    assert r["calls_after_kill"] > 0 and r["first_new_call_ok_s"] < 60
+    # Whole again: two live Gateway replicas, health SERVING, and the dead one's metrics gone.
+    pids = R.replica_pids("Gateway")
+    assert len(pids) == 2 and r["victim"] not in pids
+    with live.channel() as ch:
+        assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    deadline = time.monotonic() + STALE_AFTER_S + 20
+    while True:
+        published = sorted(m["pid"] for m in replica_texts(R.APP_NAME).values() if m["deployment"] == "Gateway")
+        if published == sorted(pids):
+            break
+        assert time.monotonic() < deadline, f"collector still has {published}, live Gateways {pids}"
+        time.sleep(1.0)
 
 
 # ---------------------------------------------------------------------------- 6. PHI, everywhere
