@@ -403,7 +403,8 @@ def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], ex
     elif profile == "cxr-clip":
         for frac in ("1%", "10%", "100%"):
             add(f"paper 4 Table 1: the pretrained encoder's linear probe beats a random-init encoder's at {frac} labels (AUC)",
-                "auc", f"probe pretrained {frac}", f"probe random init {frac}")
+                "auc", f"probe pretrained {frac}", f"probe random init {frac}",
+                note="below 100 % the 'seeds' are fits: training seeds x labelled-subset draws (paired)" if frac != "100%" else "")
             add(f"the pretrained probe at {frac} beats chance (AUC)", "auc", f"probe pretrained {frac}", chance)
         # the ablations (recipes.variants: rows on eq. 12 as printed), each read on the probes' AUC
         def probe(v: str) -> str:
@@ -426,7 +427,8 @@ def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], ex
                 out.append({"claim": claim + " (probe AUC, 1/10/100 %)", "verdict": "not measured", "numbers": f"{missing}: not trained in this run"})
                 continue
             for frac in ("1%", "10%", "100%"):
-                add(f"{claim} at {frac} labels (probe AUC)", "auc", f"{probe(a)} {frac}", f"{probe(b)} {frac}")
+                add(f"{claim} at {frac} labels (probe AUC)", "auc", f"{probe(a)} {frac}", f"{probe(b)} {frac}",
+                    note="below 100 % the 'seeds' are fits: training seeds x labelled-subset draws" if frac != "100%" else "")
     elif profile == "cxr-hash":
         bits = ["ours, 16 bits", "ours, 32 bits", "ours, 48 bits", "ours, 64 bits"]
         for a, b in zip(bits[1:], bits[:-1]):
