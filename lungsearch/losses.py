@@ -212,6 +212,11 @@ class SubgraphTotalLoss(_Loss):
     """Paper 4's objective ``L = L1 + L2 + L3`` (eq. 12) (+ ``global_weight`` × InfoNCE on the
     global embeddings that retrieval uses; ``global_weight: 0`` is eq. 12 exactly).
 
+    ``l1_weight`` / ``l2_weight`` / ``l3_weight`` (default 1) weigh the three terms for the
+    paper's ablations: a term with weight 0 is not computed (Table 6 "no matching" is
+    ``l1_weight: 0, global_weight: 0``; "global matching" ``l1_weight: 0, global_weight: 1``;
+    Table 10 drops L2, Table 11 L3).
+
     * **L1** (eq. 4-6), sub-graph matching: the score of image i against report k is the mean
       over i's kept nodes of the best cosine match among k's kept nodes (the alignment term of
       eq. 4; the printed log-sum-exp term is invariant to how well nodes match, so it is left
@@ -226,9 +231,15 @@ class SubgraphTotalLoss(_Loss):
       pulled close against the rest: ``-log Σ_K exp(c·c_k/τ2) / Σ_{j≠s} exp(c·c_j/τ2)``.
     """
 
-    def __init__(self, tau1: float = 0.1, tau2: float = 0.2, k: int = 3, global_weight: float = 1.0) -> None:
+    def __init__(self, tau1: float = 0.1, tau2: float = 0.2, k: int = 3, global_weight: float = 1.0,
+                 l1_weight: float = 1.0, l2_weight: float = 1.0, l3_weight: float = 1.0) -> None:
         super().__init__()
         self.tau1, self.tau2, self.k, self.global_weight = tau1, tau2, k, global_weight
+        self.weights = {"l1": float(l1_weight), "l2": float(l2_weight), "l3": float(l3_weight)}
+        if min(self.weights.values()) < 0 or global_weight < 0:
+            raise ConfigError("subgraph_total: loss weights must be >= 0")
+        if not any(self.weights.values()) and not global_weight:
+            raise ConfigError("subgraph_total: every term has weight 0 (nothing to train)")
 
     def l1(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         i, t = out["image_nodes"], out["text_nodes"]
@@ -274,16 +285,21 @@ class SubgraphTotalLoss(_Loss):
         return (torch.logsumexp(logits, dim=1) - log_pos).mean()
 
     def forward(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor | None = None) -> torch.Tensor:
-        for key in ("image_nodes", "text_nodes", "att_image", "cluster"):
-            _need(outputs, key, "subgraph_total")
-        l1, l2, l3 = self.l1(outputs), self.l2(outputs), self.l3(outputs)
-        total = l1 + l2 + l3
-        parts = {"l1": l1, "l2": l2, "l3": l3}
+        need = {"l1": ("image_nodes", "text_nodes"), "l2": ("image_nodes", "att_image", "att_text"), "l3": ("cluster",)}
+        parts: dict[str, torch.Tensor] = {}
+        terms: list[torch.Tensor] = []
+        for name, w in self.weights.items():
+            if w <= 0:
+                continue
+            for key in need[name]:
+                _need(outputs, key, "subgraph_total")
+            parts[name] = getattr(self, name)(outputs)
+            terms.append(w * parts[name])
         if self.global_weight > 0:
-            g = _info_nce(outputs["image_embedding"], outputs["text_embedding"], outputs.get("logit_scale", 1.0 / 0.07))
-            total = total + self.global_weight * g
-            parts["global"] = g
-        return self._done(total, **parts)
+            i, t = _need(outputs, "image_embedding", "subgraph_total"), _need(outputs, "text_embedding", "subgraph_total")
+            parts["global"] = _info_nce(i, t, outputs.get("logit_scale", 1.0 / 0.07))
+            terms.append(self.global_weight * parts["global"])
+        return self._done(torch.stack(terms).sum(), **parts)
 
 
 @LOSSES.register("ce")
@@ -318,7 +334,8 @@ def _infonce(params: dict[str, Any], ctx: BuildContext) -> InfoNCELoss:
 
 @LOSSES.register("subgraph_total")
 def _subgraph_total(params: dict[str, Any], ctx: BuildContext) -> SubgraphTotalLoss:
-    return SubgraphTotalLoss(**take_params("subgraph_total", params, {"tau1": 0.1, "tau2": 0.2, "k": 3, "global_weight": 1.0}))
+    return SubgraphTotalLoss(**take_params("subgraph_total", params, {"tau1": 0.1, "tau2": 0.2, "k": 3, "global_weight": 1.0,
+                                                                      "l1_weight": 1.0, "l2_weight": 1.0, "l3_weight": 1.0}))
 
 
 def create_loss(component: Component) -> nn.Module:

@@ -102,10 +102,15 @@ def evaluate_model(
     ``recall`` (classification, when the model has a classifier); ``map10`` (profile ranking),
     ``map10_cosine``, ``ndcg_all``, ``p_at_1``, ``top1_precision/recall/f1`` (single-label),
     ``silhouette`` (scikit-learn, test embeddings), ``silhouette_paper``, ``intra``, ``inter``
-    (paper 3), ``text2image_r1``/``r10`` (CLIP), ``infer_ms_per_case``.
+    (paper 3), ``text2image_r1``/``r10`` (CLIP), ``infer_ms_per_case``, ``kept_steps`` /
+    ``kept_units`` (the SG-Bi-LSTM's sparse gate over the test cases).
     """
+    if hasattr(model, "reset_gate_stats"):
+        model.reset_gate_stats()
     pred = predict(model, test, batch_size=batch_size, device=device)
     out: dict[str, float] = {"n_test": float(len(test)), "infer_ms_per_case": 1000.0 * pred.seconds / max(len(test), 1)}
+    # paper 1: fractions of the test cases' steps and of the units the sparse gate keeps
+    out.update(model.gate_stats() if hasattr(model, "gate_stats") else {})
     details: dict[str, Any] = {}
     targets = list(cfg.data.targets)
     if pred.probs is not None and not (cfg.model.pretraining is not None and "probe" not in cfg.train.stages):

@@ -244,6 +244,18 @@ class ComposedModel(LungModel):
             return reg()
         return torch.zeros((), device=next(self.parameters()).device)
 
+    def reset_gate_stats(self) -> None:
+        """Restart the sparse gate's kept-step / kept-unit counts (a no-op without one)."""
+        reset = getattr(self.head, "reset_gate_stats", None)
+        if reset is not None:
+            reset()
+
+    def gate_stats(self) -> dict[str, float]:
+        """``kept_steps`` / ``kept_units`` of the SG-Bi-LSTM over the forwards since
+        :meth:`reset_gate_stats` (paper 1 Table 3's sparsity); ``{}`` for other heads."""
+        stats = getattr(self.head, "gate_stats", None)
+        return stats() if stats is not None else {}
+
     def on_epoch_start(self, epoch: int) -> None:
         """Per-epoch schedule: the hash continuation ``beta`` (paper 5, eq. 12)."""
         if self.hasher is not None:

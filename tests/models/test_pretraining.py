@@ -79,3 +79,69 @@ def test_clip_baseline_infonce():
     assert head.logit_scale.grad is not None and head.img.weight.grad is not None
     aligned = {"image_embedding": out["image_embedding"].detach(), "text_embedding": out["image_embedding"].detach(), "logit_scale": torch.tensor(10.0)}
     assert InfoNCELoss()(aligned) < InfoNCELoss()(dict(aligned, text_embedding=aligned["text_embedding"].roll(1, 0)))
+
+
+def test_node_removal_removes_nodes_at_init():
+    """Issue 15: "a node left without edges" removed nothing (every node of a complete graph
+    thinned by 30-50 % keeps an edge: kept fraction 1.0). The percentage threshold now removes
+    that fraction of the nodes too, from an untrained model on ReLU-like (non-negative) tokens."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    feats = _feats(b=4, n=16, t=12)
+    feats["image_tokens"] = torch.rand(4, 16, 24, generator=g)  # ResNet tokens are post-ReLU
+    for threshold, kept in ((0.3, 11 / 16), (0.5, 8 / 16)):
+        mod = SubgraphCLIP(24, 16, embedding_dim=12, node_dim=8, threshold=threshold)
+        out = mod(feats)
+        frac = out["image_node_mask"].float().mean(1)
+        assert torch.allclose(frac, torch.full((4,), kept)), (threshold, frac)
+        # text: padding is never a node; of row 0's 4 valid tokens round(threshold * 4) go
+        assert int(out["text_node_mask"][0].sum()) == 4 - round(threshold * 4)
+        # removed nodes are zero rows of the cross-modal graph
+        assert (out["image_nodes"][~out["image_node_mask"]] == 0).all()
+    # threshold 0 (Table 9's "0 %"): no edge and no node removed
+    out = SubgraphCLIP(24, 16, embedding_dim=12, node_dim=8, threshold=0.0)(feats)
+    assert bool(out["image_node_mask"].all())
+
+
+def test_drop_weak_nodes_ranks_by_score_and_keeps_one():
+    from lungsearch.models.pretraining import drop_weak_nodes
+
+    score = torch.tensor([[0.1, 0.9, 0.5, 0.3], [5.0, 1.0, 2.0, 9.0], [0.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False], [True, False, False, False]])
+    got = drop_weak_nodes(score, mask, 0.5)
+    assert got.tolist() == [[False, True, True, False], [True, False, False, False], [True, False, False, False]]
+    assert drop_weak_nodes(score, torch.zeros_like(mask), 0.5).sum() == 0  # all padding: nothing kept
+    assert drop_weak_nodes(score, mask, 0.0).equal(mask)
+
+
+def test_subgraph_clip_defaults_to_the_papers_30_percent():
+    from lungsearch.models.registry import PRETRAINING, BuildContext
+
+    ctx = BuildContext(embedding_dim=12)
+    ctx.dims.update(image=24, text=16)
+    m = PRETRAINING.build("subgraph_clip", {}, ctx)
+    assert m.threshold == 0.3 and m.node_drop == 0.3
+    m = PRETRAINING.build("subgraph_clip", {"threshold": 0.5, "node_drop": 0.0}, ctx)
+    assert m.threshold == 0.5 and m.node_drop == 0.0
+
+
+def test_loss_term_weights_for_the_ablations():
+    torch.manual_seed(0)
+    mod = SubgraphCLIP(24, 16, embedding_dim=12, node_dim=8)
+    out = mod(_feats())
+    full = SubgraphTotalLoss(global_weight=0)
+    total = full(out).detach()
+    assert set(full.parts) == {"l1", "l2", "l3", "loss"}  # eq. 12 as printed
+    assert float(total) == pytest.approx(full.parts["l1"] + full.parts["l2"] + full.parts["l3"], rel=1e-5)
+    for drop in ("l1", "l2", "l3"):
+        loss = SubgraphTotalLoss(global_weight=0, **{f"{drop}_weight": 0.0})
+        t = loss(out).detach()
+        assert drop not in loss.parts
+        assert float(t) == pytest.approx(sum(v for k, v in full.parts.items() if k not in (drop, "loss")), rel=1e-5)
+    glob = SubgraphTotalLoss(global_weight=1, l1_weight=0)  # Table 6's "global matching"
+    glob(out)
+    assert set(glob.parts) == {"global", "l2", "l3", "loss"}
+    from lungsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        SubgraphTotalLoss(global_weight=0, l1_weight=0, l2_weight=0, l3_weight=0)
