@@ -7,7 +7,9 @@ gateway's ``Ingest`` (the Encoding -> Fusion -> Hashing stages) and through the 
 
 * :func:`prepare_case` -- decoded study -> model input (``preprocess_study``, the training
   transform in eval mode) and raw radiomics (:func:`study_radiomics`: each slice's decoded pixels,
-  HU for CT, inside its lung mask; NaN-aware mean over the slices);
+  HU for CT, inside its lung mask; NaN-aware mean over the slices). When no plausible lung is
+  found, radiomics read the whole thorax and the case says so (``roi_fallback``, ``roi_reason``),
+  which every answer about it carries on to the user (``RadiomicsRoi`` in the protos);
 * :func:`embed_cases` -- a batch of prepared cases through ``forward_cases`` (encode, pool the
   slices of a CT case, standardise radiomics, fuse): embedding, hash logits, probabilities, code;
 * :func:`code_bytes` -- the packed code of hash logits (``sign(z)``, ``sign(0) = +1``, eq. 11);
@@ -34,7 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lungsearch.data.types import Study
     from lungsearch.models.base import LungModel
 
-__all__ = ["EXCERPT_CHARS", "PreparedCase", "CaseOutput", "prepare_case", "study_radiomics", "embed_cases",
+__all__ = ["EXCERPT_CHARS", "PreparedCase", "CaseOutput", "prepare_case", "study_radiomics", "study_radiomics_roi",
+           "roi_fallback_message", "embed_cases",
            "code_bytes", "probabilities", "deidentify_report", "report_excerpt"]
 
 #: Characters of the (de-identified) report kept as the stored excerpt (the store also cuts at
@@ -50,10 +53,15 @@ class PreparedCase:
     Attributes:
         pixels: float32 ``[S, 1, H, W]`` preprocessed slices (S = 1 for a radiograph).
         radiomics: raw radiomics float64 ``[F]`` (NaN allowed), or None for profiles without them.
+        roi_fallback: the lung mask failed and ``radiomics`` read the whole thorax (never set for
+            profiles without radiomics).
+        roi_reason: why (a value of ``lungsearch.data.masks.REASONS``); "" when ``roi_fallback`` is False.
     """
 
     pixels: np.ndarray
     radiomics: np.ndarray | None = None
+    roi_fallback: bool = False
+    roi_reason: str = ""
 
     @property
     def num_slices(self) -> int:
@@ -68,21 +76,35 @@ class CaseOutput:
     code: bytes  # packed (HashCode.packed); b"" when the profile does not hash
     hash_logits: np.ndarray | None  # float32 [bits] or None
     probabilities: np.ndarray | None  # float32 [C] or None (no classifier)
+    roi_fallback: bool = False  # radiomics read the whole thorax (PreparedCase.roi_fallback)
+    roi_reason: str = ""
 
 
-def study_radiomics(study: "Study", extractor: Any) -> np.ndarray:
-    """Raw radiomics of one case: features of each slice inside its lung mask (the whole thorax when
-    no plausible lung is found: ``lungsearch.data.masks.roi_masks``), NaN-aware mean.
+def roi_fallback_message(reason: str) -> str:
+    """The PHI-free sentence an answer carries when radiomics read the whole thorax."""
+    return f"radiomics read the whole thorax: lung mask {reason or 'empty'}"
 
-    Computed on the decoded pixels (HU for CT), as the training cache does; every path calls this,
-    so the model's fitted scaler sees one distribution."""
+
+def study_radiomics_roi(study: "Study", extractor: Any) -> tuple[np.ndarray, Any]:
+    """Raw radiomics of one case and the regions they were read in (``RoiMasks``: ``.fallback``
+    and ``.reason`` say whether the lung masks failed and the whole thorax was read instead).
+
+    Features of each slice inside its lung mask (the whole thorax when no plausible lung is
+    found: ``lungsearch.data.masks.roi_masks``), NaN-aware mean. Computed on the decoded pixels
+    (HU for CT), as the training cache does; every path calls this, so the model's fitted scaler
+    sees one distribution."""
     from lungsearch.data.masks import roi_masks
 
     slices = [im.pixels for im in study.images]
     # An empty or implausible lung mask falls back to the whole thorax, flagged, logged and counted
     # (lungsearch_data_radiomics_roi_fallbacks_total), instead of radiomics on nothing.
     roi = roi_masks(slices, modality=study.modality)
-    return extractor.extract_study(np.stack(slices), roi.masks)
+    return extractor.extract_study(np.stack(slices), roi.masks), roi
+
+
+def study_radiomics(study: "Study", extractor: Any) -> np.ndarray:
+    """Raw radiomics of one case (:func:`study_radiomics_roi` without the regions)."""
+    return study_radiomics_roi(study, extractor)[0]
 
 
 def prepare_case(study: "Study", cfg: "ProfileConfig", *, extractor: Any = None) -> PreparedCase:
@@ -95,8 +117,10 @@ def prepare_case(study: "Study", cfg: "ProfileConfig", *, extractor: Any = None)
     from lungsearch.data import preprocess_study
 
     pixels = preprocess_study(study, cfg.data, train=False)
-    rad = study_radiomics(study, extractor) if extractor is not None else None
-    return PreparedCase(pixels=pixels, radiomics=rad)
+    if extractor is None:
+        return PreparedCase(pixels=pixels)
+    rad, roi = study_radiomics_roi(study, extractor)
+    return PreparedCase(pixels=pixels, radiomics=rad, roi_fallback=bool(roi.fallback), roi_reason=roi.reason)
 
 
 def probabilities(logits: np.ndarray, *, multilabel: bool) -> np.ndarray:
@@ -160,7 +184,8 @@ def embed_cases(model: "LungModel", cases: Sequence[PreparedCase], *, texts: Seq
     if "logits" in out:
         probs = probabilities(out["logits"].float().cpu().numpy(), multilabel=bool(getattr(model, "multilabel", False)))
     return [CaseOutput(embedding=emb[i], code=codes[i], hash_logits=None if hl is None else hl[i],
-                       probabilities=None if probs is None else probs[i]) for i in range(len(cases))]
+                       probabilities=None if probs is None else probs[i], roi_fallback=cases[i].roi_fallback,
+                       roi_reason=cases[i].roi_reason) for i in range(len(cases))]
 
 
 def deidentify_report(text: str, *, date_shift_days: int | None = None):

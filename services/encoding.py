@@ -152,6 +152,9 @@ class Encoding:
         resp = encoding_pb2.EncodeResponse(model=convert.model_ref(served.profile, served.version),
                                            modality=convert.modality_to_proto(item.modality),
                                            view=convert.view_to_proto(item.view))
+        roi = convert.radiomics_roi_to_proto(item.roi_fallback, item.roi_reason)
+        if roi is not None:  # radiomics read the whole thorax: every answer about this study says so
+            resp.radiomics_roi.CopyFrom(roi)
         if request.explain:
             if item.pixels is None:
                 raise InvalidRequestError("explaining needs an image", code="explain_no_image", field="images")

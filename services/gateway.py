@@ -243,8 +243,7 @@ class Gateway:
             # versions hold it and a failure fails the call before the live version acknowledges it
             # (the client retries; ingest is idempotent by case key).
             await self._store_case(staged, request.images, report, labels, source_id)
-        key, created, ref = await self._store_case(served, request.images, report, labels, source_id)
-        return gateway_pb2.IngestResponse(case_key=key, created=created, model=ref)
+        return await self._store_case(served, request.images, report, labels, source_id)
 
     def _staged_for(self, served: ServedModel, requested_version: str) -> ServedModel | None:
         """The staged version to write an ingest to as well: only when the ingest targets the live
@@ -255,9 +254,9 @@ class Gateway:
         return self.models.get(served.profile, version)
 
     async def _store_case(self, served: ServedModel, images, report: common_pb2.Report, labels, source_id: str
-                          ) -> tuple[str, bool, common_pb2.ModelRef]:
-        """Embed one study with ``served`` and upsert it into that version's collection; returns
-        (case key, created, model ref)."""
+                          ) -> gateway_pb2.IngestResponse:
+        """Embed one study with ``served`` and upsert it into that version's collection; returns the
+        ingest's answer for that version (with the radiomics ROI flag when the lung mask failed)."""
         study, text, enc, fus, code = await self._encode_embed(served, images, report)
         key = pipeline.derive_case_key(self.hmac_key, study=study, source_id=source_id,
                                        image_bytes=[im.data for im in images])
@@ -272,7 +271,7 @@ class Gateway:
         # Ranking writes Milvus and flushes before it answers: an OK here is durable.
         up = await self.ranking.Upsert.remote(ranking_pb2.UpsertRequest(model=ref, records=[record]))
         await self._store_thumbnail(served, key, study)
-        return key, up.inserted > 0, ref
+        return convert.copy_radiomics_roi(enc, gateway_pb2.IngestResponse(case_key=key, created=up.inserted > 0, model=ref))
 
     async def _deidentified_report(self, report: common_pb2.Report, lim) -> common_pb2.Report:
         """The report an ingest stores and embeds: names, identifiers, dates, phones, addresses and
@@ -325,7 +324,7 @@ class Gateway:
         convert.filter_from_proto(request.filter)  # validates label counts before any work
         _, _, enc, fus, code = await self._encode_embed(served, request.images, request.report)
         ranked = await self._rank(served, fus, code, k, request.filter)
-        resp = gateway_pb2.SearchResponse(model=ranked.model)
+        resp = convert.copy_radiomics_roi(enc, gateway_pb2.SearchResponse(model=ranked.model))
         for i, r in enumerate(ranked.results):
             resp.hits.add(case=r.case, score=r.score, rank=i + 1, hamming_distance=r.hamming_distance)
         return resp
@@ -339,7 +338,7 @@ class Gateway:
         _, _, enc, fus, code = await self._encode_embed(served, request.images, request.report)
         ranked = await self._rank(served, fus, code, k)
         vote = pipeline.knn_vote([list(r.case.labels) for r in ranked.results], served.card.targets)
-        resp = gateway_pb2.ClassifyResponse(model=fus.model, probabilities=list(fus.probabilities))
+        resp = convert.copy_radiomics_roi(enc, gateway_pb2.ClassifyResponse(model=fus.model, probabilities=list(fus.probabilities)))
         resp.knn_vote.extend(common_pb2.LabelScore(label=lab, score=float(s)) for lab, s in vote)
         if fus.probabilities:
             resp.top_label = max(fus.probabilities, key=lambda p: p.score).label
@@ -366,8 +365,8 @@ class Gateway:
         score = next((p.score for p in fus.probabilities if p.label == enc.heatmap_label), 0.0)
         heat_png, overlay = await asyncio.to_thread(
             lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(image, heat)))
-        return gateway_pb2.ExplainResponse(model=enc.model, label=enc.heatmap_label, score=float(score),
-                                           heatmap_png=heat_png, overlay_png=overlay)
+        return convert.copy_radiomics_roi(enc, gateway_pb2.ExplainResponse(
+            model=enc.model, label=enc.heatmap_label, score=float(score), heatmap_png=heat_png, overlay_png=overlay))
 
     async def _query_heat(self, served: ServedModel, study, report, label: str):
         """(encode response with the query's heat map for ``label``, fused response, code)."""
@@ -413,6 +412,7 @@ class Gateway:
         query_excerpt = pipeline.report_excerpt(text)
         resp = gateway_pb2.ExplainMatchResponse(model=ref, label=label, shared_labels=shared, case=case,
                                                 query_excerpt=query_excerpt)
+        convert.copy_radiomics_roi(enc, resp)
         resp.query_labels.extend(common_pb2.LabelScore(label=lab, score=s) for lab, s in qlabels)
         for ph in match.shared_phrases(query_excerpt, case.report_excerpt):
             sp = resp.shared_phrases.add(phrase=ph.phrase)

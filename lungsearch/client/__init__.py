@@ -32,8 +32,8 @@ from lungsearch.client._requests import CHUNK_BYTES, STREAM_THRESHOLD_BYTES
 from lungsearch.client._retry import NO_RETRY, RetryPolicy
 from lungsearch.client._sync import LungSearchClient
 from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, HealthStatus, Image,
-                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, SearchHit, SearchResult,
-                                      SharedPhrase)
+                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, RadiomicsRoi, SearchHit,
+                                      SearchResult, SharedPhrase)
 
 __all__ = [
     "LungSearchClient",
@@ -60,6 +60,7 @@ __all__ = [
     "IngestResult",
     "ActivateResult",
     "HealthStatus",
+    "RadiomicsRoi",
     # errors
     "LungSearchError",
     "InvalidArgument",

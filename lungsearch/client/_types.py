@@ -31,6 +31,7 @@ __all__ = [
     "IngestResult",
     "ActivateResult",
     "HealthStatus",
+    "RadiomicsRoi",
 ]
 
 _MODALITY_TO_PROTO = {"": common_pb2.MODALITY_UNSPECIFIED, "cxr": common_pb2.MODALITY_CXR,
@@ -308,6 +309,32 @@ class Case(_Result):
 
 
 @dataclass(frozen=True)
+class RadiomicsRoi(_Result):
+    """Radiomics read the whole thorax instead of the lungs: the lung mask of the query (or of the
+    ingested study) failed its plausibility checks. Only profiles with radiomics (ct-ild) send it;
+    results carry ``radiomics_roi=None`` when radiomics read the lungs or the profile has none.
+
+    Attributes:
+        whole_thorax: True (the flagged fallback of docs/masks.md).
+        reason: the failed check: ``"empty"``, ``"components"``, ``"area"``, ``"position"``,
+            ``"balance"`` or ``"modality"``.
+        message: e.g. ``"radiomics read the whole thorax: lung mask empty"``.
+    """
+
+    whole_thorax: bool = True
+    reason: str = ""
+    message: str = ""
+
+    @classmethod
+    def from_response(cls, msg: Any) -> "RadiomicsRoi | None":
+        """The ``radiomics_roi`` of a response, or None when the server did not set it."""
+        if not msg.HasField("radiomics_roi"):
+            return None
+        r = msg.radiomics_roi
+        return cls(whole_thorax=r.whole_thorax, reason=r.reason, message=r.message)
+
+
+@dataclass(frozen=True)
 class SearchHit(_Result):
     """One similar case.
 
@@ -338,10 +365,12 @@ class SearchResult(_Result):
 
     model: ModelRef
     hits: tuple[SearchHit, ...] = ()
+    radiomics_roi: RadiomicsRoi | None = None  # set when the query's radiomics read the whole thorax
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.SearchResponse) -> "SearchResult":
-        return cls(model=ModelRef.from_proto(msg.model), hits=tuple(SearchHit.from_proto(h) for h in msg.hits))
+        return cls(model=ModelRef.from_proto(msg.model), hits=tuple(SearchHit.from_proto(h) for h in msg.hits),
+                   radiomics_roi=RadiomicsRoi.from_response(msg))
 
     def __iter__(self) -> Iterator[SearchHit]:
         return iter(self.hits)
@@ -362,18 +391,21 @@ class Classification(_Result):
         probabilities: label -> probability from the profile's head, in the model's target order.
         knn_vote: label -> share of the k nearest stored cases carrying it.
         top_label: the predicted label.
+        radiomics_roi: set when the query's radiomics read the whole thorax (:class:`RadiomicsRoi`).
     """
 
     model: ModelRef
     probabilities: dict[str, float] = field(default_factory=dict)
     knn_vote: dict[str, float] = field(default_factory=dict)
     top_label: str = ""
+    radiomics_roi: RadiomicsRoi | None = None
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.ClassifyResponse) -> "Classification":
         return cls(model=ModelRef.from_proto(msg.model),
                    probabilities={s.label: float(s.score) for s in msg.probabilities},
-                   knn_vote={s.label: float(s.score) for s in msg.knn_vote}, top_label=msg.top_label)
+                   knn_vote={s.label: float(s.score) for s in msg.knn_vote}, top_label=msg.top_label,
+                   radiomics_roi=RadiomicsRoi.from_response(msg))
 
     @property
     def top_score(self) -> float:
@@ -391,6 +423,7 @@ class ExplainResult(_Result):
         score: the model's probability for it.
         heatmap_png: 8-bit gray heat map at the model's input size, PNG bytes.
         overlay_png: RGB heat map blended over the preprocessed input, PNG bytes ("" if not sent).
+        radiomics_roi: set when the query's radiomics read the whole thorax (:class:`RadiomicsRoi`).
     """
 
     model: ModelRef
@@ -398,11 +431,13 @@ class ExplainResult(_Result):
     score: float
     heatmap_png: bytes
     overlay_png: bytes = b""
+    radiomics_roi: RadiomicsRoi | None = None
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.ExplainResponse) -> "ExplainResult":
         return cls(model=ModelRef.from_proto(msg.model), label=msg.label, score=float(msg.score),
-                   heatmap_png=msg.heatmap_png, overlay_png=msg.overlay_png)
+                   heatmap_png=msg.heatmap_png, overlay_png=msg.overlay_png,
+                   radiomics_roi=RadiomicsRoi.from_response(msg))
 
     def save(self, path: str | os.PathLike, *, overlay: bool = False) -> Path:
         """Write the heat map (or the overlay) PNG to ``path`` and return the path."""
@@ -444,6 +479,7 @@ class MatchExplanation(_Result):
         case_heatmap_png, case_overlay_png: Grad-CAM on the case's stored thumbnail (b"" when none is kept).
         case_image_available: the server keeps a thumbnail of the case.
         query_labels: the query's predicted labels and scores, most probable first.
+        radiomics_roi: set when the query's radiomics read the whole thorax (:class:`RadiomicsRoi`).
     """
 
     model: ModelRef
@@ -458,6 +494,7 @@ class MatchExplanation(_Result):
     case_overlay_png: bytes = b""
     case_image_available: bool = False
     query_labels: dict[str, float] = field(default_factory=dict)
+    radiomics_roi: RadiomicsRoi | None = None
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.ExplainMatchResponse) -> "MatchExplanation":
@@ -468,7 +505,8 @@ class MatchExplanation(_Result):
                    query_heatmap_png=msg.query_heatmap_png, query_overlay_png=msg.query_overlay_png,
                    case_heatmap_png=msg.case_heatmap_png, case_overlay_png=msg.case_overlay_png,
                    case_image_available=msg.case_image_available,
-                   query_labels={x.label: float(x.score) for x in msg.query_labels})
+                   query_labels={x.label: float(x.score) for x in msg.query_labels},
+                   radiomics_roi=RadiomicsRoi.from_response(msg))
 
 
 @dataclass(frozen=True)
@@ -512,15 +550,22 @@ class ModelInfo(_Result):
 
 @dataclass(frozen=True)
 class IngestResult(_Result):
-    """The answer to :meth:`ingest`: the case key, and whether the case is new (False: updated)."""
+    """The answer to :meth:`ingest`: the case key, and whether the case is new (False: updated).
+
+    ``radiomics_roi`` is set when the study's radiomics read the whole thorax (its lung mask
+    failed): the stored vector was made from them. The store does not keep the flag (see
+    docs/masks.md), so this answer is the one place it is reported for an ingested case.
+    """
 
     case_key: str
     created: bool
     model: ModelRef = field(default_factory=ModelRef)
+    radiomics_roi: RadiomicsRoi | None = None
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.IngestResponse) -> "IngestResult":
-        return cls(case_key=msg.case_key, created=msg.created, model=ModelRef.from_proto(msg.model))
+        return cls(case_key=msg.case_key, created=msg.created, model=ModelRef.from_proto(msg.model),
+                   radiomics_roi=RadiomicsRoi.from_response(msg))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ __all__ = [
     "CaseFilter",
     "model_ref",
     "timestamp",
+    "radiomics_roi_to_proto",
+    "copy_radiomics_roi",
 ]
 
 _DTYPES: dict[int, np.dtype] = {
@@ -158,6 +160,24 @@ def view_from_proto(value: int) -> str:
 
 def model_ref(profile: str, version: str) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(profile=profile, version=version)
+
+
+def radiomics_roi_to_proto(fallback: bool, reason: str) -> common_pb2.RadiomicsRoi | None:
+    """The ``RadiomicsRoi`` an answer carries when radiomics read the whole thorax, else None
+    (lungs read, or a profile without radiomics: the field stays unset)."""
+    if not fallback:
+        return None
+    from lungsearch.inference import roi_fallback_message
+
+    reason = reason or "empty"
+    return common_pb2.RadiomicsRoi(whole_thorax=True, reason=reason, message=roi_fallback_message(reason))
+
+
+def copy_radiomics_roi(src: Any, dst: Any) -> Any:
+    """Carry ``radiomics_roi`` from an ``EncodeResponse`` to a public answer (when it is set); returns ``dst``."""
+    if src is not None and src.HasField("radiomics_roi"):
+        dst.radiomics_roi.CopyFrom(src.radiomics_roi)
+    return dst
 
 
 def timestamp(epoch: float):

@@ -59,6 +59,8 @@ class StudyInput:
         text: the report text, or None.
         radiomics: raw radiomics float64 [F] (NaN allowed), for profiles with radiomics.
         modality, view: from the decoded study ("" when there is no image).
+        roi_fallback, roi_reason: the lung mask failed and radiomics read the whole thorax, and why
+            (``lungsearch.inference.PreparedCase``); the Encoding answer carries them on.
     """
 
     pixels: np.ndarray | None
@@ -66,6 +68,8 @@ class StudyInput:
     radiomics: np.ndarray | None = None
     modality: str = ""
     view: str = ""
+    roi_fallback: bool = False
+    roi_reason: str = ""
 
     @property
     def num_images(self) -> int:
@@ -95,7 +99,8 @@ def prepare_study(study: "Study | None", text: str | None, cfg: "ProfileConfig",
     radiomics_part = getattr(model, "radiomics", None)
     case = prepare_case(study, cfg, extractor=radiomics_part.extractor if radiomics_part is not None else None)
     return StudyInput(pixels=case.pixels, text=(text or "") if has_text_encoder else None, radiomics=case.radiomics,
-                      modality=study.modality, view=study.view)
+                      modality=study.modality, view=study.view, roi_fallback=case.roi_fallback,
+                      roi_reason=case.roi_reason)
 
 
 def _np(t: Any) -> np.ndarray:

@@ -134,3 +134,23 @@ def test_non_radiograph_modality_is_never_plausible():
     img = rng.random((96, 96)).astype(np.float32)
     res = lung_mask_checked(img, modality="mr")
     assert res.outcome != "ok" and ("modality" in res.reasons or res.reasons == ("empty",))
+
+
+@pytest.mark.parametrize("shape,tshape", [((34, 36), (14, 12)), ((40, 38), (20, 25)), ((150, 140), (130, 120))])
+def test_layout_ncc_equals_skimage_match_template(shape, tshape):
+    """The CXR layout match's NCC (integral images, direct sums or FFT) gives skimage's values,
+    also when it reads its window sums from a larger padded image's integrals, and 0 on flat windows."""
+    from skimage.feature import match_template
+
+    from lungsearch.data.masks._cxr import _integrals, _ncc
+
+    rng = np.random.default_rng(0)
+    img = rng.random(shape).astype(np.float32)
+    img[:12, :12] = 0.25  # a flat corner
+    t = rng.random(tshape).astype(np.float32)
+    ref = match_template(img, t)
+    np.testing.assert_allclose(_ncc(img, t), ref, atol=1e-5)
+    big = np.pad(img.astype(np.float64), ((3, 5), (4, 2)), mode="edge")
+    np.testing.assert_allclose(_ncc(big[3:3 + shape[0], 4:4 + shape[1]], t, _integrals(big), (3, 4)), ref, atol=1e-5)
+    flat = np.full(shape, 0.5, np.float32)
+    assert not _ncc(flat, t).any()

@@ -253,6 +253,54 @@ def test_classify_and_explain(served, ingested, phantom_sets):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _no_lung_series(folder) -> list[bytes]:
+    """A CT series of soft tissue only (body, no lung: an abdomen-like slice; synthetic): the
+    lung mask finds nothing, so radiomics fall back to the whole thorax."""
+    from lungsearch.data.phantoms._ct import write_ct_series
+
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[:64, :64]
+    body = (yy - 32) ** 2 / 0.9 + (xx - 32) ** 2 < 29 ** 2
+    hu = np.stack([np.where(body, 40.0, -1000.0) + rng.normal(0, 10, body.shape) for _ in range(3)])
+    names = write_ct_series(folder, hu.astype(np.float32), patient_id="NOLUNG1", patient_name="PHANTOM^NOLUNG",
+                            study_uid="2.25.1101", series_uid="2.25.1102", sop_uids=[f"2.25.1103{i}" for i in range(3)])
+    return [(folder / n).read_bytes() for n in names]
+
+
+def test_radiomics_fallback_reaches_every_answer(served, phantom_sets, tmp_path):
+    """A CT case whose lung mask fails answers Ingest, Search, Classify and Explain with the flag
+    and reason (gRPC and the SDK); a normal phantom case and a profile without radiomics without it."""
+    from lungsearch.client import LungSearchClient
+
+    c = served["client"]
+    ref = common_pb2.ModelRef(profile="ct-ild")
+    bad = [common_pb2.Image(data=d) for d in _no_lung_series(tmp_path)]
+    msg = "radiomics read the whole thorax: lung mask empty"
+    ing = c("Ingest", gateway_pb2.IngestRequest(model=ref, images=bad, labels=["normal"], source_id="no-lung-1"), token=WRITE)
+    try:
+        answers = {"Ingest": ing,
+                   "Search": c("Search", gateway_pb2.SearchRequest(model=ref, images=bad, top_k=3)),
+                   "Classify": c("Classify", gateway_pb2.ClassifyRequest(model=ref, images=bad)),
+                   "Explain": c("Explain", gateway_pb2.ExplainRequest(model=ref, images=bad))}
+        for name, resp in answers.items():
+            assert resp.HasField("radiomics_roi"), name
+            assert (resp.radiomics_roi.whole_thorax, resp.radiomics_roi.reason, resp.radiomics_roi.message) == \
+                (True, "empty", msg), name
+        good = _images(phantom_sets["ct"][0])
+        for method, req in (("Search", gateway_pb2.SearchRequest(model=ref, images=good, top_k=3)),
+                            ("Classify", gateway_pb2.ClassifyRequest(model=ref, images=good))):
+            assert not c(method, req).HasField("radiomics_roi"), method
+        cxr = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
+                                        images=_images(phantom_sets["cxr"][0]), top_k=3)
+        assert not c("Search", cxr).HasField("radiomics_roi")  # no radiomics branch: never set
+        with LungSearchClient(f"127.0.0.1:{served['port']}", token=READ, timeout=120) as sdk:
+            res = sdk.search(images=[im.data for im in bad], model="ct-ild", top_k=3)
+            assert res.radiomics_roi is not None and (res.radiomics_roi.reason, res.radiomics_roi.message) == ("empty", msg)
+            assert sdk.classify(images=[im.data for im in good], model="ct-ild").radiomics_roi is None
+    finally:
+        c("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=ing.case_key), token=WRITE)
+
+
 def test_bad_input_is_rejected_and_stores_nothing(served, ingested, phantom_sets):
     c = served["client"]
     before = _count(c, "ct-ild")

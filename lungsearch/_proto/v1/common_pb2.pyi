@@ -192,3 +192,13 @@ class Case(_message.Message):
     ingested_at: _timestamp_pb2.Timestamp
     num_images: int
     def __init__(self, case_key: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., view: _Optional[_Union[View, str]] = ..., labels: _Optional[_Iterable[str]] = ..., report_excerpt: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., ingested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_images: _Optional[int] = ...) -> None: ...
+
+class RadiomicsRoi(_message.Message):
+    __slots__ = ("whole_thorax", "reason", "message")
+    WHOLE_THORAX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    whole_thorax: bool
+    reason: str
+    message: str
+    def __init__(self, whole_thorax: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

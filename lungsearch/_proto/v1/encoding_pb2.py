@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lungsearch._proto.v1 import common_pb2 as lungsearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clungsearch/v1/encoding.proto\x12\rlungsearch.v1\x1a\x1alungsearch/v1/common.proto\"\xac\x01\n\rEncodeRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.lungsearch.v1.ModelRef\x12$\n\x06images\x18\x02 \x03(\x0b\x32\x14.lungsearch.v1.Image\x12%\n\x06report\x18\x03 \x01(\x0b\x32\x15.lungsearch.v1.Report\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x12\x15\n\rexplain_label\x18\x05 \x01(\t\"\xbd\x02\n\x08\x46\x65\x61tures\x12+\n\x0cimage_pooled\x18\x01 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12+\n\x0cimage_tokens\x18\x02 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12,\n\rreport_pooled\x18\x03 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12,\n\rreport_tokens\x18\x04 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12(\n\tradiomics\x18\x05 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12*\n\x0bhash_logits\x18\x06 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12%\n\x06logits\x18\x07 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\"\xf0\x01\n\x0e\x45ncodeResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.lungsearch.v1.ModelRef\x12)\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x17.lungsearch.v1.Features\x12)\n\x08modality\x18\x03 \x01(\x0e\x32\x17.lungsearch.v1.Modality\x12!\n\x04view\x18\x04 \x01(\x0e\x32\x13.lungsearch.v1.View\x12&\n\x07heatmap\x18\x05 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12\x15\n\rheatmap_label\x18\x06 \x01(\t2Q\n\x08\x45ncoding\x12\x45\n\x06\x45ncode\x12\x1c.lungsearch.v1.EncodeRequest\x1a\x1d.lungsearch.v1.EncodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clungsearch/v1/encoding.proto\x12\rlungsearch.v1\x1a\x1alungsearch/v1/common.proto\"\xac\x01\n\rEncodeRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.lungsearch.v1.ModelRef\x12$\n\x06images\x18\x02 \x03(\x0b\x32\x14.lungsearch.v1.Image\x12%\n\x06report\x18\x03 \x01(\x0b\x32\x15.lungsearch.v1.Report\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x12\x15\n\rexplain_label\x18\x05 \x01(\t\"\xbd\x02\n\x08\x46\x65\x61tures\x12+\n\x0cimage_pooled\x18\x01 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12+\n\x0cimage_tokens\x18\x02 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12,\n\rreport_pooled\x18\x03 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12,\n\rreport_tokens\x18\x04 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12(\n\tradiomics\x18\x05 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12*\n\x0bhash_logits\x18\x06 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12%\n\x06logits\x18\x07 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\"\xa4\x02\n\x0e\x45ncodeResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.lungsearch.v1.ModelRef\x12)\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x17.lungsearch.v1.Features\x12)\n\x08modality\x18\x03 \x01(\x0e\x32\x17.lungsearch.v1.Modality\x12!\n\x04view\x18\x04 \x01(\x0e\x32\x13.lungsearch.v1.View\x12&\n\x07heatmap\x18\x05 \x01(\x0b\x32\x15.lungsearch.v1.Tensor\x12\x15\n\rheatmap_label\x18\x06 \x01(\t\x12\x32\n\rradiomics_roi\x18\x07 \x01(\x0b\x32\x1b.lungsearch.v1.RadiomicsRoi2Q\n\x08\x45ncoding\x12\x45\n\x06\x45ncode\x12\x1c.lungsearch.v1.EncodeRequest\x1a\x1d.lungsearch.v1.EncodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURES']._serialized_start=251
   _globals['_FEATURES']._serialized_end=568
   _globals['_ENCODERESPONSE']._serialized_start=571
-  _globals['_ENCODERESPONSE']._serialized_end=811
-  _globals['_ENCODING']._serialized_start=813
-  _globals['_ENCODING']._serialized_end=894
+  _globals['_ENCODERESPONSE']._serialized_end=863
+  _globals['_ENCODING']._serialized_start=865
+  _globals['_ENCODING']._serialized_end=946
 # @@protoc_insertion_point(module_scope)

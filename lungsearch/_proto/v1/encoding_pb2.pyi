@@ -40,17 +40,19 @@ class Features(_message.Message):
     def __init__(self, image_pooled: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., image_tokens: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., report_pooled: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., report_tokens: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., radiomics: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., hash_logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., logits: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("model", "features", "modality", "view", "heatmap", "heatmap_label")
+    __slots__ = ("model", "features", "modality", "view", "heatmap", "heatmap_label", "radiomics_roi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_LABEL_FIELD_NUMBER: _ClassVar[int]
+    RADIOMICS_ROI_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     features: Features
     modality: _common_pb2.Modality
     view: _common_pb2.View
     heatmap: _common_pb2.Tensor
     heatmap_label: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., features: _Optional[_Union[Features, _Mapping]] = ..., modality: _Optional[_Union[_common_pb2.Modality, str]] = ..., view: _Optional[_Union[_common_pb2.View, str]] = ..., heatmap: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., heatmap_label: _Optional[str] = ...) -> None: ...
+    radiomics_roi: _common_pb2.RadiomicsRoi
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., features: _Optional[_Union[Features, _Mapping]] = ..., modality: _Optional[_Union[_common_pb2.Modality, str]] = ..., view: _Optional[_Union[_common_pb2.View, str]] = ..., heatmap: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., heatmap_label: _Optional[str] = ..., radiomics_roi: _Optional[_Union[_common_pb2.RadiomicsRoi, _Mapping]] = ...) -> None: ...

@@ -25,14 +25,16 @@ class IngestRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., report: _Optional[_Union[_common_pb2.Report, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., source_id: _Optional[str] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
-    __slots__ = ("case_key", "created", "model")
+    __slots__ = ("case_key", "created", "model", "radiomics_roi")
     CASE_KEY_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    RADIOMICS_ROI_FIELD_NUMBER: _ClassVar[int]
     case_key: str
     created: bool
     model: _common_pb2.ModelRef
-    def __init__(self, case_key: _Optional[str] = ..., created: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+    radiomics_roi: _common_pb2.RadiomicsRoi
+    def __init__(self, case_key: _Optional[str] = ..., created: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., radiomics_roi: _Optional[_Union[_common_pb2.RadiomicsRoi, _Mapping]] = ...) -> None: ...
 
 class IngestStreamRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -81,12 +83,14 @@ class SearchHit(_message.Message):
     def __init__(self, case: _Optional[_Union[_common_pb2.Case, _Mapping]] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., hamming_distance: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("model", "hits")
+    __slots__ = ("model", "hits", "radiomics_roi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
+    RADIOMICS_ROI_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
+    radiomics_roi: _common_pb2.RadiomicsRoi
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., radiomics_roi: _Optional[_Union[_common_pb2.RadiomicsRoi, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("model", "images", "report", "knn_k")
@@ -101,16 +105,18 @@ class ClassifyRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., report: _Optional[_Union[_common_pb2.Report, _Mapping]] = ..., knn_k: _Optional[int] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("model", "probabilities", "knn_vote", "top_label")
+    __slots__ = ("model", "probabilities", "knn_vote", "top_label", "radiomics_roi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     KNN_VOTE_FIELD_NUMBER: _ClassVar[int]
     TOP_LABEL_FIELD_NUMBER: _ClassVar[int]
+    RADIOMICS_ROI_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     probabilities: _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScore]
     knn_vote: _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScore]
     top_label: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., probabilities: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., knn_vote: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., top_label: _Optional[str] = ...) -> None: ...
+    radiomics_roi: _common_pb2.RadiomicsRoi
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., probabilities: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., knn_vote: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., top_label: _Optional[str] = ..., radiomics_roi: _Optional[_Union[_common_pb2.RadiomicsRoi, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("model", "images", "report", "label")
@@ -125,18 +131,20 @@ class ExplainRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., report: _Optional[_Union[_common_pb2.Report, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "label", "score", "heatmap_png", "overlay_png")
+    __slots__ = ("model", "label", "score", "heatmap_png", "overlay_png", "radiomics_roi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    RADIOMICS_ROI_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     label: str
     score: float
     heatmap_png: bytes
     overlay_png: bytes
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
+    radiomics_roi: _common_pb2.RadiomicsRoi
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., radiomics_roi: _Optional[_Union[_common_pb2.RadiomicsRoi, _Mapping]] = ...) -> None: ...
 
 class ExplainMatchRequest(_message.Message):
     __slots__ = ("model", "images", "report", "case_key", "label")
@@ -171,7 +179,7 @@ class SharedPhrase(_message.Message):
     def __init__(self, phrase: _Optional[str] = ..., query_spans: _Optional[_Iterable[_Union[TextSpan, _Mapping]]] = ..., case_spans: _Optional[_Iterable[_Union[TextSpan, _Mapping]]] = ...) -> None: ...
 
 class ExplainMatchResponse(_message.Message):
-    __slots__ = ("model", "label", "shared_labels", "case", "query_excerpt", "shared_phrases", "query_heatmap_png", "query_overlay_png", "case_heatmap_png", "case_overlay_png", "case_image_available", "query_labels")
+    __slots__ = ("model", "label", "shared_labels", "case", "query_excerpt", "shared_phrases", "query_heatmap_png", "query_overlay_png", "case_heatmap_png", "case_overlay_png", "case_image_available", "query_labels", "radiomics_roi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SHARED_LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +192,7 @@ class ExplainMatchResponse(_message.Message):
     CASE_OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     CASE_IMAGE_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     QUERY_LABELS_FIELD_NUMBER: _ClassVar[int]
+    RADIOMICS_ROI_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     label: str
     shared_labels: _containers.RepeatedScalarFieldContainer[str]
@@ -196,7 +205,8 @@ class ExplainMatchResponse(_message.Message):
     case_overlay_png: bytes
     case_image_available: bool
     query_labels: _containers.RepeatedCompositeFieldContainer[_common_pb2.LabelScore]
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., label: _Optional[str] = ..., shared_labels: _Optional[_Iterable[str]] = ..., case: _Optional[_Union[_common_pb2.Case, _Mapping]] = ..., query_excerpt: _Optional[str] = ..., shared_phrases: _Optional[_Iterable[_Union[SharedPhrase, _Mapping]]] = ..., query_heatmap_png: _Optional[bytes] = ..., query_overlay_png: _Optional[bytes] = ..., case_heatmap_png: _Optional[bytes] = ..., case_overlay_png: _Optional[bytes] = ..., case_image_available: _Optional[bool] = ..., query_labels: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ...) -> None: ...
+    radiomics_roi: _common_pb2.RadiomicsRoi
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., label: _Optional[str] = ..., shared_labels: _Optional[_Iterable[str]] = ..., case: _Optional[_Union[_common_pb2.Case, _Mapping]] = ..., query_excerpt: _Optional[str] = ..., shared_phrases: _Optional[_Iterable[_Union[SharedPhrase, _Mapping]]] = ..., query_heatmap_png: _Optional[bytes] = ..., query_overlay_png: _Optional[bytes] = ..., case_heatmap_png: _Optional[bytes] = ..., case_overlay_png: _Optional[bytes] = ..., case_image_available: _Optional[bool] = ..., query_labels: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., radiomics_roi: _Optional[_Union[_common_pb2.RadiomicsRoi, _Mapping]] = ...) -> None: ...
 
 class GetCaseRequest(_message.Message):
     __slots__ = ("model", "case_key")
