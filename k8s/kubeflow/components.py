@@ -49,7 +49,8 @@ STEPS = ("prepare", "train", "evaluate", "build-index")
 def _dataset_overrides(dataset_uri: str) -> list:
     """Profile overrides for a dataset: "phantom" (or "") keeps the profile's built-in phantoms;
     "<source>:<path>" points a real dataset adapter (lungsearch.config.DataConfig.source) at a folder."""
-    sources = ("phantom", "nih", "openi", "covid19-radiography", "chexpert", "mimic-cxr", "ild-ct", "folder")
+    sources = ("phantom", "nih", "openi", "covid19-radiography", "chexpert", "mimic-cxr", "ild-ct", "rsna-pneumonia",
+               "covidx", "folder")
     uri = (dataset_uri or "").strip()
     if uri in ("", "phantom"):
         return []
