@@ -343,14 +343,20 @@ def list_cards(root: str | Path | None = None, profile: str | None = None) -> li
     return cards
 
 
-def live_version(profile: str, root: str | Path | None = None) -> str | None:
-    """The version named in ``<profile>/LIVE`` if it exists on disk, else None."""
-    path = _root(root) / _check_name("profile", profile) / LIVE_FILE
+def _read_pointer(profile: str, pointer: str, root: str | Path | None) -> tuple[Path, str, bool]:
+    """(path, the version a pointer file names or "", whether that version is registered)."""
+    path = _root(root) / _check_name("profile", profile) / pointer
     try:
         name = path.read_text().strip()
     except OSError:
-        return None
-    if name and (path.parent / name / CARD_FILE).is_file():
+        return path, "", False
+    return path, name, bool(name) and (path.parent / name / CARD_FILE).is_file()
+
+
+def live_version(profile: str, root: str | Path | None = None) -> str | None:
+    """The version named in ``<profile>/LIVE`` if it exists on disk, else None."""
+    path, name, registered = _read_pointer(profile, LIVE_FILE, root)
+    if registered:
         return name
     if name:
         log.warning("%s names missing version %s; falling back to the newest", path, name)
@@ -469,12 +475,8 @@ def stage(profile: str, version: str, root: str | Path | None = None) -> ModelCa
 
 def staged_version(profile: str, root: str | Path | None = None) -> str | None:
     """The version named in ``<profile>/STAGED`` if it is registered, else None."""
-    path = _root(root) / _check_name("profile", profile) / STAGED_FILE
-    try:
-        name = path.read_text().strip()
-    except OSError:
-        return None
-    return name if name and (path.parent / name / CARD_FILE).is_file() else None
+    _, name, registered = _read_pointer(profile, STAGED_FILE, root)
+    return name if registered else None
 
 
 def unstage(profile: str, root: str | Path | None = None) -> None:

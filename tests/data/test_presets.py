@@ -17,18 +17,7 @@ from lungsearch.errors import ConfigError
 from lungsearch.presets import list_presets, load_preset
 
 
-def _png(path: Path, value: int = 100, size: int = 16) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
-
-
-def _jpg(path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(path, format="JPEG")
+from test_datasets import _jpg, _png  # the fixture-image helpers of the adapter tests
 
 
 def _split_holds(records, fractions, seed):
