@@ -496,6 +496,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 # ---- queries ----------------------------------------------------------------------------------
 
+def _print_roi(roi) -> None:
+    """The whole-thorax radiomics flag (docs/masks.md), on stderr so the table stays parseable."""
+    if roi is not None:
+        print(f"note: {roi.message or 'radiomics read the whole thorax: lung mask ' + roi.reason}", file=sys.stderr)
+
+
 @_guarded
 def cmd_search(args: argparse.Namespace) -> int:
     from lungsearch.client import Filter
@@ -512,6 +518,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_json(result.to_dict())
         return EXIT_OK
     print(f"model: {result.model or '(default)'}   hits: {len(result)}")
+    _print_roi(result.radiomics_roi)
     with_codes = any(h.hamming_distance is not None for h in result)
     headers = ["RANK", "SCORE"] + (["HAMMING"] if with_codes else []) + ["CASE KEY", "MODALITY", "VIEW", "LABELS", "REPORT"]
     _table(headers, [[h.rank, f"{h.score:.4f}"] + ([h.hamming_distance] if with_codes else [])
@@ -531,6 +538,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         _print_json(c.to_dict())
         return EXIT_OK
     print(f"model: {c.model or '(default)'}   top label: {c.top_label} ({c.top_score:.3f})")
+    _print_roi(c.radiomics_roi)
     labels = list(c.probabilities) + [k for k in c.knn_vote if k not in c.probabilities]
     _table(["", "LABEL", "PROBABILITY", "KNN VOTE"],
            [["*" if lab == c.top_label else "", lab,

@@ -292,7 +292,10 @@ def build_web_app(gateway: Any):
             return respond({"model": {"profile": r.model.profile, "version": r.model.version},
                             "top_label": r.top_label,
                             "probabilities": [{"label": p.label, "score": p.score} for p in r.probabilities],
-                            "knn_vote": [{"label": p.label, "score": p.score} for p in r.knn_vote]})
+                            "knn_vote": [{"label": p.label, "score": p.score} for p in r.knn_vote],
+                            # the query's radiomics read the whole thorax (its lung mask failed): shown on the page
+                            "radiomics_roi": ({"reason": r.radiomics_roi.reason, "message": r.radiomics_roi.message}
+                                              if r.HasField("radiomics_roi") else None)})
         except Exception as exc:  # noqa: BLE001 - mapped like the gRPC API
             return fail(exc)
 

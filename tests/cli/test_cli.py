@@ -18,3 +18,13 @@ def test_no_command_is_usage_error():
 def test_version():
     r = _run("--version")
     assert r.returncode == 0 and "lungsearch 0.1.0" in r.stdout
+
+
+def test_the_whole_thorax_flag_is_noted_on_stderr(capsys):
+    from lungsearch.cli._client import _print_roi
+    from lungsearch.client import RadiomicsRoi
+
+    _print_roi(None)
+    _print_roi(RadiomicsRoi(whole_thorax=True, reason="empty", message=""))
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == "note: radiomics read the whole thorax: lung mask empty\n"

@@ -78,6 +78,8 @@ def test_http_api(web_app):
     status, _, e = _call(base + "api/explain_match", web_app.read_token,
                          {"profile": "cxr-hash", "images": [img], "case_key": doc["hits"][0]["case"]["case_key"]})
     assert status == 200 and e["case_overlay_png"] and e["query_overlay_png"]
+    status, _, cls = _call(base + "api/classify", web_app.read_token, {"profile": "cxr-hash", "images": [img]})
+    assert status == 200 and cls["probabilities"] and cls["radiomics_roi"] is None  # cxr-hash has no radiomics
     status, _, rec = _call(base + f"api/case/{doc['hits'][0]['case']['case_key']}?profile=cxr-hash", web_app.read_token)
     assert status == 200 and rec["slices"]
     # errors are mapped, PHI-free, and never a traceback

@@ -159,6 +159,9 @@ function renderClassification(c) {
   }
   $("top-label").textContent = c.top_label ? "top label: " + c.top_label : "";
   $("synthetic-note").hidden = !modelOf(c.model.profile).synthetic_data;
+  // radiomics read the whole thorax: the query's lung mask failed its checks (docs/masks.md)
+  $("roi-note").textContent = c.radiomics_roi ? c.radiomics_roi.message : "";
+  $("roi-note").hidden = !c.radiomics_roi;
 }
 
 function chips(labels, shared = []) {
