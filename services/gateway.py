@@ -669,6 +669,7 @@ def app(args: dict[str, Any] | None = None):
     a = a.model_copy(update={"artifacts_dir": _abs(a.artifacts_dir), "hmac_key_file": _abs(a.hmac_key_file),
                              "tokens_file": _abs(a.tokens_file),
                              "thumbnails_path": a.thumbnails_path if a.thumbnails_path == "off" else _abs(a.thumbnails_path),
+                             "audit_log": a.audit_log if a.audit_log == "off" else _abs(a.audit_log),
                              "milvus_uri": _abs(a.milvus_uri) if is_lite_uri(a.milvus_uri) else a.milvus_uri})
     profile, version = parse_profiles(a.profiles)[0]
     cfg = _profile_config(profile, version, a.artifacts_dir)
