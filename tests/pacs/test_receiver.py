@@ -130,8 +130,12 @@ def test_sop_class_mismatch_is_refused_a900(make_receiver, fresh_platform, tmp_p
         req.DataSet = io.BytesIO(encode(ds_copy, ctx.transfer_syntax[0].is_implicit_VR, ctx.transfer_syntax[0].is_little_endian))
         assoc.dimse.send_msg(req, ctx.context_id)
         rsp, deadline = None, time.monotonic() + 60
-        while rsp is None and time.monotonic() < deadline and assoc.is_established:  # (None, None) on a wait timeout
-            _, rsp = assoc.dimse.get_msg(block=True)
+        while rsp is None and time.monotonic() < deadline and assoc.is_established:
+            _, rsp = assoc.dimse.get_msg(block=True)  # may return (None, None) at once
+            if rsp is None:
+                # Yield: a tight loop here held the GIL from the association's reactor thread, so the
+                # answer was read only at the deadline (90 s per run, measured) or on a second association.
+                time.sleep(0.05)
         if assoc.is_established:
             assoc.release()
         return rsp
