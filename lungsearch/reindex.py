@@ -153,7 +153,10 @@ def reindex(client: "LungSearchClient", profile: str, candidate: str, *, records
     """
     from lungsearch import registry
 
-    live = next((m.model.version for m in client.models(profile=profile) if m.live), "")
+    # The registry's LIVE pointer, not a Gateway's answer: a replica follows LIVE only every few
+    # seconds, and a stale one named a version just switched away from (an empty gallery: live 0.000).
+    live = registry.live_version(profile, root=registry_root) or next(
+        (m.model.version for m in client.models(profile=profile) if m.live), "")
     if not live:
         raise InvalidRequestError(f"profile {profile} has no live version to compare with", code="no_live")
     if candidate == live:
