@@ -59,6 +59,7 @@ __all__ = [
     "CARD_FILE",
     "LIVE_FILE",
     "STAGED_FILE",
+    "POINTER_REFRESH_S",
     "stage",
     "staged_version",
     "unstage",
@@ -71,6 +72,10 @@ CARD_FILE = "model_card.yaml"
 LIVE_FILE = "LIVE"
 #: The version a re-index is building (``stage``): ingests are written to it as well as to the live one.
 STAGED_FILE = "STAGED"
+#: How often a Gateway replica re-reads ``LIVE`` and ``STAGED`` (a stat and a small read per profile).
+#: A request that starts this long after a pointer was written sees it on every replica: the
+#: writers (``ActivateModel``, ``lungsearch.reindex``) wait it out before they answer.
+POINTER_REFRESH_S = 2.0
 _CARD_SCHEMA = 1
 
 

@@ -6,7 +6,7 @@ The steps (:func:`reindex`), all through the running application's gRPC API, so 
 milvus-lite file (one process owns it: the Ranking replica) as for a Milvus server:
 
 1. **stage** the candidate (``registry.stage``: ``<profile>/STAGED``) and wait until every gateway
-   has read it (they poll the registry every ``_LIVE_REFRESH_S``): from then on each ingest is
+   has read it (they re-read the registry every ``registry.POINTER_REFRESH_S``): from then on each ingest is
    written to the candidate too, so no case that arrives during the rebuild is lost;
 2. **build** the candidate's collection by ingesting the source cases with the candidate pinned
    (idempotent by case key: a re-run or an overlap with step 1's double writes changes nothing);
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from lungsearch.errors import InvalidRequestError
+from lungsearch.registry import POINTER_REFRESH_S
 
 if TYPE_CHECKING:
     from lungsearch.client import LungSearchClient
@@ -47,8 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Ranks the gate scores (mAP@10 and P@10, the retrieval metrics of the product's default top_k).
 GATE_K = 10
-#: Seconds the gateways need to notice a staged version (services.gateway._LIVE_REFRESH_S = 5 s, twice).
-STAGE_SETTLE_S = 11.0
+#: Seconds the gateways need to notice a staged version (twice their re-read interval, and a margin).
+STAGE_SETTLE_S = 2 * POINTER_REFRESH_S + 1.0
 
 
 @dataclass

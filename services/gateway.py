@@ -53,7 +53,6 @@ log = logging.getLogger("lungsearch.services.gateway")
 #: Service names the health service answers for ("" = the server as a whole).
 HEALTH_SERVICES = ("", "lungsearch.v1.LungSearch", "lungsearch.v1.Encoding", "lungsearch.v1.Fusion",
                    "lungsearch.v1.Hashing", "lungsearch.v1.Ranking")
-_LIVE_REFRESH_S = 5.0
 _READY_TIMEOUT_S = 3.0
 
 
@@ -135,7 +134,9 @@ class Gateway:
         """Follow the registry's LIVE file when it changed (another gateway replica or an operator
         switched versions), and its STAGED file (a re-index under way): cheap stat and read calls,
         at most every few seconds (``lungsearch.reindex`` waits that long after staging)."""
-        if time.monotonic() - self._live_checked < _LIVE_REFRESH_S:
+        from lungsearch.registry import POINTER_REFRESH_S
+
+        if time.monotonic() - self._live_checked < POINTER_REFRESH_S:
             return
         self._live_checked = time.monotonic()
         self._read_staged()
@@ -499,6 +500,10 @@ class Gateway:
         self._live_mtime[profile] = self._live_file_mtime(profile)
         self._publish_models()
         log.info("activated %s@%s (was %s)", profile, live, previous or "-")
+        # The other Gateway replicas re-read LIVE at most POINTER_REFRESH_S apart: answering after that
+        # means every request that follows, on whichever replica, uses the new version (the switch
+        # as a caller sees it; a stale replica once answered an unpinned Search with the old one).
+        await asyncio.sleep(registry.POINTER_REFRESH_S + 0.2)
         return gateway_pb2.ActivateModelResponse(previous=convert.model_ref(profile, previous),
                                                  live=convert.model_ref(profile, live))
 
