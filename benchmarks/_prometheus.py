@@ -70,8 +70,15 @@ class PrometheusScrape:
         TimeoutError: it did not become ready, or never scraped the target successfully.
     """
 
-    def __init__(self, target: str, workdir: str | Path, *, interval_s: float = 1.0, binary: str = PROMETHEUS,
-                 ready_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        workdir: str | Path,
+        *,
+        interval_s: float = 1.0,
+        binary: str = PROMETHEUS,
+        ready_timeout_s: float = 30.0,
+    ) -> None:
         if not Path(binary).exists() and shutil.which(binary) is None:
             raise FileNotFoundError(f"{binary} not found (Debian package prometheus)")
         self.target, self.binary = target, binary
@@ -88,20 +95,31 @@ class PrometheusScrape:
     def start(self) -> "PrometheusScrape":
         self.workdir.mkdir(parents=True, exist_ok=True)
         interval = f"{max(1, int(round(self.interval_s * 1000)))}ms"
-        config = {"global": {"scrape_interval": interval, "scrape_timeout": interval},
-                  "scrape_configs": [{"job_name": JOB, "metrics_path": "/metrics",
-                                      "static_configs": [{"targets": [self.target]}]}]}
+        config = {
+            "global": {"scrape_interval": interval, "scrape_timeout": interval},
+            "scrape_configs": [
+                {"job_name": JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [self.target]}]}
+            ],
+        }
         (self.workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self.port = _free_port()
         self._log = open(self.workdir / "prometheus.log", "wb")
         self._proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                self.binary,
+                f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise TimeoutError(f"prometheus exited with {self._proc.returncode} (see {self.workdir / 'prometheus.log'})")
+                raise TimeoutError(
+                    f"prometheus exited with {self._proc.returncode} (see {self.workdir / 'prometheus.log'})"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
                     if r.status == 200:
@@ -140,8 +158,13 @@ class PrometheusScrape:
         """Series count, label statistics and the PHI check, plus the scrape health."""
         target = self.wait_scraped()
         out = label_findings(self.series(), needles)
-        out.update({"scrape_health": target.get("health"), "last_scrape_duration_s": target.get("lastScrapeDuration"),
-                    "prometheus": self.binary})
+        out.update(
+            {
+                "scrape_health": target.get("health"),
+                "last_scrape_duration_s": target.get("lastScrapeDuration"),
+                "prometheus": self.binary,
+            }
+        )
         return out
 
     def stop(self) -> None:

@@ -35,8 +35,14 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     a = np.asarray(seconds, dtype=np.float64) * 1e3
     if a.size == 0:
         return {"n": 0}
-    return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min())}
+    return {
+        "n": int(a.size),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "min_ms": float(a.min()),
+    }
 
 
 def time_calls(fn: Callable[[int], Any], n: int, *, warmup: int = 3) -> list[float]:
@@ -60,7 +66,7 @@ def time_interleaved(fns: dict[str, Callable[[int], Any]], n: int, *, warmup: in
     names = list(fns)
     for i in range(n):
         # Rotate the order so no contender always runs right after the same neighbour.
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             t = time.perf_counter()
             fns[name](i)
             out[name].append(time.perf_counter() - t)
@@ -91,8 +97,13 @@ def rss_bytes() -> int:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -103,7 +114,9 @@ def provenance(benchmark: str, *, seed: int, argv: Sequence[str] | None = None, 
 
     return {
         "benchmark": benchmark,
-        "command": " ".join([os.path.basename(sys.executable), "-m", f"benchmarks.{benchmark}", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            [os.path.basename(sys.executable), "-m", f"benchmarks.{benchmark}", *(argv or sys.argv[1:])]
+        ),
         "lungsearch_version": getattr(lungsearch, "__version__", ""),
         "git_commit": _git_commit(),
         "python": platform.python_version(),

@@ -51,11 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         records = load_records(cfg.data)  # generated once (not timed)
         plain = _time(cfg, records, use_ray=False)
         ray_s = _time(cfg, records, use_ray=True)
-        rows.append({"profile": profile, "cases": len(records), "plain_loop_s": plain, "ray_data_s": ray_s,
-                     "speedup_ray_over_plain": plain / ray_s})
+        rows.append(
+            {
+                "profile": profile,
+                "cases": len(records),
+                "plain_loop_s": plain,
+                "ray_data_s": ray_s,
+                "speedup_ray_over_plain": plain / ray_s,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "case_prep", "data": "phantoms (synthetic)", "rows": rows,
-              "provenance": prov}
+    result = {"benchmark": "case_prep", "data": "phantoms (synthetic)", "rows": rows, "provenance": prov}
     print(json.dumps(result, indent=2))
     if args.out:
         write_json(args.out, result)

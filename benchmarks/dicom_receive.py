@@ -64,8 +64,9 @@ def _stage_sums() -> dict[str, float]:
 
     out = {}
     for stage in ("decode", "check", "spool"):
-        out[stage] = float(metrics.REGISTRY.get_sample_value("lungsearch_pacs_cstore_stage_seconds_sum",
-                                                             {"stage": stage}) or 0.0)
+        out[stage] = float(
+            metrics.REGISTRY.get_sample_value("lungsearch_pacs_cstore_stage_seconds_sum", {"stage": stage}) or 0.0
+        )
     out["ingest_calls"] = float(metrics.REGISTRY.get_sample_value("lungsearch_pacs_series_ingest_seconds_sum") or 0.0)
     return out
 
@@ -85,11 +86,24 @@ def _start_real(work: Path):
     # (the test builders' tight limits would refuse a real-sized series).
     cfg = load_profile("ct-ild", ["data.image_size=64", "data.phantom.size=64", "data.phantom.slices=4"])
     torch.manual_seed(0)
-    card = save_model(create_model(cfg).eval(), cfg, metrics={"untrained": 1.0}, data_fingerprint="none",
-                      synthetic_data=True, root=work / "artifacts", version=f"20260101-000000-{cfg.fingerprint()[:6]}")
+    card = save_model(
+        create_model(cfg).eval(),
+        cfg,
+        metrics={"untrained": 1.0},
+        data_fingerprint="none",
+        synthetic_data=True,
+        root=work / "artifacts",
+        version=f"20260101-000000-{cfg.fingerprint()[:6]}",
+    )
     cards = [card]
-    args = {"profiles": ["ct-ild"], "artifacts_dir": str(work / "artifacts"), "milvus_uri": str(work / "store.db"),
-            "hmac_key_file": str(work / "hmac.key"), "insecure_local": True, "torch_threads": 1}
+    args = {
+        "profiles": ["ct-ild"],
+        "artifacts_dir": str(work / "artifacts"),
+        "milvus_uri": str(work / "store.db"),
+        "hmac_key_file": str(work / "hmac.key"),
+        "insecure_local": True,
+        "torch_threads": 1,
+    }
     return R.start_serve_app(work, args, cards)
 
 
@@ -120,15 +134,23 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
         for s in data:
             answers = [orthanc.upload(b) for b in s]
             studies.append(answers[0]["ParentStudy"])
-        cfg = load_receiver_config(None, port=scp_port, spool_dir=str(work / "spool"),
-                                   audit_log=str(work / "audit.jsonl"), settle_s=settle_s, target=target,
-                                   ingest_timeout_s=600, linger_s=0,
-                                   callers=[{"ae_title": P.ORTHANC_AET, "site": "bench", "profiles": profiles}])
+        cfg = load_receiver_config(
+            None,
+            port=scp_port,
+            spool_dir=str(work / "spool"),
+            audit_log=str(work / "audit.jsonl"),
+            settle_s=settle_s,
+            target=target,
+            ingest_timeout_s=600,
+            linger_s=0,
+            callers=[{"ae_title": P.ORTHANC_AET, "site": "bench", "profiles": profiles}],
+        )
         # Side by side: the same push to a bare pynetdicom SCP that answers Success and keeps nothing
         # (the wire + Orthanc's own cost on this machine right now), before lungsearch's receiver.
         bare_port = P.free_port()
-        orthanc._request("PUT", "/modalities/bare", json.dumps(
-            {"AET": "BARE", "Host": "127.0.0.1", "Port": bare_port}).encode())
+        orthanc._request(
+            "PUT", "/modalities/bare", json.dumps({"AET": "BARE", "Host": "127.0.0.1", "Port": bare_port}).encode()
+        )
         from pynetdicom import AE, evt
 
         bare_ae = AE(ae_title="BARE")
@@ -136,8 +158,9 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
 
         for uid in IMAGE_SOP_CLASSES:
             bare_ae.add_supported_context(uid, supported_transfer_syntaxes())
-        bare = bare_ae.start_server(("127.0.0.1", bare_port), block=False,
-                                    evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+        bare = bare_ae.start_server(
+            ("127.0.0.1", bare_port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]
+        )
         try:
             tb = time.perf_counter()
             orthanc.push(studies, modality="bare", timeout=600)
@@ -156,8 +179,14 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
                 raise RuntimeError(f"only {len(keys)} of {len(data)} series ingested: {rx.audit.read()}")
             for s in data:  # searchable: its own images find it (the fake's 8 MiB limit: a few slices)
                 query = s if platform == "real" else s[:2]
-                P.wait_for(lambda q=query: set(keys) & {h.case.case_key for h in client.search(
-                    images=q, top_k=len(data) + 1, model="ct-ild")}, 600, 0.2)
+                P.wait_for(
+                    lambda q=query: (
+                        set(keys)
+                        & {h.case.case_key for h in client.search(images=q, top_k=len(data) + 1, model="ct-ild")}
+                    ),
+                    600,
+                    0.2,
+                )
             t_search = time.perf_counter()
             audit = rx.audit.read()
         after = _stage_sums()
@@ -172,8 +201,14 @@ def run(*, series: int, slices: int, size: int, platform: str, settle_s: float, 
     total = t_search - t0
     stages = {k: after[k] - before[k] for k in after}
     result = {
-        "platform": platform, "series": series, "slices": slices, "size": size, "instances": n_instances,
-        "instance_bytes": len(data[0][0]), "settle_s": settle_s, "phantom_generation_s": round(gen_s, 2),
+        "platform": platform,
+        "series": series,
+        "slices": slices,
+        "size": size,
+        "instances": n_instances,
+        "instance_bytes": len(data[0][0]),
+        "settle_s": settle_s,
+        "phantom_generation_s": round(gen_s, 2),
         "push_to_searchable_s": round(total, 3),
         "instances_per_s": round(n_instances / total, 2),
         # Without the final check (a Search with each series' own images, i.e. a second encode of it).
@@ -212,19 +247,29 @@ def main(argv: list[str] | None = None) -> int:
         args.series, args.slices, args.size = 1, 20, 256
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lungsearch-dicom-bench-") as tmp:
-        res = run(series=args.series, slices=args.slices, size=args.size, platform=args.platform,
-                  settle_s=args.settle_s, work=Path(tmp))
+        res = run(
+            series=args.series,
+            slices=args.slices,
+            size=args.size,
+            platform=args.platform,
+            settle_s=args.settle_s,
+            work=Path(tmp),
+        )
     res["loadavg_before"] = [round(x, 2) for x in load]
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     res["cpus"] = os.cpu_count()
     out = {"provenance": provenance("dicom_receive", seed=7, argv=sys.argv[1:] if argv is None else argv), **res}
     write_json(args.out, out)
     print(format_table([[k, v] for k, v in res["stages_s"].items()], ["stage", "seconds"]))
-    print(f"bare pynetdicom SCP (answers Success, stores nothing): push {res['bare_scp_push_s']} s = "
-          f"{res['bare_scp_instances_per_s']} instances/s; lungsearch receiver's push / bare = {res['receiver_push_vs_bare_scp']}x")
-    print(f"\n{res['instances']} CT instances ({res['size']} px, {res['platform']} platform): "
-          f"{res['instances_per_s']} instances/s push -> searchable (target {TARGET_INSTANCES_PER_S}); "
-          f"load average {res['loadavg_before']} -> {res['loadavg_after']}; phantom data (synthetic)")
+    print(
+        f"bare pynetdicom SCP (answers Success, stores nothing): push {res['bare_scp_push_s']} s = "
+        f"{res['bare_scp_instances_per_s']} instances/s; lungsearch receiver's push / bare = {res['receiver_push_vs_bare_scp']}x"
+    )
+    print(
+        f"\n{res['instances']} CT instances ({res['size']} px, {res['platform']} platform): "
+        f"{res['instances_per_s']} instances/s push -> searchable (target {TARGET_INSTANCES_PER_S}); "
+        f"load average {res['loadavg_before']} -> {res['loadavg_after']}; phantom data (synthetic)"
+    )
     print(f"wrote {args.out}")
     return 0
 

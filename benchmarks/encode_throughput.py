@@ -41,7 +41,6 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "encode_throughput.j
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import ray
     import torch
     from ray import serve
 
@@ -56,18 +55,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="lungsearch-bench-encode-"))
-    result: dict[str, Any] = {"provenance": provenance("encode_throughput", seed=args.seed, profile=args.profile,
-                                                       images=args.images, batch=args.batch, threads=args.threads,
-                                                       image_size=args.image_size, untrained_model=True)}
+    result: dict[str, Any] = {
+        "provenance": provenance(
+            "encode_throughput",
+            seed=args.seed,
+            profile=args.profile,
+            images=args.images,
+            batch=args.batch,
+            threads=args.threads,
+            image_size=args.image_size,
+            untrained_model=True,
+        )
+    }
     try:
         cfg = load_profile(args.profile, [f"data.image_size={args.image_size}"])
         torch.manual_seed(args.seed)
-        card = save_model(create_model(cfg).eval(), cfg, metrics={}, data_fingerprint="synthetic", synthetic_data=True,
-                          root=work / "artifacts", version="20260101-000000-bench0")
+        card = save_model(
+            create_model(cfg).eval(),
+            cfg,
+            metrics={},
+            data_fingerprint="synthetic",
+            synthetic_data=True,
+            root=work / "artifacts",
+            version="20260101-000000-bench0",
+        )
         model, card = load_model(card.ref, root=work / "artifacts")
         kind = "ct" if cfg.modality == "ct" else "cxr"
-        root = Path(phantoms.generate(kind, min(args.images, 64), work / "phantoms", seed=3, size=args.image_size,
-                                      slices=1))
+        root = Path(
+            phantoms.generate(kind, min(args.images, 64), work / "phantoms", seed=3, size=args.image_size, slices=1)
+        )
         recs = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines() if line]
         studies = [read_study([(root / p).read_bytes() for p in r["image_paths"]]) for r in recs]
         studies = [studies[i % len(studies)] for i in range(args.images)]
@@ -77,9 +93,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         init_ray(address="", num_cpus=max(2, args.threads + 1), log_to_driver=False)
         dep = Encoding.options(
-            num_replicas=1, max_ongoing_requests=args.max_ongoing, max_queued_requests=-1,
+            num_replicas=1,
+            max_ongoing_requests=args.max_ongoing,
+            max_queued_requests=-1,
             ray_actor_options={"num_cpus": 1},
-            user_config={"max_batch_size": args.batch, "batch_wait_timeout_s": args.wait, "torch_threads": args.threads},
+            user_config={
+                "max_batch_size": args.batch,
+                "batch_wait_timeout_s": args.wait,
+                "torch_threads": args.threads,
+            },
         ).bind([card.ref], str(work / "artifacts"), args.threads)
         handle = serve.run(dep, name="encode-bench", route_prefix=None)
         ref = common_pb2.ModelRef(profile=card.profile, version=card.version)
@@ -104,13 +126,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             with torch.inference_mode():
                 for i in range(0, len(pixels), args.batch):
-                    model.encode(images=torch.from_numpy(pixels[i:i + args.batch]))
+                    model.encode(images=torch.from_numpy(pixels[i : i + args.batch]))
             return n_images / (time.perf_counter() - t)
 
         def direct_pipeline() -> float:
             t = time.perf_counter()
             for i in range(0, len(studies), args.batch):
-                batch = [pipeline.prepare_study(s, None, cfg, model) for s in studies[i:i + args.batch]]
+                batch = [pipeline.prepare_study(s, None, cfg, model) for s in studies[i : i + args.batch]]
                 pipeline.encode_batch(model, batch)
             return n_images / (time.perf_counter() - t)
 
@@ -118,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds: dict[str, list[float]] = {"deployment": [], "direct_model": [], "direct_pipeline": []}
         fns = {"deployment": deployment, "direct_model": direct_model, "direct_pipeline": direct_pipeline}
         for r in range(args.rounds):
-            order = list(fns)[r % 3:] + list(fns)[: r % 3]
+            order = list(fns)[r % 3 :] + list(fns)[: r % 3]
             for name in order:
                 rounds[name].append(fns[name]())
                 print(f"round {r + 1}: {name:16s} {rounds[name][-1]:8.1f} images/s", flush=True)
@@ -126,18 +148,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from prometheus_client.parser import text_string_to_metric_families
 
         fams = {f.name: f for f in text_string_to_metric_families(handle.metrics_text.remote().result())}
-        bs = {s.name.rsplit("_", 1)[1]: s.value for s in fams["lungsearch_encoding_batch_size_items"].samples
-              if s.name.endswith(("_sum", "_count"))}
-        bt = {s.name.rsplit("_", 1)[1]: s.value for s in fams["lungsearch_encoding_batch_duration_seconds"].samples
-              if s.name.endswith(("_sum", "_count"))}
+        bs = {
+            s.name.rsplit("_", 1)[1]: s.value
+            for s in fams["lungsearch_encoding_batch_size_items"].samples
+            if s.name.endswith(("_sum", "_count"))
+        }
+        bt = {
+            s.name.rsplit("_", 1)[1]: s.value
+            for s in fams["lungsearch_encoding_batch_duration_seconds"].samples
+            if s.name.endswith(("_sum", "_count"))
+        }
         result["deployment_mean_batch_size"] = bs["sum"] / max(bs["count"], 1)
         result["deployment_model_time_share"] = bt["sum"] / max(sum(n_images / v for v in rounds["deployment"]), 1e-9)
-        print(f"deployment: mean batch {result['deployment_mean_batch_size']:.1f} studies; "
-              f"model busy {100 * result['deployment_model_time_share']:.0f}% of the deployment rounds", flush=True)
-        result.update({"images_per_round": n_images, "rounds": rounds, "median_images_per_s": med,
-                       "ratio_deployment_vs_direct_model": med["deployment"] / med["direct_model"],
-                       "ratio_deployment_vs_direct_pipeline": med["deployment"] / med["direct_pipeline"],
-                       "target_ratio": 0.85})
+        print(
+            f"deployment: mean batch {result['deployment_mean_batch_size']:.1f} studies; "
+            f"model busy {100 * result['deployment_model_time_share']:.0f}% of the deployment rounds",
+            flush=True,
+        )
+        result.update(
+            {
+                "images_per_round": n_images,
+                "rounds": rounds,
+                "median_images_per_s": med,
+                "ratio_deployment_vs_direct_model": med["deployment"] / med["direct_model"],
+                "ratio_deployment_vs_direct_pipeline": med["deployment"] / med["direct_pipeline"],
+                "target_ratio": 0.85,
+            }
+        )
         result["met"] = result["ratio_deployment_vs_direct_model"] >= 0.85
         shutdown_ray()  # waits for Ray's processes: the next run starts on quiet cores
     finally:
@@ -163,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.rounds = 64, 2
     result = run(args)
     med = result["median_images_per_s"]
-    print(format_table([[k, v] for k, v in med.items()] +
-                       [["deployment / direct_model", result["ratio_deployment_vs_direct_model"]],
-                        ["deployment / direct_pipeline", result["ratio_deployment_vs_direct_pipeline"]]],
-                       ["contender", "images/s (median)"]))
+    print(
+        format_table(
+            [[k, v] for k, v in med.items()]
+            + [
+                ["deployment / direct_model", result["ratio_deployment_vs_direct_model"]],
+                ["deployment / direct_pipeline", result["ratio_deployment_vs_direct_pipeline"]],
+            ],
+            ["contender", "images/s (median)"],
+        )
+    )
     out = args.out or (None if args.quick else DEFAULT_OUT)
     if out:
         print(f"wrote {write_json(out, result)}")

@@ -70,11 +70,26 @@ def size_config(path: str, overrides: list[str], steps: int, device: str = "cuda
     c = len(cfg.data.targets)
     y = torch.randint(0, c, (b,), generator=g)
     labels = (torch.nn.functional.one_hot(y, c).float() if cfg.data.multilabel else y).to(dev)
-    texts = [f"finding number {i % 7} in the {'left' if i % 2 else 'right'} lower lobe" for i in range(b)] if model.text_encoder is not None else None
-    rad = torch.randn(b, model.radiomics.out_dim, generator=g, dtype=torch.float64) if getattr(model, "radiomics", None) is not None else None
-    out = {"config": Path(path).name, "profile": cfg.profile, "batch_size": b, "image_size": s, "slices_per_case": sl,
-           "radiomics_left_out": stubbed is not None,
-           "params_millions": sum(p.numel() for p in model.parameters()) / 1e6, "stages": {}}
+    texts = (
+        [f"finding number {i % 7} in the {'left' if i % 2 else 'right'} lower lobe" for i in range(b)]
+        if model.text_encoder is not None
+        else None
+    )
+    rad = (
+        torch.randn(b, model.radiomics.out_dim, generator=g, dtype=torch.float64)
+        if getattr(model, "radiomics", None) is not None
+        else None
+    )
+    out = {
+        "config": Path(path).name,
+        "profile": cfg.profile,
+        "batch_size": b,
+        "image_size": s,
+        "slices_per_case": sl,
+        "radiomics_left_out": stubbed is not None,
+        "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
+        "stages": {},
+    }
     for stage in stages_for(cfg):
         if hasattr(model, "set_stage") and stage.name != "train":
             model.set_stage(stage.name)
@@ -99,7 +114,8 @@ def size_config(path: str, overrides: list[str], steps: int, device: str = "cuda
                 times.append(time.perf_counter() - t0)
         out["stages"][stage.name] = {
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
-            "step_s_median": float(np.median(times)), "samples_per_s": b / float(np.median(times)),
+            "step_s_median": float(np.median(times)),
+            "samples_per_s": b / float(np.median(times)),
             "loss_finite": bool(torch.isfinite(loss.detach()).item()),
         }
     out["fits_80gb"] = all((v["peak_gpu_memory_gib"] or 0) < 78 for v in out["stages"].values())
@@ -125,15 +141,31 @@ def loop_smoke(overrides: list[str], device: str = "cuda") -> dict:
         sl = 2 if cfg.modality == "ct" else 1
         y = np.arange(n) % c
         hot = np.eye(c, dtype=np.float32)[y]
-        t = CaseTable(case_ids=[f"c{i}" for i in range(n)], groups=[f"g{i}" for i in range(n)],
-                      images=rng.normal(size=(n, sl, 1, 64, 64)).astype(np.float32), n_slices=np.full(n, sl, dtype=np.int32),
-                      labels=hot if cfg.data.multilabel else y.astype(np.int64), multi_hot=hot, reports=["r"] * n,
-                      radiomics=rng.normal(size=(n, 42)) if cfg.model.radiomics else None, modality=cfg.modality,
-                      views=[""] * n, synthetic=True, targets=list(cfg.data.targets))
-        conf = {"cfg": cfg.model_dump(mode="json"), "stages": [asdict(s) for s in stages_for(cfg)], "radiomics_fit": t.radiomics}
+        t = CaseTable(
+            case_ids=[f"c{i}" for i in range(n)],
+            groups=[f"g{i}" for i in range(n)],
+            images=rng.normal(size=(n, sl, 1, 64, 64)).astype(np.float32),
+            n_slices=np.full(n, sl, dtype=np.int32),
+            labels=hot if cfg.data.multilabel else y.astype(np.int64),
+            multi_hot=hot,
+            reports=["r"] * n,
+            radiomics=rng.normal(size=(n, 42)) if cfg.model.radiomics else None,
+            modality=cfg.modality,
+            views=[""] * n,
+            synthetic=True,
+            targets=list(cfg.data.targets),
+        )
+        conf = {
+            "cfg": cfg.model_dump(mode="json"),
+            "stages": [asdict(s) for s in stages_for(cfg)],
+            "radiomics_fit": t.radiomics,
+        }
         ctx = run_local(conf, {"train": t.rows(), "val": t.rows()}, device=device)
-        res[profile] = {"reports": len(ctx.reports), "done": ctx.reports[-1].get("done"),
-                        "finite": all(np.isfinite(r["train_loss"]) for r in ctx.reports)}
+        res[profile] = {
+            "reports": len(ctx.reports),
+            "done": ctx.reports[-1].get("done"),
+            "finite": all(np.isfinite(r["train_loss"]) for r in ctx.reports),
+        }
     return res
 
 
@@ -151,19 +183,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.backends.cudnn.benchmark = True
     cuda = args.device == "cuda"
-    result = {"benchmark": "gpu_sizing", "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-              "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
-              "torch": torch.__version__, "python": platform.python_version(), "overrides": args.set,
-              "data": "synthetic tensors (memory and speed only)", "configs": []}
+    result = {
+        "benchmark": "gpu_sizing",
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "overrides": args.set,
+        "data": "synthetic tensors (memory and speed only)",
+        "configs": [],
+    }
     for path in args.configs:
         try:
             result["configs"].append(size_config(path, args.set, args.steps, args.device))
         except torch.cuda.OutOfMemoryError as exc:
-            result["configs"].append({"config": Path(path).name, "error": f"out of memory: {str(exc)[:200]}", "fits_80gb": False})
+            result["configs"].append(
+                {"config": Path(path).name, "error": f"out of memory: {str(exc)[:200]}", "fits_80gb": False}
+            )
             torch.cuda.empty_cache()
         print(json.dumps(result["configs"][-1]), flush=True)
     if not args.no_loop:
-        result["worker_loop_on_gpu"] = loop_smoke([o for o in args.set if o.startswith("model.text_encoder")], args.device)
+        result["worker_loop_on_gpu"] = loop_smoke(
+            [o for o in args.set if o.startswith("model.text_encoder")], args.device
+        )
     print(json.dumps(result, indent=2))
     if args.out:
         write_json(args.out, result)

@@ -37,7 +37,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
@@ -114,7 +113,9 @@ def _worker_batch(cases: list[list[bytes]]) -> tuple[list[str], float]:
 def _phantom_cases(kind: str, n: int, size: int, slices: int, workdir: Path, seed: int) -> list[list[bytes]]:
     from lungsearch.data import phantoms
 
-    root = phantoms.generate(kind, n, workdir / f"{kind}-{size}-{slices}", seed=seed, size=size, slices=slices, workers=1)
+    root = phantoms.generate(
+        kind, n, workdir / f"{kind}-{size}-{slices}", seed=seed, size=size, slices=slices, workers=1
+    )
     return [[Path(p).read_bytes() for p in rec.image_paths] for rec in phantoms.read_manifest(root)]
 
 
@@ -168,8 +169,13 @@ def stage_breakdown(cases: list[list[bytes]], profile: str, *, reference_deid: b
     ingest_case(cases[0])  # warm caches (pyradiomics' extractor, imports)
     inner, outer, ref = _Timers(), _Timers(), _Timers()
     originals = {}
-    for name, stage in (("_dcmread", "parse (pydicom)"), ("_decode_frame", "pixel decode"), ("_to_float", "pixel decode"),
-                        ("_meta_common", "de-id (keyed hashes)"), ("_read_raster", "decode (PNG)")):
+    for name, stage in (
+        ("_dcmread", "parse (pydicom)"),
+        ("_decode_frame", "pixel decode"),
+        ("_to_float", "pixel decode"),
+        ("_meta_common", "de-id (keyed hashes)"),
+        ("_read_raster", "decode (PNG)"),
+    ):
         if hasattr(dio, name):
             originals[name] = inner.wrap(dio, name, stage)
     # Each slice's mask inside roi_masks, timed on its own (CPU seconds: a shared machine's waits excluded).
@@ -217,8 +223,14 @@ def stage_breakdown(cases: list[list[bytes]], profile: str, *, reference_deid: b
         return {k: 1e3 * v / n for k, v in stages.items()}
 
     cpu, wall = per_case("cpu"), per_case("wall")
-    out = {"cases": n, "slices_per_case": slices / n, "cpu_ms_per_case": cpu, "wall_ms_per_case": wall,
-           "total_cpu_ms_per_case": sum(cpu.values()), "total_wall_ms_per_case": sum(wall.values())}
+    out = {
+        "cases": n,
+        "slices_per_case": slices / n,
+        "cpu_ms_per_case": cpu,
+        "wall_ms_per_case": wall,
+        "total_cpu_ms_per_case": sum(cpu.values()),
+        "total_wall_ms_per_case": sum(wall.values()),
+    }
     if rad_slices:
         out["radiomics_cpu_per_slice"] = latency_stats(rad_slices)
     if mask_slices:
@@ -239,8 +251,9 @@ def throughput(cases: list[list[bytes]], profile: str, workers: int, mode: str, 
     work = cases * repeats
     chunks = [work[i::workers] for i in range(workers)]  # equal share per worker, one task each
     if mode == "process":
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                                   initargs=(profile,))
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(profile,)
+        )
     else:
         _setup(profile)
         pool = ThreadPoolExecutor(max_workers=workers)
@@ -258,9 +271,16 @@ def throughput(cases: list[list[bytes]], profile: str, workers: int, mode: str, 
     if len(keys) != len(work) or len(set(keys)) != len(cases):  # each phantom case is its own series
         raise RuntimeError(f"{len(set(keys))} distinct case keys for {len(cases)} cases")
     cpu_per_case = cpu / len(work)
-    return {"workers": workers, "mode": mode, "cases": len(work), "seconds": wall, "cases_per_s": len(work) / wall,
-            "cpu_s_per_case": cpu_per_case, "cpu_utilisation": cpu / (wall * workers),
-            "capacity_cases_per_s": workers / cpu_per_case if mode == "process" else None}
+    return {
+        "workers": workers,
+        "mode": mode,
+        "cases": len(work),
+        "seconds": wall,
+        "cases_per_s": len(work) / wall,
+        "cpu_s_per_case": cpu_per_case,
+        "cpu_utilisation": cpu / (wall * workers),
+        "capacity_cases_per_s": workers / cpu_per_case if mode == "process" else None,
+    }
 
 
 def radiomics_by_size(sizes: list[int], profile: str, workdir: Path, seed: int) -> list[dict[str, Any]]:
@@ -286,30 +306,49 @@ def radiomics_by_size(sizes: list[int], profile: str, workdir: Path, seed: int) 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workers = [int(w) for w in args.workers.split(",")]
-    result: dict[str, Any] = {"provenance": provenance("ingest", seed=args.seed, profiles={"dicom": args.ct_profile,
-                                                                                         "png": args.png_profile}),
-                              "targets": {"dicom_cases_per_s_2cpu": TARGET_CASES_PER_S,
-                                          "radiomics_ms_per_slice": TARGET_RADIOMICS_MS,
-                                          "lung_mask_ms_per_512px_slice": TARGET_MASK_MS}}
+    result: dict[str, Any] = {
+        "provenance": provenance(
+            "ingest", seed=args.seed, profiles={"dicom": args.ct_profile, "png": args.png_profile}
+        ),
+        "targets": {
+            "dicom_cases_per_s_2cpu": TARGET_CASES_PER_S,
+            "radiomics_ms_per_slice": TARGET_RADIOMICS_MS,
+            "lung_mask_ms_per_512px_slice": TARGET_MASK_MS,
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="lungsearch-ingest-") as tmp:
         work = Path(tmp)
         datasets = {
-            "dicom": (args.ct_profile, _phantom_cases("ct", args.cases, args.ct_size, args.slices, work, args.seed),
-                      {"kind": "ct", "size": args.ct_size, "slices": args.slices}),
-            "png": (args.png_profile, _phantom_cases("cxr4", args.cases, args.png_size, 1, work, args.seed),
-                    {"kind": "cxr4", "size": args.png_size}),
+            "dicom": (
+                args.ct_profile,
+                _phantom_cases("ct", args.cases, args.ct_size, args.slices, work, args.seed),
+                {"kind": "ct", "size": args.ct_size, "slices": args.slices},
+            ),
+            "png": (
+                args.png_profile,
+                _phantom_cases("cxr4", args.cases, args.png_size, 1, work, args.seed),
+                {"kind": "cxr4", "size": args.png_size},
+            ),
         }
         for name, (profile, cases, phantom) in datasets.items():
-            entry: dict[str, Any] = {"profile": profile, "phantom": phantom, "cases": len(cases),
-                                     "bytes_per_case": float(np.mean([sum(map(len, c)) for c in cases]))}
+            entry: dict[str, Any] = {
+                "profile": profile,
+                "phantom": phantom,
+                "cases": len(cases),
+                "bytes_per_case": float(np.mean([sum(map(len, c)) for c in cases])),
+            }
             entry["breakdown"] = stage_breakdown(cases, profile)
-            entry["throughput"] = [throughput(cases, profile, w, mode, repeats=args.repeats)
-                                   for w in workers for mode in (("process", "thread") if w > 1 else ("process",))]
+            entry["throughput"] = [
+                throughput(cases, profile, w, mode, repeats=args.repeats)
+                for w in workers
+                for mode in (("process", "thread") if w > 1 else ("process",))
+            ]
             result[name] = entry
             print(f"[{name}] done", file=sys.stderr)
         if args.radiomics_sizes:
-            result["radiomics_by_size"] = radiomics_by_size([int(s) for s in args.radiomics_sizes.split(",")],
-                                                            args.ct_profile, work, args.seed)
+            result["radiomics_by_size"] = radiomics_by_size(
+                [int(s) for s in args.radiomics_sizes.split(",")], args.ct_profile, work, args.seed
+            )
     result["load_avg_1m_at_end"] = os.getloadavg()[0]
     return result
 
@@ -322,18 +361,21 @@ def _verdict(result: dict[str, Any]) -> dict[str, Any]:
     by_size = {r["size"]: r["p50_ms"] for r in result.get("radiomics_by_size", [])}
     mask = result["dicom"]["breakdown"].get("lung_mask_cpu_per_slice", {}).get("p50_ms")
     ct_size = result["dicom"]["phantom"]["size"]
-    return {"dicom_cases_per_s_2cpu_wall": wall2,
-            "dicom_cases_per_s_2_dedicated_cores": cap2,
-            "dicom_target_met_wall": bool(wall2 is not None and wall2 >= TARGET_CASES_PER_S),
-            "dicom_target_met_dedicated": bool(cap2 is not None and cap2 >= TARGET_CASES_PER_S),
-            "radiomics_ms_per_slice_p50": rad,
-            "radiomics_ms_per_slice_p50_by_size": by_size,
-            "radiomics_target_met": bool(rad is not None and rad <= TARGET_RADIOMICS_MS
-                                         and all(v <= TARGET_RADIOMICS_MS for v in by_size.values())),
-            "lung_mask_cpu_ms_per_slice_p50": mask,
-            "lung_mask_slice_px": ct_size,
-            # the target is stated at 512 px; smaller slices say nothing about it
-            "lung_mask_target_met": bool(mask is not None and mask <= TARGET_MASK_MS) if ct_size >= 512 else None}
+    return {
+        "dicom_cases_per_s_2cpu_wall": wall2,
+        "dicom_cases_per_s_2_dedicated_cores": cap2,
+        "dicom_target_met_wall": bool(wall2 is not None and wall2 >= TARGET_CASES_PER_S),
+        "dicom_target_met_dedicated": bool(cap2 is not None and cap2 >= TARGET_CASES_PER_S),
+        "radiomics_ms_per_slice_p50": rad,
+        "radiomics_ms_per_slice_p50_by_size": by_size,
+        "radiomics_target_met": bool(
+            rad is not None and rad <= TARGET_RADIOMICS_MS and all(v <= TARGET_RADIOMICS_MS for v in by_size.values())
+        ),
+        "lung_mask_cpu_ms_per_slice_p50": mask,
+        "lung_mask_slice_px": ct_size,
+        # the target is stated at 512 px; smaller slices say nothing about it
+        "lung_mask_target_met": bool(mask is not None and mask <= TARGET_MASK_MS) if ct_size >= 512 else None,
+    }
 
 
 def tables(result: dict[str, Any]) -> str:
@@ -342,27 +384,66 @@ def tables(result: dict[str, Any]) -> str:
     for name in ("dicom", "png"):
         for t in result[name]["throughput"]:
             cap = t.get("capacity_cases_per_s")
-            rows.append([name, t["workers"], t["mode"], t["cases"], round(t["cases_per_s"], 1),
-                         round(1e3 * t["cpu_s_per_case"], 1), f"{100 * t['cpu_utilisation']:.0f}%",
-                         round(cap, 1) if cap else "-"])
-    out.append(format_table(rows, ["input", "workers", "mode", "cases", "cases/s (wall)", "CPU ms/case",
-                                   "CPU busy", "cases/s on dedicated cores"]))
+            rows.append(
+                [
+                    name,
+                    t["workers"],
+                    t["mode"],
+                    t["cases"],
+                    round(t["cases_per_s"], 1),
+                    round(1e3 * t["cpu_s_per_case"], 1),
+                    f"{100 * t['cpu_utilisation']:.0f}%",
+                    round(cap, 1) if cap else "-",
+                ]
+            )
+    out.append(
+        format_table(
+            rows,
+            [
+                "input",
+                "workers",
+                "mode",
+                "cases",
+                "cases/s (wall)",
+                "CPU ms/case",
+                "CPU busy",
+                "cases/s on dedicated cores",
+            ],
+        )
+    )
     stages = sorted({s for n in ("dicom", "png") for s in result[n]["breakdown"]["cpu_ms_per_case"]})
-    rows = [[s] + [round(result[n]["breakdown"][k].get(s, 0.0), 2) for n in ("dicom", "png")
-                   for k in ("cpu_ms_per_case", "wall_ms_per_case")] for s in stages]
-    rows.append(["total"] + [round(result[n]["breakdown"][k], 2) for n in ("dicom", "png")
-                             for k in ("total_cpu_ms_per_case", "total_wall_ms_per_case")])
+    rows = [
+        [s]
+        + [
+            round(result[n]["breakdown"][k].get(s, 0.0), 2)
+            for n in ("dicom", "png")
+            for k in ("cpu_ms_per_case", "wall_ms_per_case")
+        ]
+        for s in stages
+    ]
+    rows.append(
+        ["total"]
+        + [
+            round(result[n]["breakdown"][k], 2)
+            for n in ("dicom", "png")
+            for k in ("total_cpu_ms_per_case", "total_wall_ms_per_case")
+        ]
+    )
     ref = result["dicom"]["breakdown"].get("deidentify_reference_cpu_ms_per_case")
     if ref is not None:
         rows.append(["(not on the path) full PS3.15 deidentify()", round(ref, 2), "", "", ""])
     out.append(format_table(rows, ["stage, ms per case (1 process)", "dicom CPU", "dicom wall", "png CPU", "png wall"]))
     mask = result["dicom"]["breakdown"].get("lung_mask_cpu_per_slice")
     if mask:
-        out.append(f"lung mask per {result['dicom']['phantom']['size']}-px slice (roi_masks, CPU): "
-                   f"p50 {mask['p50_ms']:.1f} ms, p90 {mask['p90_ms']:.1f} ms, n {mask['n']} (target <= {TARGET_MASK_MS:.0f} ms at 512 px)")
+        out.append(
+            f"lung mask per {result['dicom']['phantom']['size']}-px slice (roi_masks, CPU): "
+            f"p50 {mask['p50_ms']:.1f} ms, p90 {mask['p90_ms']:.1f} ms, n {mask['n']} (target <= {TARGET_MASK_MS:.0f} ms at 512 px)"
+        )
     if "radiomics_by_size" in result:
-        rows = [[r["size"], round(r["mask_fraction"], 3), round(r["p50_ms"], 1), round(r["p99_ms"], 1)]
-                for r in result["radiomics_by_size"]]
+        rows = [
+            [r["size"], round(r["mask_fraction"], 3), round(r["p50_ms"], 1), round(r["p99_ms"], 1)]
+            for r in result["radiomics_by_size"]
+        ]
         out.append(format_table(rows, ["slice side", "lung fraction", "radiomics CPU ms p50", "p99"]))
     return "\n\n".join(out)
 
@@ -377,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--ct-profile", default="ct-ild")
     p.add_argument("--png-profile", default="cxr-cnn")
-    p.add_argument("--radiomics-sizes", default="128,256,512", help="slice sides for the per-slice radiomics sweep ('' = skip)")
+    p.add_argument(
+        "--radiomics-sizes", default="128,256,512", help="slice sides for the per-slice radiomics sweep ('' = skip)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="8 cases, 1 repeat, no size sweep, no file written")
     p.add_argument("--out", default=None, help=f"JSON path (default {DEFAULT_OUT} unless --quick)")

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 import numpy as np
 
 from benchmarks._prometheus import PROMETHEUS
@@ -81,8 +80,16 @@ def tree_cpu_seconds(root_pid: int | None = None) -> float:
     return total
 
 
-def step(target: str, make_request, concurrency: int, *, seconds: float, max_requests: int, warmup_s: float = 1.0,
-         timeout_s: float = 30.0) -> dict[str, Any]:
+def step(
+    target: str,
+    make_request,
+    concurrency: int,
+    *,
+    seconds: float,
+    max_requests: int,
+    warmup_s: float = 1.0,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
     """One closed-loop step: ``concurrency`` threads, one channel each, for ``seconds``.
 
     Only calls *started* inside the measured window count (warm-up calls are discarded); a call
@@ -148,9 +155,18 @@ def step(target: str, make_request, concurrency: int, *, seconds: float, max_req
     wall = max(1e-9, min(time.perf_counter(), t_end) - t_start)
     n_err = sum(errors.values())
     total = len(lat) + n_err
-    return {"concurrency": concurrency, **latency_stats(lat), "qps": len(lat) / wall, "requests": total,
-            "errors": errors, "error_samples": samples, "error_rate": (n_err / total) if total else 0.0, "seconds": wall,
-            "cpu_s": cpu, "cpu_ms_per_request": 1e3 * cpu / total if total else None}
+    return {
+        "concurrency": concurrency,
+        **latency_stats(lat),
+        "qps": len(lat) / wall,
+        "requests": total,
+        "errors": errors,
+        "error_samples": samples,
+        "error_rate": (n_err / total) if total else 0.0,
+        "seconds": wall,
+        "cpu_s": cpu,
+        "cpu_ms_per_request": 1e3 * cpu / total if total else None,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,29 +184,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="lungsearch-bench-load-"))
     prom = metrics_server = None
-    result: dict[str, Any] = {"provenance": provenance("load", seed=args.seed, profile=args.profile, cases=args.cases,
-                                                       image_size=args.image_size, num_cpus=args.num_cpus,
-                                                       step_seconds=args.step_seconds, p99_target_ms=args.p99_ms,
-                                                       untrained_model=True, client="same machine, loopback")}
+    result: dict[str, Any] = {
+        "provenance": provenance(
+            "load",
+            seed=args.seed,
+            profile=args.profile,
+            cases=args.cases,
+            image_size=args.image_size,
+            num_cpus=args.num_cpus,
+            step_seconds=args.step_seconds,
+            p99_target_ms=args.p99_ms,
+            untrained_model=True,
+            client="same machine, loopback",
+        )
+    }
     try:
         cfg = load_profile(args.profile, [f"data.image_size={args.image_size}"])
         torch.manual_seed(args.seed)
         reg = work / "artifacts"
-        card = save_model(create_model(cfg).eval(), cfg, metrics={}, data_fingerprint="synthetic", synthetic_data=True,
-                          root=reg)
+        card = save_model(
+            create_model(cfg).eval(), cfg, metrics={}, data_fingerprint="synthetic", synthetic_data=True, root=reg
+        )
         model, card = load_model(f"{args.profile}@{card.version}", root=reg)
         db = work / "load.db"
         with MilvusStore(str(db), timeout=120) as store:
             _, _, cases = _synthetic_cases(model, card, args.cases, seed=args.seed)
             for i in range(0, len(cases), 20000):
-                store.upsert(args.profile, card.version, cases[i:i + 20000])
+                store.upsert(args.profile, card.version, cases[i : i + 20000])
             store.wait_for_index(args.profile, card.version, timeout=1800)
         del model
         queries = _query_images("ct" if cfg.modality == "ct" else "cxr", 32, args.image_size, work)
 
-        import ray
         from ray import serve
-        from ray.serve.config import gRPCOptions, HTTPOptions
+        from ray.serve.config import HTTPOptions, gRPCOptions
 
         from lungsearch.runtime import init_ray, shutdown_ray
         from services.gateway import app
@@ -204,17 +230,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 s.bind(("127.0.0.1", 0))
                 ports.append(s.getsockname()[1])
         fns = yaml.safe_load((Path(__file__).resolve().parents[1] / "services" / "serve_config.yaml").read_text())
-        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=ports[1]),
-                    grpc_options=gRPCOptions(port=ports[0], grpc_servicer_functions=fns["grpc_options"]["grpc_servicer_functions"]))
+        serve.start(
+            http_options=HTTPOptions(host="127.0.0.1", port=ports[1]),
+            grpc_options=gRPCOptions(
+                port=ports[0], grpc_servicer_functions=fns["grpc_options"]["grpc_servicer_functions"]
+            ),
+        )
         t = time.perf_counter()
-        serve.run(app({"profiles": [f"{args.profile}@{card.version}"], "artifacts_dir": str(reg), "milvus_uri": str(db),
-                       "hmac_key_file": str(work / "hmac.key"), "insecure_local": True, "torch_threads": 1}),
-                  name="lungsearch", route_prefix="/lungsearch")
+        serve.run(
+            app(
+                {
+                    "profiles": [f"{args.profile}@{card.version}"],
+                    "artifacts_dir": str(reg),
+                    "milvus_uri": str(db),
+                    "hmac_key_file": str(work / "hmac.key"),
+                    "insecure_local": True,
+                    "torch_threads": 1,
+                }
+            ),
+            name="lungsearch",
+            route_prefix="/lungsearch",
+        )
         result["app_start_s"] = time.perf_counter() - t
         target = f"127.0.0.1:{ports[0]}"
         ref = common_pb2.ModelRef(profile=args.profile, version=card.version)
-        reqs = [gateway_pb2.SearchRequest(model=ref, top_k=TOP_K, images=[common_pb2.Image(data=d) for d in q])
-                for q in queries]
+        reqs = [
+            gateway_pb2.SearchRequest(model=ref, top_k=TOP_K, images=[common_pb2.Image(data=d) for d in q])
+            for q in queries
+        ]
 
         def make_request(i: int):
             return reqs[i % len(reqs)]
@@ -231,9 +274,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from lungsearch.cli._serve import start_metrics_server
 
             gateway = serve.get_deployment_handle("Gateway", app_name="lungsearch")
-            metrics_server = start_metrics_server("127.0.0.1", 0, lambda: gateway.metrics_text.remote().result(timeout_s=15))
-            prom = PrometheusScrape(f"127.0.0.1:{metrics_server.server_address[1]}", work / "prometheus",
-                                    interval_s=2.0).start()
+            metrics_server = start_metrics_server(
+                "127.0.0.1", 0, lambda: gateway.metrics_text.remote().result(timeout_s=15)
+            )
+            prom = PrometheusScrape(
+                f"127.0.0.1:{metrics_server.server_address[1]}", work / "prometheus", interval_s=2.0
+            ).start()
         steps: list[dict[str, Any]] = []
         over = 0
         c = 1
@@ -241,9 +287,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r = step(target, make_request, c, seconds=args.step_seconds, max_requests=args.max_requests)
             r["load_avg_1m"] = os.getloadavg()[0]
             steps.append(r)
-            print(f"c={c:>3}: {r['qps']:6.1f} QPS  p50 {r.get('p50_ms', float('nan')):7.1f} ms  "
-                  f"p99 {r.get('p99_ms', float('nan')):7.1f} ms  errors {r['errors']}  (load {r['load_avg_1m']:.1f})",
-                  flush=True)
+            print(
+                f"c={c:>3}: {r['qps']:6.1f} QPS  p50 {r.get('p50_ms', float('nan')):7.1f} ms  "
+                f"p99 {r.get('p99_ms', float('nan')):7.1f} ms  errors {r['errors']}  (load {r['load_avg_1m']:.1f})",
+                flush=True,
+            )
             over = over + 1 if r.get("p99_ms", float("inf")) > args.p99_ms else 0
             if over >= 2 and c >= args.min_concurrency:
                 break
@@ -253,9 +301,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Series count and the label check: no label value may look like a case key or a DICOM UID
             # (the queries are PHI-free phantoms, so no PHI needle can be looked for here).
             result["prometheus"] = prom.report()
-            print(f"prometheus: {result['prometheus']['series']} series, "
-                  f"{result['prometheus']['metric_names']} metric names, identifier-like labels: "
-                  f"{result['prometheus']['labels_identifier_like'] or 'none'}", flush=True)
+            print(
+                f"prometheus: {result['prometheus']['series']} series, "
+                f"{result['prometheus']['metric_names']} metric names, identifier-like labels: "
+                f"{result['prometheus']['labels_identifier_like'] or 'none'}",
+                flush=True,
+            )
         ok = [s for s in steps if s.get("p99_ms", float("inf")) <= args.p99_ms]
         best = max(ok, key=lambda s: s["qps"]) if ok else None
         below = [s for s in steps if best is not None and s["concurrency"] <= best["concurrency"]]
@@ -286,13 +337,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [[s["concurrency"], round(s["qps"], 1), round(s.get("p50_ms", float("nan")), 1),
-             round(s.get("p90_ms", float("nan")), 1), round(s.get("p99_ms", float("nan")), 1), s["requests"],
-             sum(s["errors"].values()), f"{100 * s['error_rate']:.2f}%",
-             round(s["cpu_ms_per_request"], 1) if s.get("cpu_ms_per_request") else "-", round(s["load_avg_1m"], 1)]
-            for s in result["steps"]]
-    return format_table(rows, ["concurrency", "QPS", "p50 ms", "p90 ms", "p99 ms", "requests", "errors", "error rate",
-                               "CPU ms/req", "load avg"])
+    rows = [
+        [
+            s["concurrency"],
+            round(s["qps"], 1),
+            round(s.get("p50_ms", float("nan")), 1),
+            round(s.get("p90_ms", float("nan")), 1),
+            round(s.get("p99_ms", float("nan")), 1),
+            s["requests"],
+            sum(s["errors"].values()),
+            f"{100 * s['error_rate']:.2f}%",
+            round(s["cpu_ms_per_request"], 1) if s.get("cpu_ms_per_request") else "-",
+            round(s["load_avg_1m"], 1),
+        ]
+        for s in result["steps"]
+    ]
+    return format_table(
+        rows,
+        [
+            "concurrency",
+            "QPS",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "requests",
+            "errors",
+            "error rate",
+            "CPU ms/req",
+            "load avg",
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,8 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-concurrency", type=int, default=8, help="always step up to this (the curve past the knee)")
     ap.add_argument("--p99-ms", type=float, default=250.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-prometheus", dest="prometheus", action="store_false",
-                    help="do not run Debian's prometheus against /metrics during the load")
+    ap.add_argument(
+        "--no-prometheus",
+        dest="prometheus",
+        action="store_false",
+        help="do not run Debian's prometheus against /metrics during the load",
+    )
     ap.add_argument("--quick", action="store_true", help="2000 cases, 5 s steps, up to concurrency 8, no file")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

@@ -45,11 +45,14 @@ def _cxr_phantoms(n: int, size: int, rng: np.random.Generator):
     from lungsearch.data.phantoms._reports import Finding
 
     bank = held_out_bank()
-    kinds = [("normal", ()), ("effusion", (Finding(kind="effusion", label="Effusion", severity=1.0),)),
-             ("consolidation", (Finding(kind="opacity", label="Consolidation", severity=1.0),)),
-             ("device", (Finding(kind="device", label="Device"),)),
-             ("atelectasis", (Finding(kind="atelectasis", label="Atelectasis"),)),
-             ("cardiomegaly", (Finding(kind="cardiomegaly", label="Cardiomegaly"),))]
+    kinds = [
+        ("normal", ()),
+        ("effusion", (Finding(kind="effusion", label="Effusion", severity=1.0),)),
+        ("consolidation", (Finding(kind="opacity", label="Consolidation", severity=1.0),)),
+        ("device", (Finding(kind="device", label="Device"),)),
+        ("atelectasis", (Finding(kind="atelectasis", label="Atelectasis"),)),
+        ("cardiomegaly", (Finding(kind="cardiomegaly", label="Cardiomegaly"),)),
+    ]
     for i in range(n):
         name, f = kinds[i % len(kinds)]
         img, truth = render_cxr(rng, size, bank, f)
@@ -66,13 +69,13 @@ def _perturb(kind: str, img: np.ndarray, rng: np.random.Generator) -> np.ndarray
         y = x.copy()
         s = y.shape[0]
         b = int(0.08 * s)
-        y[:b], y[:, -b:] = 0.97, 0.97               # unexposed border (bright), top and right
-        y[int(0.85 * s):int(0.92 * s), int(0.05 * s):int(0.1 * s)] = 1.0  # burned-in marker
+        y[:b], y[:, -b:] = 0.97, 0.97  # unexposed border (bright), top and right
+        y[int(0.85 * s) : int(0.92 * s), int(0.05 * s) : int(0.1 * s)] = 1.0  # burned-in marker
         return y
     if kind == "under_exposed":
-        return (x ** 2.2) * 0.3
+        return (x**2.2) * 0.3
     if kind == "over_exposed":
-        return 0.7 + 0.3 * x ** 0.4
+        return 0.7 + 0.3 * x**0.4
     return x
 
 
@@ -95,11 +98,20 @@ def measure_cxr(n: int, size: int) -> dict:
 
     def summ(v):
         a = np.asarray(v)
-        return {"n": int(a.size), "median": round(float(np.median(a)), 4), "p10": round(float(np.percentile(a, 10)), 4),
-                "min": round(float(a.min()), 4)}
+        return {
+            "n": int(a.size),
+            "median": round(float(np.median(a)), 4),
+            "p10": round(float(np.percentile(a, 10)), 4),
+            "min": round(float(a.min()), 4),
+        }
 
-    return {"synthetic": True, "size": size, "by_finding": {k: summ(v) for k, v in per_kind.items()},
-            "by_variant": {k: summ(v) for k, v in per_variant.items()}, "plain_outcomes": outcomes}
+    return {
+        "synthetic": True,
+        "size": size,
+        "by_finding": {k: summ(v) for k, v in per_kind.items()},
+        "by_variant": {k: summ(v) for k, v in per_variant.items()},
+        "plain_outcomes": outcomes,
+    }
 
 
 def measure_ct(n: int, size: int, slices: int) -> dict:
@@ -114,8 +126,14 @@ def measure_ct(n: int, size: int, slices: int) -> dict:
         pred = np.stack([lung_mask_checked(s.astype(np.float32), modality="ct").mask for s in vol])
         dices.setdefault(label, []).append(_dice(pred, truth))
     allv = [d for v in dices.values() for d in v]
-    return {"synthetic": True, "size": size, "slices": slices, "median": round(float(np.median(allv)), 4),
-            "min": round(float(np.min(allv)), 4), "by_class": {k: round(float(np.median(v)), 4) for k, v in dices.items()}}
+    return {
+        "synthetic": True,
+        "size": size,
+        "slices": slices,
+        "median": round(float(np.median(allv)), 4),
+        "min": round(float(np.min(allv)), 4),
+        "by_class": {k: round(float(np.median(v)), 4) for k, v in dices.items()},
+    }
 
 
 def _dicom_dirs(extra: list[str]) -> list[str]:
@@ -152,17 +170,33 @@ def measure_real(extra: list[str], overlays: str | None) -> dict:
                 skipped += 1
                 continue
             res = lung_mask_checked(px, modality=mod)
-            row = {"file": os.path.basename(path), "modality": mod, "shape": list(px.shape), "outcome": res.outcome,
-                   "reasons": list(res.reasons), "inverted": res.inverted,
-                   "stats": {k: round(float(v), 3) for k, v in res.stats.items()}}
+            row = {
+                "file": os.path.basename(path),
+                "modality": mod,
+                "shape": list(px.shape),
+                "outcome": res.outcome,
+                "reasons": list(res.reasons),
+                "inverted": res.inverted,
+                "stats": {k: round(float(v), 3) for k, v in res.stats.items()},
+            }
             if mod == "ct":
                 row["air_outside_in_mask"] = int((res.mask & (px < -950)).sum())
             rows.append(row)
-            if overlays and os.path.basename(path) in ("RG1_UNCI.dcm", "RG1_J2KI.dcm", "RG3_UNCI.dcm", "CT_small.dcm",
-                                                       "bad_sequence.dcm", "explicit_VR-UN.dcm"):
-                _overlay(px if mod != "ct" else np.clip((px + 1000) / 1400, 0, 1), res.mask, None,
-                         os.path.join(overlays, f"real_{os.path.splitext(os.path.basename(path))[0]}.png"),
-                         f"{res.outcome} {' '.join(res.reasons)}")
+            if overlays and os.path.basename(path) in (
+                "RG1_UNCI.dcm",
+                "RG1_J2KI.dcm",
+                "RG3_UNCI.dcm",
+                "CT_small.dcm",
+                "bad_sequence.dcm",
+                "explicit_VR-UN.dcm",
+            ):
+                _overlay(
+                    px if mod != "ct" else np.clip((px + 1000) / 1400, 0, 1),
+                    res.mask,
+                    None,
+                    os.path.join(overlays, f"real_{os.path.splitext(os.path.basename(path))[0]}.png"),
+                    f"{res.outcome} {' '.join(res.reasons)}",
+                )
     return {"images": rows, "not_ingested": skipped}
 
 
@@ -197,15 +231,25 @@ def phantom_overlays(out: str) -> None:
     from lungsearch.data.phantoms._ct import render_ct
 
     rng = np.random.default_rng(SEED + 1)
-    for k, (name, img, truth) in enumerate(_cxr_phantoms(6, 256, rng)):
+    for name, img, truth in _cxr_phantoms(6, 256, rng):
         if name in ("normal", "effusion", "consolidation", "device"):
             res = lung_mask_checked(img.astype(np.float32) / 255.0, modality="cxr")
-            _overlay(img / 255.0, res.mask, truth, os.path.join(out, f"phantom_cxr_{name}.png"),
-                     f"{name} Dice {_dice(res.mask, truth):.3f}")
+            _overlay(
+                img / 255.0,
+                res.mask,
+                truth,
+                os.path.join(out, f"phantom_cxr_{name}.png"),
+                f"{name} Dice {_dice(res.mask, truth):.3f}",
+            )
     vol, truth = render_ct(np.random.default_rng(SEED), 256, 6, "consolidation")
     res = lung_mask_checked(vol[3].astype(np.float32), modality="ct")
-    _overlay(np.clip((vol[3] + 1000) / 1400, 0, 1), res.mask, truth[3], os.path.join(out, "phantom_ct_consolidation.png"),
-             f"Dice {_dice(res.mask, truth[3]):.3f}")
+    _overlay(
+        np.clip((vol[3] + 1000) / 1400, 0, 1),
+        res.mask,
+        truth[3],
+        os.path.join(out, "phantom_ct_consolidation.png"),
+        f"Dice {_dice(res.mask, truth[3]):.3f}",
+    )
 
 
 def measure_cost(repeats: int) -> dict:
@@ -224,10 +268,12 @@ def measure_cost(repeats: int) -> dict:
     rng = np.random.default_rng(SEED)
     _, img224, _ = next(_cxr_phantoms(1, 224, rng))
     out = {}
-    for name, x, mod, n in (("ct_512px_slice", ct, "ct", repeats),
-                            ("cxr_512px", img512.astype(np.float32) / 255.0, "cxr", repeats),
-                            ("cxr_224px", img224.astype(np.float32) / 255.0, "cxr", max(5, repeats // 2)),
-                            ("cxr_1955x1841", cxr_big, "cxr", max(3, repeats // 5))):
+    for name, x, mod, n in (
+        ("ct_512px_slice", ct, "ct", repeats),
+        ("cxr_512px", img512.astype(np.float32) / 255.0, "cxr", repeats),
+        ("cxr_224px", img224.astype(np.float32) / 255.0, "cxr", max(5, repeats // 2)),
+        ("cxr_1955x1841", cxr_big, "cxr", max(3, repeats // 5)),
+    ):
         lung_mask_checked(x, modality=mod)
         wall, cpu = [], []
         for _ in range(n):
@@ -246,15 +292,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--extra", action="append", default=[], help="more folders of .dcm files")
     ap.add_argument("--overlays", default=None, help="write overlay PNGs here (e.g. docs/img/masks)")
-    ap.add_argument("--cost-only", action="store_true",
-                    help="only the cost, written to benchmarks/results/masks_cost.json (unless --out)")
+    ap.add_argument(
+        "--cost-only",
+        action="store_true",
+        help="only the cost, written to benchmarks/results/masks_cost.json (unless --out)",
+    )
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/masks.json)")
     args = ap.parse_args(argv)
     q = args.quick
     res = {"provenance": provenance("masks", seed=SEED, argv=argv)}
     res["cost"] = measure_cost(10 if q else 60)
-    print("cost (wall p50, CPU p50 ms)", {k: (round(v["p50_ms"], 1), round(v["cpu"]["p50_ms"], 1)) if isinstance(v, dict) else v
-                                         for k, v in res["cost"].items()}, flush=True)
+    print(
+        "cost (wall p50, CPU p50 ms)",
+        {
+            k: (round(v["p50_ms"], 1), round(v["cpu"]["p50_ms"], 1)) if isinstance(v, dict) else v
+            for k, v in res["cost"].items()
+        },
+        flush=True,
+    )
     if args.cost_only:
         if not q:
             write_json(args.out or "benchmarks/results/masks_cost.json", res)

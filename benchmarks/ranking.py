@@ -39,7 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._util import copy_bandwidth, format_table, latency_stats, provenance, rss_bytes, time_calls, time_interleaved, write_json
+from benchmarks._util import (
+    copy_bandwidth,
+    format_table,
+    latency_stats,
+    provenance,
+    rss_bytes,
+    time_calls,
+    time_interleaved,
+    write_json,
+)
 
 __all__ = ["main", "run", "make_data", "markdown"]
 
@@ -98,9 +107,12 @@ def _bench_size(n: int, args: argparse.Namespace, bw: float, workdir: Path) -> d
     rss_delta = rss_bytes() - rss0
     mem = idx.memory_bytes()
     out["build"] = {"caseindex_from_arrays_s": build_s}
-    out["memory"] = {"caseindex_bytes_per_case": mem["per_case"], "rss_delta_bytes_per_case": rss_delta / n,
-                     "note": "rss delta excludes key strings (shared with the input list); bytes_per_case includes them",
-                     "parts_bytes": {k: mem[k] for k in ("embeddings", "codes", "filters", "key_array", "key_strings", "key_map")}}
+    out["memory"] = {
+        "caseindex_bytes_per_case": mem["per_case"],
+        "rss_delta_bytes_per_case": rss_delta / n,
+        "note": "rss delta excludes key strings (shared with the input list); bytes_per_case includes them",
+        "parts_bytes": {k: mem[k] for k in ("embeddings", "codes", "filters", "key_array", "key_strings", "key_map")},
+    }
     print(f"[n={n}] CaseIndex built in {build_s:.2f}s, {mem['per_case']:.0f} B/case", file=sys.stderr, flush=True)
 
     # --- exact float32 ground truth and baselines ---
@@ -123,17 +135,20 @@ def _bench_size(n: int, args: argparse.Namespace, bw: float, workdir: Path) -> d
         return part[np.argsort(d[part], kind="stable")]
 
     def np_float(i: int) -> np.ndarray:
-        s = e32 @ qn[i]
+        s = e32 @ qn[i]  # noqa: F821 (called before the del below frees it)
         part = np.argpartition(-s, TOP_K)[:TOP_K]
         return part[np.argsort(-s[part])]
 
     # --- Hamming top-10 ---
     qcb = [qc[i].tobytes() for i in range(q)]
-    times = time_interleaved({
-        "caseindex": lambda i: idx.search(None, qcb[i % q], top_k=TOP_K),
-        "faiss_binary_flat": lambda i: binflat.search(qc[i % q : i % q + 1], TOP_K),
-        "numpy_bitwise_count": lambda i: np_hamming(i % q),
-    }, q)
+    times = time_interleaved(
+        {
+            "caseindex": lambda i: idx.search(None, qcb[i % q], top_k=TOP_K),
+            "faiss_binary_flat": lambda i: binflat.search(qc[i % q : i % q + 1], TOP_K),  # noqa: F821 (as above)
+            "numpy_bitwise_count": lambda i: np_hamming(i % q),
+        },
+        q,
+    )
     exact = 0
     for i in range(q):  # CaseIndex returns the same distances as FAISS (ties may pick other rows)
         d_ci = [h.hamming for h in idx.search(None, qcb[i], top_k=TOP_K)]
@@ -149,11 +164,14 @@ def _bench_size(n: int, args: argparse.Namespace, bw: float, workdir: Path) -> d
     out["hamming_top10"] = ham
 
     # --- float top-10 ---
-    times = time_interleaved({
-        "caseindex": lambda i: idx.search(qe[i % q], top_k=TOP_K),
-        "faiss_flat_ip": lambda i: flat.search(qn[i % q : i % q + 1], TOP_K),
-        "numpy_float32": lambda i: np_float(i % q),
-    }, q)
+    times = time_interleaved(
+        {
+            "caseindex": lambda i: idx.search(qe[i % q], top_k=TOP_K),
+            "faiss_flat_ip": lambda i: flat.search(qn[i % q : i % q + 1], TOP_K),  # noqa: F821 (as above)
+            "numpy_float32": lambda i: np_float(i % q),
+        },
+        q,
+    )
     flo = {name: latency_stats(ts) for name, ts in times.items()}
     found = [[row_of[h.key] for h in idx.search(qe[i], top_k=TOP_K)] for i in range(q)]
     flo["caseindex"]["recall_at_10"] = _recall(found, truth)
@@ -170,8 +188,12 @@ def _bench_size(n: int, args: argparse.Namespace, bw: float, workdir: Path) -> d
         "hamming100_cosine_rerank": lambda i: idx.search(qe[i % q], qcb[i % q], top_k=TOP_K, candidates=100),
         "hamming1000_cosine_rerank": lambda i: idx.search(qe[i % q], qcb[i % q], top_k=TOP_K, candidates=1000),
         "float_filter_modality_50pct": lambda i: idx.search(qe[i % q], top_k=TOP_K, filter=SearchFilter(modality="ct")),
-        "float_filter_label_5pct": lambda i: idx.search(qe[i % q], top_k=TOP_K, filter=SearchFilter(labels_any=("Nodule",))),
-        "hamming_filter_modality_50pct": lambda i: idx.search(None, qcb[i % q], top_k=TOP_K, filter=SearchFilter(modality="ct")),
+        "float_filter_label_5pct": lambda i: idx.search(
+            qe[i % q], top_k=TOP_K, filter=SearchFilter(labels_any=("Nodule",))
+        ),
+        "hamming_filter_modality_50pct": lambda i: idx.search(
+            None, qcb[i % q], top_k=TOP_K, filter=SearchFilter(modality="ct")
+        ),
     }.items():
         extra[name] = latency_stats(time_calls(fn, max(10, q // 2)))
     for c in (100, 1000):
@@ -191,8 +213,21 @@ def _bench_size(n: int, args: argparse.Namespace, bw: float, workdir: Path) -> d
         chunk = 50_000
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            recs = [StoredCase(keys[i], data["mods"][i], data["views"][i], data["labels"][i], "", emb[i], codes[i].tobytes(),
-                               ingested_at=1.7e9, num_images=1, model_version=version) for i in range(start, stop)]
+            recs = [
+                StoredCase(
+                    keys[i],
+                    data["mods"][i],
+                    data["views"][i],
+                    data["labels"][i],
+                    "",
+                    emb[i],
+                    codes[i].tobytes(),
+                    ingested_at=1.7e9,
+                    num_images=1,
+                    model_version=version,
+                )
+                for i in range(start, stop)
+            ]
             t = time.perf_counter()
             store.upsert(profile, version, recs)
             t_insert += time.perf_counter() - t
@@ -207,16 +242,30 @@ def _bench_size(n: int, args: argparse.Namespace, bw: float, workdir: Path) -> d
         mil: dict[str, Any] = {}
         for ef in (64, 256):
             # Interleaved with CaseIndex on the same queries, so the ratio sees the same machine load.
-            times = time_interleaved({
-                "milvus": lambda i, ef=ef: store.search(profile, version, qe[i % mq], top_k=TOP_K, ef=ef),
-                "caseindex": lambda i: idx.search(qe[i % mq], top_k=TOP_K),
-            }, mq, warmup=10)
-            found = [[row_of[h.key] for h in store.search(profile, version, qe[i], top_k=TOP_K, ef=ef)] for i in range(mq)]
+            times = time_interleaved(
+                {
+                    "milvus": lambda i, ef=ef: store.search(profile, version, qe[i % mq], top_k=TOP_K, ef=ef),
+                    "caseindex": lambda i: idx.search(qe[i % mq], top_k=TOP_K),
+                },
+                mq,
+                warmup=10,
+            )
+            found = [
+                [row_of[h.key] for h in store.search(profile, version, qe[i], top_k=TOP_K, ef=ef)] for i in range(mq)
+            ]
             m, c = latency_stats(times["milvus"]), latency_stats(times["caseindex"])
-            mil[f"ef{ef}"] = {**m, "recall_at_10": _recall(found, truth[:mq]), "caseindex_same_run_p50_ms": c["p50_ms"],
-                              "speedup_caseindex_p50": m["p50_ms"] / c["p50_ms"]}
-            print(f"[n={n}] milvus-lite ef={ef}: p50 {m['p50_ms']:.1f} ms (CaseIndex {c['p50_ms']:.2f} ms), "
-                  f"recall {mil[f'ef{ef}']['recall_at_10']:.3f}", file=sys.stderr, flush=True)
+            mil[f"ef{ef}"] = {
+                **m,
+                "recall_at_10": _recall(found, truth[:mq]),
+                "caseindex_same_run_p50_ms": c["p50_ms"],
+                "speedup_caseindex_p50": m["p50_ms"] / c["p50_ms"],
+            }
+            print(
+                f"[n={n}] milvus-lite ef={ef}: p50 {m['p50_ms']:.1f} ms (CaseIndex {c['p50_ms']:.2f} ms), "
+                f"recall {mil[f'ef{ef}']['recall_at_10']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
         # The comparison the target names: CaseIndex float vs plain milvus-lite HNSW (ef=64, its default).
         mil["speedup_caseindex_vs_ef64_p50"] = mil["ef64"]["speedup_caseindex_p50"]
         mil["speedup_caseindex_vs_ef256_p50"] = mil["ef256"]["speedup_caseindex_p50"]
@@ -226,9 +275,15 @@ def _bench_size(n: int, args: argparse.Namespace, bw: float, workdir: Path) -> d
         t = time.perf_counter()
         rebuilt = CaseIndex.from_store(store, profile, version)
         out["build"]["caseindex_from_milvus_lite_s"] = time.perf_counter() - t
-        ok = len(rebuilt) == n and all(rebuilt.search(emb[i], codes[i].tobytes(), top_k=1)[0].key == keys[i] for i in range(0, n, max(1, n // 50)))
+        ok = len(rebuilt) == n and all(
+            rebuilt.search(emb[i], codes[i].tobytes(), top_k=1)[0].key == keys[i] for i in range(0, n, max(1, n // 50))
+        )
         out["build"]["caseindex_from_milvus_lite_complete"] = bool(ok)
-        print(f"[n={n}] CaseIndex rebuilt from milvus-lite in {out['build']['caseindex_from_milvus_lite_s']:.1f}s", file=sys.stderr, flush=True)
+        print(
+            f"[n={n}] CaseIndex rebuilt from milvus-lite in {out['build']['caseindex_from_milvus_lite_s']:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         store.close()
         if not args.keep:
             shutil.rmtree(path, ignore_errors=True)
@@ -261,9 +316,24 @@ def _bench_restart(n: int, args: argparse.Namespace, workdir: Path) -> dict[str,
         # O(collection) per batch on milvus-lite, and loading is not what is measured here.
         for start in range(0, n, 20_000):
             stop = min(n, start + 20_000)
-            rows = [store._to_row(StoredCase(keys[i], data["mods"][i], data["views"][i], data["labels"][i], "", emb[i],
-                                             codes[i].tobytes(), ingested_at=1.7e9, num_images=1, model_version=version), info)
-                    for i in range(start, stop)]
+            rows = [
+                store._to_row(
+                    StoredCase(
+                        keys[i],
+                        data["mods"][i],
+                        data["views"][i],
+                        data["labels"][i],
+                        "",
+                        emb[i],
+                        codes[i].tobytes(),
+                        ingested_at=1.7e9,
+                        num_images=1,
+                        model_version=version,
+                    ),
+                    info,
+                )
+                for i in range(start, stop)
+            ]
             store._client.insert(info.name, rows, timeout=600.0)
         store.flush(profile, version)
         store.wait_for_index(profile, version, timeout=3600)
@@ -299,11 +369,18 @@ def _bench_restart(n: int, args: argparse.Namespace, workdir: Path) -> dict[str,
     store.close()
     out["snapshot_bytes"] = sum(f.stat().st_size for f in snap_dir.rglob("*") if f.is_file())
     qe, qc = _queries(data, 50, args.seed)
-    same = all(rebuilt.search(qe[i], qc[i].tobytes(), top_k=TOP_K) == loaded.search(qe[i], qc[i].tobytes(), top_k=TOP_K)
-               and rebuilt.search(qe[i], top_k=TOP_K) == loaded.search(qe[i], top_k=TOP_K) for i in range(50))
+    same = all(
+        rebuilt.search(qe[i], qc[i].tobytes(), top_k=TOP_K) == loaded.search(qe[i], qc[i].tobytes(), top_k=TOP_K)
+        and rebuilt.search(qe[i], top_k=TOP_K) == loaded.search(qe[i], top_k=TOP_K)
+        for i in range(50)
+    )
     out["same_answers_50_queries"] = bool(same)
     out["speedup_ready"] = out["rebuild"]["ready_s"] / out["snapshot"]["ready_s"]
-    print(f"[restart n={n}] snapshot path ready in {phases['ready_s']:.1f}s (same answers: {same})", file=sys.stderr, flush=True)
+    print(
+        f"[restart n={n}] snapshot path ready in {phases['ready_s']:.1f}s (same answers: {same})",
+        file=sys.stderr,
+        flush=True,
+    )
     if not args.keep:
         shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(snap_dir, ignore_errors=True)
@@ -321,13 +398,30 @@ def run_restart(args: argparse.Namespace) -> dict[str, Any]:
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     largest = max(results, key=lambda r: r["n"])
-    return {"provenance": {**prov, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_avg_1m_at_end": os.getloadavg()[0]},
-            "config": {"sizes": args.sizes, "dim": args.dim, "bits": args.bits, "threads": args.threads,
-                       "data": "Gaussian embeddings, LSH codes; synthetic", "store": "milvus-lite, FLAT float index"},
-            "sizes": results,
-            "targets": [{"target": "restart at 1M: Ranking ready <= 60 s on 2 cores (snapshot path)", "n": largest["n"],
-                         "measured": largest["snapshot"]["ready_s"],
-                         "met": largest["snapshot"]["ready_s"] <= 60 if largest["n"] >= 1_000_000 else None}]}
+    return {
+        "provenance": {
+            **prov,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+        },
+        "config": {
+            "sizes": args.sizes,
+            "dim": args.dim,
+            "bits": args.bits,
+            "threads": args.threads,
+            "data": "Gaussian embeddings, LSH codes; synthetic",
+            "store": "milvus-lite, FLAT float index",
+        },
+        "sizes": results,
+        "targets": [
+            {
+                "target": "restart at 1M: Ranking ready <= 60 s on 2 cores (snapshot path)",
+                "n": largest["n"],
+                "measured": largest["snapshot"]["ready_s"],
+                "met": largest["snapshot"]["ready_s"] <= 60 if largest["n"] >= 1_000_000 else None,
+            }
+        ],
+    }
 
 
 def _targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -342,26 +436,58 @@ def _targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     r = largest(lambda r: "hamming_top10" in r)
     if r:
         v = r["hamming_top10"]["ratio_caseindex_vs_faiss_p50"]
-        rows.append({"target": "Hamming top-10 over 1M <= 1.5x FAISS IndexBinaryFlat", "n": r["n"], "measured": v,
-                     "met": v <= 1.5 if r["n"] >= 1_000_000 else None})
+        rows.append(
+            {
+                "target": "Hamming top-10 over 1M <= 1.5x FAISS IndexBinaryFlat",
+                "n": r["n"],
+                "measured": v,
+                "met": v <= 1.5 if r["n"] >= 1_000_000 else None,
+            }
+        )
     r = largest(lambda r: "milvus_lite_hnsw" in r.get("float_top10", {}))
     if r:
         sp = r["float_top10"]["milvus_lite_hnsw"]["speedup_caseindex_vs_ef64_p50"]
         rec = r["float_top10"]["caseindex"]["recall_at_10"]
-        rows.append({"target": "float top-10 over 1M >= 10x faster than milvus-lite HNSW at recall@10 >= 0.95", "n": r["n"],
-                     "measured": sp, "recall_at_10": rec, "met": (sp >= 10 and rec >= 0.95) if r["n"] >= 1_000_000 else None})
+        rows.append(
+            {
+                "target": "float top-10 over 1M >= 10x faster than milvus-lite HNSW at recall@10 >= 0.95",
+                "n": r["n"],
+                "measured": sp,
+                "recall_at_10": rec,
+                "met": (sp >= 10 and rec >= 0.95) if r["n"] >= 1_000_000 else None,
+            }
+        )
     r = largest(lambda r: "caseindex_from_milvus_lite_s" in r["build"])
     if r:
         v = r["build"]["caseindex_from_milvus_lite_s"]
-        rows.append({"target": "rebuild index <= 60 s for 1M (from the store)", "n": r["n"], "measured": v,
-                     "met": v <= 60 if r["n"] >= 1_000_000 else None})
+        rows.append(
+            {
+                "target": "rebuild index <= 60 s for 1M (from the store)",
+                "n": r["n"],
+                "measured": v,
+                "met": v <= 60 if r["n"] >= 1_000_000 else None,
+            }
+        )
     r = largest(lambda r: True)
     if r:
         v = r["build"]["caseindex_from_arrays_s"]
-        rows.append({"target": "build index <= 60 s for 1M (from arrays)", "n": r["n"], "measured": v,
-                     "met": v <= 60 if r["n"] >= 1_000_000 else None})
+        rows.append(
+            {
+                "target": "build index <= 60 s for 1M (from arrays)",
+                "n": r["n"],
+                "measured": v,
+                "met": v <= 60 if r["n"] >= 1_000_000 else None,
+            }
+        )
         v = r["memory"]["caseindex_bytes_per_case"]
-        rows.append({"target": "RAM per case <= 1 KiB (64-bit code + 128-d float16 + metadata)", "n": r["n"], "measured": v, "met": v <= 1024})
+        rows.append(
+            {
+                "target": "RAM per case <= 1 KiB (64-bit code + 128-d float16 + metadata)",
+                "n": r["n"],
+                "measured": v,
+                "met": v <= 1024,
+            }
+        )
     return rows
 
 
@@ -370,15 +496,45 @@ def _table(results: list[dict[str, Any]]) -> str:
     for r in results:
         h, f = r["hamming_top10"], r["float_top10"]
         m = f.get("milvus_lite_hnsw", {})
-        rows.append([
-            r["n"], h["caseindex"]["p50_ms"], h["faiss_binary_flat"]["p50_ms"], h["numpy_bitwise_count"]["p50_ms"],
-            h["ratio_caseindex_vs_faiss_p50"], f["caseindex"]["p50_ms"], f["faiss_flat_ip"]["p50_ms"], f["numpy_float32"]["p50_ms"],
-            m.get("ef64", {}).get("p50_ms", "-"), m.get("ef64", {}).get("recall_at_10", "-"), m.get("speedup_caseindex_vs_ef64_p50", "-"),
-            f["caseindex"]["recall_at_10"], r["build"]["caseindex_from_arrays_s"], r["build"].get("caseindex_from_milvus_lite_s", "-"),
-            r["memory"]["caseindex_bytes_per_case"],
-        ])
-    return format_table(rows, ["n", "ham CI ms", "ham FAISS", "ham NumPy", "CI/FAISS", "float CI ms", "FlatIP", "NumPy f32",
-                               "milvus ms", "milvus R@10", "speedup", "CI R@10", "build s", "rebuild s", "B/case"])
+        rows.append(
+            [
+                r["n"],
+                h["caseindex"]["p50_ms"],
+                h["faiss_binary_flat"]["p50_ms"],
+                h["numpy_bitwise_count"]["p50_ms"],
+                h["ratio_caseindex_vs_faiss_p50"],
+                f["caseindex"]["p50_ms"],
+                f["faiss_flat_ip"]["p50_ms"],
+                f["numpy_float32"]["p50_ms"],
+                m.get("ef64", {}).get("p50_ms", "-"),
+                m.get("ef64", {}).get("recall_at_10", "-"),
+                m.get("speedup_caseindex_vs_ef64_p50", "-"),
+                f["caseindex"]["recall_at_10"],
+                r["build"]["caseindex_from_arrays_s"],
+                r["build"].get("caseindex_from_milvus_lite_s", "-"),
+                r["memory"]["caseindex_bytes_per_case"],
+            ]
+        )
+    return format_table(
+        rows,
+        [
+            "n",
+            "ham CI ms",
+            "ham FAISS",
+            "ham NumPy",
+            "CI/FAISS",
+            "float CI ms",
+            "FlatIP",
+            "NumPy f32",
+            "milvus ms",
+            "milvus R@10",
+            "speedup",
+            "CI R@10",
+            "build s",
+            "rebuild s",
+            "B/case",
+        ],
+    )
 
 
 def _fmt(x: Any, nd: int = 3) -> str:
@@ -404,40 +560,115 @@ def markdown(res: dict[str, Any]) -> str:
         return f"{d['p50_ms']:.3g} / {d['p99_ms']:.3g}"
 
     out.append("Hamming top-10, 64-bit codes (ms, p50 / p99):\n")
-    table(["cases", "CaseIndex", "FAISS IndexBinaryFlat", "NumPy bitwise_count", "CaseIndex / FAISS (p50)",
-           "bandwidth bound", "CaseIndex / bound"],
-          [[r["n"], pp(h["caseindex"]), pp(h["faiss_binary_flat"]), pp(h["numpy_bitwise_count"]),
-            h["ratio_caseindex_vs_faiss_p50"], h["bandwidth_bound_ms"], h["caseindex"]["x_bandwidth_bound"]]
-           for r in sizes for h in [r["hamming_top10"]]])
+    table(
+        [
+            "cases",
+            "CaseIndex",
+            "FAISS IndexBinaryFlat",
+            "NumPy bitwise_count",
+            "CaseIndex / FAISS (p50)",
+            "bandwidth bound",
+            "CaseIndex / bound",
+        ],
+        [
+            [
+                r["n"],
+                pp(h["caseindex"]),
+                pp(h["faiss_binary_flat"]),
+                pp(h["numpy_bitwise_count"]),
+                h["ratio_caseindex_vs_faiss_p50"],
+                h["bandwidth_bound_ms"],
+                h["caseindex"]["x_bandwidth_bound"],
+            ]
+            for r in sizes
+            for h in [r["hamming_top10"]]
+        ],
+    )
     out.append("Float top-10, 128-d (ms, p50 / p99; recall@10 against exact float32):\n")
     rows = []
     for r in sizes:
         f = r["float_top10"]
         m = f.get("milvus_lite_hnsw")
-        rows.append([r["n"], pp(f["caseindex"]), f["caseindex"]["recall_at_10"], pp(f["faiss_flat_ip"]), pp(f["numpy_float32"]),
-                     f"{pp(m['ef64'])} (R {m['ef64']['recall_at_10']:.2f})" if m else "-",
-                     f"{pp(m['ef256'])} (R {m['ef256']['recall_at_10']:.2f})" if m else "-",
-                     m["speedup_caseindex_vs_ef64_p50"] if m else "-", f["bandwidth_bound_ms"]["float16"],
-                     f["caseindex"]["x_bandwidth_bound"]])
-    table(["cases", "CaseIndex (float16, exact)", "R@10", "FAISS IndexFlatIP (float32)", "NumPy float32",
-           "milvus-lite HNSW ef=64", "milvus-lite HNSW ef=256", "speedup vs ef=64 (same-run p50)", "float16 bound",
-           "CaseIndex / bound"], rows)
+        rows.append(
+            [
+                r["n"],
+                pp(f["caseindex"]),
+                f["caseindex"]["recall_at_10"],
+                pp(f["faiss_flat_ip"]),
+                pp(f["numpy_float32"]),
+                f"{pp(m['ef64'])} (R {m['ef64']['recall_at_10']:.2f})" if m else "-",
+                f"{pp(m['ef256'])} (R {m['ef256']['recall_at_10']:.2f})" if m else "-",
+                m["speedup_caseindex_vs_ef64_p50"] if m else "-",
+                f["bandwidth_bound_ms"]["float16"],
+                f["caseindex"]["x_bandwidth_bound"],
+            ]
+        )
+    table(
+        [
+            "cases",
+            "CaseIndex (float16, exact)",
+            "R@10",
+            "FAISS IndexFlatIP (float32)",
+            "NumPy float32",
+            "milvus-lite HNSW ef=64",
+            "milvus-lite HNSW ef=256",
+            "speedup vs ef=64 (same-run p50)",
+            "float16 bound",
+            "CaseIndex / bound",
+        ],
+        rows,
+    )
     out.append("CaseIndex, other paths (ms p50; recall@10 against exact float32 cosine):\n")
     names = list(sizes[0]["caseindex_other"])
-    table(["cases"] + names, [[r["n"]] + [
-        f"{r['caseindex_other'][k]['p50_ms']:.3g}" + (f" (R {r['caseindex_other'][k]['recall_at_10_vs_exact_float']:.2f})"
-                                                      if "recall_at_10_vs_exact_float" in r["caseindex_other"][k] else "")
-        for k in names] for r in sizes])
+    table(
+        ["cases"] + names,
+        [
+            [r["n"]]
+            + [
+                f"{r['caseindex_other'][k]['p50_ms']:.3g}"
+                + (
+                    f" (R {r['caseindex_other'][k]['recall_at_10_vs_exact_float']:.2f})"
+                    if "recall_at_10_vs_exact_float" in r["caseindex_other"][k]
+                    else ""
+                )
+                for k in names
+            ]
+            for r in sizes
+        ],
+    )
     out.append("Build and memory:\n")
-    table(["cases", "CaseIndex from arrays (s)", "milvus-lite insert (s)", "milvus-lite index build wait (s)",
-           "CaseIndex rebuilt from milvus-lite (s)", "CaseIndex B/case", "RSS delta B/case", "milvus-lite file (MB)",
-           "milvus-lite B/case"],
-          [[r["n"], b["caseindex_from_arrays_s"], b.get("milvus_lite_insert_s", "-"), b.get("milvus_lite_index_wait_s", "-"),
-            b.get("caseindex_from_milvus_lite_s", "-"), r["memory"]["caseindex_bytes_per_case"],
-            r["memory"]["rss_delta_bytes_per_case"], r.get("milvus_lite_file_bytes", 0) / 1e6 or "-",
-            r.get("milvus_lite_file_bytes_per_case", "-")] for r in sizes for b in [r["build"]]])
+    table(
+        [
+            "cases",
+            "CaseIndex from arrays (s)",
+            "milvus-lite insert (s)",
+            "milvus-lite index build wait (s)",
+            "CaseIndex rebuilt from milvus-lite (s)",
+            "CaseIndex B/case",
+            "RSS delta B/case",
+            "milvus-lite file (MB)",
+            "milvus-lite B/case",
+        ],
+        [
+            [
+                r["n"],
+                b["caseindex_from_arrays_s"],
+                b.get("milvus_lite_insert_s", "-"),
+                b.get("milvus_lite_index_wait_s", "-"),
+                b.get("caseindex_from_milvus_lite_s", "-"),
+                r["memory"]["caseindex_bytes_per_case"],
+                r["memory"]["rss_delta_bytes_per_case"],
+                r.get("milvus_lite_file_bytes", 0) / 1e6 or "-",
+                r.get("milvus_lite_file_bytes_per_case", "-"),
+            ]
+            for r in sizes
+            for b in [r["build"]]
+        ],
+    )
     out.append("Targets (TARGETS.md):\n")
-    table(["target", "cases", "measured", "met"], [[t["target"], t["n"], t["measured"], t["met"]] for t in res["targets"]])
+    table(
+        ["target", "cases", "measured", "met"], [[t["target"], t["n"], t["measured"], t["met"]] for t in res["targets"]]
+    )
     return "\n".join(out)
 
 
@@ -471,11 +702,21 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return {
-        "provenance": {**prov, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       "load_avg_1m_at_end": os.getloadavg()[0]},
-        "config": {"sizes": args.sizes, "dim": args.dim, "bits": args.bits, "queries": args.queries, "top_k": TOP_K,
-                   "milvus_max": args.milvus_max, "milvus_hnsw": {"M": 16, "efConstruction": 100},
-                   "data": "Gaussian embeddings (queries held out), LSH codes; synthetic"},
+        "provenance": {
+            **prov,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+        },
+        "config": {
+            "sizes": args.sizes,
+            "dim": args.dim,
+            "bits": args.bits,
+            "queries": args.queries,
+            "top_k": TOP_K,
+            "milvus_max": args.milvus_max,
+            "milvus_hnsw": {"M": 16, "efConstruction": 100},
+            "data": "Gaussian embeddings (queries held out), LSH codes; synthetic",
+        },
         "copy_bandwidth_gb_s": bw / 1e9,
         "sizes": results,
         "targets": _targets(results),
@@ -486,18 +727,29 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ranking", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default=None, help="comma-separated index sizes (default 10000,100000; --quick: 10000)")
     p.add_argument("--quick", action="store_true", help="small and fast: 10k cases, 30 queries, no file written")
-    p.add_argument("--milvus-max", type=int, default=100_000, help="largest size that also runs milvus-lite (1M takes ~6 min)")
+    p.add_argument(
+        "--milvus-max", type=int, default=100_000, help="largest size that also runs milvus-lite (1M takes ~6 min)"
+    )
     p.add_argument("--queries", type=int, default=None, help="queries per contender (default 200; --quick: 30)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="FAISS/OpenMP threads for every contender")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help=f"JSON output (default {DEFAULT_OUT.relative_to(Path.cwd()) if DEFAULT_OUT.is_relative_to(Path.cwd()) else DEFAULT_OUT}; none with --quick)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"JSON output (default {DEFAULT_OUT.relative_to(Path.cwd()) if DEFAULT_OUT.is_relative_to(Path.cwd()) else DEFAULT_OUT}; none with --quick)",
+    )
     p.add_argument("--workdir", default=None, help="where milvus-lite files go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the milvus-lite files")
-    p.add_argument("--render", default=None, metavar="JSON", help="print the markdown tables of a results file and exit")
-    p.add_argument("--restart", action="store_true",
-                   help="only the restart measurement: rebuild from milvus-lite vs index snapshot (JSON to --out)")
+    p.add_argument(
+        "--render", default=None, metavar="JSON", help="print the markdown tables of a results file and exit"
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="only the restart measurement: rebuild from milvus-lite vs index snapshot (JSON to --out)",
+    )
     a = p.parse_args(argv)
     a.sizes = [int(s) for s in (a.sizes or ("10000" if a.quick else "10000,100000")).split(",") if s]
     a.queries = a.queries or (30 if a.quick else 200)
@@ -521,7 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(res, indent=2, default=float))
     print(_table(res["sizes"]))
     for t in res["targets"]:
-        print(f"  {'MET ' if t['met'] else ('n/a ' if t['met'] is None else 'MISS')} {t['target']}: {t['measured']:.3g} (n={t['n']})")
+        print(
+            f"  {'MET ' if t['met'] else ('n/a ' if t['met'] is None else 'MISS')} {t['target']}: {t['measured']:.3g} (n={t['n']})"
+        )
     if args.out:
         print(f"wrote {write_json(args.out, res)}", file=sys.stderr)
     return 0

@@ -43,18 +43,20 @@ def run(*, limit: int | None = None, seed: int = 0, items_per_report: int = 2) -
     t0 = time.perf_counter()
     res = evaluate(lambda s: scrub_report(s).text, reports, seed=seed, items_per_report=items_per_report)
     seconds = time.perf_counter() - t0
-    res.update({
-        "scrubber": "presidio-analyzer/anonymizer 2.2 pattern recognizers + lungsearch patterns (no NLP model)",
-        "corpus": "IU X-ray (OpenI NLMCXR) reports from torchxrayvision; PHI synthetic, inserted at random sentence boundaries",
-        "engine_build_s": build_s,
-        "ms_per_scrub": 1e3 * seconds / max(1, 2 * len(reports)),
-        "targets": {"recall": TARGET_RECALL, "kept": TARGET_KEPT},
-        "meets_targets": res["recall"] >= TARGET_RECALL and res["kept"] >= TARGET_KEPT,
-        "alternatives": {
-            "philter-lite 0.6": "not runnable offline: detect_phi calls nltk.pos_tag, which needs NLTK's "
-                                "averaged_perceptron_tagger_eng data (a download; LookupError here)",
-        },
-    })
+    res.update(
+        {
+            "scrubber": "presidio-analyzer/anonymizer 2.2 pattern recognizers + lungsearch patterns (no NLP model)",
+            "corpus": "IU X-ray (OpenI NLMCXR) reports from torchxrayvision; PHI synthetic, inserted at random sentence boundaries",
+            "engine_build_s": build_s,
+            "ms_per_scrub": 1e3 * seconds / max(1, 2 * len(reports)),
+            "targets": {"recall": TARGET_RECALL, "kept": TARGET_KEPT},
+            "meets_targets": res["recall"] >= TARGET_RECALL and res["kept"] >= TARGET_KEPT,
+            "alternatives": {
+                "philter-lite 0.6": "not runnable offline: detect_phi calls nltk.pos_tag, which needs NLTK's "
+                "averaged_perceptron_tagger_eng data (a download; LookupError here)",
+            },
+        }
+    )
     return res
 
 
@@ -70,7 +72,9 @@ def run_philter(*, limit: int | None = None, seed: int = 0, items_per_report: in
     from lungsearch.data.report_deid_eval import evaluate, iu_xray_reports
 
     nltk.pos_tag = lambda tokens, *a, **k: [(t, "NN") for t in tokens]  # the tagger data is a download
-    filters = philter_lite.load_filters(str(importlib.resources.files("philter_lite") / "configs" / "philter_delta.toml"))
+    filters = philter_lite.load_filters(
+        str(importlib.resources.files("philter_lite") / "configs" / "philter_delta.toml")
+    )
 
     def scrub(text: str) -> str:
         include, _, _ = philter_lite.detect_phi(text, filters)

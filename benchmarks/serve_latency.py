@@ -72,11 +72,20 @@ def _synthetic_cases(model, card, n: int, seed: int):
     out = []
     for i in range(n):
         labels = [targets[j] for j in np.flatnonzero(rng.random(len(targets)) < 0.2)] or [targets[0]]
-        out.append(StoredCase(case_key=f"syn{seed:02d}{i:010d}", modality=card.config.modality,
-                              view="PA" if card.config.modality == "cxr" else "AXIAL", labels=labels,
-                              report_excerpt="synthetic case", embedding=emb[i],
-                              code=codes[i].tobytes() if codes is not None else b"", ingested_at=now,
-                              num_images=1, model_version=card.version))
+        out.append(
+            StoredCase(
+                case_key=f"syn{seed:02d}{i:010d}",
+                modality=card.config.modality,
+                view="PA" if card.config.modality == "cxr" else "AXIAL",
+                labels=labels,
+                report_excerpt="synthetic case",
+                embedding=emb[i],
+                code=codes[i].tobytes() if codes is not None else b"",
+                ingested_at=now,
+                num_images=1,
+                model_version=card.version,
+            )
+        )
     return emb, codes, out
 
 
@@ -123,8 +132,9 @@ def _load_run(stub, make_req, concurrency: int, requests: int) -> dict[str, Any]
     return {"concurrency": concurrency, **latency_stats(lat), "qps": len(lat) / wall, "errors": errors}
 
 
-def _numpy_rank(emb32: np.ndarray, codes64: np.ndarray | None, q: np.ndarray, qcode64: np.ndarray | None,
-                candidates: int) -> np.ndarray:
+def _numpy_rank(
+    emb32: np.ndarray, codes64: np.ndarray | None, q: np.ndarray, qcode64: np.ndarray | None, candidates: int
+) -> np.ndarray:
     """Brute force: Hamming candidates (popcount) + cosine re-rank, or exact cosine."""
     if codes64 is not None:
         d = np.bitwise_count(codes64 ^ qcode64).sum(axis=1)
@@ -151,10 +161,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in args.sizes.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="lungsearch-bench-serve-"))
-    result: dict[str, Any] = {"provenance": provenance("serve_latency", seed=args.seed, profile=args.profile,
-                                                       sizes=sizes, concurrency=concurrency, threads=args.threads,
-                                                       image_size=args.image_size, stages=args.stages,
-                                                       untrained_model=True)}
+    result: dict[str, Any] = {
+        "provenance": provenance(
+            "serve_latency",
+            seed=args.seed,
+            profile=args.profile,
+            sizes=sizes,
+            concurrency=concurrency,
+            threads=args.threads,
+            image_size=args.image_size,
+            stages=args.stages,
+            untrained_model=True,
+        )
+    }
     try:
         # --- registry: one version per index size (same weights), store pre-filled --------------
         cfg = load_profile(args.profile, [f"data.image_size={args.image_size}"])
@@ -163,8 +182,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reg = work / "artifacts"
         versions = {}
         for n in sizes:
-            card = save_model(model0, cfg, metrics={}, data_fingerprint="synthetic", synthetic_data=True, root=reg,
-                              version=f"20260101-000000-n{n}")
+            card = save_model(
+                model0,
+                cfg,
+                metrics={},
+                data_fingerprint="synthetic",
+                synthetic_data=True,
+                root=reg,
+                version=f"20260101-000000-n{n}",
+            )
             versions[n] = card.version
         model, card = load_model(f"{args.profile}@{versions[sizes[0]]}", root=reg)
         db = work / "serve.db"
@@ -174,10 +200,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             emb, codes, cases = _synthetic_cases(model, card, n, seed=len(data))
             for i in range(0, n, 20000):
-                store.upsert(args.profile, versions[n], cases[i:i + 20000])
+                store.upsert(args.profile, versions[n], cases[i : i + 20000])
             store.wait_for_index(args.profile, versions[n], timeout=1800)
             data[n] = (emb, codes)
-            print(f"store: {n} synthetic cases written, flushed and indexed in {time.perf_counter() - t:.1f} s", flush=True)
+            print(
+                f"store: {n} synthetic cases written, flushed and indexed in {time.perf_counter() - t:.1f} s",
+                flush=True,
+            )
         store.close()
         # The in-process comparison needs the same data without the Ranking replica's file lock.
         shutil.copytree(db, work / "inproc.db")
@@ -185,7 +214,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         queries = _query_images(kind, 16, args.image_size, work)
 
         # --- Serve app -----------------------------------------------------------------------------
-        import ray
         from ray import serve
         from ray.serve.config import gRPCOptions
 
@@ -195,12 +223,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         init_ray(address="", num_cpus=args.num_cpus or os.cpu_count(), log_to_driver=False)
         port = _free_port()
         fns = yaml.safe_load((Path(__file__).resolve().parents[1] / "services" / "serve_config.yaml").read_text())
-        serve.start(grpc_options=gRPCOptions(port=port, grpc_servicer_functions=fns["grpc_options"]["grpc_servicer_functions"]))
+        serve.start(
+            grpc_options=gRPCOptions(port=port, grpc_servicer_functions=fns["grpc_options"]["grpc_servicer_functions"])
+        )
         t = time.perf_counter()
-        serve.run(app({"profiles": [f"{args.profile}@{versions[sizes[0]]}"], "artifacts_dir": str(reg),
-                       "milvus_uri": str(db), "hmac_key_file": str(work / "hmac.key"), "insecure_local": True,
-                       "torch_threads": args.threads, "stages": args.stages}), name="lungsearch",
-                  route_prefix="/lungsearch")
+        serve.run(
+            app(
+                {
+                    "profiles": [f"{args.profile}@{versions[sizes[0]]}"],
+                    "artifacts_dir": str(reg),
+                    "milvus_uri": str(db),
+                    "hmac_key_file": str(work / "hmac.key"),
+                    "insecure_local": True,
+                    "torch_threads": args.threads,
+                    "stages": args.stages,
+                }
+            ),
+            name="lungsearch",
+            route_prefix="/lungsearch",
+        )
         result["app_start_s"] = time.perf_counter() - t
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = gateway_pb2_grpc.LungSearchStub(channel)
@@ -209,8 +250,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ref = common_pb2.ModelRef(profile=args.profile, version=versions[n])
 
             def req(i):
-                return gateway_pb2.SearchRequest(model=ref, top_k=TOP_K,
-                                                 images=[common_pb2.Image(data=d) for d in queries[i % len(queries)]])
+                return gateway_pb2.SearchRequest(
+                    model=ref, top_k=TOP_K, images=[common_pb2.Image(data=d) for d in queries[i % len(queries)]]
+                )
+
             return req
 
         # --- in-process: the same stages, same model, same data (a copy of the store) -----------
@@ -230,10 +273,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 fused = pipeline.fuse_batch(model, [feats])[0]
                 code = None
                 if card.code_bits:
-                    code = pipeline.hash_code(model, hash_logits=feats["hash_logits"]) if "hash_logits" in feats \
+                    code = (
+                        pipeline.hash_code(model, hash_logits=feats["hash_logits"])
+                        if "hash_logits" in feats
                         else pipeline.hash_code(model, embedding=fused["embedding"])
+                    )
                 hits = index.search(fused["embedding"], code, top_k=TOP_K)
                 inproc_store.get_many(args.profile, versions[n], [h.key for h in hits])
+
             return call
 
         result["sizes"] = {}
@@ -241,21 +288,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             req = make_req(n)
             for i in range(3):  # warm up (the other versions' indexes load on first use)
                 stub.Search(req(i), timeout=600)
-            index = CaseIndex.from_store(inproc_store, args.profile, versions[n],
-                                         default_candidates=cfg.index.candidates if cfg.index else 100)
+            index = CaseIndex.from_store(
+                inproc_store, args.profile, versions[n], default_candidates=cfg.index.candidates if cfg.index else 100
+            )
             row: dict[str, Any] = {"cases": n, "load": []}
             for c in concurrency:
                 r = _load_run(stub, req, c, max(args.requests, 4 * c))
                 row["load"].append(r)
-                print(f"N={n:>7} c={c:>2}: p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-                      f"{r['qps']:.1f} QPS  errors {r['errors']}", flush=True)
+                print(
+                    f"N={n:>7} c={c:>2}: p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+                    f"{r['qps']:.1f} QPS  errors {r['errors']}",
+                    flush=True,
+                )
             grpc_call = lambda i, req=req: stub.Search(req(i), timeout=120)  # noqa: E731
             pair = time_interleaved({"grpc_serve": grpc_call, "in_process": inproc(n, index)}, args.overhead_requests)
             g, p = latency_stats(pair["grpc_serve"]), latency_stats(pair["in_process"])
-            row["overhead"] = {"grpc_serve": g, "in_process": p, "overhead_p50_ms": g["p50_ms"] - p["p50_ms"],
-                               "target_p50_ms": 5.0, "met": g["p50_ms"] - p["p50_ms"] <= 5.0}
-            print(f"N={n:>7} overhead: gRPC/Serve p50 {g['p50_ms']:.1f} ms vs in-process {p['p50_ms']:.1f} ms "
-                  f"-> {g['p50_ms'] - p['p50_ms']:.1f} ms (target <= 5)", flush=True)
+            row["overhead"] = {
+                "grpc_serve": g,
+                "in_process": p,
+                "overhead_p50_ms": g["p50_ms"] - p["p50_ms"],
+                "target_p50_ms": 5.0,
+                "met": g["p50_ms"] - p["p50_ms"] <= 5.0,
+            }
+            print(
+                f"N={n:>7} overhead: gRPC/Serve p50 {g['p50_ms']:.1f} ms vs in-process {p['p50_ms']:.1f} ms "
+                f"-> {g['p50_ms'] - p['p50_ms']:.1f} ms (target <= 5)",
+                flush=True,
+            )
 
             # --- ranking stage alone vs NumPy brute force --------------------------------------------
             emb, codes = data[n]
@@ -277,18 +336,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 codes64 = np.ascontiguousarray(np.pad(codes, ((0, 0), (0, pad)))).view(np.uint64)
                 qcodes64 = np.ascontiguousarray(np.pad(qcodes, ((0, 0), (0, pad)))).view(np.uint64)
             cand = index.default_candidates
-            rank = time_interleaved({
-                "case_index": lambda i: index.search(qs[i % 64], qcodes[i % 64].tobytes() if qcodes is not None else None,
-                                                     top_k=TOP_K),
-                "numpy_brute_force": lambda i: _numpy_rank(emb, codes64, qs[i % 64],
-                                                           qcodes64[i % 64] if qcodes is not None else None, cand),
-            }, args.rank_requests)
+            rank = time_interleaved(
+                {
+                    "case_index": lambda i: index.search(
+                        qs[i % 64], qcodes[i % 64].tobytes() if qcodes is not None else None, top_k=TOP_K
+                    ),
+                    "numpy_brute_force": lambda i: _numpy_rank(
+                        emb, codes64, qs[i % 64], qcodes64[i % 64] if qcodes is not None else None, cand
+                    ),
+                },
+                args.rank_requests,
+            )
             ci, nb = latency_stats(rank["case_index"]), latency_stats(rank["numpy_brute_force"])
-            row["ranking_stage"] = {"case_index": ci, "numpy_brute_force": nb,
-                                    "speedup_p50": nb["p50_ms"] / ci["p50_ms"] if ci["p50_ms"] else None,
-                                    "mode": "hamming candidates + cosine re-rank" if codes is not None else "exact cosine",
-                                    "candidates": cand}
-            print(f"N={n:>7} ranking stage: CaseIndex p50 {ci['p50_ms']:.3f} ms vs NumPy {nb['p50_ms']:.3f} ms", flush=True)
+            row["ranking_stage"] = {
+                "case_index": ci,
+                "numpy_brute_force": nb,
+                "speedup_p50": nb["p50_ms"] / ci["p50_ms"] if ci["p50_ms"] else None,
+                "mode": "hamming candidates + cosine re-rank" if codes is not None else "exact cosine",
+                "candidates": cand,
+            }
+            print(
+                f"N={n:>7} ranking stage: CaseIndex p50 {ci['p50_ms']:.3f} ms vs NumPy {nb['p50_ms']:.3f} ms",
+                flush=True,
+            )
             result["sizes"][str(n)] = row
         inproc_store.close()
         shutdown_ray()  # waits for Ray's processes: the next run starts on quiet cores
@@ -303,12 +373,22 @@ def _table(result: dict[str, Any]) -> str:
         for r in row["load"]:
             rows.append([n, r["concurrency"], r["p50_ms"], r["p99_ms"], r["qps"], sum(r["errors"].values())])
     t1 = format_table(rows, ["cases", "concurrency", "p50 ms", "p99 ms", "QPS", "errors"])
-    rows2 = [[n, row["ranking_stage"]["case_index"]["p50_ms"], row["ranking_stage"]["case_index"]["p99_ms"],
-              row["ranking_stage"]["numpy_brute_force"]["p50_ms"], row["ranking_stage"]["numpy_brute_force"]["p99_ms"],
-              row["overhead"]["grpc_serve"]["p50_ms"], row["overhead"]["in_process"]["p50_ms"],
-              row["overhead"]["overhead_p50_ms"]] for n, row in result["sizes"].items()]
-    t2 = format_table(rows2, ["cases", "rank p50", "rank p99", "numpy p50", "numpy p99", "gRPC p50", "in-proc p50",
-                              "overhead p50"])
+    rows2 = [
+        [
+            n,
+            row["ranking_stage"]["case_index"]["p50_ms"],
+            row["ranking_stage"]["case_index"]["p99_ms"],
+            row["ranking_stage"]["numpy_brute_force"]["p50_ms"],
+            row["ranking_stage"]["numpy_brute_force"]["p99_ms"],
+            row["overhead"]["grpc_serve"]["p50_ms"],
+            row["overhead"]["in_process"]["p50_ms"],
+            row["overhead"]["overhead_p50_ms"],
+        ]
+        for n, row in result["sizes"].items()
+    ]
+    t2 = format_table(
+        rows2, ["cases", "rank p50", "rank p99", "numpy p50", "numpy p99", "gRPC p50", "in-proc p50", "overhead p50"]
+    )
     return t1 + "\n\n" + t2
 
 
@@ -321,8 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overhead-requests", type=int, default=40)
     ap.add_argument("--rank-requests", type=int, default=200)
     ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--stages", choices=["graph", "fused"], default="graph",
-                    help="graph: Encoding -> Fusion -> Hashing hops; fused: the Encoding replica fuses and hashes")
+    ap.add_argument(
+        "--stages",
+        choices=["graph", "fused"],
+        default="graph",
+        help="graph: Encoding -> Fusion -> Hashing hops; fused: the Encoding replica fuses and hashes",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model replica and in-process")
     ap.add_argument("--num-cpus", type=int, default=0, help="logical CPUs of the local Ray (0 = all)")
     ap.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,9 @@ from lungsearch.models.heads import BiLSTMHead, SparseGatedBiLSTM
 __all__ = ["main", "make_task", "run"]
 
 
-def make_task(n: int, seq: int, dim: int, classes: int, informative: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_task(
+    n: int, seq: int, dim: int, classes: int, informative: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequences ``[n, seq, dim]`` and labels: a fraction ``informative`` of the steps has
     feature 0 = +3 (the marker) and +2 on feature ``1 + label``; other steps have feature 0 = -3."""
     g = torch.Generator().manual_seed(seed)
@@ -48,7 +50,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _train(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> float:
+def _train(
+    head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: float, seed: int
+) -> float:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     mask = torch.ones(batch, x.shape[1], dtype=torch.bool, device=x.device)
@@ -98,9 +102,20 @@ def _time_pair(a, b, inputs, repeats: int, inputs_b=None) -> tuple[float, float]
     return statistics.median(ta), statistics.median(tb)
 
 
-def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batch: int = 32, train_steps: int = 150,
-        informative: float = 0.15, sparsity: float = 3.0, repeats: int = 30, threads: int = 1, seed: int = 0,
-        device: str = "cpu") -> dict:
+def run(
+    seq: int = 144,
+    dim: int = 128,
+    hidden: int = 64,
+    classes: int = 6,
+    batch: int = 32,
+    train_steps: int = 150,
+    informative: float = 0.15,
+    sparsity: float = 3.0,
+    repeats: int = 30,
+    threads: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
     """Train both heads, time their inference side by side; returns the JSON-able result."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -140,9 +155,16 @@ def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batc
         # the baseline has no gates and always sees the full sequence
         forced = {"sequence": x_test, "sequence_mask": inputs["sequence_mask"] & keep_steps[None, :]}
         tb_, ts_ = _time_pair(base, sg, inputs, max(5, repeats // 3), inputs_b=forced)
-        sweep.append({"keep_fraction": frac, "kept_steps": round(sg.last_stats["kept_steps"] * float(keep_steps.float().mean()), 3),
-                      "kept_units": sg.last_stats["kept_units"], "bilstm_ms": round(tb_ * 1e3, 3), "sg_bilstm_ms": round(ts_ * 1e3, 3),
-                      "ratio": round(ts_ / tb_, 3)})
+        sweep.append(
+            {
+                "keep_fraction": frac,
+                "kept_steps": round(sg.last_stats["kept_steps"] * float(keep_steps.float().mean()), 3),
+                "kept_units": sg.last_stats["kept_units"],
+                "bilstm_ms": round(tb_ * 1e3, 3),
+                "sg_bilstm_ms": round(ts_ * 1e3, 3),
+                "ratio": round(ts_ / tb_, 3),
+            }
+        )
     with torch.no_grad():
         sg.step_gate.weight.copy_(trained_w)
         sg.step_gate.bias.copy_(trained_bias)
@@ -151,8 +173,20 @@ def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batc
     return {
         "benchmark": "sparse_gate",
         "data": "synthetic sequences (phantom task, not clinical data)",
-        "input": {"batch": batch, "seq": seq, "dim": dim, "hidden": hidden, "classes": classes, "informative_fraction": informative},
-        "train": {"steps": train_steps, "sparsity_weight": sparsity, "bilstm_s": round(t_base, 2), "sg_bilstm_s": round(t_sg, 2)},
+        "input": {
+            "batch": batch,
+            "seq": seq,
+            "dim": dim,
+            "hidden": hidden,
+            "classes": classes,
+            "informative_fraction": informative,
+        },
+        "train": {
+            "steps": train_steps,
+            "sparsity_weight": sparsity,
+            "bilstm_s": round(t_base, 2),
+            "sg_bilstm_s": round(t_sg, 2),
+        },
         "accuracy": {"bilstm": acc_base, "sg_bilstm": acc_sg},
         "sg_kept": {"steps": round(kept["kept_steps"], 3), "units": round(kept["kept_units"], 3)},
         "bilstm_ms": round(t_b * 1e3, 3),
@@ -161,7 +195,9 @@ def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batc
         "change_percent": round((t_s / t_b - 1) * 100, 1),
         "forced_sweep": sweep,
         "threads": threads,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
         "machine": platform.machine(),
         "note": "ratio = SG-Bi-LSTM / Bi-LSTM median inference time on the same batch; < 1 is faster. Paper 1: -60%.",
@@ -170,7 +206,9 @@ def run(seq: int = 144, dim: int = 128, hidden: int = 64, classes: int = 6, batc
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seq", type=int, default=144, help="sequence length (cxr-report: 16 image + up to 128 report tokens)")
+    ap.add_argument(
+        "--seq", type=int, default=144, help="sequence length (cxr-report: 16 image + up to 128 report tokens)"
+    )
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
@@ -182,8 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
-    result = run(seq=a.seq, dim=a.dim, hidden=a.hidden, batch=a.batch, train_steps=a.train_steps, sparsity=a.sparsity,
-                 repeats=a.repeats, threads=a.threads, seed=a.seed, device=a.device)
+    result = run(
+        seq=a.seq,
+        dim=a.dim,
+        hidden=a.hidden,
+        batch=a.batch,
+        train_steps=a.train_steps,
+        sparsity=a.sparsity,
+        repeats=a.repeats,
+        threads=a.threads,
+        seed=a.seed,
+        device=a.device,
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

@@ -32,22 +32,48 @@ TARGET_S = 300.0
 def run_profile(profile: str, overrides: list[str], timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"lungsearch-budget-{profile}-") as art:
         env = dict(os.environ, LUNGSEARCH_ARTIFACTS_DIR=art, PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, str(REPO / "ray_jobs" / "train.py"), "--config", str(REPO / "configs" / f"{profile}.yaml"),
-               *overrides, f"train.storage_path={art}/runs", "--fresh"]
+        cmd = [
+            sys.executable,
+            str(REPO / "ray_jobs" / "train.py"),
+            "--config",
+            str(REPO / "configs" / f"{profile}.yaml"),
+            *overrides,
+            f"train.storage_path={art}/runs",
+            "--fresh",
+        ]
         # Generate the phantoms first (a one-off cost of the first run on a machine, not training).
-        subprocess.run([sys.executable, "-c", f"from lungsearch.config import load_profile; from lungsearch.data import load_records; "
-                        f"load_records(load_profile('{profile}', {overrides!r}).data)"], env=env, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from lungsearch.config import load_profile; from lungsearch.data import load_records; "
+                f"load_records(load_profile('{profile}', {overrides!r}).data)",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
         wall = time.perf_counter() - t0
         summary = job_summary(proc.stdout)
-    return {"profile": profile, "command": "python ray_jobs/train.py --config configs/%s.yaml %s" % (profile, " ".join(overrides)),
-            "returncode": proc.returncode, "wall_s": wall, "within_target": proc.returncode == 0 and wall <= TARGET_S,
-            "load_avg_1m_before": load0, "load_avg_1m_after": os.getloadavg()[0], "epochs": summary.get("epochs"),
-            "metrics": {k: v for k, v in (summary.get("metrics") or {}).items() if k in
-                        ("test_accuracy", "test_auc", "test_map10", "test_top1_f1", "test_silhouette", "val_loss")},
-            "error_tail": proc.stderr[-1500:] if proc.returncode else ""}
+    return {
+        "profile": profile,
+        "command": "python ray_jobs/train.py --config configs/%s.yaml %s" % (profile, " ".join(overrides)),
+        "returncode": proc.returncode,
+        "wall_s": wall,
+        "within_target": proc.returncode == 0 and wall <= TARGET_S,
+        "load_avg_1m_before": load0,
+        "load_avg_1m_after": os.getloadavg()[0],
+        "epochs": summary.get("epochs"),
+        "metrics": {
+            k: v
+            for k, v in (summary.get("metrics") or {}).items()
+            if k in ("test_accuracy", "test_auc", "test_map10", "test_top1_f1", "test_silhouette", "val_loss")
+        },
+        "error_tail": proc.stderr[-1500:] if proc.returncode else "",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     for profile in args.profiles:
         rows.append(run_profile(profile, args.set, args.timeout))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "train_budget", "target_s": TARGET_S, "data": "phantoms (synthetic)", "rows": rows,
-              "provenance": prov}
+    result = {
+        "benchmark": "train_budget",
+        "target_s": TARGET_S,
+        "data": "phantoms (synthetic)",
+        "rows": rows,
+        "provenance": prov,
+    }
     print(json.dumps(result, indent=2))
     if args.out:
         write_json(args.out, result)

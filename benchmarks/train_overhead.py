@@ -38,13 +38,23 @@ def _table(cfg, n: int, seed: int):
     images = rng.normal(0, 0.3, (n, 1, 1, size, size)).astype(np.float32)
     for i in range(n):
         r0 = (y[i] * size) // c
-        images[i, :, 0, r0:r0 + max(2, size // c)] += 1.5
+        images[i, :, 0, r0 : r0 + max(2, size // c)] += 1.5
     hot = np.eye(c, dtype=np.float32)[y]
     targets = list(cfg.data.targets)
-    return CaseTable(case_ids=[f"b{i}" for i in range(n)], groups=[f"b{i}" for i in range(n)], images=images,
-                     n_slices=np.ones(n, dtype=np.int32), labels=hot if cfg.data.multilabel else y.astype(np.int64),
-                     multi_hot=hot, reports=[f"finding {targets[k].lower()}" for k in y], radiomics=None,
-                     modality=cfg.modality, views=["PA"] * n, synthetic=True, targets=targets)
+    return CaseTable(
+        case_ids=[f"b{i}" for i in range(n)],
+        groups=[f"b{i}" for i in range(n)],
+        images=images,
+        n_slices=np.ones(n, dtype=np.int32),
+        labels=hot if cfg.data.multilabel else y.astype(np.int64),
+        multi_hot=hot,
+        reports=[f"finding {targets[k].lower()}" for k in y],
+        radiomics=None,
+        modality=cfg.modality,
+        views=["PA"] * n,
+        synthetic=True,
+        targets=targets,
+    )
 
 
 def plain_loop(cfg, table, epochs: int, threads: int) -> list[float]:  # noqa: D401
@@ -59,10 +69,14 @@ def plain_loop(cfg, table, epochs: int, threads: int) -> list[float]:  # noqa: D
     model = create_model(cfg).train()
     loss_fn = create_loss(cfg.model.loss)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
-    ds = torch.utils.data.TensorDataset(torch.from_numpy(table.images), torch.from_numpy(table.n_slices.astype(np.int64)),
-                                        torch.from_numpy(table.labels))
-    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True,
-                                     generator=torch.Generator().manual_seed(0))
+    ds = torch.utils.data.TensorDataset(
+        torch.from_numpy(table.images),
+        torch.from_numpy(table.n_slices.astype(np.int64)),
+        torch.from_numpy(table.labels),
+    )
+    dl = torch.utils.data.DataLoader(
+        ds, batch_size=cfg.train.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     has_text = model.text_encoder is not None
     rates = []
     for _ in range(epochs):
@@ -101,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="torch threads in both contenders (Ray worker: train.torch_threads)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads in both contenders (Ray worker: train.torch_threads)"
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     from benchmarks._util import provenance
@@ -111,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     from lungsearch.config import load_profile
     from lungsearch.runtime import init_ray
 
-    overrides = [f"data.image_size={args.image_size}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
-                 "train.early_stopping_patience=0", "data.augment=false", f"train.torch_threads={args.threads}"]
+    overrides = [
+        f"data.image_size={args.image_size}",
+        f"train.epochs={args.epochs}",
+        f"train.batch_size={args.batch_size}",
+        "train.early_stopping_patience=0",
+        "data.augment=false",
+        f"train.torch_threads={args.threads}",
+    ]
     if args.profile in ("cxr-report", "cxr-clip"):
         overrides.append("model.text_encoder={name: hashed, params: {}}")  # the loop, not BERT, is measured
     cfg = load_profile(args.profile, overrides)
@@ -129,11 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     ratio = steady(ray_rates) / plain_rate
     result = {
         "benchmark": "train_overhead",
-        "profile": args.profile, "cases": args.cases, "image_size": args.image_size, "batch_size": args.batch_size,
-        "epochs": args.epochs, "torch_threads": args.threads, "data": "synthetic arrays (computation only)",
-        "plain_samples_per_s": plain_rate, "ray_train_samples_per_s": steady(ray_rates),
-        "ratio_ray_over_plain": ratio, "target": ">= 0.9", "met": ratio >= 0.9,
-        "plain_per_epoch": plain, "ray_per_epoch": ray_rates, "ray_fit_wall_s_including_startup": ray_wall,
+        "profile": args.profile,
+        "cases": args.cases,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "torch_threads": args.threads,
+        "data": "synthetic arrays (computation only)",
+        "plain_samples_per_s": plain_rate,
+        "ray_train_samples_per_s": steady(ray_rates),
+        "ratio_ray_over_plain": ratio,
+        "target": ">= 0.9",
+        "met": ratio >= 0.9,
+        "plain_per_epoch": plain,
+        "ray_per_epoch": ray_rates,
+        "ray_fit_wall_s_including_startup": ray_wall,
         "provenance": prov,
     }
     text = json.dumps(result, indent=2)

@@ -61,7 +61,9 @@ class Component(_Strict):
 class PhantomConfig(_Strict):
     """The built-in synthetic dataset (see docs/phantoms.md)."""
 
-    kind: Literal["cxr", "cxr4", "ct"] = Field(description="cxr: CXR + real IU X-ray report; cxr4: 4-class COVID/opacity/viral/normal; ct: ILD CT DICOM series.")
+    kind: Literal["cxr", "cxr4", "ct"] = Field(
+        description="cxr: CXR + real IU X-ray report; cxr4: 4-class COVID/opacity/viral/normal; ct: ILD CT DICOM series."
+    )
     n: int = Field(ge=4, description="Number of cases (studies) to generate.")
     size: int = Field(default=224, ge=32, le=1024, description="Generated image side in pixels.")
     slices: int = Field(default=8, ge=1, le=256, description="CT slices per series (ct only).")
@@ -71,18 +73,36 @@ class PhantomConfig(_Strict):
 class DataConfig(_Strict):
     """Where the cases come from and how they are split."""
 
-    source: Literal["phantom", "nih", "openi", "covid19-radiography", "chexpert", "mimic-cxr", "ild-ct", "rsna-pneumonia",
-                    "covidx", "folder"] = "phantom"
-    root: str | None = Field(default=None, description="Dataset root on disk (real datasets); phantoms go under data/phantoms/<kind>.")
+    source: Literal[
+        "phantom",
+        "nih",
+        "openi",
+        "covid19-radiography",
+        "chexpert",
+        "mimic-cxr",
+        "ild-ct",
+        "rsna-pneumonia",
+        "covidx",
+        "folder",
+    ] = "phantom"
+    root: str | None = Field(
+        default=None, description="Dataset root on disk (real datasets); phantoms go under data/phantoms/<kind>."
+    )
     phantom: PhantomConfig | None = None
     image_size: int = Field(default=224, ge=32, le=1024, description="Model input side after resize/pad.")
-    window: Literal["lung", "mediastinum", "none"] = Field(default="none", description="CT HU window applied before the CNN.")
+    window: Literal["lung", "mediastinum", "none"] = Field(
+        default="none", description="CT HU window applied before the CNN."
+    )
     equalize: bool = Field(default=False, description="Histogram equalisation in preprocessing.")
     denoise: bool = Field(default=False, description="3x3 Gaussian denoise (paper 2).")
     augment: bool = Field(default=True, description="Train-time rotation/scale/flip.")
     targets: list[str] = Field(default_factory=list, description="Output label order of the model.")
-    multilabel: bool = Field(default=False, description="Labels are independent (sigmoid) rather than one class (softmax).")
-    split: tuple[float, float, float] = Field(default=(0.6, 0.2, 0.2), description="Patient-level train/val/test fractions.")
+    multilabel: bool = Field(
+        default=False, description="Labels are independent (sigmoid) rather than one class (softmax)."
+    )
+    split: tuple[float, float, float] = Field(
+        default=(0.6, 0.2, 0.2), description="Patient-level train/val/test fractions."
+    )
     folds: int = Field(default=1, ge=1, le=20, description="K for K-fold cross-validation (1 = a single split).")
     seed: int = 0
 
@@ -122,16 +142,24 @@ class TrainConfig(_Strict):
     scheduler: Literal["none", "cosine", "step"] = "none"
     num_workers: int = Field(default=1, ge=1, description="Ray Train workers (DDP ranks).")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        default="PACK", description="How the workers are placed over the cluster's nodes (Ray's placement-group strategy).")
+        default="PACK",
+        description="How the workers are placed over the cluster's nodes (Ray's placement-group strategy).",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=0.0, ge=0)
     amp: bool = Field(default=True, description="Mixed precision when on GPU (ignored on CPU).")
-    early_stopping_patience: int = Field(default=0, ge=0, description="Epochs without improvement before stopping (0 = off).")
+    early_stopping_patience: int = Field(
+        default=0, ge=0, description="Epochs without improvement before stopping (0 = off)."
+    )
     monitor: str = Field(default="val_loss", description="Metric for early stopping and best checkpoint.")
     monitor_mode: Literal["min", "max"] = "min"
-    storage_path: str = Field(default="artifacts/runs", description="Checkpoint root: a local path or an object-store URI.")
-    stages: list[str] = Field(default_factory=list, description="Ordered training stages for two-stage recipes (e.g. ['classifier', 'hash']).")
+    storage_path: str = Field(
+        default="artifacts/runs", description="Checkpoint root: a local path or an object-store URI."
+    )
+    stages: list[str] = Field(
+        default_factory=list, description="Ordered training stages for two-stage recipes (e.g. ['classifier', 'hash'])."
+    )
     torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads per worker (0 = leave as is).")
     seed: int = 0
 
@@ -139,7 +167,9 @@ class TrainConfig(_Strict):
 class IndexConfig(_Strict):
     """How cases are indexed and searched."""
 
-    kind: Literal["float", "hamming", "lsh"] = Field(description="float: ANN on embeddings; hamming: learned codes; lsh: random-hyperplane codes over embeddings.")
+    kind: Literal["float", "hamming", "lsh"] = Field(
+        description="float: ANN on embeddings; hamming: learned codes; lsh: random-hyperplane codes over embeddings."
+    )
     metric: Literal["COSINE", "IP", "L2"] = "COSINE"
     code_bits: int = Field(default=0, ge=0, le=1024, description="Bits of the binary code (hamming/lsh).")
     candidates: int = Field(default=100, ge=1, description="Hamming candidates re-ranked by cosine.")
@@ -160,8 +190,12 @@ class DeploymentConfig(_Strict):
 
     num_replicas: int | Literal["auto"] = 1
     max_ongoing_requests: int = Field(default=8, ge=1)
-    max_queued_requests: int = Field(default=64, ge=-1, description="-1 = unbounded; otherwise extra calls fail fast (RESOURCE_EXHAUSTED).")
-    num_cpus: float = Field(default=0.25, ge=0, description="Logical CPUs per replica (fractional so the whole graph fits on 2 cores).")
+    max_queued_requests: int = Field(
+        default=64, ge=-1, description="-1 = unbounded; otherwise extra calls fail fast (RESOURCE_EXHAUSTED)."
+    )
+    num_cpus: float = Field(
+        default=0.25, ge=0, description="Logical CPUs per replica (fractional so the whole graph fits on 2 cores)."
+    )
     num_gpus: float = Field(default=0.0, ge=0)
     max_batch_size: int = Field(default=16, ge=1, description="@serve.batch size (encoders).")
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
@@ -187,7 +221,9 @@ def _default_deployments() -> dict[str, DeploymentConfig]:
 
 
 class ServeConfig(_Strict):
-    deployments: dict[Literal["encoding", "fusion", "hashing", "ranking", "gateway"], DeploymentConfig] = Field(default_factory=_default_deployments)
+    deployments: dict[Literal["encoding", "fusion", "hashing", "ranking", "gateway"], DeploymentConfig] = Field(
+        default_factory=_default_deployments
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 

@@ -44,8 +44,13 @@ class DemoResult:
     synthetic_data: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"synthetic_data": self.synthetic_data, "models": self.models, "index": self.index,
-                "queries": self.queries, "seconds": self.seconds}
+        return {
+            "synthetic_data": self.synthetic_data,
+            "models": self.models,
+            "index": self.index,
+            "queries": self.queries,
+            "seconds": self.seconds,
+        }
 
 
 def _free_port() -> int:
@@ -119,7 +124,9 @@ def run_demo(
     records = {}
     for p, cfg in cfgs.items():
         records[p] = load_records(cfg.data)
-        echo(f"[data]  {p:<11} {len(records[p]):>5} phantom cases ({cfg.data.phantom.kind if cfg.data.phantom else cfg.data.source})")
+        echo(
+            f"[data]  {p:<11} {len(records[p]):>5} phantom cases ({cfg.data.phantom.kind if cfg.data.phantom else cfg.data.source})"
+        )
     res.seconds["data"] = round(time.perf_counter() - t0, 1)
 
     owns_ray = not ray.is_initialized()
@@ -144,8 +151,14 @@ def run_demo(
                 reused = True
             set_live(p, card.version, root=registry_root)
             metrics, report_dir = _report_metrics(card)
-            res.models[p] = {"model": card.ref, "reused": reused, "seconds": round(time.perf_counter() - t1, 1),
-                             "metrics": metrics, "report_dir": report_dir, "synthetic_data": card.synthetic_data}
+            res.models[p] = {
+                "model": card.ref,
+                "reused": reused,
+                "seconds": round(time.perf_counter() - t1, 1),
+                "metrics": metrics,
+                "report_dir": report_dir,
+                "synthetic_data": card.synthetic_data,
+            }
             echo(f"[train] {p:<11} {'reused' if reused else 'trained'} {card.ref}  ({res.models[p]['seconds']} s)")
         res.seconds["train"] = round(time.perf_counter() - t0, 1)
 
@@ -162,11 +175,14 @@ def run_demo(
             if have >= len(records[p]) and not fresh:
                 res.index[p] = {"cases": have, "reused": True}
             else:
-                rep = build_index(card_ref, records=records[p], milvus_uri=milvus_uri, registry_root=registry_root,
-                                  progress=False)
+                rep = build_index(
+                    card_ref, records=records[p], milvus_uri=milvus_uri, registry_root=registry_root, progress=False
+                )
                 res.index[p] = {"cases": rep.count_in_store, "reused": False, "cases_per_s": round(rep.cases_per_s, 1)}
-            echo(f"[index] {p:<11} {res.index[p]['cases']} cases in {collection_name(p, version)}"
-                 f"{' (reused)' if res.index[p]['reused'] else ''}")
+            echo(
+                f"[index] {p:<11} {res.index[p]['cases']} cases in {collection_name(p, version)}"
+                f"{' (reused)' if res.index[p]['reused'] else ''}"
+            )
         res.seconds["index"] = round(time.perf_counter() - t0, 1)
 
         # 4. Serve (the same config `lungsearch serve` deploys), 5. query through the SDK.
@@ -176,8 +192,18 @@ def run_demo(
 
         port = port or _free_port()
         # The server must key cases with the HMAC key build_index just used (one case per study).
-        argv = ["serve", "--insecure-local", "--grpc-port", str(port), "--milvus-uri", milvus_uri, "--metrics-port", "0",
-                "--hmac-key-file", str(Path(constants.HMAC_KEY_FILE).resolve())]
+        argv = [
+            "serve",
+            "--insecure-local",
+            "--grpc-port",
+            str(port),
+            "--milvus-uri",
+            milvus_uri,
+            "--metrics-port",
+            "0",
+            "--hmac-key-file",
+            str(Path(constants.HMAC_KEY_FILE).resolve()),
+        ]
         argv += [a for p in served for a in ("--profile", p)]
         if registry_root:
             argv += ["--artifacts-dir", registry_root]
@@ -187,8 +213,10 @@ def run_demo(
         res.seconds["serve_start"] = round(time.perf_counter() - t0, 1)
         echo(f"[serve] gRPC on 127.0.0.1:{port} ({', '.join(served)}) in {res.seconds['serve_start']} s")
         http = doc.get("http_options") or {}
-        echo(f"[serve] web page on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ "
-             "(while the demo runs; `lungsearch serve` keeps it up)")
+        echo(
+            f"[serve] web page on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ "
+            "(while the demo runs; `lungsearch serve` keeps it up)"
+        )
         t0 = time.perf_counter()
         splits = {p: split_records(records[p], cfgs[p].data.split, seed=cfgs[p].data.seed) for p in served}
         res.queries = _queries(f"127.0.0.1:{port}", splits, work, echo)
@@ -232,11 +260,13 @@ def _queries(target: str, splits, work: Path, echo) -> dict[str, Any]:
             out["image_report_query"] = _hits_summary("cxr-report", rec, hits)
             echo(_fmt_hits("image + report query (cxr-report, fused)", rec, hits))
             cls = client.classify(image=rec.image_paths[0], report=rec.report or "", model="cxr-report")
-            out["classify"] = {"truth": list(rec.labels), "top_label": cls.top_label,
-                               "probabilities": {k: round(v, 3) for k, v in cls.probabilities.items()},
-                               "knn_vote": {k: round(v, 3) for k, v in cls.knn_vote.items()}}
-            echo(f"  classify: truth={list(rec.labels)} predicted={cls.top_label} "
-                 f"knn={out['classify']['knn_vote']}")
+            out["classify"] = {
+                "truth": list(rec.labels),
+                "top_label": cls.top_label,
+                "probabilities": {k: round(v, 3) for k, v in cls.probabilities.items()},
+                "knn_vote": {k: round(v, 3) for k, v in cls.knn_vote.items()},
+            }
+            echo(f"  classify: truth={list(rec.labels)} predicted={cls.top_label} knn={out['classify']['knn_vote']}")
             ex = client.explain(image=rec.image_paths[0], report=rec.report or "", model="cxr-report")
             heat = work / "explain_heatmap.png"
             heat.write_bytes(ex.overlay_png or ex.heatmap_png)
@@ -253,13 +283,18 @@ def _queries(target: str, splits, work: Path, echo) -> dict[str, Any]:
             ing = client.ingest_series(folder, labels=list(rec.labels), model="ct-ild")
             # build_index already stored this study under the same key (keyed DICOM identifiers): the
             # ingest updates that row instead of adding a second copy of the case.
-            echo(f"[ingest] DICOM series ({len(rec.image_paths)} slices, streamed) -> "
-                 f"{'new case' if ing.created else 'already indexed: same study, same case, updated'}")
+            echo(
+                f"[ingest] DICOM series ({len(rec.image_paths)} slices, streamed) -> "
+                f"{'new case' if ing.created else 'already indexed: same study, same case, updated'}"
+            )
             hits = client.search(images=[Path(p) for p in rec.image_paths], top_k=6, model="ct-ild")
             top1 = next((h for h in hits.hits if h.case.case_key != ing.case_key), None)
-            out["ct_series"] = {"ingested_key_created": ing.created, "truth": list(rec.labels),
-                                "top1_label_diagnosis": list(top1.case.labels) if top1 else [],
-                                **_hits_summary("ct-ild", rec, hits)}
+            out["ct_series"] = {
+                "ingested_key_created": ing.created,
+                "truth": list(rec.labels),
+                "top1_label_diagnosis": list(top1.case.labels) if top1 else [],
+                **_hits_summary("ct-ild", rec, hits),
+            }
             echo(_fmt_hits("DICOM series query (ct-ild, LSH + cosine)", rec, hits))
             echo(f"  top-1 label as diagnosis: {out['ct_series']['top1_label_diagnosis']} (truth {list(rec.labels)})")
         # A bad file: rejected with INVALID_ARGUMENT, nothing stored.
@@ -270,15 +305,21 @@ def _queries(target: str, splits, work: Path, echo) -> dict[str, Any]:
             out["bad_file"] = {"rejected": False}
         except InvalidArgument as exc:
             after = {m.model.profile: m.num_cases for m in client.models()}
-            out["bad_file"] = {"rejected": True, "status": "INVALID_ARGUMENT", "reason": exc.reason,
-                               "store_unchanged": before.get(served0) == after.get(served0)}
+            out["bad_file"] = {
+                "rejected": True,
+                "status": "INVALID_ARGUMENT",
+                "reason": exc.reason,
+                "store_unchanged": before.get(served0) == after.get(served0),
+            }
         echo(f"[bad]   garbage bytes -> {out['bad_file']}")
     return out
 
 
 def _hits_summary(profile: str, rec, hits) -> dict[str, Any]:
     truth = set(rec.labels)
-    top = [{"labels": list(h.case.labels), "score": round(h.score, 4), "hamming": h.hamming_distance} for h in hits.hits]
+    top = [
+        {"labels": list(h.case.labels), "score": round(h.score, 4), "hamming": h.hamming_distance} for h in hits.hits
+    ]
     overlap = sum(bool(truth & set(h["labels"])) for h in top) / max(1, len(top))
     return {"profile": profile, "truth": sorted(truth), "hits": top, "label_overlap_share": round(overlap, 3)}
 
@@ -287,8 +328,10 @@ def _fmt_hits(title: str, rec, hits) -> str:
     lines = [f"[query] {title}: truth {list(rec.labels)}"]
     for h in hits.hits:
         ham = f" hamming={h.hamming_distance}" if h.hamming_distance is not None and h.hamming_distance >= 0 else ""
-        lines.append(f"  #{h.rank:<2} score={h.score:.3f}{ham} labels={list(h.case.labels)} "
-                     f"report: {h.case.report_excerpt[:60]!r}")
+        lines.append(
+            f"  #{h.rank:<2} score={h.score:.3f}{ham} labels={list(h.case.labels)} "
+            f"report: {h.case.report_excerpt[:60]!r}"
+        )
     return "\n".join(lines)
 
 
@@ -302,13 +345,20 @@ _HEADLINE = {
 }
 
 
-def serve_command(work: str | os.PathLike, served: Sequence[str] = SERVED_PROFILES,
-                  registry_root: str | os.PathLike | None = None) -> list[str]:
+def serve_command(
+    work: str | os.PathLike, served: Sequence[str] = SERVED_PROFILES, registry_root: str | os.PathLike | None = None
+) -> list[str]:
     """The ``lungsearch serve`` command that serves what this demo built: its profiles, its
     milvus-lite file (not the platform's default store, which the demo leaves alone), and its
     registry and HMAC key where they are not the defaults. Printed at the end and in the README."""
-    argv = ["lungsearch", "serve", *[a for p in served for a in ("--profile", p)], "--insecure-local",
-            "--milvus-uri", str(Path(work) / "lungsearch.db")]
+    argv = [
+        "lungsearch",
+        "serve",
+        *[a for p in served for a in ("--profile", p)],
+        "--insecure-local",
+        "--milvus-uri",
+        str(Path(work) / "lungsearch.db"),
+    ]
     if registry_root and Path(registry_root).resolve() != Path(constants.ARTIFACTS_DIR).resolve():
         argv += ["--artifacts-dir", str(registry_root)]
     # what `lungsearch serve` reads by itself: $LUNGSEARCH_HMAC_KEY_FILE, else <data dir>/hmac.key
@@ -320,8 +370,10 @@ def serve_command(work: str | os.PathLike, served: Sequence[str] = SERVED_PROFIL
 
 def _print_summary(res: DemoResult, work: Path, echo, registry_root: str | None = None) -> None:
     echo("")
-    echo("== lungsearch demo summary (SYNTHETIC phantom data: these numbers show the pipeline works; "
-         "they are not clinical results) ==")
+    echo(
+        "== lungsearch demo summary (SYNTHETIC phantom data: these numbers show the pipeline works; "
+        "they are not clinical results) =="
+    )
     echo(f"{'profile':<11} {'model':<38} {'metric 1':<24} {'metric 2':<24} report (open report.html in it)")
     for p, m in res.models.items():
         cells = []
@@ -330,7 +382,7 @@ def _print_summary(res: DemoResult, work: Path, echo, registry_root: str | None 
             cells.append(f"{name}={v:.3f}" if isinstance(v, float) else f"{name}=n/a")
         cells += [""] * (2 - len(cells))
         echo(f"{p:<11} {m['model']:<38} {cells[0]:<24} {cells[1]:<24} {m['report_dir']}")
-    echo(f"index: " + ", ".join(f"{p}={v['cases']}" for p, v in res.index.items()))
+    echo("index: " + ", ".join(f"{p}={v['cases']}" for p, v in res.index.items()))
     echo("time (s): " + ", ".join(f"{k}={v}" for k, v in res.seconds.items()))
     echo(f"summary: {work / 'summary.json'}")
     echo("serve it again: " + " ".join(shlex.quote(a) for a in serve_command(work, tuple(res.index), registry_root)))

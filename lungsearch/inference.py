@@ -36,9 +36,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from lungsearch.data.types import Study
     from lungsearch.models.base import LungModel
 
-__all__ = ["EXCERPT_CHARS", "PreparedCase", "CaseOutput", "prepare_case", "study_radiomics", "study_radiomics_roi",
-           "roi_fallback_message", "embed_cases",
-           "code_bytes", "probabilities", "deidentify_report", "report_excerpt"]
+__all__ = [
+    "EXCERPT_CHARS",
+    "PreparedCase",
+    "CaseOutput",
+    "prepare_case",
+    "study_radiomics",
+    "study_radiomics_roi",
+    "roi_fallback_message",
+    "embed_cases",
+    "code_bytes",
+    "probabilities",
+    "deidentify_report",
+    "report_excerpt",
+]
 
 #: Characters of the (de-identified) report kept as the stored excerpt (the store also cuts at
 #: 2048 UTF-8 bytes). One number for every path: 600 on ingest and 400 in build_index used to give
@@ -143,8 +154,9 @@ def code_bytes(hash_logits: np.ndarray) -> list[bytes]:
     return [bytes(row) for row in pack_codes(z >= 0)]
 
 
-def embed_cases(model: "LungModel", cases: Sequence[PreparedCase], *, texts: Sequence[str] | None = None,
-                device: Any = "cpu") -> list[CaseOutput]:
+def embed_cases(
+    model: "LungModel", cases: Sequence[PreparedCase], *, texts: Sequence[str] | None = None, device: Any = "cpu"
+) -> list[CaseOutput]:
     """Embed a batch of prepared cases in one ``forward_cases`` call (eval mode, no gradients).
 
     Cases of different slice counts are zero-padded to the longest; ``forward_cases`` encodes only
@@ -183,9 +195,17 @@ def embed_cases(model: "LungModel", cases: Sequence[PreparedCase], *, texts: Seq
     probs = None
     if "logits" in out:
         probs = probabilities(out["logits"].float().cpu().numpy(), multilabel=bool(getattr(model, "multilabel", False)))
-    return [CaseOutput(embedding=emb[i], code=codes[i], hash_logits=None if hl is None else hl[i],
-                       probabilities=None if probs is None else probs[i], roi_fallback=cases[i].roi_fallback,
-                       roi_reason=cases[i].roi_reason) for i in range(len(cases))]
+    return [
+        CaseOutput(
+            embedding=emb[i],
+            code=codes[i],
+            hash_logits=None if hl is None else hl[i],
+            probabilities=None if probs is None else probs[i],
+            roi_fallback=cases[i].roi_fallback,
+            roi_reason=cases[i].roi_reason,
+        )
+        for i in range(len(cases))
+    ]
 
 
 def deidentify_report(text: str, *, date_shift_days: int | None = None):

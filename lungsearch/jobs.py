@@ -62,8 +62,21 @@ JOB_SCRIPTS = {
 #: with a leading "/" ("data" alone also dropped the ``lungsearch/data`` package from every job, which
 #: then imported it from whatever lungsearch the cluster's image had installed).
 RUNTIME_ENV_EXCLUDES = [
-    "/.venv", "/.venv-*", "/data", "/artifacts", ".git", "**/__pycache__", "*.pyc", ".pytest_cache",
-    ".hypothesis", "/benchmarks/results", "*.egg-info", "/build", "/dist", "/.gl", "/.whl",
+    "/.venv",
+    "/.venv-*",
+    "/data",
+    "/artifacts",
+    ".git",
+    "**/__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".hypothesis",
+    "/benchmarks/results",
+    "*.egg-info",
+    "/build",
+    "/dist",
+    "/.gl",
+    "/.whl",
 ]
 
 #: Job statuses after which nothing changes.
@@ -101,7 +114,7 @@ def job_summary(stdout: str) -> dict[str, Any]:
     pos = len(text)
     while (pos := text.rfind("\n{", 0, pos)) >= 0:
         try:
-            doc = dec.raw_decode(text[pos + 1:])[0]
+            doc = dec.raw_decode(text[pos + 1 :])[0]
         except ValueError:
             continue
         if isinstance(doc, dict):
@@ -145,8 +158,15 @@ def _config_arg(config: str, working_dir: Path) -> str:
         ) from None
 
 
-def build_entrypoint(kind: str, config: str, *, overrides: Sequence[str] = (), args: Sequence[str] = (),
-                     python: str = "python", working_dir: Path = REPO_ROOT) -> str:
+def build_entrypoint(
+    kind: str,
+    config: str,
+    *,
+    overrides: Sequence[str] = (),
+    args: Sequence[str] = (),
+    python: str = "python",
+    working_dir: Path = REPO_ROOT,
+) -> str:
     """The shell command the job runs, e.g. ``python ray_jobs/train.py --config configs/x.yaml k=v``.
 
     Args:
@@ -166,8 +186,13 @@ def build_entrypoint(kind: str, config: str, *, overrides: Sequence[str] = (), a
     return shlex.join(parts)
 
 
-def build_runtime_env(*, working_dir: Path | str = REPO_ROOT, pip: str | Sequence[str] | None = None,
-                      env_vars: dict[str, str] | None = None, excludes: Sequence[str] = ()) -> dict[str, Any]:
+def build_runtime_env(
+    *,
+    working_dir: Path | str = REPO_ROOT,
+    pip: str | Sequence[str] | None = None,
+    env_vars: dict[str, str] | None = None,
+    excludes: Sequence[str] = (),
+) -> dict[str, Any]:
     """The job's ``runtime_env``.
 
     Args:
@@ -209,8 +234,9 @@ class JobsClient:
         verify: TLS verification for ``https://`` dashboards (a CA bundle path or bool).
     """
 
-    def __init__(self, address: str, *, token: str | None = None, auth_mode: str | None = None,
-                 verify: str | bool = True) -> None:
+    def __init__(
+        self, address: str, *, token: str | None = None, auth_mode: str | None = None, verify: str | bool = True
+    ) -> None:
         if not address.startswith(("http://", "https://")):
             raise ConfigError(f"jobs address must be the dashboard URL (http://host:8265), got {address!r}")
         mode = (auth_mode or os.environ.get("RAY_AUTH_MODE") or "").lower()
@@ -222,7 +248,9 @@ class JobsClient:
             if tok:
                 headers["Authorization"] = f"Bearer {tok}"
             elif mode == "token":
-                raise UnauthenticatedError("RAY_AUTH_MODE=token but no token: pass --token-file, set RAY_AUTH_TOKEN or create ~/.ray/auth_token")
+                raise UnauthenticatedError(
+                    "RAY_AUTH_MODE=token but no token: pass --token-file, set RAY_AUTH_TOKEN or create ~/.ray/auth_token"
+                )
         self.address = address
         self._client = self._connect(address, headers, verify)
 
@@ -238,38 +266,70 @@ class JobsClient:
         try:
             return fn()
         except AuthenticationError:
-            raise UnauthenticatedError(f"the Ray dashboard at {self.address} refused the token (check RAY_AUTH_MODE and the token on both sides)") from None
+            raise UnauthenticatedError(
+                f"the Ray dashboard at {self.address} refused the token (check RAY_AUTH_MODE and the token on both sides)"
+            ) from None
         except ConnectionError as exc:
             raise ConfigError(f"cannot reach the Ray dashboard at {self.address} ({type(exc).__name__})") from None
         except RuntimeError as exc:
             msg = str(exc)
             if "Unauthorized" in msg or "Missing authentication" in msg:
-                raise UnauthenticatedError(f"the Ray dashboard at {self.address} wants a token (set RAY_AUTH_MODE=token here and on the head)") from None
+                raise UnauthenticatedError(
+                    f"the Ray dashboard at {self.address} wants a token (set RAY_AUTH_MODE=token here and on the head)"
+                ) from None
             if "does not exist" in msg or "404" in msg:
                 raise NotFoundError("no such job on this cluster") from None
             if "Failed to connect" in msg or "Cannot connect" in msg:
                 raise ConfigError(f"cannot reach the Ray dashboard at {self.address}") from None
             raise
 
-    def submit(self, kind: str, config: str, *, overrides: Sequence[str] = (), args: Sequence[str] = (),
-               pip: str | Sequence[str] | None = None, env_vars: dict[str, str] | None = None,
-               submission_id: str | None = None, entrypoint_num_cpus: float | None = None,
-               entrypoint_num_gpus: float | None = None, working_dir: Path = REPO_ROOT) -> str:
+    def submit(
+        self,
+        kind: str,
+        config: str,
+        *,
+        overrides: Sequence[str] = (),
+        args: Sequence[str] = (),
+        pip: str | Sequence[str] | None = None,
+        env_vars: dict[str, str] | None = None,
+        submission_id: str | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_num_gpus: float | None = None,
+        working_dir: Path = REPO_ROOT,
+    ) -> str:
         """Submit a ``train`` / ``evaluate`` / ``build-index`` / ``reproduce`` job; returns its id."""
         entrypoint = build_entrypoint(kind, config, overrides=overrides, args=args, working_dir=working_dir)
-        return self.submit_entrypoint(entrypoint, pip=pip, env_vars=env_vars, submission_id=submission_id,
-                                      entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
-                                      working_dir=working_dir, metadata={"lungsearch_kind": kind})
+        return self.submit_entrypoint(
+            entrypoint,
+            pip=pip,
+            env_vars=env_vars,
+            submission_id=submission_id,
+            entrypoint_num_cpus=entrypoint_num_cpus,
+            entrypoint_num_gpus=entrypoint_num_gpus,
+            working_dir=working_dir,
+            metadata={"lungsearch_kind": kind},
+        )
 
-    def submit_entrypoint(self, entrypoint: str, *, pip: str | Sequence[str] | None = None,
-                          env_vars: dict[str, str] | None = None, submission_id: str | None = None,
-                          entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None,
-                          working_dir: Path = REPO_ROOT, metadata: dict[str, str] | None = None) -> str:
+    def submit_entrypoint(
+        self,
+        entrypoint: str,
+        *,
+        pip: str | Sequence[str] | None = None,
+        env_vars: dict[str, str] | None = None,
+        submission_id: str | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_num_gpus: float | None = None,
+        working_dir: Path = REPO_ROOT,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
         """Submit any shell command with the repository as working dir; returns the job id."""
         runtime_env = build_runtime_env(working_dir=working_dir, pip=pip, env_vars=env_vars)
         submit = lambda: self._client.submit_job(  # noqa: E731
-            entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
-            entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=submission_id,
+            entrypoint_num_cpus=entrypoint_num_cpus,
+            entrypoint_num_gpus=entrypoint_num_gpus,
             metadata={"submitted_by": "lungsearch", **(metadata or {})},
         )
         # A freshly started head answers "No available agent to submit job, please try again later"
@@ -290,8 +350,14 @@ class JobsClient:
         d = self._call(lambda: self._client.get_job_info(job_id))
         status = getattr(d.status, "value", str(d.status))
         to_s = lambda ms: None if ms in (None, 0) else ms / 1000.0  # noqa: E731 - Ray reports ms
-        return JobInfo(job_id=job_id, status=str(status), entrypoint=d.entrypoint, message=d.message or "",
-                       start_time=to_s(d.start_time), end_time=to_s(d.end_time))
+        return JobInfo(
+            job_id=job_id,
+            status=str(status),
+            entrypoint=d.entrypoint,
+            message=d.message or "",
+            start_time=to_s(d.start_time),
+            end_time=to_s(d.end_time),
+        )
 
     def status(self, job_id: str) -> str:
         """``PENDING`` / ``RUNNING`` / ``SUCCEEDED`` / ``FAILED`` / ``STOPPED``."""
@@ -333,7 +399,14 @@ class JobsClient:
         out = []
         for d in self._call(self._client.list_jobs):
             jid = d.submission_id or d.job_id or ""
-            out.append(JobInfo(job_id=jid, status=str(getattr(d.status, "value", d.status)), entrypoint=d.entrypoint,
-                               message=d.message or "", start_time=(d.start_time or 0) / 1000 or None,
-                               end_time=(d.end_time or 0) / 1000 or None))
+            out.append(
+                JobInfo(
+                    job_id=jid,
+                    status=str(getattr(d.status, "value", d.status)),
+                    entrypoint=d.entrypoint,
+                    message=d.message or "",
+                    start_time=(d.start_time or 0) / 1000 or None,
+                    end_time=(d.end_time or 0) / 1000 or None,
+                )
+            )
         return sorted(out, key=lambda j: j.start_time or 0, reverse=True)

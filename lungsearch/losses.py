@@ -9,7 +9,6 @@ parameters: everything trained lives in the model.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -231,8 +230,16 @@ class SubgraphTotalLoss(_Loss):
       pulled close against the rest: ``-log Σ_K exp(c·c_k/τ2) / Σ_{j≠s} exp(c·c_j/τ2)``.
     """
 
-    def __init__(self, tau1: float = 0.1, tau2: float = 0.2, k: int = 3, global_weight: float = 1.0,
-                 l1_weight: float = 1.0, l2_weight: float = 1.0, l3_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        tau1: float = 0.1,
+        tau2: float = 0.2,
+        k: int = 3,
+        global_weight: float = 1.0,
+        l1_weight: float = 1.0,
+        l2_weight: float = 1.0,
+        l3_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.tau1, self.tau2, self.k, self.global_weight = tau1, tau2, k, global_weight
         self.weights = {"l1": float(l1_weight), "l2": float(l2_weight), "l3": float(l3_weight)}
@@ -263,8 +270,10 @@ class SubgraphTotalLoss(_Loss):
         return ce
 
     def l2(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
-        return (self._fine(out["image_nodes"], out["att_image"], out["image_node_mask"])
-                + self._fine(out["text_nodes"], out["att_text"], out["text_node_mask"])) / 2
+        return (
+            self._fine(out["image_nodes"], out["att_image"], out["image_node_mask"])
+            + self._fine(out["text_nodes"], out["att_text"], out["text_node_mask"])
+        ) / 2
 
     def l3(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         c = F.normalize(out["cluster"], dim=-1)
@@ -276,7 +285,7 @@ class SubgraphTotalLoss(_Loss):
         with torch.no_grad():
             dots = c @ c.T
             alpha = dots[not_self].std().clamp_min(1e-3)
-            dmat = torch.exp(-torch.cdist(c, c) ** 2 / (2 * alpha**2)) * dots
+            dmat = torch.exp(-(torch.cdist(c, c) ** 2) / (2 * alpha**2)) * dots
             dmat = dmat.masked_fill(~not_self, float("-inf"))
             nn_idx = dmat.topk(k, dim=1).indices
             pos = torch.zeros(b, b, dtype=torch.bool, device=c.device).scatter_(1, nn_idx, True)
@@ -296,7 +305,10 @@ class SubgraphTotalLoss(_Loss):
             parts[name] = getattr(self, name)(outputs)
             terms.append(w * parts[name])
         if self.global_weight > 0:
-            i, t = _need(outputs, "image_embedding", "subgraph_total"), _need(outputs, "text_embedding", "subgraph_total")
+            i, t = (
+                _need(outputs, "image_embedding", "subgraph_total"),
+                _need(outputs, "text_embedding", "subgraph_total"),
+            )
             parts["global"] = _info_nce(i, t, outputs.get("logit_scale", 1.0 / 0.07))
             terms.append(self.global_weight * parts["global"])
         return self._done(torch.stack(terms).sum(), **parts)
@@ -324,7 +336,9 @@ def _supcon(params: dict[str, Any], ctx: BuildContext) -> SupConLoss:
 
 @LOSSES.register("pairwise_bayes")
 def _pairwise(params: dict[str, Any], ctx: BuildContext) -> WeightedPairwiseBayesLoss:
-    return WeightedPairwiseBayesLoss(**take_params("pairwise_bayes", params, {"alpha": None, "quantization": 0.0, "classification": 1.0}))
+    return WeightedPairwiseBayesLoss(
+        **take_params("pairwise_bayes", params, {"alpha": None, "quantization": 0.0, "classification": 1.0})
+    )
 
 
 @LOSSES.register("infonce")
@@ -334,8 +348,21 @@ def _infonce(params: dict[str, Any], ctx: BuildContext) -> InfoNCELoss:
 
 @LOSSES.register("subgraph_total")
 def _subgraph_total(params: dict[str, Any], ctx: BuildContext) -> SubgraphTotalLoss:
-    return SubgraphTotalLoss(**take_params("subgraph_total", params, {"tau1": 0.1, "tau2": 0.2, "k": 3, "global_weight": 1.0,
-                                                                      "l1_weight": 1.0, "l2_weight": 1.0, "l3_weight": 1.0}))
+    return SubgraphTotalLoss(
+        **take_params(
+            "subgraph_total",
+            params,
+            {
+                "tau1": 0.1,
+                "tau2": 0.2,
+                "k": 3,
+                "global_weight": 1.0,
+                "l1_weight": 1.0,
+                "l2_weight": 1.0,
+                "l3_weight": 1.0,
+            },
+        )
+    )
 
 
 def create_loss(component: Component) -> nn.Module:

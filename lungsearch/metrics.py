@@ -44,8 +44,9 @@ def _multihot(y: np.ndarray, c: int | None = None) -> np.ndarray:
     return out
 
 
-def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, targets: Sequence[str],
-                           threshold: float = 0.5) -> dict:
+def classification_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, targets: Sequence[str], threshold: float = 0.5
+) -> dict:
     """Accuracy, precision, recall (= sensitivity), F1 (macro and per class), ROC-AUC (macro and
     per class, one-vs-rest) and the confusion matrix.
 
@@ -53,7 +54,13 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, targets: Sequ
     and ``confusion_matrix`` (list of lists; for multi-label, one 2×2 matrix per class). AUC of a
     class with only one label value in ``y_true`` is NaN and left out of the macro mean.
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, multilabel_confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob, dtype=np.float64)
@@ -73,15 +80,18 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, targets: Sequ
         acc = float(accuracy_score(y_true, y_pred))
         cm = confusion_matrix(y_true, y_pred, labels=list(range(c))).tolist()
         labels_for_prf = list(range(c))
-    p, r, f, s = precision_recall_fscore_support(y_bin if multilabel else y_true, y_pred, labels=labels_for_prf,
-                                                 average=None, zero_division=0)
+    p, r, f, s = precision_recall_fscore_support(
+        y_bin if multilabel else y_true, y_pred, labels=labels_for_prf, average=None, zero_division=0
+    )
     aucs = []
     for k in range(c):
         col = y_bin[:, k]
         aucs.append(float(roc_auc_score(col, y_prob[:, k])) if 0 < col.sum() < len(col) else float("nan"))
     finite = [a for a in aucs if np.isfinite(a)]
-    per_class = {t: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "auc": aucs[k], "support": int(s[k])}
-                 for k, t in enumerate(targets)}
+    per_class = {
+        t: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "auc": aucs[k], "support": int(s[k])}
+        for k, t in enumerate(targets)
+    }
     return {
         "accuracy": acc,
         "precision_macro": float(np.mean(p)),
@@ -148,7 +158,7 @@ def ndcg_at_k(rel: np.ndarray, k: int | None = None, ideal_rel: np.ndarray | Non
     dcg = ((2.0 ** r[:, :k] - 1) * disc[: min(k, r.shape[1])]).sum(1)
     ideal_src = r if ideal_rel is None else np.asarray(ideal_rel, dtype=np.float64)
     ideal = -np.sort(-ideal_src, axis=1)[:, :k]
-    idcg = ((2.0 ** ideal - 1) * disc[: ideal.shape[1]]).sum(1)
+    idcg = ((2.0**ideal - 1) * disc[: ideal.shape[1]]).sum(1)
     nd = np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)
     return float(nd.mean()) if len(nd) else float("nan")
 
@@ -159,14 +169,17 @@ def retrieval_prf(y_true: np.ndarray, top1_labels: np.ndarray, targets: Sequence
     from sklearn.metrics import precision_recall_fscore_support
 
     labels = list(range(len(targets)))
-    p, r, f, s = precision_recall_fscore_support(np.asarray(y_true), np.asarray(top1_labels), labels=labels,
-                                                 average=None, zero_division=0)
+    p, r, f, s = precision_recall_fscore_support(
+        np.asarray(y_true), np.asarray(top1_labels), labels=labels, average=None, zero_division=0
+    )
     return {
         "precision_macro": float(np.mean(p)),
         "recall_macro": float(np.mean(r)),
         "f1_macro": float(np.mean(f)),
-        "per_class": {t: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, t in enumerate(targets)},
+        "per_class": {
+            t: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, t in enumerate(targets)
+        },
     }
 
 

@@ -42,13 +42,22 @@ class PresetSection(BaseModel):
 
     dataset: str = Field(description="The dataset's name as its publisher gives it.")
     root_hint: str = Field(description="What data.root must point at (shown when it is missing).")
-    eval_split: Literal["test", "val"] = Field(default="test", description="Split the paper reads its comparison table on.")
-    weights_dir: str | None = Field(default=None, description="Folder of local pretrained state dicts; null = from scratch.")
+    eval_split: Literal["test", "val"] = Field(
+        default="test", description="Split the paper reads its comparison table on."
+    )
+    weights_dir: str | None = Field(
+        default=None, description="Folder of local pretrained state dicts; null = from scratch."
+    )
     weights: dict[str, str] = Field(default_factory=dict, description="Dotted config key -> file name in weights_dir.")
-    baseline_weights: dict[str, str] = Field(default_factory=dict, description="Paper 2: architecture -> file name in weights_dir.")
-    bert_dir: str | None = Field(default=None, description="A local Hugging Face BERT folder (BioClinicalBERT); null = bundled MiniLM.")
-    probes: dict[str, dict[str, Any]] = Field(default_factory=dict,
-                                              description="Paper 4: probe dataset name -> data fields (source, root, targets, split).")
+    baseline_weights: dict[str, str] = Field(
+        default_factory=dict, description="Paper 2: architecture -> file name in weights_dir."
+    )
+    bert_dir: str | None = Field(
+        default=None, description="A local Hugging Face BERT folder (BioClinicalBERT); null = bundled MiniLM."
+    )
+    probes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Paper 4: probe dataset name -> data fields (source, root, targets, split)."
+    )
     notes: list[str] = Field(default_factory=list, description="Where the preset departs from or reads the paper.")
 
 
@@ -107,8 +116,10 @@ def preset_path(name_or_path: str | Path, preset_dir: Path = PRESET_DIR) -> Path
 def _weight_file(name: str, weights_dir: Path, key: str, fname: str) -> str:
     f = (weights_dir / fname).expanduser()
     if not f.is_file():
-        raise ConfigError(f"preset {name}: {key}: weight file {fname!r} not in preset.weights_dir ({weights_dir}); "
-                          "put it there, or set preset.weights_dir=null to train from scratch")
+        raise ConfigError(
+            f"preset {name}: {key}: weight file {fname!r} not in preset.weights_dir ({weights_dir}); "
+            "put it there, or set preset.weights_dir=null to train from scratch"
+        )
     return str(f)
 
 
@@ -151,14 +162,20 @@ def load_preset(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
             raise ConfigError(f"preset {name}: preset.weights_dir is not a folder: {wdir}")
         for key, fname in section.weights.items():
             _set_dotted(raw, key, _weight_file(name, wdir, key, fname), source)
-        baseline = {arch: _weight_file(name, wdir, f"baseline {arch}", fname) for arch, fname in section.baseline_weights.items()}
+        baseline = {
+            arch: _weight_file(name, wdir, f"baseline {arch}", fname)
+            for arch, fname in section.baseline_weights.items()
+        }
     if section.bert_dir:
         te = (raw.get("model") or {}).get("text_encoder")
         if not isinstance(te, dict):
             raise ConfigError(f"preset {name}: preset.bert_dir is set but the model has no text encoder")
         if not Path(section.bert_dir).expanduser().is_dir():
             raise ConfigError(f"preset {name}: preset.bert_dir is not a folder: {section.bert_dir}")
-        raw["model"]["text_encoder"] = {"name": "hf_bert", "params": {**(te.get("params") or {}), "path": section.bert_dir}}
+        raw["model"]["text_encoder"] = {
+            "name": "hf_bert",
+            "params": {**(te.get("params") or {}), "path": section.bert_dir},
+        }
     cfg = _validate(raw, source)
 
     probes: dict[str, DataConfig] = {}
@@ -175,5 +192,6 @@ def load_preset(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"]) or "<root>"
             raise ConfigError(f"{source}: preset.probes.{pname}.{loc}: {first['msg']}") from None
-    return Preset(name=name, path=path, cfg=cfg, section=section, baseline_weights=baseline, probes=probes,
-                  skipped_probes=skipped)
+    return Preset(
+        name=name, path=path, cfg=cfg, section=section, baseline_weights=baseline, probes=probes, skipped_probes=skipped
+    )

@@ -167,7 +167,9 @@ class ModelCard:
                 extra=dict(doc.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            raise ModelNotFoundError(f"model card in {path.name} is unreadable ({type(exc).__name__})", code="corrupt_card") from None
+            raise ModelNotFoundError(
+                f"model card in {path.name} is unreadable ({type(exc).__name__})", code="corrupt_card"
+            ) from None
 
 
 def _plain(value: Any) -> Any:
@@ -190,7 +192,11 @@ def code_version() -> str:
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
-            cwd=repo, capture_output=True, text=True, timeout=5, check=True,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
@@ -302,7 +308,9 @@ def save_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("registered %s (metrics: %s)", card.ref, ", ".join(f"{k}={v:.4g}" for k, v in sorted(card.metrics.items())))
+    log.info(
+        "registered %s (metrics: %s)", card.ref, ", ".join(f"{k}={v:.4g}" for k, v in sorted(card.metrics.items()))
+    )
     return card
 
 
@@ -321,7 +329,9 @@ def _read_card(path: Path) -> ModelCard:
 def _versions(parent: Path) -> list[str]:
     if not parent.is_dir():
         return []
-    return sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CARD_FILE).is_file())
+    return sorted(
+        p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CARD_FILE).is_file()
+    )
 
 
 def list_cards(root: str | Path | None = None, profile: str | None = None) -> list[ModelCard]:
@@ -431,7 +441,9 @@ def load_model(ref: str, *, root: str | Path | None = None, map_location: Any = 
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelNotFoundError(f"weights of {card.ref} do not match its config ({str(exc).splitlines()[0][:200]})", code="weights_mismatch") from None
+        raise ModelNotFoundError(
+            f"weights of {card.ref} do not match its config ({str(exc).splitlines()[0][:200]})", code="weights_mismatch"
+        ) from None
     model.eval()
     return model, card
 

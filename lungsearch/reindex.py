@@ -64,8 +64,11 @@ class GateResult:
     reason: str = ""
 
     def summary(self) -> str:
-        parts = [f"{m}: live {v['live']:.3f}, candidate {v['candidate']:.3f}, difference {v['diff']:+.3f} "
-                 f"[{v['lo']:+.3f}, {v['hi']:+.3f}]" for m, v in self.metrics.items()]
+        parts = [
+            f"{m}: live {v['live']:.3f}, candidate {v['candidate']:.3f}, difference {v['diff']:+.3f} "
+            f"[{v['lo']:+.3f}, {v['hi']:+.3f}]"
+            for m, v in self.metrics.items()
+        ]
         verdict = "passed" if self.passed else "refused"
         return f"gate {verdict} on {self.n_probes} probes (max drop {self.max_drop:.3f}): " + "; ".join(parts)
 
@@ -97,8 +100,9 @@ def _ap_and_p(relevant: Sequence[bool], k: int = GATE_K) -> tuple[float, float]:
     return ap, float(r.sum() / k)
 
 
-def probe_scores(hits: Sequence[tuple[str, Sequence[str]]], probe_key: str, probe_labels: Sequence[str],
-                 k: int = GATE_K) -> tuple[float, float]:
+def probe_scores(
+    hits: Sequence[tuple[str, Sequence[str]]], probe_key: str, probe_labels: Sequence[str], k: int = GATE_K
+) -> tuple[float, float]:
     """(AP@k, P@k) of one probe's ranked hits ``[(case_key, labels), ...]``: relevant = a shared
     label; the probe's own case (same key) is left out, as the evaluation does."""
     want = set(probe_labels)
@@ -106,8 +110,14 @@ def probe_scores(hits: Sequence[tuple[str, Sequence[str]]], probe_key: str, prob
     return _ap_and_p(rel, k)
 
 
-def gate(live: np.ndarray, candidate: np.ndarray, *, max_drop: float, metrics: Sequence[str] = ("map10", "p10"),
-         seed: int = 0) -> GateResult:
+def gate(
+    live: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    max_drop: float,
+    metrics: Sequence[str] = ("map10", "p10"),
+    seed: int = 0,
+) -> GateResult:
     """The regression decision from per-probe scores ``[n_probes, len(metrics)]`` of both versions
     (the same probes, in the same order): passed iff, on every metric, the lower end of the paired
     bootstrap interval of (candidate - live) is at least ``-max_drop``. An uncertain candidate (a
@@ -123,8 +133,12 @@ def gate(live: np.ndarray, candidate: np.ndarray, *, max_drop: float, metrics: S
     out: dict[str, dict[str, float]] = {}
     ok = True
     for j, name in enumerate(metrics):
-        r = paired_bootstrap([lambda idx, c=candidate[:, j]: float(c[idx].mean())],
-                             [lambda idx, v=live[:, j]: float(v[idx].mean())], n, seed=seed)
+        r = paired_bootstrap(
+            [lambda idx, c=candidate[:, j]: float(c[idx].mean())],
+            [lambda idx, v=live[:, j]: float(v[idx].mean())],
+            n,
+            seed=seed,
+        )
         out[name] = {"live": r["b"], "candidate": r["a"], "diff": r["diff"], "lo": r["lo"], "hi": r["hi"]}
         ok = ok and bool(np.isfinite(r["lo"]) and r["lo"] >= -max_drop)
     reason = "" if ok else "the candidate may retrieve worse than the live version by more than the allowed drop"
@@ -136,10 +150,19 @@ def _search_hits(client: "LungSearchClient", ref: str, rec: "CaseRecord", k: int
     return [(h.case.case_key, tuple(h.case.labels)) for h in res.hits]
 
 
-def reindex(client: "LungSearchClient", profile: str, candidate: str, *, records: Sequence["CaseRecord"],
-            probes: Sequence["CaseRecord"], registry_root: str | None = None, max_drop: float = 0.02,
-            settle_s: float = STAGE_SETTLE_S, activate: bool = True,
-            echo: Callable[[str], None] = lambda line: log.info("%s", line)) -> ReindexReport:
+def reindex(
+    client: "LungSearchClient",
+    profile: str,
+    candidate: str,
+    *,
+    records: Sequence["CaseRecord"],
+    probes: Sequence["CaseRecord"],
+    registry_root: str | None = None,
+    max_drop: float = 0.02,
+    settle_s: float = STAGE_SETTLE_S,
+    activate: bool = True,
+    echo: Callable[[str], None] = lambda line: log.info("%s", line),
+) -> ReindexReport:
     """Stage, build, gate and switch (or refuse) one candidate version of ``profile``.
 
     Args:
@@ -157,14 +180,17 @@ def reindex(client: "LungSearchClient", profile: str, candidate: str, *, records
     # The registry's LIVE pointer, not a Gateway's answer: a replica follows LIVE only every few
     # seconds, and a stale one named a version just switched away from (an empty gallery: live 0.000).
     live = registry.live_version(profile, root=registry_root) or next(
-        (m.model.version for m in client.models(profile=profile) if m.live), "")
+        (m.model.version for m in client.models(profile=profile) if m.live), ""
+    )
     if not live:
         raise InvalidRequestError(f"profile {profile} has no live version to compare with", code="no_live")
     if candidate == live:
         raise InvalidRequestError("the candidate is already the live version", code="candidate_is_live")
     if not probes:
         raise InvalidRequestError("the gate needs probe cases", code="no_probes")
-    report = ReindexReport(profile=profile, live=live, candidate=candidate, rollback=f"lungsearch activate {profile}@{live}")
+    report = ReindexReport(
+        profile=profile, live=live, candidate=candidate, rollback=f"lungsearch activate {profile}@{live}"
+    )
     cand_ref, live_ref = f"{profile}@{candidate}", f"{profile}@{live}"
 
     registry.stage(profile, candidate, root=registry_root)
@@ -174,8 +200,13 @@ def reindex(client: "LungSearchClient", profile: str, candidate: str, *, records
         time.sleep(settle_s)
         keys: set[str] = set()
         for i, rec in enumerate(records, 1):
-            res = client.ingest(list(rec.image_paths), report=rec.report or None, labels=list(rec.labels),
-                                source_id=rec.case_id, model=cand_ref)
+            res = client.ingest(
+                list(rec.image_paths),
+                report=rec.report or None,
+                labels=list(rec.labels),
+                source_id=rec.case_id,
+                model=cand_ref,
+            )
             keys.add(res.case_key)
             if i % 100 == 0 or i == len(records):
                 echo(f"[reindex] built {i}/{len(records)} cases of {cand_ref}")

@@ -121,8 +121,10 @@ def init_ray(
             _cleanup_failed_start()
             if attempt == 2 or not is_startup_timeout(exc):
                 raise
-            log.warning("local Ray start timed out (%s); retrying once on a clean session folder",
-                        str(exc).splitlines()[0][:120])
+            log.warning(
+                "local Ray start timed out (%s); retrying once on a clean session folder",
+                str(exc).splitlines()[0][:120],
+            )
             time.sleep(1.0)
             continue
         if not _state["atexit"]:

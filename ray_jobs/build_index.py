@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="profile name or YAML path (names the profile)")
     p.add_argument("--model", default=None, help="registry ref profile[@version] (default: the profile's live model)")
     p.add_argument("--folder", default=None, help="index this folder instead of the profile's dataset")
-    p.add_argument("--milvus-uri", default=None, help="milvus-lite .db path or server URI (default LUNGSEARCH_MILVUS_URI)")
+    p.add_argument(
+        "--milvus-uri", default=None, help="milvus-lite .db path or server URI (default LUNGSEARCH_MILVUS_URI)"
+    )
     p.add_argument("--registry", default=None, help="registry root (default LUNGSEARCH_ARTIFACTS_DIR)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto", help="embedding actors on GPUs")
@@ -43,12 +45,33 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_profile(args.config)
     init_ray(args.address if args.address is not None else os.environ.get("RAY_ADDRESS", None))
-    rep = build_index(args.model or cfg.profile, folder=args.folder, milvus_uri=args.milvus_uri, milvus_token=constants.MILVUS_TOKEN,
-                      registry_root=args.registry, batch_size=args.batch_size,
-                      use_gpu=None if args.gpu == "auto" else args.gpu == "yes", progress=not args.no_progress)
-    print(json.dumps({"profile": rep.profile, "version": rep.version, "collection": rep.collection, "cases": rep.cases,
-                      "inserted": rep.inserted, "updated": rep.updated, "count_in_store": rep.count_in_store,
-                      "seconds": round(rep.seconds, 1), "cases_per_s": round(rep.cases_per_s, 1), "device": rep.device}, indent=2))
+    rep = build_index(
+        args.model or cfg.profile,
+        folder=args.folder,
+        milvus_uri=args.milvus_uri,
+        milvus_token=constants.MILVUS_TOKEN,
+        registry_root=args.registry,
+        batch_size=args.batch_size,
+        use_gpu=None if args.gpu == "auto" else args.gpu == "yes",
+        progress=not args.no_progress,
+    )
+    print(
+        json.dumps(
+            {
+                "profile": rep.profile,
+                "version": rep.version,
+                "collection": rep.collection,
+                "cases": rep.cases,
+                "inserted": rep.inserted,
+                "updated": rep.updated,
+                "count_in_store": rep.count_in_store,
+                "seconds": round(rep.seconds, 1),
+                "cases_per_s": round(rep.cases_per_s, 1),
+                "device": rep.device,
+            },
+            indent=2,
+        )
+    )
     return 0 if rep.ok else 1
 
 

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the card's config (e.g. data.root=...)")
     p.add_argument("--model", default=None, help="registry ref profile[@version] (default: the profile's live model)")
     p.add_argument("--registry", default=None, help="registry root (default LUNGSEARCH_ARTIFACTS_DIR)")
-    p.add_argument("--report-dir", default=None, help="output folder (default artifacts/reports/<profile>/<version>-eval)")
+    p.add_argument(
+        "--report-dir", default=None, help="output folder (default artifacts/reports/<profile>/<version>-eval)"
+    )
     p.add_argument("--address", default=None, help="Ray address (data preparation uses Ray Data)")
     args = p.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -38,11 +40,22 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_profile(args.config)
     init_ray(args.address if args.address is not None else os.environ.get("RAY_ADDRESS", None))
-    ev, out_dir = evaluate_registered(args.model or cfg.profile, registry_root=args.registry, report_dir=args.report_dir,
-                                      overrides=args.overrides)
+    ev, out_dir = evaluate_registered(
+        args.model or cfg.profile, registry_root=args.registry, report_dir=args.report_dir, overrides=args.overrides
+    )
     version = json.loads((out_dir / "metrics.json").read_text())["provenance"].get("model_version")
-    print(json.dumps({"profile": cfg.profile, "model": f"{cfg.profile}@{version}", "version": version, "report_dir": str(out_dir),
-                      "metrics": {k: round(v, 4) for k, v in sorted(ev.metrics.items())}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "profile": cfg.profile,
+                "model": f"{cfg.profile}@{version}",
+                "version": version,
+                "report_dir": str(out_dir),
+                "metrics": {k: round(v, 4) for k, v in sorted(ev.metrics.items())},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -63,69 +63,131 @@ QUICK = {
     "cxr-hash": ["train.epochs=1", "data.image_size=64"],
 }
 #: ``--quick`` trains only these rows (each with every seed): the headline comparison and its ends.
-QUICK_VARIANTS = {"cxr-hash": ["ours, 16 bits", "ours, 64 bits", "ours-A (no attention), 64 bits"],
-                  # paper 2: the two baselines its Table 5 keeps (VGG at 138 M parameters does not fit 2 cores)
-                  "cxr-cnn": ["LDC-Model (ours)", "MobileNetV2", "ResNet50"],
-                  "cxr-report": ["CMA+SG-Bi-LSTM (ours)", "ResNet (image only)", "Report only", "CMA+Bi-LSTM",
-                                 "CMA+SG-Bi-LSTM, output gate"],
-                  # paper 4's central claim: subgraph matching (eq. 12) against global matching
-                  "cxr-clip": ["Subgraph CLIP (ours)", "Global CLIP only (InfoNCE)", "Eq. 12 as printed (L1+L2+L3)"]}
+QUICK_VARIANTS = {
+    "cxr-hash": ["ours, 16 bits", "ours, 64 bits", "ours-A (no attention), 64 bits"],
+    # paper 2: the two baselines its Table 5 keeps (VGG at 138 M parameters does not fit 2 cores)
+    "cxr-cnn": ["LDC-Model (ours)", "MobileNetV2", "ResNet50"],
+    "cxr-report": [
+        "CMA+SG-Bi-LSTM (ours)",
+        "ResNet (image only)",
+        "Report only",
+        "CMA+Bi-LSTM",
+        "CMA+SG-Bi-LSTM, output gate",
+    ],
+    # paper 4's central claim: subgraph matching (eq. 12) against global matching
+    "cxr-clip": ["Subgraph CLIP (ours)", "Global CLIP only (InfoNCE)", "Eq. 12 as printed (L1+L2+L3)"],
+}
 #: ``--gpu``: the *.gpu.yaml recipes on paper-scale phantoms (>= 20,000 cases, 224 px input),
 #: epochs cut so ONE profile's variants x 3 seeds fit ~9 minutes on one H200 (see GPU_BUDGET_S).
 GPU = {
     # one epoch per stage, Adam at 1e-3 (the recipe's SGD at 1e-4 learns nothing in one epoch)
-    "cxr-hash": ["data.phantom.n=20000", "data.phantom.size=256", "data.image_size=224", "train.epochs=1",
-                 "train.batch_size=64", "train.optimizer=adam", "train.lr=0.001"],
-    "cxr-cnn": ["data.phantom.n=20000", "data.phantom.size=256", "data.image_size=224", "train.epochs=1", "train.batch_size=128"],
-    "cxr-report": ["data.phantom.n=20000", "data.phantom.size=256", "data.image_size=224", "train.epochs=1", "train.batch_size=256"],
-    "cxr-clip": ["data.phantom.n=20000", "data.phantom.size=256", "data.image_size=224", "train.epochs=1", "train.batch_size=128"],
-    "ct-ild": ["data.phantom.n=20000", "data.phantom.size=256", "data.phantom.slices=4", "data.image_size=224", "train.epochs=1"],
+    "cxr-hash": [
+        "data.phantom.n=20000",
+        "data.phantom.size=256",
+        "data.image_size=224",
+        "train.epochs=1",
+        "train.batch_size=64",
+        "train.optimizer=adam",
+        "train.lr=0.001",
+    ],
+    "cxr-cnn": [
+        "data.phantom.n=20000",
+        "data.phantom.size=256",
+        "data.image_size=224",
+        "train.epochs=1",
+        "train.batch_size=128",
+    ],
+    "cxr-report": [
+        "data.phantom.n=20000",
+        "data.phantom.size=256",
+        "data.image_size=224",
+        "train.epochs=1",
+        "train.batch_size=256",
+    ],
+    "cxr-clip": [
+        "data.phantom.n=20000",
+        "data.phantom.size=256",
+        "data.image_size=224",
+        "train.epochs=1",
+        "train.batch_size=128",
+    ],
+    "ct-ild": [
+        "data.phantom.n=20000",
+        "data.phantom.size=256",
+        "data.phantom.slices=4",
+        "data.image_size=224",
+        "train.epochs=1",
+    ],
 }
 #: Stop starting trainings this long after the start (data generation + preparation included), so a
 #: started one still ends inside ~9 minutes; the table is written after every trained model anyway.
 GPU_BUDGET_S = 420.0
 #: ``--gpu`` trains only the rows of the headline comparison (all 3 seeds of each fit the budget).
-GPU_VARIANTS = {"cxr-hash": ["ours, 64 bits", "ours-A (no attention), 64 bits"],
-                "cxr-report": ["CMA+SG-Bi-LSTM (ours)", "ResNet (image only)"],
-                "cxr-cnn": ["LDC-Model (ours)", "MobileNetV2", "ResNet50", "VGG16"],
-                "ct-ild": ["ILD-FFN+SCL (ours)", "ResNet+SCL (image only)"]}
+GPU_VARIANTS = {
+    "cxr-hash": ["ours, 64 bits", "ours-A (no attention), 64 bits"],
+    "cxr-report": ["CMA+SG-Bi-LSTM (ours)", "ResNet (image only)"],
+    "cxr-cnn": ["LDC-Model (ours)", "MobileNetV2", "ResNet50", "VGG16"],
+    "ct-ild": ["ILD-FFN+SCL (ours)", "ResNet+SCL (image only)"],
+}
 
 #: The papers' published numbers (their datasets, not ours), shown beside the measured ones.
 PUBLISHED = {
-    "cxr-report": {"CMA+SG-Bi-LSTM (ours)": "acc 96.38 %, recall 96.22 %, AUC 0.957, 1.095 s", "ResNet (image only)": "ResNet50: acc 85.68 %, AUC 0.847",
-                   "Report only": "(no report-only row in the paper)", "Bi-LSTM": "acc 92.16 %, AUC 0.905, 1.321 s",
-                   "SG+Bi-LSTM": "acc 92.74 %, AUC 0.920, 0.793 s", "CMA+Bi-LSTM": "acc 95.86 %, AUC 0.946, 1.684 s",
-                   "CMA+SG-Bi-LSTM, output gate": "(eq. 4 read as gating the encoded sequence; not in the paper)",
-                   "SG+Bi-LSTM, output gate": "(eq. 4 read as gating the encoded sequence; not in the paper)",
-                   "CMA+SG-Bi-LSTM, gate_scale 1": "(gate learning rate = base rate; the paper states none)"},
+    "cxr-report": {
+        "CMA+SG-Bi-LSTM (ours)": "acc 96.38 %, recall 96.22 %, AUC 0.957, 1.095 s",
+        "ResNet (image only)": "ResNet50: acc 85.68 %, AUC 0.847",
+        "Report only": "(no report-only row in the paper)",
+        "Bi-LSTM": "acc 92.16 %, AUC 0.905, 1.321 s",
+        "SG+Bi-LSTM": "acc 92.74 %, AUC 0.920, 0.793 s",
+        "CMA+Bi-LSTM": "acc 95.86 %, AUC 0.946, 1.684 s",
+        "CMA+SG-Bi-LSTM, output gate": "(eq. 4 read as gating the encoded sequence; not in the paper)",
+        "SG+Bi-LSTM, output gate": "(eq. 4 read as gating the encoded sequence; not in the paper)",
+        "CMA+SG-Bi-LSTM, gate_scale 1": "(gate learning rate = base rate; the paper states none)",
+    },
     # Table 3 (validation split), ImageNet-initialised baselines; rows match by name before " ("
-    "cxr-cnn": {"LDC-Model (ours)": "acc 0.819, precision 0.769, recall 0.802, F1 0.796 (Table 3)",
-                "VGG16": "acc 0.702, precision 0.727, recall 0.767, F1 0.707 (Table 3, ImageNet)",
-                "VGG19": "acc 0.711, precision 0.732, recall 0.767, F1 0.716 (Table 3, ImageNet)",
-                "AlexNet": "acc 0.754, precision 0.739, recall 0.787, F1 0.745 (Table 3, ImageNet)",
-                "ResNet50": "acc 0.770, precision 0.755, recall 0.773, F1 0.758 (Table 3, ImageNet)",
-                "MobileNetV2": "acc 0.784, precision 0.758, recall 0.790, F1 0.770 (Table 3, ImageNet)"},
-    "ct-ild": {"ILD-FFN+SCL (ours)": "P/R/F1 82.1/81.1/81.3 %, silhouette 0.482", "ResNet+SCL (image only)": "ResNet50+SCL: P/R/F1 78.2/77.6/77.3 %, silhouette 0.420",
-               "Radiomics only (Omic)": "Omic: P/R/F1 72.1/70.3/69.9 %, silhouette 0.262",
-               "ResNet, no SCL (image only, CE)": "ResNet50: P/R/F1 69.7/69.6/69.1 %, silhouette 0.406"},
-    "cxr-clip": {"Subgraph CLIP (ours)": "CheXpert AUC 89.8 / 90.1 / 90.9 at 1 / 10 / 100 % (eq. 12, no global term)",
-                 "Eq. 12 as printed (L1+L2+L3)": "CheXpert AUC 89.8 / 90.1 / 90.9 (Tables 1, 6, 9-11)",
-                 "Global CLIP only (InfoNCE)": "ConVIRT (CLIP-style): CheXpert AUC 85.9 / 86.8 / 87.3 (Table 1)",
-                 "Eq. 12 - L1 (no matching)": "no matching: CheXpert AUC 86.4 / 87.1 / 87.8 (Table 6)",
-                 "Eq. 12, global matching for L1": "global matching: CheXpert AUC 88.7 / 89.3 / 89.6 (Table 6)",
-                 "Eq. 12 - L2 (no fine alignment)": "alignment dropped: CheXpert AUC 89.1 / 89.3 / 89.8 (Table 10)",
-                 "Eq. 12 - L3 (no clustering)": "clustering dropped: CheXpert AUC 88.5 / 89.2 / 90.2 (Table 11)",
-                 "Eq. 12, 0 % edges removed": "0 %: CheXpert AUC 88.2 / 88.5 / 89.1 (Table 9)",
-                 "Eq. 12, 50 % edges removed": "50 %: CheXpert AUC 89.1 / 89.2 / 90.3 (Table 9)"},
-    "cxr-hash": {"ours, 16 bits": "mAP@10 0.579", "ours, 32 bits": "mAP@10 0.597", "ours, 48 bits": "mAP@10 0.621 (NDCG@ALL 0.3147)",
-                 "ours, 64 bits": "mAP@10 0.633", "ours-A (no attention), 64 bits": "mAP@10 0.377"},
+    "cxr-cnn": {
+        "LDC-Model (ours)": "acc 0.819, precision 0.769, recall 0.802, F1 0.796 (Table 3)",
+        "VGG16": "acc 0.702, precision 0.727, recall 0.767, F1 0.707 (Table 3, ImageNet)",
+        "VGG19": "acc 0.711, precision 0.732, recall 0.767, F1 0.716 (Table 3, ImageNet)",
+        "AlexNet": "acc 0.754, precision 0.739, recall 0.787, F1 0.745 (Table 3, ImageNet)",
+        "ResNet50": "acc 0.770, precision 0.755, recall 0.773, F1 0.758 (Table 3, ImageNet)",
+        "MobileNetV2": "acc 0.784, precision 0.758, recall 0.790, F1 0.770 (Table 3, ImageNet)",
+    },
+    "ct-ild": {
+        "ILD-FFN+SCL (ours)": "P/R/F1 82.1/81.1/81.3 %, silhouette 0.482",
+        "ResNet+SCL (image only)": "ResNet50+SCL: P/R/F1 78.2/77.6/77.3 %, silhouette 0.420",
+        "Radiomics only (Omic)": "Omic: P/R/F1 72.1/70.3/69.9 %, silhouette 0.262",
+        "ResNet, no SCL (image only, CE)": "ResNet50: P/R/F1 69.7/69.6/69.1 %, silhouette 0.406",
+    },
+    "cxr-clip": {
+        "Subgraph CLIP (ours)": "CheXpert AUC 89.8 / 90.1 / 90.9 at 1 / 10 / 100 % (eq. 12, no global term)",
+        "Eq. 12 as printed (L1+L2+L3)": "CheXpert AUC 89.8 / 90.1 / 90.9 (Tables 1, 6, 9-11)",
+        "Global CLIP only (InfoNCE)": "ConVIRT (CLIP-style): CheXpert AUC 85.9 / 86.8 / 87.3 (Table 1)",
+        "Eq. 12 - L1 (no matching)": "no matching: CheXpert AUC 86.4 / 87.1 / 87.8 (Table 6)",
+        "Eq. 12, global matching for L1": "global matching: CheXpert AUC 88.7 / 89.3 / 89.6 (Table 6)",
+        "Eq. 12 - L2 (no fine alignment)": "alignment dropped: CheXpert AUC 89.1 / 89.3 / 89.8 (Table 10)",
+        "Eq. 12 - L3 (no clustering)": "clustering dropped: CheXpert AUC 88.5 / 89.2 / 90.2 (Table 11)",
+        "Eq. 12, 0 % edges removed": "0 %: CheXpert AUC 88.2 / 88.5 / 89.1 (Table 9)",
+        "Eq. 12, 50 % edges removed": "50 %: CheXpert AUC 89.1 / 89.2 / 90.3 (Table 9)",
+    },
+    "cxr-hash": {
+        "ours, 16 bits": "mAP@10 0.579",
+        "ours, 32 bits": "mAP@10 0.597",
+        "ours, 48 bits": "mAP@10 0.621 (NDCG@ALL 0.3147)",
+        "ours, 64 bits": "mAP@10 0.633",
+        "ours-A (no attention), 64 bits": "mAP@10 0.377",
+    },
 }
 
 #: Extra variants the harness adds where a paper's claim needs a row the recipes lack.
 EXTRA_VARIANTS = {
     # paper 3, Table 2: "ResNet50" (no contrastive loss) vs "ResNet50+SCL": does contrastive training help?
-    "ct-ild": [("ResNet, no SCL (image only, CE)", ("model.radiomics=null", "model.fusion=null", "model.loss={name: ce}",
-                                                      "model.head={name: linear}"), "Tables 2-3: fused vs single modality (paper 3)")],
+    "ct-ild": [
+        (
+            "ResNet, no SCL (image only, CE)",
+            ("model.radiomics=null", "model.fusion=null", "model.loss={name: ce}", "model.head={name: linear}"),
+            "Tables 2-3: fused vs single modality (paper 3)",
+        )
+    ],
 }
 
 #: Split each profile's table is read on when neither --eval-split nor a preset says: paper 2's
@@ -200,7 +262,9 @@ def _time_pair(models: dict[str, Any], test, rounds: int = 5) -> dict[str, list[
     return out
 
 
-def _probe_outcomes(cfg, model, seed: int, splits, name: str = "pretrained", random_init: bool = True) -> dict[str, list[dict]]:
+def _probe_outcomes(
+    cfg, model, seed: int, splits, name: str = "pretrained", random_init: bool = True
+) -> dict[str, list[dict]]:
     """Paper 4, Table 1: 1 / 10 / 100 % label probes on a pretrained encoder (row ``probe <name> <f>``)
     and, with ``random_init``, on a random-init one. Below 100 % one outcome per labelled-subset
     draw (``lungsearch.evaluation.probes.DRAWS``), in the same draw order for every encoder, so
@@ -225,7 +289,15 @@ def _probe_outcomes(cfg, model, seed: int, splits, name: str = "pretrained", ran
         for frac in (0.01, 0.1, 1.0):
             runs = probe_draws(tr, y_tr, te, y_te, cfg.data.targets, fraction=frac, seed=seed, draws=DRAWS)
             out[f"probe {enc_name} {round(frac * 100):g}%"] = [
-                {"labels": y_te, "probs": r["probs"], "n_labelled": r["n_labelled"], "draw": r["draw"], "draw_auc": r["auc"]} for r in runs]
+                {
+                    "labels": y_te,
+                    "probs": r["probs"],
+                    "n_labelled": r["n_labelled"],
+                    "draw": r["draw"],
+                    "draw_auc": r["auc"],
+                }
+                for r in runs
+            ]
     return out
 
 
@@ -260,12 +332,21 @@ def _downstream_probes(preset, r: dict, seed: int, sec: dict, cache: dict) -> No
 
     for pname, dcfg in preset.probes.items():
         if pname not in cache:
-            pcfg = ProfileConfig.model_validate({**r["cfg"].model_dump(mode="json"), "data": dcfg.model_dump(mode="json")})
+            pcfg = ProfileConfig.model_validate(
+                {**r["cfg"].model_dump(mode="json"), "data": dcfg.model_dump(mode="json")}
+            )
             _say(f"{sec['profile']}: probe dataset {pname} ({dcfg.source}): loading")
             cache[pname] = (pcfg, make_splits(pcfg, load_dataset(pcfg)))
         pcfg, psplits = cache[pname]
-        d = sec.setdefault("downstream", {}).setdefault(pname, {"n_test": len(psplits.test), "source": dcfg.source,
-                                                               "metric": PROBE_METRIC.get(pname, "auc"), "outcomes": {}})
+        d = sec.setdefault("downstream", {}).setdefault(
+            pname,
+            {
+                "n_test": len(psplits.test),
+                "source": dcfg.source,
+                "metric": PROBE_METRIC.get(pname, "auc"),
+                "outcomes": {},
+            },
+        )
         for k, outs in _probe_outcomes(pcfg, r["model"], seed, psplits).items():
             d["outcomes"].setdefault(k, []).extend(to_json(o) for o in outs)  # one per labelled-subset draw
 
@@ -285,9 +366,19 @@ def _downstream_claims(sec: dict, n_boot: int) -> list[dict]:
             sa, sb = _scores(a, d["metric"]), _scores(b, d["metric"])
             if not sa or not sb:
                 continue
-            out.append(compare(f"paper 4 Table 1 ({pname}): the pretrained encoder's probe beats a random-init one's at {frac} "
-                               f"labels ({d['metric']})", d["metric"], f"{pname} pretrained {frac}", f"{pname} random init {frac}",
-                               sa, sb, d["n_test"], n_boot=n_boot).as_dict())
+            out.append(
+                compare(
+                    f"paper 4 Table 1 ({pname}): the pretrained encoder's probe beats a random-init one's at {frac} "
+                    f"labels ({d['metric']})",
+                    d["metric"],
+                    f"{pname} pretrained {frac}",
+                    f"{pname} random init {frac}",
+                    sa,
+                    sb,
+                    d["n_test"],
+                    n_boot=n_boot,
+                ).as_dict()
+            )
     return out
 
 
@@ -307,9 +398,15 @@ def _train_one(cfg, v, seed: int, ds, splits, storage: str, fresh: bool) -> dict
     vsplits = splits if same else _EvalView(make_splits(vcfg, load_dataset(vcfg)), getattr(splits, "which", "test"))
     if list(vsplits.test.case_ids) != list(splits.test.case_ids):
         raise RuntimeError(f"{v.name}: its test split differs from the profile's; cases cannot be paired")
-    suffix = ("" if v.main else "v-" + "".join(ch if ch.isalnum() else "-" for ch in v.name.lower()).strip("-")[:40])
-    fr = fit(vcfg, vsplits.train, vsplits.val, run_name=default_run_name(vcfg, suffix or "main"), resume=not fresh,
-             disable_attention=v.disable_attention)
+    suffix = "" if v.main else "v-" + "".join(ch if ch.isalnum() else "-" for ch in v.name.lower()).strip("-")[:40]
+    fr = fit(
+        vcfg,
+        vsplits.train,
+        vsplits.val,
+        run_name=default_run_name(vcfg, suffix or "main"),
+        resume=not fresh,
+        disable_attention=v.disable_attention,
+    )
     # evaluation where the training ran: 20,000-case galleries through two ResNet50s take minutes on CPUs
     dev = "cuda" if vcfg.train.use_gpu and torch.cuda.is_available() else "cpu"
     model = fr.model.to(dev)
@@ -317,10 +414,23 @@ def _train_one(cfg, v, seed: int, ds, splits, storage: str, fresh: bool) -> dict
     model.to("cpu")
     gp = ev.details.get("gallery_predictions")
     outcome = outcome_from_predictions(vcfg, splits.test, splits.gallery, ev.predictions, gp)
-    reasons = collapse_reasons(probs=outcome.get("probs"), embedding=outcome.get("embedding"), metrics=ev.metrics,
-                               codes=outcome.get("codes"), labels=outcome.get("labels"))
-    return {"metrics": ev.metrics, "outcome": outcome, "collapsed": reasons, "model": model,
-            "train_seconds": fr.seconds, "epochs": len(fr.history), "kept": _kept_fractions(ev.metrics), "cfg": vcfg}
+    reasons = collapse_reasons(
+        probs=outcome.get("probs"),
+        embedding=outcome.get("embedding"),
+        metrics=ev.metrics,
+        codes=outcome.get("codes"),
+        labels=outcome.get("labels"),
+    )
+    return {
+        "metrics": ev.metrics,
+        "outcome": outcome,
+        "collapsed": reasons,
+        "model": model,
+        "train_seconds": fr.seconds,
+        "epochs": len(fr.history),
+        "kept": _kept_fractions(ev.metrics),
+        "cfg": vcfg,
+    }
 
 
 # ------------------------------------------------------------------------------------- the tables
@@ -333,7 +443,9 @@ def _reference(cfg, splits) -> dict[str, dict]:
     from lungsearch.evaluation.chance import per_query_chance
 
     test, gal, train = splits.test, splits.gallery, splits.train
-    rel = M.label_relevance(test.multi_hot if test.multilabel else test.labels, gal.multi_hot if gal.multilabel else gal.labels)
+    rel = M.label_relevance(
+        test.multi_hot if test.multilabel else test.labels, gal.multi_hot if gal.multilabel else gal.labels
+    )
     ch = per_query_chance(rel, 10)
     chance = {"ap10": ch["ap"], "ndcg_all": ch["ndcg_all"], "p_at_1": ch["p_at_1"]}
     if not test.multilabel:
@@ -376,8 +488,16 @@ def _cell(outcomes: list[dict], metric: str, n: int, n_boot: int) -> str:
     return f"{val:.3f}{ci}{sd}"
 
 
-def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], extra: dict, n: int, n_boot: int,
-            collapsed: list[str], main: str | None = None) -> list[dict]:
+def _claims(
+    profile: str,
+    runs: dict[str, list[dict]],
+    refs: dict[str, dict],
+    extra: dict,
+    n: int,
+    n_boot: int,
+    collapsed: list[str],
+    main: str | None = None,
+) -> list[dict]:
     """Every headline claim of the profile's paper as a Comparison (plus the reference claims)."""
     from lungsearch.evaluation.stats import compare
 
@@ -395,13 +515,21 @@ def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], ex
     def add(claim, metric, a, b, direction=1, note="", nb=None):
         oa, ob = oc(a), oc(b)
         if oa is None or ob is None:
-            out.append({"claim": claim, "verdict": "not measured", "numbers": f"{a if oa is None else b}: not trained in this run"})
+            out.append(
+                {
+                    "claim": claim,
+                    "verdict": "not measured",
+                    "numbers": f"{a if oa is None else b}: not trained in this run",
+                }
+            )
             return
         sa, sb = _scores(oa, metric), _scores(ob, metric)
         if not sa or not sb:
             out.append({"claim": claim, "verdict": "not measured", "numbers": f"no {metric} for {a} or {b}"})
             return
-        c = compare(claim, metric, a, b, sa, sb, n, direction=direction, collapsed=collapsed, n_boot=nb or n_boot, note=note)
+        c = compare(
+            claim, metric, a, b, sa, sb, n, direction=direction, collapsed=collapsed, n_boot=nb or n_boot, note=note
+        )
         out.append(c.as_dict())
 
     chance = next(k for k in refs if k.startswith("chance"))
@@ -429,8 +557,13 @@ def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], ex
         for other in ("Bi-LSTM", "SG+Bi-LSTM", "CMA+Bi-LSTM"):
             for m in ("accuracy", "auc"):
                 add(f"paper 1 Table 3: ours is best: beats {other} on {m}", m, ours, other)
-        add("paper 1 Table 3: the sparse gate keeps accuracy (CMA+SG vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
-            "accuracy", ours, "CMA+Bi-LSTM", note="non-inferiority read as: yes if the interval's lower bound > -0.02")
+        add(
+            "paper 1 Table 3: the sparse gate keeps accuracy (CMA+SG vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
+            "accuracy",
+            ours,
+            "CMA+Bi-LSTM",
+            note="non-inferiority read as: yes if the interval's lower bound > -0.02",
+        )
         # the non-inferiority verdict: shift by the margin
         last = out[-1]
         if "lo" in last:
@@ -438,66 +571,131 @@ def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], ex
 
             lo, hi = last["lo"] + 0.02, last["hi"] + 0.02
             last["verdict"] = "inconclusive" if "collapsed" in last.get("note", "") else verdict(lo, hi, 1)
-        add("paper 1 Table 3: SG+Bi-LSTM beats Bi-LSTM on accuracy (the gate alone)", "accuracy", "SG+Bi-LSTM", "Bi-LSTM")
-        add("paper 1 Table 3: cross-modal attention beats concatenation (CMA+Bi-LSTM vs Bi-LSTM, accuracy)", "accuracy", "CMA+Bi-LSTM", "Bi-LSTM")
+        add(
+            "paper 1 Table 3: SG+Bi-LSTM beats Bi-LSTM on accuracy (the gate alone)",
+            "accuracy",
+            "SG+Bi-LSTM",
+            "Bi-LSTM",
+        )
+        add(
+            "paper 1 Table 3: cross-modal attention beats concatenation (CMA+Bi-LSTM vs Bi-LSTM, accuracy)",
+            "accuracy",
+            "CMA+Bi-LSTM",
+            "Bi-LSTM",
+        )
         for a, b in ((ours, "CMA+Bi-LSTM"), ("SG+Bi-LSTM", "Bi-LSTM"), ("CMA+SG-Bi-LSTM, output gate", "CMA+Bi-LSTM")):
             ta, tb = extra.get(f"time {a}"), extra.get(f"time {b}")
             if ta and tb:
                 from lungsearch.evaluation.stats import compare as _cmp
 
                 k = min(len(t["ms"]) for t in ta + tb)
-                sa = [lambda idx, t=t: float(np.asarray(t["ms"][:k])[idx].mean()) for t in ta]
-                sb = [lambda idx, t=t: float(np.asarray(t["ms"][:k])[idx].mean()) for t in tb]
-                c = _cmp(f"paper 1 Table 3: the sparse gate infers faster ({a} vs {b}, ms per case, whole model)", "infer_ms",
-                         a, b, sa, sb, k, direction=-1, n_boot=n_boot,
-                         note=f"bootstrap over {k} interleaved timing rounds per seed; paper: -35 % (CMA) / -40 % (no CMA)")
+                sa = [lambda idx, t=t, k=k: float(np.asarray(t["ms"][:k])[idx].mean()) for t in ta]
+                sb = [lambda idx, t=t, k=k: float(np.asarray(t["ms"][:k])[idx].mean()) for t in tb]
+                c = _cmp(
+                    f"paper 1 Table 3: the sparse gate infers faster ({a} vs {b}, ms per case, whole model)",
+                    "infer_ms",
+                    a,
+                    b,
+                    sa,
+                    sb,
+                    k,
+                    direction=-1,
+                    n_boot=n_boot,
+                    note=f"bootstrap over {k} interleaved timing rounds per seed; paper: -35 % (CMA) / -40 % (no CMA)",
+                )
                 out.append(c.as_dict())
         # eq. 4's two readings (SparseGatedBiLSTM.gate_mode): does keeping the cell state across a dropped step help?
         out_gate = "CMA+SG-Bi-LSTM, output gate"
         for a, b in ((out_gate, ours), ("SG+Bi-LSTM, output gate", "SG+Bi-LSTM")):
             if a in runs:
-                add(f"paper 1 eq. 4: the output-gate reading beats the literal (cell-resetting) one ({a} vs {b}, accuracy)",
-                    "accuracy", a, b, note="an ambiguity of the paper, not one of its claims")
+                add(
+                    f"paper 1 eq. 4: the output-gate reading beats the literal (cell-resetting) one ({a} vs {b}, accuracy)",
+                    "accuracy",
+                    a,
+                    b,
+                    note="an ambiguity of the paper, not one of its claims",
+                )
         if out_gate in runs:
-            add("paper 1 Table 3, output-gate reading: the sparse gate keeps accuracy (vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
-                "accuracy", out_gate, "CMA+Bi-LSTM", note="non-inferiority read as: yes if the interval's lower bound > -0.02")
+            add(
+                "paper 1 Table 3, output-gate reading: the sparse gate keeps accuracy (vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
+                "accuracy",
+                out_gate,
+                "CMA+Bi-LSTM",
+                note="non-inferiority read as: yes if the interval's lower bound > -0.02",
+            )
             last = out[-1]
             if "lo" in last:
                 from lungsearch.evaluation.stats import verdict
 
-                last["verdict"] = "inconclusive" if "collapsed" in last.get("note", "") else verdict(last["lo"] + 0.02, last["hi"] + 0.02, 1)
+                last["verdict"] = (
+                    "inconclusive"
+                    if "collapsed" in last.get("note", "")
+                    else verdict(last["lo"] + 0.02, last["hi"] + 0.02, 1)
+                )
         if "CMA+SG-Bi-LSTM, gate_scale 1" in runs:
-            add("gate learning rate: gate_scale 10 (default) beats gate_scale 1 (accuracy)", "accuracy", ours, "CMA+SG-Bi-LSTM, gate_scale 1",
-                note="a measurement for the knob's default, not a paper claim")
+            add(
+                "gate learning rate: gate_scale 10 (default) beats gate_scale 1 (accuracy)",
+                "accuracy",
+                ours,
+                "CMA+SG-Bi-LSTM, gate_scale 1",
+                note="a measurement for the knob's default, not a paper claim",
+            )
         for name_, rs in runs.items():
             kept = [r["kept"] for r in rs if r.get("kept")]
             if kept:
-                ks = np.mean([k.get("kept_steps", np.nan) for k in kept]); ku = np.mean([k.get("kept_units", np.nan) for k in kept])
-                out.append({"claim": f"paper 1 Table 3: fraction of steps and units the sparse gate keeps ({name_}, test cases)",
-                            "verdict": "measured", "numbers": f"steps kept {ks:.3f}, units kept {ku:.3f} (mean over {len(kept)} seed(s))"})
+                ks = np.mean([k.get("kept_steps", np.nan) for k in kept])
+                ku = np.mean([k.get("kept_units", np.nan) for k in kept])
+                out.append(
+                    {
+                        "claim": f"paper 1 Table 3: fraction of steps and units the sparse gate keeps ({name_}, test cases)",
+                        "verdict": "measured",
+                        "numbers": f"steps kept {ks:.3f}, units kept {ku:.3f} (mean over {len(kept)} seed(s))",
+                    }
+                )
     elif profile == "cxr-cnn":
         ours = "LDC-Model (ours)"
         for other in [k for k in runs if k != ours]:  # the baselines trained in this run, named with their init
             for m in ("accuracy", "f1", "recall"):
                 add(f"paper 2 Table 3: LDC-Model beats {other} on {m}", m, ours, other)
-        out.append({"claim": "paper 2 Table 5: 4-fold cross-validation", "verdict": "not measured",
-                    "numbers": "this harness trains seeds on one split; the K-fold table is the previous harness's (git history)"})
+        out.append(
+            {
+                "claim": "paper 2 Table 5: 4-fold cross-validation",
+                "verdict": "not measured",
+                "numbers": "this harness trains seeds on one split; the K-fold table is the previous harness's (git history)",
+            }
+        )
     elif profile == "ct-ild":
         ours = "ILD-FFN+SCL (ours)"
         for other in ("ResNet+SCL (image only)", "Radiomics only (Omic)", "ResNet, no SCL (image only, CE)"):
             for m in ("top1_f1", "map10", "silhouette"):
                 add(f"paper 3 Tables 2-3: fused + SCL beats {other} on {m}", m, ours, other)
         for m in ("top1_f1", "silhouette"):
-            add(f"paper 3 Table 2: contrastive training helps (ResNet+SCL vs ResNet CE) on {m}", m, "ResNet+SCL (image only)",
-                "ResNet, no SCL (image only, CE)")
-        out.append({"claim": "paper 3: 5-fold protocol", "verdict": "not measured",
-                    "numbers": "seeds on one split here (the 5-fold loop is not in this harness yet)"})
+            add(
+                f"paper 3 Table 2: contrastive training helps (ResNet+SCL vs ResNet CE) on {m}",
+                m,
+                "ResNet+SCL (image only)",
+                "ResNet, no SCL (image only, CE)",
+            )
+        out.append(
+            {
+                "claim": "paper 3: 5-fold protocol",
+                "verdict": "not measured",
+                "numbers": "seeds on one split here (the 5-fold loop is not in this harness yet)",
+            }
+        )
     elif profile == "cxr-clip":
         for frac in ("1%", "10%", "100%"):
-            add(f"paper 4 Table 1: the pretrained encoder's linear probe beats a random-init encoder's at {frac} labels (AUC)",
-                "auc", f"probe pretrained {frac}", f"probe random init {frac}",
-                note="below 100 % the 'seeds' are fits: training seeds x labelled-subset draws (paired)" if frac != "100%" else "")
+            add(
+                f"paper 4 Table 1: the pretrained encoder's linear probe beats a random-init encoder's at {frac} labels (AUC)",
+                "auc",
+                f"probe pretrained {frac}",
+                f"probe random init {frac}",
+                note="below 100 % the 'seeds' are fits: training seeds x labelled-subset draws (paired)"
+                if frac != "100%"
+                else "",
+            )
             add(f"the pretrained probe at {frac} beats chance (AUC)", "auc", f"probe pretrained {frac}", chance)
+
         # the ablations (recipes.variants: rows on eq. 12 as printed), each read on the probes' AUC
         def probe(v: str) -> str:
             return "probe pretrained" if v == "Subgraph CLIP (ours)" else f"probe {v}"
@@ -505,30 +703,82 @@ def _claims(profile: str, runs: dict[str, list[dict]], refs: dict[str, dict], ex
         collapsed = list(collapsed) + [f"{probe(v)} {f}" for v in collapsed for f in ("1%", "10%", "100%")]
         eq12 = "Eq. 12 as printed (L1+L2+L3)"
         for claim, a, b in (
-            ("paper 4 Table 6: subgraph matching beats global CLIP (eq. 12 vs InfoNCE only)", eq12, "Global CLIP only (InfoNCE)"),
-            ("paper 4 Table 6: subgraph matching beats global matching (eq. 12 vs eq. 12 with a global L1)", eq12, "Eq. 12, global matching for L1"),
+            (
+                "paper 4 Table 6: subgraph matching beats global CLIP (eq. 12 vs InfoNCE only)",
+                eq12,
+                "Global CLIP only (InfoNCE)",
+            ),
+            (
+                "paper 4 Table 6: subgraph matching beats global matching (eq. 12 vs eq. 12 with a global L1)",
+                eq12,
+                "Eq. 12, global matching for L1",
+            ),
             ("paper 4 Table 6: matching helps (eq. 12 vs eq. 12 - L1)", eq12, "Eq. 12 - L1 (no matching)"),
-            ("paper 4 Table 10: the fine alignment helps (eq. 12 vs eq. 12 - L2)", eq12, "Eq. 12 - L2 (no fine alignment)"),
-            ("paper 4 Table 11: the sample-pair clustering helps (eq. 12 vs eq. 12 - L3)", eq12, "Eq. 12 - L3 (no clustering)"),
-            ("paper 4 Table 9: removing 30 % of the edges beats no sparsification (0 %)", eq12, "Eq. 12, 0 % edges removed"),
+            (
+                "paper 4 Table 10: the fine alignment helps (eq. 12 vs eq. 12 - L2)",
+                eq12,
+                "Eq. 12 - L2 (no fine alignment)",
+            ),
+            (
+                "paper 4 Table 11: the sample-pair clustering helps (eq. 12 vs eq. 12 - L3)",
+                eq12,
+                "Eq. 12 - L3 (no clustering)",
+            ),
+            (
+                "paper 4 Table 9: removing 30 % of the edges beats no sparsification (0 %)",
+                eq12,
+                "Eq. 12, 0 % edges removed",
+            ),
             ("paper 4 Table 9: removing 30 % of the edges beats 50 %", eq12, "Eq. 12, 50 % edges removed"),
-            ("shipped objective (eq. 12 + global InfoNCE) beats global CLIP", "Subgraph CLIP (ours)", "Global CLIP only (InfoNCE)"),
+            (
+                "shipped objective (eq. 12 + global InfoNCE) beats global CLIP",
+                "Subgraph CLIP (ours)",
+                "Global CLIP only (InfoNCE)",
+            ),
         ):
             if f"{probe(a)} 1%" not in extra or f"{probe(b)} 1%" not in extra:
                 missing = a if f"{probe(a)} 1%" not in extra else b
-                out.append({"claim": claim + " (probe AUC, 1/10/100 %)", "verdict": "not measured", "numbers": f"{missing}: not trained in this run"})
+                out.append(
+                    {
+                        "claim": claim + " (probe AUC, 1/10/100 %)",
+                        "verdict": "not measured",
+                        "numbers": f"{missing}: not trained in this run",
+                    }
+                )
                 continue
             for frac in ("1%", "10%", "100%"):
-                add(f"{claim} at {frac} labels (probe AUC)", "auc", f"{probe(a)} {frac}", f"{probe(b)} {frac}",
-                    note="below 100 % the 'seeds' are fits: training seeds x labelled-subset draws" if frac != "100%" else "")
+                add(
+                    f"{claim} at {frac} labels (probe AUC)",
+                    "auc",
+                    f"{probe(a)} {frac}",
+                    f"{probe(b)} {frac}",
+                    note="below 100 % the 'seeds' are fits: training seeds x labelled-subset draws"
+                    if frac != "100%"
+                    else "",
+                )
     elif profile == "cxr-hash":
         bits = ["ours, 16 bits", "ours, 32 bits", "ours, 48 bits", "ours, 64 bits"]
         for a, b in zip(bits[1:], bits[:-1]):
-            add(f"paper 5 Table 2: mAP@10 rises with code length ({a.split(', ')[1]} vs {b.split(', ')[1]})", "map10", a, b)
+            add(
+                f"paper 5 Table 2: mAP@10 rises with code length ({a.split(', ')[1]} vs {b.split(', ')[1]})",
+                "map10",
+                a,
+                b,
+            )
         add("paper 5 Table 2: mAP@10 at 64 bits beats 16 bits", "map10", bits[3], bits[0])
-        add("paper 5 Table 4: the attention branch improves mAP@10 (64 bits vs -A)", "map10", bits[3], "ours-A (no attention), 64 bits")
+        add(
+            "paper 5 Table 4: the attention branch improves mAP@10 (64 bits vs -A)",
+            "map10",
+            bits[3],
+            "ours-A (no attention), 64 bits",
+        )
         add("paper 5 Table 3: NDCG@ALL of ours (48 bits) beats chance", "ndcg_all", bits[2], chance)
-        add("paper 5 Table 3: the attention branch improves NDCG@ALL (64 bits vs -A)", "ndcg_all", bits[3], "ours-A (no attention), 64 bits")
+        add(
+            "paper 5 Table 3: the attention branch improves NDCG@ALL (64 bits vs -A)",
+            "ndcg_all",
+            bits[3],
+            "ours-A (no attention), 64 bits",
+        )
     return out
 
 
@@ -544,23 +794,42 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
     cols = COLUMNS[prof]
     runs = {k: [from_json(o) for o in v] for k, v in sec["outcomes"].items()}
     refs = {k: from_json(v) for k, v in sec["references"].items()}
-    extra = {k: [from_json(o) for o in v] for k, v in sec.get("extra_outcomes", {}).items() if not k.startswith("time ")}
+    extra = {
+        k: [from_json(o) for o in v] for k, v in sec.get("extra_outcomes", {}).items() if not k.startswith("time ")
+    }
     pub = PUBLISHED.get(prof, {})
-    lines = [f"## {prof} (paper {sec['paper']}): {sec['data_kind']} data", "",
-             f"*{sec['dataset']}. " + ("Validation split (the paper's Table 3 reading; it also drove early stopping) "
-             f"{n} cases (queries), gallery {sec['n_gallery']} (train). " if sec.get("eval_split") == "val" else
-             f"Test split {n} cases (queries), gallery {sec['n_gallery']} (train + val). ") + "Cells: seed mean "
-             f"[paired-bootstrap 95 % interval over the query cases, {n_boot} resamples] ±sd over seeds. Reference rows are fitted "
-             f"on the training split only.*", "",
-             f"Command: `{sec['command']}`; {sec['seconds']:.0f} s; configs: `{sec['config']}` + `{' '.join(sec['overrides']) or '(none)'}`.", ""]
+    lines = [
+        f"## {prof} (paper {sec['paper']}): {sec['data_kind']} data",
+        "",
+        f"*{sec['dataset']}. "
+        + (
+            "Validation split (the paper's Table 3 reading; it also drove early stopping) "
+            f"{n} cases (queries), gallery {sec['n_gallery']} (train). "
+            if sec.get("eval_split") == "val"
+            else f"Test split {n} cases (queries), gallery {sec['n_gallery']} (train + val). "
+        )
+        + "Cells: seed mean "
+        f"[paired-bootstrap 95 % interval over the query cases, {n_boot} resamples] ±sd over seeds. Reference rows are fitted "
+        f"on the training split only.*",
+        "",
+        f"Command: `{sec['command']}`; {sec['seconds']:.0f} s; configs: `{sec['config']}` + `{' '.join(sec['overrides']) or '(none)'}`.",
+        "",
+    ]
     header = ["Row", "seeds", *cols, "collapsed?", "paper (its data)"]
     rows = []
     for name, o in refs.items():
         rows.append([f"*{name}*", "–", *[_cell([o], m, n, n_boot) for m in cols], "", ""])
     for name, outs in runs.items():
         coll = sec["collapsed"].get(name) or []
-        rows.append([name, str(len(outs)), *[_cell(outs, m, n, n_boot) for m in cols],
-                     ("**collapsed**: " + "; ".join(sorted(set(coll)))) if coll else "no", pub.get(name, pub.get(name.split(" (")[0], ""))])
+        rows.append(
+            [
+                name,
+                str(len(outs)),
+                *[_cell(outs, m, n, n_boot) for m in cols],
+                ("**collapsed**: " + "; ".join(sorted(set(coll)))) if coll else "no",
+                pub.get(name, pub.get(name.split(" (")[0], "")),
+            ]
+        )
     for name, outs in extra.items():
         rows.append([name, str(len(outs)), *[_cell(outs, m, n, n_boot) for m in cols], "", pub.get(name, "")])
     from lungsearch.evaluation import markdown_table
@@ -576,22 +845,49 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
             if not vals:
                 return "–"
             d = over_draws(vals)
-            return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}] (n={int(d['n'])})" if d["n"] > 1 else f"{d['mean']:.3f} (n=1)"
+            return (
+                f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}] (n={int(d['n'])})"
+                if d["n"] > 1
+                else f"{d['mean']:.3f} (n=1)"
+            )
 
-        prow = [[name, str(len(o)), *[_cell(o, m, n, n_boot) for m in pcols], draws_cell(o), str(o[0].get("n_labelled", ""))]
-                for name, o in extra.items()]
-        lines += ["Linear probes (paper 4, Table 1). Below 100 % each seed's probe is fitted on several labelled subsets "
-                  "(draws); 'fits' = seeds x draws. The AUC-over-draws column is the mean AUC of those fits with the Student-t "
-                  "95 % interval of that mean (spread of the labelled subset and of the training seed together); the other "
-                  "cells are as in the table above.", "",
-                  markdown_table(["Probe", "fits", *pcols, "AUC over draws", "labelled cases"], prow), ""]
+        prow = [
+            [
+                name,
+                str(len(o)),
+                *[_cell(o, m, n, n_boot) for m in pcols],
+                draws_cell(o),
+                str(o[0].get("n_labelled", "")),
+            ]
+            for name, o in extra.items()
+        ]
+        lines += [
+            "Linear probes (paper 4, Table 1). Below 100 % each seed's probe is fitted on several labelled subsets "
+            "(draws); 'fits' = seeds x draws. The AUC-over-draws column is the mean AUC of those fits with the Student-t "
+            "95 % interval of that mean (spread of the labelled subset and of the training seed together); the other "
+            "cells are as in the table above.",
+            "",
+            markdown_table(["Probe", "fits", *pcols, "AUC over draws", "labelled cases"], prow),
+            "",
+        ]
     for pname, d in sec.get("downstream", {}).items():
         outs = {k: [from_json(o) for o in v] for k, v in d["outcomes"].items()}
         pn = d["n_test"]
-        prow = [[k, str(len(o)), *[_cell(o, m, pn, n_boot) for m in ("auc", "accuracy", "f1")], str(o[0].get("n_labelled", ""))]
-                for k, o in outs.items()]
-        lines += [f"Linear probes on {pname} ({d['source']}, {pn} test cases; the paper reads {d['metric']}):", "",
-                  markdown_table(["Probe", "seeds", "auc", "accuracy", "f1", "labelled cases"], prow), ""]
+        prow = [
+            [
+                k,
+                str(len(o)),
+                *[_cell(o, m, pn, n_boot) for m in ("auc", "accuracy", "f1")],
+                str(o[0].get("n_labelled", "")),
+            ]
+            for k, o in outs.items()
+        ]
+        lines += [
+            f"Linear probes on {pname} ({d['source']}, {pn} test cases; the paper reads {d['metric']}):",
+            "",
+            markdown_table(["Probe", "seeds", "auc", "accuracy", "f1", "labelled cases"], prow),
+            "",
+        ]
     if prof == "cxr-report" and any(sec.get("kept", {}).values()):
         krow = []
         for name, ks in sec["kept"].items():
@@ -601,9 +897,13 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
                 un = [k.get("kept_units", np.nan) for k in ks]
                 sd = lambda v: f" ±{np.std(v, ddof=1):.3f}" if len(v) > 1 else ""  # noqa: E731
                 krow.append([name, str(len(ks)), f"{np.mean(st):.3f}{sd(st)}", f"{np.mean(un):.3f}{sd(un)}"])
-        lines += ["Sparse gate (paper 1 Table 3): fractions of the test cases' sequence steps and of the Bi-LSTM units the "
-                  "trained gate keeps (`evaluate_model`'s `kept_steps` / `kept_units`), mean ±sd over seeds:", "",
-                  markdown_table(["Row", "seeds", "steps kept", "units kept"], krow), ""]
+        lines += [
+            "Sparse gate (paper 1 Table 3): fractions of the test cases' sequence steps and of the Bi-LSTM units the "
+            "trained gate keeps (`evaluate_model`'s `kept_steps` / `kept_units`), mean ±sd over seeds:",
+            "",
+            markdown_table(["Row", "seeds", "steps kept", "units kept"], krow),
+            "",
+        ]
     lines += ["| claim | verdict | numbers |", "|---|---|---|"]
     for c in sec["claims"]:
         v = c["verdict"]
@@ -619,38 +919,57 @@ def _calibration_md(cal: dict) -> list[str]:
     lines = ["## Phantom calibration: how much label information the images carry (PHANTOM, synthetic)", ""]
     cx = cal.get("cxr")
     if cx:
-        lines += [f"`cxr` kind ({cx['n']} cases, {cx['size']} px, generator seed {cx['seed']}; labels come from the report). "
-                  "Patient-grouped 5-fold CV, logistic regression:", "",
-                  "| signal knob | chance (majority acc. / balanced acc. / AUC) | 39 image statistics: acc. / balanced acc. / AUC | "
-                  "report TF-IDF: acc. / balanced acc. / AUC |", "|---|---|---|---|"]
+        lines += [
+            f"`cxr` kind ({cx['n']} cases, {cx['size']} px, generator seed {cx['seed']}; labels come from the report). "
+            "Patient-grouped 5-fold CV, logistic regression:",
+            "",
+            "| signal knob | chance (majority acc. / balanced acc. / AUC) | 39 image statistics: acc. / balanced acc. / AUC | "
+            "report TF-IDF: acc. / balanced acc. / AUC |",
+            "|---|---|---|---|",
+        ]
         for sig, r in cx["by_signal"].items():
             ch, im, rp = r["chance"], r["image_stats_logreg"], r.get("report_tfidf_logreg") or {}
-            lines.append(f"| {sig} | {ch['majority_accuracy']:.3f} / {ch['balanced_accuracy']:.3f} / 0.5 | {im['accuracy']:.3f} / "
-                         f"{im['balanced_accuracy']:.3f} / {im['macro_auc_ovr']:.3f} | {rp.get('accuracy', float('nan')):.3f} / "
-                         f"{rp.get('balanced_accuracy', float('nan')):.3f} / {rp.get('macro_auc_ovr', float('nan')):.3f} |")
+            lines.append(
+                f"| {sig} | {ch['majority_accuracy']:.3f} / {ch['balanced_accuracy']:.3f} / 0.5 | {im['accuracy']:.3f} / "
+                f"{im['balanced_accuracy']:.3f} / {im['macro_auc_ovr']:.3f} | {rp.get('accuracy', float('nan')):.3f} / "
+                f"{rp.get('balanced_accuracy', float('nan')):.3f} / {rp.get('macro_auc_ovr', float('nan')):.3f} |"
+            )
         lines.append("")
     ct = cal.get("ct")
     if ct:
-        lines += [f"`ct` kind ({ct['n']} cases, {ct['size']} px, {ct['slices']} slices, signal {ct['signal']:g}): {ct['features']} + "
-                  f"logistic regression, grouped 5-fold CV: accuracy **{ct['accuracy']:.3f}** (majority class {ct['chance_majority']:.3f}).", ""]
+        lines += [
+            f"`ct` kind ({ct['n']} cases, {ct['size']} px, {ct['slices']} slices, signal {ct['signal']:g}): {ct['features']} + "
+            f"logistic regression, grouped 5-fold CV: accuracy **{ct['accuracy']:.3f}** (majority class {ct['chance_majority']:.3f}).",
+            "",
+        ]
     return lines
 
 
 def _page(sections: list[dict], meta: dict, n_boot: int) -> str:
     kinds = sorted({s["data_kind"] for s in sections})
-    lines = ["# Reproduction of the papers' claims", "",
-             f"> **Data: {', '.join(kinds) or '(none)'}.** " + ("Phantom numbers are synthetic: they show each method running and how "
-             "its variants compare on generated images; they say nothing clinical, and the papers' numbers (right column) are on "
-             "their own real datasets." if any("PHANTOM" in k for k in kinds) else ""), "",
-             f"- Written {meta['written']} by `{meta['command']}`; run folder `{meta['run_dir']}`.",
-             f"- Machine: {meta['machine']}. Seeds per variant: {meta['seeds']}. Verdicts: paired bootstrap 95 % interval of the "
-             "seed-averaged difference over the test cases; **yes** only if it excludes 0 in the paper's direction, **no** if it "
-             "excludes 0 the other way, else inconclusive; a collapsed variant's comparisons are inconclusive. The margin is the "
-             "interval bound nearest 0 in the paper's direction.",
-             f"- Status: {meta['status']}.",
-             "- Re-run: `python ray_jobs/reproduce.py --quick --profiles <profile>` (2-core preset), `--seeds 3` without `--quick` "
-             "(the CPU configs), `--gpu --profiles cxr-hash` (the *.gpu.yaml recipe on 20,000 phantoms at 224 px, ~9 min budget); "
-             "`--from-run <run folder>` recomputes the verdicts from saved per-case outcomes; `--publish` copies the page here.", ""]
+    lines = [
+        "# Reproduction of the papers' claims",
+        "",
+        f"> **Data: {', '.join(kinds) or '(none)'}.** "
+        + (
+            "Phantom numbers are synthetic: they show each method running and how "
+            "its variants compare on generated images; they say nothing clinical, and the papers' numbers (right column) are on "
+            "their own real datasets."
+            if any("PHANTOM" in k for k in kinds)
+            else ""
+        ),
+        "",
+        f"- Written {meta['written']} by `{meta['command']}`; run folder `{meta['run_dir']}`.",
+        f"- Machine: {meta['machine']}. Seeds per variant: {meta['seeds']}. Verdicts: paired bootstrap 95 % interval of the "
+        "seed-averaged difference over the test cases; **yes** only if it excludes 0 in the paper's direction, **no** if it "
+        "excludes 0 the other way, else inconclusive; a collapsed variant's comparisons are inconclusive. The margin is the "
+        "interval bound nearest 0 in the paper's direction.",
+        f"- Status: {meta['status']}.",
+        "- Re-run: `python ray_jobs/reproduce.py --quick --profiles <profile>` (2-core preset), `--seeds 3` without `--quick` "
+        "(the CPU configs), `--gpu --profiles cxr-hash` (the *.gpu.yaml recipe on 20,000 phantoms at 224 px, ~9 min budget); "
+        "`--from-run <run folder>` recomputes the verdicts from saved per-case outcomes; `--publish` copies the page here.",
+        "",
+    ]
     tally: dict[str, int] = {}
     for s in sections:
         for c in s["claims"]:
@@ -693,11 +1012,25 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
     _say(f"{name}: splits {splits.sizes()} (table read on the {which} split); reference rows")
     refs = _reference(cfg, splits)
     sec: dict[str, Any] = {
-        "profile": name, "paper": cfg.paper, "data_kind": _data_kind(splits), "n_test": len(splits.test), "eval_split": which,
-        "n_gallery": len(splits.gallery), "config": config_label, "overrides": overrides,
+        "profile": name,
+        "paper": cfg.paper,
+        "data_kind": _data_kind(splits),
+        "n_test": len(splits.test),
+        "eval_split": which,
+        "n_gallery": len(splits.gallery),
+        "config": config_label,
+        "overrides": overrides,
         "dataset": dataset_label(cfg, len(ds.table)).split(", training seed")[0],
-        "command": meta["command"], "seconds": 0.0, "outcomes": {}, "references": {k: to_json(v) for k, v in refs.items()},
-        "collapsed": {}, "metrics": {}, "claims": [], "extra_outcomes": {}, "notes": [], "complete": False,
+        "command": meta["command"],
+        "seconds": 0.0,
+        "outcomes": {},
+        "references": {k: to_json(v) for k, v in refs.items()},
+        "collapsed": {},
+        "metrics": {},
+        "claims": [],
+        "extra_outcomes": {},
+        "notes": [],
+        "complete": False,
     }
     runs: dict[str, list[dict]] = {}
     extra: dict[str, list] = {}
@@ -707,7 +1040,9 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
     vs = _variants(cfg, weights)
     if preset is not None:
         sec["notes"] += [f"preset {preset.name}: {x}" for x in preset.section.notes]
-        sec["notes"] += [f"preset {preset.name}: probe {p} not run (no preset.probes.{p}.root)" for p in preset.skipped_probes]
+        sec["notes"] += [
+            f"preset {preset.name}: probe {p} not run (no preset.probes.{p}.root)" for p in preset.skipped_probes
+        ]
     only = args.variants or (GPU_VARIANTS.get(name) if args.gpu else QUICK_VARIANTS.get(name) if args.quick else None)
     if only:  # a row also matches by its name before " (": "VGG16" selects "VGG16 (from scratch)"
         vs = [v for v in vs if v.name in only or v.name.split(" (")[0] in only]
@@ -717,8 +1052,16 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
 
     def refresh():
         sec["seconds"] = time.perf_counter() - t0
-        sec["claims"] = _claims(name, runs, refs, extra, len(splits.test), args.boot,
-                                [k for k, v in sec["collapsed"].items() if v], main=main_name) + _downstream_claims(sec, args.boot)
+        sec["claims"] = _claims(
+            name,
+            runs,
+            refs,
+            extra,
+            len(splits.test),
+            args.boot,
+            [k for k, v in sec["collapsed"].items() if v],
+            main=main_name,
+        ) + _downstream_claims(sec, args.boot)
         _write(run_dir, sections + [sec] if sec not in sections else sections, meta, args)
 
     stopped = False
@@ -741,11 +1084,19 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
             sec["metrics"].setdefault(v.name, []).append(r["metrics"])
             sec["collapsed"].setdefault(v.name, []).extend(f"seed {seed}: {x}" for x in r["collapsed"])
             sec.setdefault("kept", {}).setdefault(v.name, []).append(r["kept"])
-            _say(f"{name}: seed {seed}: {v.name}: {r['train_seconds']:.0f} s, "
-                 + ", ".join(f"{m}={r['metrics'][m]:.3f}" for m in ("accuracy", "f1", "map10", "top1_f1") if m in r["metrics"])
-                 + (f"; COLLAPSED: {r['collapsed']}" if r["collapsed"] else ""))
-            if name == "cxr-clip":  # every pretraining variant is judged by its probes (random init once, with the main row)
-                probes = _probe_outcomes(r["cfg"], r["model"], seed, splits, "pretrained" if v.main else v.name, random_init=v.main)
+            _say(
+                f"{name}: seed {seed}: {v.name}: {r['train_seconds']:.0f} s, "
+                + ", ".join(
+                    f"{m}={r['metrics'][m]:.3f}" for m in ("accuracy", "f1", "map10", "top1_f1") if m in r["metrics"]
+                )
+                + (f"; COLLAPSED: {r['collapsed']}" if r["collapsed"] else "")
+            )
+            if (
+                name == "cxr-clip"
+            ):  # every pretraining variant is judged by its probes (random init once, with the main row)
+                probes = _probe_outcomes(
+                    r["cfg"], r["model"], seed, splits, "pretrained" if v.main else v.name, random_init=v.main
+                )
                 for k, outs in probes.items():
                     for o in outs:
                         extra.setdefault(k, []).append(o)
@@ -754,8 +1105,17 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
                     _downstream_probes(preset, r, seed, sec, probe_data)
             refresh()
         if name == "cxr-report":
-            pairs = [n for n in ("CMA+SG-Bi-LSTM (ours)", "CMA+Bi-LSTM", "SG+Bi-LSTM", "Bi-LSTM", "CMA+SG-Bi-LSTM, output gate")
-                     if n in models]
+            pairs = [
+                n
+                for n in (
+                    "CMA+SG-Bi-LSTM (ours)",
+                    "CMA+Bi-LSTM",
+                    "SG+Bi-LSTM",
+                    "Bi-LSTM",
+                    "CMA+SG-Bi-LSTM, output gate",
+                )
+                if n in models
+            ]
             if len(pairs) >= 2:
                 times = _time_pair({n: models[n] for n in pairs}, splits.test)
                 for n_, ms in times.items():
@@ -768,7 +1128,9 @@ def run_profile(name: str, args, run_dir: Path, meta: dict, sections: list[dict]
         if stopped:
             break
     if stopped:
-        sec["notes"].append(f"stopped at the time budget after {max((len(v) for v in runs.values()), default=0)} seed(s)")
+        sec["notes"].append(
+            f"stopped at the time budget after {max((len(v) for v in runs.values()), default=0)} seed(s)"
+        )
     sec["complete"] = not stopped
     refresh()
     return sec
@@ -787,20 +1149,39 @@ def recompute(run_dir: Path, n_boot: int) -> list[dict]:
             continue
         sec = json.loads(path.read_text())
         kept = sec.get("kept", {})
-        runs = {k: [{"outcome": from_json(o), "kept": (kept.get(k) or [])[i] if i < len(kept.get(k) or []) else {}}
-                    for i, o in enumerate(v)] for k, v in sec["outcomes"].items()}
+        runs = {
+            k: [
+                {"outcome": from_json(o), "kept": (kept.get(k) or [])[i] if i < len(kept.get(k) or []) else {}}
+                for i, o in enumerate(v)
+            ]
+            for k, v in sec["outcomes"].items()
+        }
         refs = {k: from_json(v) for k, v in sec["references"].items()}
-        extra = {k: ([from_json(o) for o in v] if not k.startswith("time ") else v) for k, v in sec.get("extra_outcomes", {}).items()}
+        extra = {
+            k: ([from_json(o) for o in v] if not k.startswith("time ") else v)
+            for k, v in sec.get("extra_outcomes", {}).items()
+        }
         main = next((v.name for v in _variants(load_profile(name)) if v.main), None)
         # the collapse guards too follow the current logic (from the saved outputs and metrics)
         from lungsearch.evaluation.stats import collapse_reasons
 
         mets = sec.get("metrics", {})
-        sec["collapsed"] = {k: [f"seed {i}: {x}" for i, r in enumerate(v) for x in collapse_reasons(
-            probs=r["outcome"].get("probs"), embedding=r["outcome"].get("embedding"), codes=r["outcome"].get("codes"),
-            metrics=(mets.get(k) or [None] * len(v))[i] if i < len(mets.get(k) or []) else None)] for k, v in runs.items()}
-        sec["claims"] = (_claims(name, runs, refs, extra, sec["n_test"], n_boot, [k for k, v in sec["collapsed"].items() if v], main=main)
-                         + _downstream_claims(sec, n_boot))
+        sec["collapsed"] = {
+            k: [
+                f"seed {i}: {x}"
+                for i, r in enumerate(v)
+                for x in collapse_reasons(
+                    probs=r["outcome"].get("probs"),
+                    embedding=r["outcome"].get("embedding"),
+                    codes=r["outcome"].get("codes"),
+                    metrics=(mets.get(k) or [None] * len(v))[i] if i < len(mets.get(k) or []) else None,
+                )
+            ]
+            for k, v in runs.items()
+        }
+        sec["claims"] = _claims(
+            name, runs, refs, extra, sec["n_test"], n_boot, [k for k, v in sec["collapsed"].items() if v], main=main
+        ) + _downstream_claims(sec, n_boot)
         sections.append(sec)
     return sections
 
@@ -819,10 +1200,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profiles", nargs="*", default=list(PROFILES))
     p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (>= 3 for verdicts; default 3)")
-    p.add_argument("--quick", action="store_true", help="the shortened CPU settings (QUICK): <= 10 min per profile on 2 cores")
+    p.add_argument(
+        "--quick", action="store_true", help="the shortened CPU settings (QUICK): <= 10 min per profile on 2 cores"
+    )
     p.add_argument("--gpu", action="store_true", help="the *.gpu.yaml recipes on 20,000-case 224 px phantoms (GPU)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help=f"stop starting new trainings after this many seconds (default: {GPU_BUDGET_S:.0f} with --gpu, none otherwise)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"stop starting new trainings after this many seconds (default: {GPU_BUDGET_S:.0f} with --gpu, none otherwise)",
+    )
     p.add_argument("--variants", nargs="*", default=None, help="train only these rows (names as in the tables)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override applied to every profile")
     p.add_argument("--run-dir", default=None, help="run folder (default <ARTIFACTS_DIR>/reproduce/<UTC time>)")
@@ -830,22 +1217,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval")
     p.add_argument("--fresh", action="store_true", help="retrain instead of resuming finished runs")
     p.add_argument("--address", default=None)
-    p.add_argument("--calibrate", action="store_true",
-                   help="also measure the phantoms' image label information (cxr at signal 1 and 3) and CT first-order HU separability")
-    p.add_argument("--from-run", default=None, metavar="DIR",
-                   help="recompute the claims and the page of an earlier run folder from its saved outcomes (no training)")
-    p.add_argument("--config", default=None, metavar="YAML",
-                   help="one profile, named by its config as the other job scripts take it (configs/<profile>.yaml; "
-                        "configs/<profile>.gpu.yaml means --gpu); trailing KEY=VALUE words are --set overrides")
-    p.add_argument("--preset", default=None, metavar="paper/<n>-<dataset>",
-                   help="one paper on its real dataset (configs/paper/*.yaml): labels, split protocol, recipe, local weights; "
-                        "trailing KEY=VALUE words are its overrides (data.root=... at least; preset.weights_dir=... for weights)")
-    p.add_argument("--eval-split", choices=("test", "val"), default=None,
-                   help="split the tables are read on (default: the preset's, else val for cxr-cnn as paper 2's Table 3, else test)")
-    p.add_argument("--baseline-weights", action="append", default=[], metavar="ARCH=PATH",
-                   help="cxr-cnn: a local ImageNet state dict for a torchvision baseline (vgg16, vgg19, alexnet, resnet50, "
-                        "mobilenet_v2); baselines without one train from scratch and the table says so")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config or --preset: overrides (same as --set)")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also measure the phantoms' image label information (cxr at signal 1 and 3) and CT first-order HU separability",
+    )
+    p.add_argument(
+        "--from-run",
+        default=None,
+        metavar="DIR",
+        help="recompute the claims and the page of an earlier run folder from its saved outcomes (no training)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="one profile, named by its config as the other job scripts take it (configs/<profile>.yaml; "
+        "configs/<profile>.gpu.yaml means --gpu); trailing KEY=VALUE words are --set overrides",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="paper/<n>-<dataset>",
+        help="one paper on its real dataset (configs/paper/*.yaml): labels, split protocol, recipe, local weights; "
+        "trailing KEY=VALUE words are its overrides (data.root=... at least; preset.weights_dir=... for weights)",
+    )
+    p.add_argument(
+        "--eval-split",
+        choices=("test", "val"),
+        default=None,
+        help="split the tables are read on (default: the preset's, else val for cxr-cnn as paper 2's Table 3, else test)",
+    )
+    p.add_argument(
+        "--baseline-weights",
+        action="append",
+        default=[],
+        metavar="ARCH=PATH",
+        help="cxr-cnn: a local ImageNet state dict for a torchvision baseline (vgg16, vgg19, alexnet, resnet50, "
+        "mobilenet_v2); baselines without one train from scratch and the table says so",
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="with --config or --preset: overrides (same as --set)"
+    )
     args = p.parse_args(argv)
     args.preset_obj = None
     if args.preset:
@@ -875,7 +1288,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_run:
         run_dir = Path(args.from_run)
         old = json.loads((run_dir / "results.json").read_text())["meta"]
-        old["status"] = old.get("status", "") + f"; claims recomputed {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%dT%H:%M}Z from the saved outcomes"
+        old["status"] = (
+            old.get("status", "")
+            + f"; claims recomputed {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%dT%H:%M}Z from the saved outcomes"
+        )
         if (run_dir / "calibration.json").is_file():
             old["calibration"] = json.loads((run_dir / "calibration.json").read_text())
         sections = recompute(run_dir, args.boot)
@@ -900,19 +1316,26 @@ def main(argv: list[str] | None = None) -> int:
             device = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - the page only names the device
         pass
-    meta = {"written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python ray_jobs/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "run_dir": _rel(run_dir), "seeds": args.seeds, "quick": args.quick, "gpu": args.gpu,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}, Python {platform.python_version()}, "
-                       f"1-min load at start {os.getloadavg()[0]:.1f}",
-            "status": "running"}
+    meta = {
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python ray_jobs/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "run_dir": _rel(run_dir),
+        "seeds": args.seeds,
+        "quick": args.quick,
+        "gpu": args.gpu,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}, Python {platform.python_version()}, "
+        f"1-min load at start {os.getloadavg()[0]:.1f}",
+        "status": "running",
+    }
     _say(f"run folder {_rel(run_dir)}; seeds {args.seeds}; profiles {args.profiles}")
     if args.calibrate:
         from lungsearch.evaluation.calibration import ct_first_order_separability, cxr_image_information
 
         _say("calibration: cxr image label information at signal 1 and 3; CT first-order HU separability")
-        meta["calibration"] = {"cxr": cxr_image_information(run_dir / "calibration"),
-                               "ct": ct_first_order_separability(run_dir / "calibration")}
+        meta["calibration"] = {
+            "cxr": cxr_image_information(run_dir / "calibration"),
+            "ct": ct_first_order_separability(run_dir / "calibration"),
+        }
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "calibration.json").write_text(json.dumps(meta["calibration"], indent=1))
     if constants.TRAIN_BACKEND == "local":
@@ -927,7 +1350,9 @@ def main(argv: list[str] | None = None) -> int:
         _write(run_dir, sections, meta, args)
         for c in sec["claims"]:
             _say(f"{name}: {c['verdict']:>12}: {c['claim']}: {c['numbers']}")
-    meta["status"] = f"finished in {time.time() - t_start:.0f} s" + ("" if all(s["complete"] for s in sections) else " (cut short: see notes)")
+    meta["status"] = f"finished in {time.time() - t_start:.0f} s" + (
+        "" if all(s["complete"] for s in sections) else " (cut short: see notes)"
+    )
     _write(run_dir, sections, meta, args)
     _say(f"results: {_rel(run_dir / 'results.md')}")
     if args.publish:

@@ -35,9 +35,9 @@ log = logging.getLogger("lungsearch.services.encoding")
 @serve.deployment(name="Encoding", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class Encoding:
     """Args:
-        profiles: profiles (or ``profile@version``) to serve.
-        artifacts_dir: model registry root.
-        torch_threads: intra-op threads per replica (1 keeps 2-core machines responsive).
+    profiles: profiles (or ``profile@version``) to serve.
+    artifacts_dir: model registry root.
+    torch_threads: intra-op threads per replica (1 keeps 2-core machines responsive).
     """
 
     def __init__(self, profiles: list[str], artifacts_dir: str | None = None, torch_threads: int = 1) -> None:
@@ -77,7 +77,7 @@ class Encoding:
         return version
 
     async def ready(self) -> str:
-        """"" when every profile's model is loaded, else why not (for the gRPC health service)."""
+        """ "" when every profile's model is loaded, else why not (for the gRPC health service)."""
         return "; ".join(f"{p}: {m}" for p, m in sorted(self.models.errors.items()))
 
     def metrics_text(self) -> str:
@@ -134,7 +134,9 @@ class Encoding:
             self._in_flight -= 1
 
     @rpc("Encode", encoding_pb2.EncodeResponse)
-    async def Encode(self, request: encoding_pb2.EncodeRequest, grpc_context=None, *, study=None) -> encoding_pb2.EncodeResponse:
+    async def Encode(
+        self, request: encoding_pb2.EncodeRequest, grpc_context=None, *, study=None
+    ) -> encoding_pb2.EncodeResponse:
         served = self.models.get(request.model.profile, request.model.version)
         lim = served.cfg.serve.limits
         text = limits.check_report(request.report, lim)
@@ -149,9 +151,11 @@ class Encoding:
         if isinstance(res, LungsearchError):
             raise res
         item, feats = res
-        resp = encoding_pb2.EncodeResponse(model=convert.model_ref(served.profile, served.version),
-                                           modality=convert.modality_to_proto(item.modality),
-                                           view=convert.view_to_proto(item.view))
+        resp = encoding_pb2.EncodeResponse(
+            model=convert.model_ref(served.profile, served.version),
+            modality=convert.modality_to_proto(item.modality),
+            view=convert.view_to_proto(item.view),
+        )
         roi = convert.radiomics_roi_to_proto(item.roi_fallback, item.roi_reason)
         if roi is not None:  # radiomics read the whole thorax: every answer about this study says so
             resp.radiomics_roi.CopyFrom(roi)
@@ -164,8 +168,9 @@ class Encoding:
         resp.features.CopyFrom(convert.features_to_proto(feats))
         return resp
 
-    async def explain_pixels(self, model: common_pb2.ModelRef, pixels: Any, label: str = "",
-                             text: str | None = None) -> tuple[Any, str]:
+    async def explain_pixels(
+        self, model: common_pb2.ModelRef, pixels: Any, label: str = "", text: str | None = None
+    ) -> tuple[Any, str]:
         """Grad-CAM of already preprocessed pixels ``[S, 1, H, W]`` (a stored case's thumbnail, for the
         Gateway's ExplainMatch): ``(heat map [H, W] in [0, 1], the label explained)``."""
         import numpy as np
@@ -175,8 +180,9 @@ class Encoding:
         item = pipeline.StudyInput(pixels=np.asarray(pixels, dtype=np.float32), text=(text or "") if has_text else None)
         return await asyncio.to_thread(pipeline.explain_study, served.model, item, label)
 
-    async def encode_fused(self, request: encoding_pb2.EncodeRequest, *, study=None
-                           ) -> tuple[encoding_pb2.EncodeResponse, fusion_pb2.FuseResponse, common_pb2.HashCode | None]:
+    async def encode_fused(
+        self, request: encoding_pb2.EncodeRequest, *, study=None
+    ) -> tuple[encoding_pb2.EncodeResponse, fusion_pb2.FuseResponse, common_pb2.HashCode | None]:
         """Encode (batched), then fuse and hash in this replica: the gateway's ``stages: fused`` mode.
 
         The same library calls as the Fusion and Hashing deployments (``fuse_batch``,
@@ -190,14 +196,19 @@ class Encoding:
             fused = pipeline.fuse_batch(served.model, [feats])[0]
             packed = None
             if served.model.code_bits:
-                packed = pipeline.hash_code(served.model, hash_logits=feats["hash_logits"]) if "hash_logits" in feats \
+                packed = (
+                    pipeline.hash_code(served.model, hash_logits=feats["hash_logits"])
+                    if "hash_logits" in feats
                     else pipeline.hash_code(served.model, embedding=fused["embedding"])
+                )
             return fused, packed
 
         fused, packed = await asyncio.to_thread(fuse_and_hash)
         fus = fusion_pb2.FuseResponse(model=enc.model, embedding=convert.tensor_to_proto(fused["embedding"]))
         if "probabilities" in fused:
-            fus.probabilities.extend(common_pb2.LabelScore(label=t, score=float(p))
-                                     for t, p in zip(served.card.targets, fused["probabilities"]))
+            fus.probabilities.extend(
+                common_pb2.LabelScore(label=t, score=float(p))
+                for t, p in zip(served.card.targets, fused["probabilities"])
+            )
         code = convert.code_to_proto(packed, served.model.code_bits) if packed is not None else None
         return enc, fus, code

@@ -26,9 +26,9 @@ log = logging.getLogger("lungsearch.services.fusion")
 @serve.deployment(name="Fusion", ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=32)
 class Fusion:
     """Args:
-        profiles: profiles (or ``profile@version``) to serve.
-        artifacts_dir: model registry root.
-        torch_threads: intra-op threads per replica.
+    profiles: profiles (or ``profile@version``) to serve.
+    artifacts_dir: model registry root.
+    torch_threads: intra-op threads per replica.
     """
 
     def __init__(self, profiles: list[str], artifacts_dir: str | None = None, torch_threads: int = 1) -> None:
@@ -60,7 +60,7 @@ class Fusion:
         return version
 
     async def ready(self) -> str:
-        """"" when every profile's model is loaded, else why not (for the gRPC health service)."""
+        """ "" when every profile's model is loaded, else why not (for the gRPC health service)."""
         return "; ".join(f"{p}: {m}" for p, m in sorted(self.models.errors.items()))
 
     def metrics_text(self) -> str:
@@ -86,10 +86,12 @@ class Fusion:
         if not feats:
             raise InvalidRequestError("no features to fuse", code="no_features", field="features")
         res = await self._fuse_batched((served, feats))
-        resp = fusion_pb2.FuseResponse(model=convert.model_ref(served.profile, served.version),
-                                       embedding=convert.tensor_to_proto(res["embedding"]))
+        resp = fusion_pb2.FuseResponse(
+            model=convert.model_ref(served.profile, served.version), embedding=convert.tensor_to_proto(res["embedding"])
+        )
         if "probabilities" in res:
             targets = list(served.card.targets)
-            resp.probabilities.extend(common_pb2.LabelScore(label=t, score=float(p))
-                                      for t, p in zip(targets, res["probabilities"]))
+            resp.probabilities.extend(
+                common_pb2.LabelScore(label=t, score=float(p)) for t, p in zip(targets, res["probabilities"])
+            )
         return resp

@@ -28,6 +28,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 from ray import serve
 
+from lungsearch import inference
 from lungsearch._proto.v1 import (
     common_pb2,
     encoding_pb2,
@@ -36,7 +37,6 @@ from lungsearch._proto.v1 import (
     hashing_pb2,
     ranking_pb2,
 )
-from lungsearch import inference
 from lungsearch.errors import ConfigError, InvalidImageError, InvalidRequestError, NotFoundError
 from lungsearch.serving import convert, limits, pipeline
 from lungsearch.serving.appconfig import AppArgs, deployment_options
@@ -51,8 +51,14 @@ __all__ = ["Gateway", "app", "HEALTH_SERVICES"]
 log = logging.getLogger("lungsearch.services.gateway")
 
 #: Service names the health service answers for ("" = the server as a whole).
-HEALTH_SERVICES = ("", "lungsearch.v1.LungSearch", "lungsearch.v1.Encoding", "lungsearch.v1.Fusion",
-                   "lungsearch.v1.Hashing", "lungsearch.v1.Ranking")
+HEALTH_SERVICES = (
+    "",
+    "lungsearch.v1.LungSearch",
+    "lungsearch.v1.Encoding",
+    "lungsearch.v1.Fusion",
+    "lungsearch.v1.Hashing",
+    "lungsearch.v1.Ranking",
+)
 _READY_TIMEOUT_S = 3.0
 
 
@@ -60,8 +66,8 @@ _READY_TIMEOUT_S = 3.0
 @serve.ingress()  # the web page (lungsearch.web.app) on Serve's HTTP ingress; gRPC routes by method name as before
 class Gateway:
     """Args:
-        encoding, fusion, hashing, ranking: deployment handles (bound by :func:`app`).
-        args: the application's :class:`~lungsearch.serving.appconfig.AppArgs` as a dict.
+    encoding, fusion, hashing, ranking: deployment handles (bound by :func:`app`).
+    args: the application's :class:`~lungsearch.serving.appconfig.AppArgs` as a dict.
     """
 
     def __init__(self, encoding, fusion, hashing, ranking, args: dict[str, Any]) -> None:
@@ -70,8 +76,11 @@ class Gateway:
 
         self.args = AppArgs.parse(args)
         self.metrics = ServingMetrics("gateway")
-        self.auth = Authenticator.from_file(self.args.tokens_file or None, insecure_local=self.args.insecure_local,
-                                            loopback_only=self.args.loopback_only)
+        self.auth = Authenticator.from_file(
+            self.args.tokens_file or None,
+            insecure_local=self.args.insecure_local,
+            loopback_only=self.args.loopback_only,
+        )
         self.models = ModelSet(self.args.profiles, root=self.args.artifacts_dir, load_weights=False)
         self.models.load()
         self.hmac_key = load_or_create_key(self.args.hmac_key_file)
@@ -85,8 +94,11 @@ class Gateway:
         self.audit = self._open_audit()
         # The report scrubber's first call imports spaCy (seconds): do it now, not in the first Ingest.
         threading.Thread(target=inference.deidentify_report, args=("warm-up",), daemon=True).start()
-        log.info("gateway up: profiles=%s auth=%s", ",".join(self.models.profiles),
-                 "tokens" if self.auth.secured else ("insecure-local" if self.auth.insecure_local else "deny-all"))
+        log.info(
+            "gateway up: profiles=%s auth=%s",
+            ",".join(self.models.profiles),
+            "tokens" if self.auth.secured else ("insecure-local" if self.auth.insecure_local else "deny-all"),
+        )
 
     def _open_thumbnails(self):
         """The stored cases' thumbnails (``lungsearch.web.thumbs``), or None when turned off."""
@@ -169,23 +181,29 @@ class Gateway:
         limits.check_images(images, lim)
         study = await asyncio.to_thread(read_study, [im.data for im in images], limits=lim, hmac_key=self.hmac_key)
         if study.modality != served.cfg.modality:
-            raise InvalidImageError(f"profile {served.profile} serves {served.cfg.modality} images, got {study.modality}",
-                                    code="modality_mismatch", field="images")
+            raise InvalidImageError(
+                f"profile {served.profile} serves {served.cfg.modality} images, got {study.modality}",
+                code="modality_mismatch",
+                field="images",
+            )
         return study
 
-    async def _encode(self, served: ServedModel, images, report: common_pb2.Report, *, explain: bool = False,
-                      label: str = "") -> tuple[Any, str, encoding_pb2.EncodeResponse]:
+    async def _encode(
+        self, served: ServedModel, images, report: common_pb2.Report, *, explain: bool = False, label: str = ""
+    ) -> tuple[Any, str, encoding_pb2.EncodeResponse]:
         text = limits.check_report(report, served.cfg.serve.limits)
         if not images and not text:
             raise InvalidRequestError("give an image, a report, or both", code="empty_query")
         study = await self._decode(served, images) if images else None
-        req = encoding_pb2.EncodeRequest(model=convert.model_ref(served.profile, served.version), report=report,
-                                         explain=explain, explain_label=label)
+        req = encoding_pb2.EncodeRequest(
+            model=convert.model_ref(served.profile, served.version), report=report, explain=explain, explain_label=label
+        )
         enc = await self.encoding.Encode.remote(req, study=study)
         return study, text, enc
 
-    async def _embed(self, served: ServedModel, enc: encoding_pb2.EncodeResponse
-                     ) -> tuple[fusion_pb2.FuseResponse, common_pb2.HashCode | None]:
+    async def _embed(
+        self, served: ServedModel, enc: encoding_pb2.EncodeResponse
+    ) -> tuple[fusion_pb2.FuseResponse, common_pb2.HashCode | None]:
         ref = convert.model_ref(served.profile, served.version)
         fus = await self.fusion.Fuse.remote(fusion_pb2.FuseRequest(model=ref, features=enc.features))
         code = None
@@ -217,10 +235,12 @@ class Gateway:
         fus, code = await self._embed(served, enc)
         return study, text, enc, fus, code
 
-    async def _rank(self, served: ServedModel, fus, code, top_k: int, flt: common_pb2.Filter | None = None
-                    ) -> ranking_pb2.RankResponse:
-        req = ranking_pb2.RankRequest(model=convert.model_ref(served.profile, served.version), embedding=fus.embedding,
-                                      top_k=top_k)
+    async def _rank(
+        self, served: ServedModel, fus, code, top_k: int, flt: common_pb2.Filter | None = None
+    ) -> ranking_pb2.RankResponse:
+        req = ranking_pb2.RankRequest(
+            model=convert.model_ref(served.profile, served.version), embedding=fus.embedding, top_k=top_k
+        )
         if code is not None:
             req.code.CopyFrom(code)
         if flt is not None:
@@ -254,17 +274,25 @@ class Gateway:
             return None
         return self.models.get(served.profile, version)
 
-    async def _store_case(self, served: ServedModel, images, report: common_pb2.Report, labels, source_id: str
-                          ) -> gateway_pb2.IngestResponse:
+    async def _store_case(
+        self, served: ServedModel, images, report: common_pb2.Report, labels, source_id: str
+    ) -> gateway_pb2.IngestResponse:
         """Embed one study with ``served`` and upsert it into that version's collection; returns the
         ingest's answer for that version (with the radiomics ROI flag when the lung mask failed)."""
         study, text, enc, fus, code = await self._encode_embed(served, images, report)
-        key = pipeline.derive_case_key(self.hmac_key, study=study, source_id=source_id,
-                                       image_bytes=[im.data for im in images])
+        key = pipeline.derive_case_key(
+            self.hmac_key, study=study, source_id=source_id, image_bytes=[im.data for im in images]
+        )
         ref = convert.model_ref(served.profile, served.version)
-        case = common_pb2.Case(case_key=key, modality=convert.modality_to_proto(study.modality),
-                               view=convert.view_to_proto(study.view), labels=labels,
-                               report_excerpt=pipeline.report_excerpt(text), model=ref, num_images=len(study.images))
+        case = common_pb2.Case(
+            case_key=key,
+            modality=convert.modality_to_proto(study.modality),
+            view=convert.view_to_proto(study.view),
+            labels=labels,
+            report_excerpt=pipeline.report_excerpt(text),
+            model=ref,
+            num_images=len(study.images),
+        )
         case.ingested_at.CopyFrom(convert.timestamp(time.time()))
         record = ranking_pb2.CaseRecord(case=case, embedding=fus.embedding)
         if code is not None:
@@ -272,7 +300,9 @@ class Gateway:
         # Ranking writes Milvus and flushes before it answers: an OK here is durable.
         up = await self.ranking.Upsert.remote(ranking_pb2.UpsertRequest(model=ref, records=[record]))
         await self._store_thumbnail(served, key, study)
-        return convert.copy_radiomics_roi(enc, gateway_pb2.IngestResponse(case_key=key, created=up.inserted > 0, model=ref))
+        return convert.copy_radiomics_roi(
+            enc, gateway_pb2.IngestResponse(case_key=key, created=up.inserted > 0, model=ref)
+        )
 
     async def _deidentified_report(self, report: common_pb2.Report, lim) -> common_pb2.Report:
         """The report an ingest stores and embeds: names, identifiers, dates, phones, addresses and
@@ -339,7 +369,9 @@ class Gateway:
         _, _, enc, fus, code = await self._encode_embed(served, request.images, request.report)
         ranked = await self._rank(served, fus, code, k)
         vote = pipeline.knn_vote([list(r.case.labels) for r in ranked.results], served.card.targets)
-        resp = convert.copy_radiomics_roi(enc, gateway_pb2.ClassifyResponse(model=fus.model, probabilities=list(fus.probabilities)))
+        resp = convert.copy_radiomics_roi(
+            enc, gateway_pb2.ClassifyResponse(model=fus.model, probabilities=list(fus.probabilities))
+        )
         resp.knn_vote.extend(common_pb2.LabelScore(label=lab, score=float(s)) for lab, s in vote)
         if fus.probabilities:
             resp.top_label = max(fus.probabilities, key=lambda p: p.score).label
@@ -365,9 +397,14 @@ class Gateway:
         image = pixels[pixels.shape[0] // 2, 0]
         score = next((p.score for p in fus.probabilities if p.label == enc.heatmap_label), 0.0)
         heat_png, overlay = await asyncio.to_thread(
-            lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(image, heat)))
-        return convert.copy_radiomics_roi(enc, gateway_pb2.ExplainResponse(
-            model=enc.model, label=enc.heatmap_label, score=float(score), heatmap_png=heat_png, overlay_png=overlay))
+            lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(image, heat))
+        )
+        return convert.copy_radiomics_roi(
+            enc,
+            gateway_pb2.ExplainResponse(
+                model=enc.model, label=enc.heatmap_label, score=float(score), heatmap_png=heat_png, overlay_png=overlay
+            ),
+        )
 
     async def _query_heat(self, served: ServedModel, study, report, label: str):
         """(encode response with the query's heat map for ``label``, fused response, code)."""
@@ -378,8 +415,9 @@ class Gateway:
         return enc, fus, code
 
     @rpc("ExplainMatch", gateway_pb2.ExplainMatchResponse)
-    async def ExplainMatch(self, request: gateway_pb2.ExplainMatchRequest, grpc_context=None
-                           ) -> gateway_pb2.ExplainMatchResponse:
+    async def ExplainMatch(
+        self, request: gateway_pb2.ExplainMatchRequest, grpc_context=None
+    ) -> gateway_pb2.ExplainMatchResponse:
         from lungsearch.data import preprocess_study
         from lungsearch.web import match
 
@@ -411,8 +449,9 @@ class Gateway:
         if study is not None and label != first:
             enc, _, _ = await self._query_heat(served, study, request.report, label)
         query_excerpt = pipeline.report_excerpt(text)
-        resp = gateway_pb2.ExplainMatchResponse(model=ref, label=label, shared_labels=shared, case=case,
-                                                query_excerpt=query_excerpt)
+        resp = gateway_pb2.ExplainMatchResponse(
+            model=ref, label=label, shared_labels=shared, case=case, query_excerpt=query_excerpt
+        )
         convert.copy_radiomics_roi(enc, resp)
         resp.query_labels.extend(common_pb2.LabelScore(label=lab, score=s) for lab, s in qlabels)
         for ph in match.shared_phrases(query_excerpt, case.report_excerpt):
@@ -424,13 +463,15 @@ class Gateway:
             pixels = await asyncio.to_thread(preprocess_study, study, served.cfg.data)
             image = pixels[pixels.shape[0] // 2, 0]
             resp.query_heatmap_png, resp.query_overlay_png = await asyncio.to_thread(
-                lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(image, heat)))
+                lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(image, heat))
+            )
         thumb = await asyncio.to_thread(self.thumbs.get, served.profile, key) if self.thumbs is not None else None
         if thumb is not None:
             pixels = thumb.model_input(served.cfg.data.image_size)
             heat, _ = await self.encoding.explain_pixels.remote(ref, pixels, label, case.report_excerpt)
             resp.case_heatmap_png, resp.case_overlay_png = await asyncio.to_thread(
-                lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(pixels[0, 0], heat)))
+                lambda: (pipeline.heatmap_png(heat), pipeline.overlay_png(pixels[0, 0], heat))
+            )
             resp.case_image_available = True
         return resp
 
@@ -438,22 +479,28 @@ class Gateway:
     async def GetCase(self, request: gateway_pb2.GetCaseRequest, grpc_context=None) -> gateway_pb2.GetCaseResponse:
         served = self._served(request.model)
         key = limits.check_case_key(request.case_key)
-        res = await self.ranking.Get.remote(ranking_pb2.GetRequest(model=convert.model_ref(served.profile, served.version),
-                                                                    case_key=key))
+        res = await self.ranking.Get.remote(
+            ranking_pb2.GetRequest(model=convert.model_ref(served.profile, served.version), case_key=key)
+        )
         return gateway_pb2.GetCaseResponse(case=res.case)
 
     @rpc("DeleteCase", gateway_pb2.DeleteCaseResponse)
-    async def DeleteCase(self, request: gateway_pb2.DeleteCaseRequest, grpc_context=None) -> gateway_pb2.DeleteCaseResponse:
+    async def DeleteCase(
+        self, request: gateway_pb2.DeleteCaseRequest, grpc_context=None
+    ) -> gateway_pb2.DeleteCaseResponse:
         served = self._served(request.model)
         key = limits.check_case_key(request.case_key)
         res = await self.ranking.Delete.remote(
-            ranking_pb2.DeleteRequest(model=convert.model_ref(served.profile, served.version), case_key=key))
+            ranking_pb2.DeleteRequest(model=convert.model_ref(served.profile, served.version), case_key=key)
+        )
         if self.thumbs is not None:  # a deleted case keeps no pixels either
             await asyncio.to_thread(self.thumbs.delete, served.profile, key)
         return gateway_pb2.DeleteCaseResponse(deleted=res.deleted)
 
     @rpc("ListModels", gateway_pb2.ListModelsResponse)
-    async def ListModels(self, request: gateway_pb2.ListModelsRequest, grpc_context=None) -> gateway_pb2.ListModelsResponse:
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, grpc_context=None
+    ) -> gateway_pb2.ListModelsResponse:
         from lungsearch.registry import list_cards
 
         self._refresh_live()
@@ -463,11 +510,16 @@ class Gateway:
             cards = await asyncio.to_thread(list_cards, self.args.artifacts_dir, p)
             for card in cards:
                 live = self.models.live.get(p) == card.version
-                info = resp.models.add(model=convert.model_ref(p, card.version), live=live,
-                                       modality=convert.modality_to_proto(card.config.modality),
-                                       targets=list(card.targets), input_size=card.input_size,
-                                       embedding_dim=card.embedding_dim, code_bits=card.code_bits,
-                                       synthetic_data=card.synthetic_data)
+                info = resp.models.add(
+                    model=convert.model_ref(p, card.version),
+                    live=live,
+                    modality=convert.modality_to_proto(card.config.modality),
+                    targets=list(card.targets),
+                    input_size=card.input_size,
+                    embedding_dim=card.embedding_dim,
+                    code_bits=card.code_bits,
+                    synthetic_data=card.synthetic_data,
+                )
                 info.metrics.update({k: float(v) for k, v in card.metrics.items()})
                 if card.created_at:
                     try:
@@ -480,8 +532,9 @@ class Gateway:
         return resp
 
     @rpc("ActivateModel", gateway_pb2.ActivateModelResponse)
-    async def ActivateModel(self, request: gateway_pb2.ActivateModelRequest, grpc_context=None
-                            ) -> gateway_pb2.ActivateModelResponse:
+    async def ActivateModel(
+        self, request: gateway_pb2.ActivateModelRequest, grpc_context=None
+    ) -> gateway_pb2.ActivateModelResponse:
         from lungsearch import registry
 
         profile = self.models.check_profile(request.model.profile)
@@ -491,10 +544,12 @@ class Gateway:
         await asyncio.to_thread(registry.resolve, profile, version, self.args.artifacts_dir)  # NOT_FOUND early
         # Load the new version in every stage (and build its index) first: a failure here leaves
         # the old version live everywhere that matters (the gateway's pointer below).
-        await asyncio.gather(self.encoding.activate.remote(profile, version),
-                             self.fusion.activate.remote(profile, version),
-                             self.hashing.activate.remote(profile, version),
-                             self.ranking.activate.remote(profile, version))
+        await asyncio.gather(
+            self.encoding.activate.remote(profile, version),
+            self.fusion.activate.remote(profile, version),
+            self.hashing.activate.remote(profile, version),
+            self.ranking.activate.remote(profile, version),
+        )
         await asyncio.to_thread(registry.set_live, profile, version, self.args.artifacts_dir)
         previous, live = self.models.activate(profile, version)
         self._live_mtime[profile] = self._live_file_mtime(profile)
@@ -504,8 +559,9 @@ class Gateway:
         # means every request that follows, on whichever replica, uses the new version (the switch
         # as a caller sees it; a stale replica once answered an unpinned Search with the old one).
         await asyncio.sleep(registry.POINTER_REFRESH_S + 0.2)
-        return gateway_pb2.ActivateModelResponse(previous=convert.model_ref(profile, previous),
-                                                 live=convert.model_ref(profile, live))
+        return gateway_pb2.ActivateModelResponse(
+            previous=convert.model_ref(profile, previous), live=convert.model_ref(profile, live)
+        )
 
     # --- internal services, forwarded for operators (roles in lungsearch.serving.auth) -------------------
     def _check_internal(self, request) -> None:
@@ -565,14 +621,23 @@ class Gateway:
             except BaseException as exc:  # noqa: BLE001 - any failure means not ready
                 out[name] = type(exc).__name__
 
-        await asyncio.gather(ask("encoding", self.encoding.ready.remote()), ask("fusion", self.fusion.ready.remote()),
-                             ask("hashing", self.hashing.ready.remote()), ask("ranking", self.ranking.ready.remote()))
+        await asyncio.gather(
+            ask("encoding", self.encoding.ready.remote()),
+            ask("fusion", self.fusion.ready.remote()),
+            ask("hashing", self.hashing.ready.remote()),
+            ask("ranking", self.ranking.ready.remote()),
+        )
         return out
 
     def _health_status(self, service: str, ready: dict[str, str]) -> int:
-        parts = {"": list(ready), "lungsearch.v1.LungSearch": list(ready),
-                 "lungsearch.v1.Encoding": ["encoding"], "lungsearch.v1.Fusion": ["fusion"],
-                 "lungsearch.v1.Hashing": ["hashing"], "lungsearch.v1.Ranking": ["ranking"]}[service]
+        parts = {
+            "": list(ready),
+            "lungsearch.v1.LungSearch": list(ready),
+            "lungsearch.v1.Encoding": ["encoding"],
+            "lungsearch.v1.Fusion": ["fusion"],
+            "lungsearch.v1.Hashing": ["hashing"],
+            "lungsearch.v1.Ranking": ["ranking"],
+        }[service]
         ok = all(not ready.get(p) for p in parts)
         return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -618,8 +683,9 @@ class Gateway:
 
         try:
             app_name = serve.get_replica_context().app_name
-            text = await asyncio.wait_for(metrics_board.collector(create=False).exposition.remote(app_name),
-                                          _READY_TIMEOUT_S + 2.0)  # the collector waits up to 2 s for fresh ones
+            text = await asyncio.wait_for(
+                metrics_board.collector(create=False).exposition.remote(app_name), _READY_TIMEOUT_S + 2.0
+            )  # the collector waits up to 2 s for fresh ones
             if text:
                 return text
         except BaseException as exc:  # noqa: BLE001 - fall back below
@@ -671,22 +737,30 @@ def app(args: dict[str, Any] | None = None):
     from services.ranking import Ranking
 
     a = AppArgs.parse(args)
-    a = a.model_copy(update={"artifacts_dir": _abs(a.artifacts_dir), "hmac_key_file": _abs(a.hmac_key_file),
-                             "tokens_file": _abs(a.tokens_file),
-                             "thumbnails_path": a.thumbnails_path if a.thumbnails_path == "off" else _abs(a.thumbnails_path),
-                             "audit_log": a.audit_log if a.audit_log == "off" else _abs(a.audit_log),
-                             "milvus_uri": _abs(a.milvus_uri) if is_lite_uri(a.milvus_uri) else a.milvus_uri})
+    a = a.model_copy(
+        update={
+            "artifacts_dir": _abs(a.artifacts_dir),
+            "hmac_key_file": _abs(a.hmac_key_file),
+            "tokens_file": _abs(a.tokens_file),
+            "thumbnails_path": a.thumbnails_path if a.thumbnails_path == "off" else _abs(a.thumbnails_path),
+            "audit_log": a.audit_log if a.audit_log == "off" else _abs(a.audit_log),
+            "milvus_uri": _abs(a.milvus_uri) if is_lite_uri(a.milvus_uri) else a.milvus_uri,
+        }
+    )
     profile, version = parse_profiles(a.profiles)[0]
     cfg = _profile_config(profile, version, a.artifacts_dir)
     opts = {name: deployment_options(cfg, name) for name in ("gateway", "encoding", "fusion", "hashing", "ranking")}
-    if is_lite_uri(a.milvus_uri) and (opts["ranking"].get("num_replicas", 1) != 1 or "autoscaling_config" in opts["ranking"]):
-        raise ConfigError("a milvus-lite file is opened by one process: run exactly one Ranking replica "
-                          "(or use a Milvus server URI)")
+    if is_lite_uri(a.milvus_uri) and (
+        opts["ranking"].get("num_replicas", 1) != 1 or "autoscaling_config" in opts["ranking"]
+    ):
+        raise ConfigError(
+            "a milvus-lite file is opened by one process: run exactly one Ranking replica (or use a Milvus server URI)"
+        )
     profiles = list(a.profiles)
     enc = Encoding.options(**opts["encoding"]).bind(profiles, a.artifacts_dir, a.torch_threads)
     fus = Fusion.options(**opts["fusion"]).bind(profiles, a.artifacts_dir, a.torch_threads)
     hsh = Hashing.options(**opts["hashing"]).bind(profiles, a.artifacts_dir, a.torch_threads)
-    rnk = Ranking.options(**opts["ranking"]).bind(profiles, a.artifacts_dir, a.milvus_uri, a.milvus_token_env,
-                                                  a.store_timeout, a.index_backend)
+    rnk = Ranking.options(**opts["ranking"]).bind(
+        profiles, a.artifacts_dir, a.milvus_uri, a.milvus_token_env, a.store_timeout, a.index_backend
+    )
     return Gateway.options(**opts["gateway"]).bind(enc, fus, hsh, rnk, a.model_dump())
-

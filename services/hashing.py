@@ -27,8 +27,8 @@ log = logging.getLogger("lungsearch.services.hashing")
 @serve.deployment(name="Hashing", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=32)
 class Hashing:
     """Args:
-        profiles: profiles (or ``profile@version``) to serve.
-        artifacts_dir: model registry root.
+    profiles: profiles (or ``profile@version``) to serve.
+    artifacts_dir: model registry root.
     """
 
     def __init__(self, profiles: list[str], artifacts_dir: str | None = None, torch_threads: int = 1) -> None:
@@ -54,7 +54,7 @@ class Hashing:
         return version
 
     async def ready(self) -> str:
-        """"" when every profile's model is loaded, else why not (for the gRPC health service)."""
+        """ "" when every profile's model is loaded, else why not (for the gRPC health service)."""
         return "; ".join(f"{p}: {m}" for p, m in sorted(self.models.errors.items()))
 
     def metrics_text(self) -> str:
@@ -65,12 +65,16 @@ class Hashing:
         served = self.models.get(request.model.profile, request.model.version)
         which = request.WhichOneof("input")
         if which == "hash_logits":
-            packed = pipeline.hash_code(served.model, hash_logits=convert.tensor_from_proto(request.hash_logits,
-                                                                                            field="hash_logits"))
+            packed = pipeline.hash_code(
+                served.model, hash_logits=convert.tensor_from_proto(request.hash_logits, field="hash_logits")
+            )
         elif which == "embedding":
-            packed = pipeline.hash_code(served.model, embedding=convert.tensor_from_proto(request.embedding,
-                                                                                          field="embedding"))
+            packed = pipeline.hash_code(
+                served.model, embedding=convert.tensor_from_proto(request.embedding, field="embedding")
+            )
         else:
             raise InvalidRequestError("give hash_logits or embedding", code="no_input", field="input")
-        return hashing_pb2.HashResponse(model=convert.model_ref(served.profile, served.version),
-                                        code=convert.code_to_proto(packed, served.model.code_bits))
+        return hashing_pb2.HashResponse(
+            model=convert.model_ref(served.profile, served.version),
+            code=convert.code_to_proto(packed, served.model.code_bits),
+        )

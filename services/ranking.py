@@ -39,18 +39,25 @@ log = logging.getLogger("lungsearch.services.ranking")
 @serve.deployment(name="Ranking", ray_actor_options={"num_cpus": 0.3}, max_ongoing_requests=32)
 class Ranking:
     """Args:
-        profiles: profiles (or ``profile@version``) to serve.
-        artifacts_dir: model registry root (cards only: dimensions, code bits, index settings).
-        milvus_uri: a milvus-lite file (``data/lungsearch.db``) or ``http://host:19530``.
-        milvus_token_env: name of the environment variable holding the server token.
-        store_timeout: seconds per Milvus call.
-        backend: CaseIndex scan kernels ("auto", "faiss", "numpy").
-        follow_interval_s: with a Milvus server, seconds between reads of the other replicas' writes.
+    profiles: profiles (or ``profile@version``) to serve.
+    artifacts_dir: model registry root (cards only: dimensions, code bits, index settings).
+    milvus_uri: a milvus-lite file (``data/lungsearch.db``) or ``http://host:19530``.
+    milvus_token_env: name of the environment variable holding the server token.
+    store_timeout: seconds per Milvus call.
+    backend: CaseIndex scan kernels ("auto", "faiss", "numpy").
+    follow_interval_s: with a Milvus server, seconds between reads of the other replicas' writes.
     """
 
-    def __init__(self, profiles: list[str], artifacts_dir: str | None = None, milvus_uri: str | None = None,
-                 milvus_token_env: str = "LUNGSEARCH_MILVUS_TOKEN", store_timeout: float = 10.0,
-                 backend: str = "auto", follow_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        profiles: list[str],
+        artifacts_dir: str | None = None,
+        milvus_uri: str | None = None,
+        milvus_token_env: str = "LUNGSEARCH_MILVUS_TOKEN",
+        store_timeout: float = 10.0,
+        backend: str = "auto",
+        follow_interval_s: float = 2.0,
+    ) -> None:
         route_to_serve_log()
         from lungsearch import constants
 
@@ -104,22 +111,35 @@ class Ranking:
             store = self._open_store()
             card, cfg = served.card, served.cfg
             candidates = cfg.index.candidates if cfg.index is not None else 100
-            store.ensure_collection(card.profile, card.version, embedding_dim=card.embedding_dim,
-                                    code_bits=card.code_bits, index=cfg.index)
+            store.ensure_collection(
+                card.profile, card.version, embedding_dim=card.embedding_dim, code_bits=card.code_bits, index=cfg.index
+            )
             # From the index snapshot when the collection's write generation still matches it, else
             # rebuilt from the store (and re-snapshotted; a keeper thread re-snapshots after ingests).
-            idx, how = index_from_store(store, card.profile, card.version, backend=self._backend,
-                                        default_candidates=candidates, keep_every_s=300.0)
+            idx, how = index_from_store(
+                store,
+                card.profile,
+                card.version,
+                backend=self._backend,
+                default_candidates=candidates,
+                keep_every_s=300.0,
+            )
             self._indexes[key] = idx
-            log.info("index %s@%s %s: %d cases", card.profile, card.version,
-                     "loaded from its snapshot" if how == "snapshot" else "rebuilt from the store", len(idx))
+            log.info(
+                "index %s@%s %s: %d cases",
+                card.profile,
+                card.version,
+                "loaded from its snapshot" if how == "snapshot" else "rebuilt from the store",
+                len(idx),
+            )
             if not store.capabilities.single_process:
                 # A server store may have other Ranking replicas writing to it: follow their writes
                 # (lungsearch.store.follow), so every replica answers the same within one interval.
                 from lungsearch.store.follow import IndexFollower
 
-                self._followers[key] = IndexFollower(store, card.profile, card.version, idx,
-                                                     interval_s=self._follow_interval_s).start()
+                self._followers[key] = IndexFollower(
+                    store, card.profile, card.version, idx, interval_s=self._follow_interval_s
+                ).start()
             self._publish_index(card.profile, card.version, idx)
             return idx
 
@@ -149,7 +169,7 @@ class Ranking:
         self.models.health()
 
     async def ready(self) -> str:
-        """"" when the cards are loaded and the store answers, else why not (gRPC health service)."""
+        """ "" when the cards are loaded and the store answers, else why not (gRPC health service)."""
         if self.models.errors:
             return "; ".join(f"{p}: {m}" for p, m in sorted(self.models.errors.items()))
         try:
@@ -197,8 +217,10 @@ class Ranking:
         if not request.records:
             raise InvalidRequestError("no records to upsert", code="no_records", field="records")
         card = served.card
-        cases = [StoredCase(**convert.case_fields_from_proto(r, embedding_dim=card.embedding_dim,
-                                                             code_bits=card.code_bits)) for r in request.records]
+        cases = [
+            StoredCase(**convert.case_fields_from_proto(r, embedding_dim=card.embedding_dim, code_bits=card.code_bits))
+            for r in request.records
+        ]
         for c in cases:
             c.model_version = card.version
             c.validate(embedding_dim=card.embedding_dim, code_bits=card.code_bits)
@@ -216,14 +238,24 @@ class Ranking:
         served, idx = await asyncio.to_thread(self._served, request.model)
         card = served.card
         k = limits.check_top_k(request.top_k, served.cfg.serve.limits)
-        emb = convert.tensor_from_proto(request.embedding, field="embedding").reshape(-1) \
-            if request.HasField("embedding") else None
+        emb = (
+            convert.tensor_from_proto(request.embedding, field="embedding").reshape(-1)
+            if request.HasField("embedding")
+            else None
+        )
         code = convert.code_from_proto(request.code, expected_bits=card.code_bits) if card.code_bits else b""
-        flt = SearchFilter(**{k2: tuple(v) if isinstance(v, list) else v
-                              for k2, v in convert.filter_from_proto(request.filter).items()})
+        flt = SearchFilter(
+            **{
+                k2: tuple(v) if isinstance(v, list) else v
+                for k2, v in convert.filter_from_proto(request.filter).items()
+            }
+        )
         hits = idx.search(emb, code or None, top_k=k, filter=flt, candidates=max(0, int(request.candidates)))
-        cases = await asyncio.to_thread(self._store.get_many, card.profile, card.version, [h.key for h in hits]) \
-            if hits else {}
+        cases = (
+            await asyncio.to_thread(self._store.get_many, card.profile, card.version, [h.key for h in hits])
+            if hits
+            else {}
+        )
         if self.models.live.get(card.profile, card.version) == card.version:
             try:
                 self.quality.observe(card.profile, None, emb, [float(h.score) for h in hits], code or None)
@@ -234,8 +266,11 @@ class Ranking:
             case = cases.get(h.key)
             if case is None:  # deleted between search and fetch
                 continue
-            resp.results.add(case=convert.case_to_proto(case, profile=card.profile), score=float(h.score),
-                             hamming_distance=int(h.hamming))
+            resp.results.add(
+                case=convert.case_to_proto(case, profile=card.profile),
+                score=float(h.score),
+                hamming_distance=int(h.hamming),
+            )
         return resp
 
     @rpc("Get", ranking_pb2.GetResponse)
@@ -261,7 +296,9 @@ class Ranking:
     async def Stats(self, request: ranking_pb2.StatsRequest, grpc_context=None) -> ranking_pb2.StatsResponse:
         served, idx = await asyncio.to_thread(self._served, request.model)
         st = idx.stats()
-        return ranking_pb2.StatsResponse(model=convert.model_ref(served.profile, served.version),
-                                         num_cases=int(st["num_cases"]), index_bytes=int(st["index_bytes"]),
-                                         backend=self._store.backend if self._store is not None else "")
-
+        return ranking_pb2.StatsResponse(
+            model=convert.model_ref(served.profile, served.version),
+            num_cases=int(st["num_cases"]),
+            index_bytes=int(st["index_bytes"]),
+            backend=self._store.backend if self._store is not None else "",
+        )

@@ -39,8 +39,9 @@ def _profile(name, tmp_path):
 
     cfg = load_profile(name, PROFILES[name] + [f"data.root={tmp_path / 'data'}"])
     torch.manual_seed(0)
-    card = registry.save_model(create_model(cfg).eval(), cfg, metrics={}, data_fingerprint="test",
-                               synthetic_data=True, root=tmp_path / "art")
+    card = registry.save_model(
+        create_model(cfg).eval(), cfg, metrics={}, data_fingerprint="test", synthetic_data=True, root=tmp_path / "art"
+    )
     model, _ = registry.load_model(card.ref, root=tmp_path / "art")
     return cfg, card, model, load_records(cfg.data)
 
@@ -68,8 +69,15 @@ def _assert_same(ref, emb, code, what):
 def case_set(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     cfg, card, model, records = _profile(request.param, tmp)
-    return dict(profile=request.param, cfg=cfg, card=card, model=model, records=records, tmp=tmp,
-                ref=_reference(cfg, model, records))
+    return dict(
+        profile=request.param,
+        cfg=cfg,
+        card=card,
+        model=model,
+        records=records,
+        tmp=tmp,
+        ref=_reference(cfg, model, records),
+    )
 
 
 def test_the_reference_is_batch_independent(case_set):
@@ -131,8 +139,12 @@ def test_the_serving_stages_agree(case_set):
     def run(batch):
         feats = pipeline.encode_batch(model, batch)
         fused = pipeline.fuse_batch(model, feats)
-        codes = [pipeline.hash_code(model, hash_logits=f["hash_logits"]) if "hash_logits" in feats[k]
-                 else pipeline.hash_code(model, embedding=f["embedding"]) for k, f in enumerate(fused)]
+        codes = [
+            pipeline.hash_code(model, hash_logits=f["hash_logits"])
+            if "hash_logits" in feats[k]
+            else pipeline.hash_code(model, embedding=f["embedding"])
+            for k, f in enumerate(fused)
+        ]
         return [f["embedding"] for f in fused], codes
 
     for k, item in enumerate(items):
@@ -167,8 +179,9 @@ def test_build_index_stores_the_reference(case_set, ray_cluster, batch_size, act
     uri = str(tmp / f"index-{batch_size}-{actors}.db")
     kw = {} if batch_size is None else {"batch_size": batch_size, "actors": actors}
     thumbs = tmp / f"thumbs-{batch_size}-{actors}.sqlite"
-    rep = build_index(card.ref, registry_root=tmp / "art", milvus_uri=uri, hmac_key=KEY, progress=False,
-                      thumbnails=thumbs, **kw)
+    rep = build_index(
+        card.ref, registry_root=tmp / "art", milvus_uri=uri, hmac_key=KEY, progress=False, thumbnails=thumbs, **kw
+    )
     assert rep.ok and rep.cases == len(records)
     from lungsearch.web.thumbs import ThumbnailStore
 
@@ -177,7 +190,9 @@ def test_build_index_stores_the_reference(case_set, ray_cluster, batch_size, act
     try:
         for k, rec in enumerate(records):
             row = store.get(card.profile, card.version, record_case_key(KEY, rec, load_study(rec, hmac_key=KEY)))
-            _assert_same(case_set["ref"][k], row.embedding, row.code, f"build_index batch={batch_size} actors={actors}, case {k}")
+            _assert_same(
+                case_set["ref"][k], row.embedding, row.code, f"build_index batch={batch_size} actors={actors}, case {k}"
+            )
             assert row.report_excerpt == report_excerpt(deidentify_report(rec.report or "").text)
     finally:
         store.close()

@@ -25,7 +25,9 @@ from lungsearch.jobs import REPO_ROOT, JobsClient, build_entrypoint, build_runti
 
 
 def test_entrypoint_and_runtime_env(tmp_path):
-    ep = build_entrypoint("train", str(REPO_ROOT / "configs" / "cxr-cnn.yaml"), overrides=["train.epochs=2"], args=["--folds", "4"])
+    ep = build_entrypoint(
+        "train", str(REPO_ROOT / "configs" / "cxr-cnn.yaml"), overrides=["train.epochs=2"], args=["--folds", "4"]
+    )
     assert ep == "python ray_jobs/train.py --config configs/cxr-cnn.yaml --folds 4 train.epochs=2"
     assert build_entrypoint("build-index", "ct-ild").endswith("build_index.py --config ct-ild")
     with pytest.raises(InvalidRequestError):
@@ -73,7 +75,21 @@ def test_token_mode_without_token_fails_fast(tmp_path, monkeypatch):
 
 
 def test_cli_dry_run(capsys):
-    rc = cli_main(["jobs", "submit", "train", "--config", "configs/ct-ild.yaml", "train.epochs=1", "--dry-run", "--env", "A=b", "--folds", "5"])
+    rc = cli_main(
+        [
+            "jobs",
+            "submit",
+            "train",
+            "--config",
+            "configs/ct-ild.yaml",
+            "train.epochs=1",
+            "--dry-run",
+            "--env",
+            "A=b",
+            "--folds",
+            "5",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["entrypoint"] == "python ray_jobs/train.py --config configs/ct-ild.yaml --folds 5 train.epochs=1"
@@ -93,16 +109,43 @@ def ray_head():
     token = secrets.token_hex(16)
     tmp = Path(tempfile.mkdtemp(prefix="lsj-", dir="/tmp"))  # short: Ray's socket paths are length-limited
     dash, gcs = _free_port(), _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        RAY_USAGE_STATS_ENABLED="0",
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
     env.pop("RAY_ADDRESS", None)
-    cmd = [str(ray_bin), "start", "--head", "--block", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-           "--dashboard-port", str(dash), "--num-cpus", "1", "--temp-dir", str(tmp), "--disable-usage-stats",
-           "--include-dashboard", "true",
-           # Own agent ports: Ray's defaults (e.g. 52365) are taken by the session's other Ray cluster,
-           # and a head whose job agent cannot bind answers "No available agent to submit job".
-           "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-           "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
+    cmd = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--num-cpus",
+        "1",
+        "--temp-dir",
+        str(tmp),
+        "--disable-usage-stats",
+        "--include-dashboard",
+        "true",
+        # Own agent ports: Ray's defaults (e.g. 52365) are taken by the session's other Ray cluster,
+        # and a head whose job agent cannot bind answers "No available agent to submit job".
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--dashboard-agent-grpc-port",
+        str(_free_port()),
+        "--runtime-env-agent-port",
+        str(_free_port()),
+        "--metrics-export-port",
+        str(_free_port()),
+    ]
     log = open(tmp / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
@@ -176,10 +219,20 @@ def test_the_uploaded_package_holds_every_lungsearch_module_and_no_data(tmp_path
     from ray._private.runtime_env.packaging import create_package
 
     zpath = tmp_path / "pkg.zip"
-    create_package(str(REPO_ROOT), zpath, include_parent_dir=False,
-                   excludes=build_runtime_env()["excludes"], include_gitignore=True)
+    create_package(
+        str(REPO_ROOT),
+        zpath,
+        include_parent_dir=False,
+        excludes=build_runtime_env()["excludes"],
+        include_gitignore=True,
+    )
     names = set(zipfile.ZipFile(zpath).namelist())
-    tracked = subprocess.run(["git", "ls-files", "lungsearch", "ray_jobs", "configs"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "lungsearch", "ray_jobs", "configs"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert tracked and not [f for f in tracked if f not in names]
     assert not [n for n in names if n.split("/")[0] in {"data", "artifacts", ".venv", ".git"}]

@@ -6,12 +6,23 @@ import torch
 from lungsearch.config import Component, load_profile
 from lungsearch.errors import ConfigError, InvalidRequestError
 from lungsearch.losses import (
-    BCELoss, ContrastiveLoss, CrossEntropyLoss, SupConLoss, WeightedPairwiseBayesLoss, create_loss, loss_for_stage, similarity_matrix,
+    BCELoss,
+    ContrastiveLoss,
+    CrossEntropyLoss,
+    SupConLoss,
+    WeightedPairwiseBayesLoss,
+    create_loss,
+    loss_for_stage,
+    similarity_matrix,
 )
 
 
 def test_similarity_matrix_single_and_multi_label():
-    assert similarity_matrix(torch.tensor([0, 1, 0])).tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+    assert similarity_matrix(torch.tensor([0, 1, 0])).tolist() == [
+        [True, False, True],
+        [False, True, False],
+        [True, False, True],
+    ]
     multi = torch.tensor([[1, 0, 1], [0, 1, 1], [0, 1, 0]])
     assert similarity_matrix(multi).tolist() == [[True, True, False], [True, True, True], [False, True, True]]
 
@@ -97,8 +108,12 @@ def test_supcon_matches_reference_loop():
 
 def test_ce_and_bce():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
-    assert float(CrossEntropyLoss()({"logits": logits}, torch.tensor([0, 1]))) == pytest.approx(math.log1p(math.exp(-2)), rel=1e-6)
-    assert float(BCELoss()({"logits": torch.zeros(2, 3)}, torch.tensor([[1, 0, 1], [0, 0, 0]]))) == pytest.approx(math.log(2))
+    assert float(CrossEntropyLoss()({"logits": logits}, torch.tensor([0, 1]))) == pytest.approx(
+        math.log1p(math.exp(-2)), rel=1e-6
+    )
+    assert float(BCELoss()({"logits": torch.zeros(2, 3)}, torch.tensor([[1, 0, 1], [0, 0, 0]]))) == pytest.approx(
+        math.log(2)
+    )
     assert float(BCELoss()({"logits": torch.zeros(2, 3)}, torch.tensor([0, 2]))) == pytest.approx(math.log(2))
 
 

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from lungsearch.metrics import (
-    classification_metrics, inference_time_per_sample, intra_inter_distance, label_relevance, map_at_k, ndcg_at_k,
-    rank_by_cosine, rank_by_hamming, retrieval_prf, silhouette,
+    classification_metrics,
+    inference_time_per_sample,
+    intra_inter_distance,
+    label_relevance,
+    map_at_k,
+    ndcg_at_k,
+    rank_by_cosine,
+    rank_by_hamming,
+    retrieval_prf,
+    silhouette,
 )
 
 
@@ -27,7 +35,8 @@ def test_ndcg_hand_computed():
     assert ndcg_at_k(rel, k=1) == pytest.approx(1.0)
     # the ideal from the whole database (a relevant item the ranking missed)
     assert ndcg_at_k(rel, k=3, ideal_rel=np.array([[2, 2, 1, 0]])) == pytest.approx(
-        dcg / ((3 / 1) + (3 / math.log2(3)) + (1 / 2)))
+        dcg / ((3 / 1) + (3 / math.log2(3)) + (1 / 2))
+    )
     assert ndcg_at_k(np.zeros((1, 3))) == 0.0
     from sklearn.metrics import ndcg_score
 
@@ -62,7 +71,9 @@ def test_auc_and_classification_metrics_single_label():
     assert m["per_class"]["a"]["auc"] == pytest.approx(1.0)
     # class b: positives {0.7, 0.6}, negatives {0.1, 0.5, 0.1}: 6/6
     assert m["per_class"]["b"]["auc"] == pytest.approx(1.0)
-    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3) and m["per_class"]["a"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3) and m["per_class"]["a"]["recall"] == pytest.approx(
+        0.5
+    )
     assert m["recall_macro"] == m["sensitivity_macro"]
     # a hand AUC with ties and misorderings: positives {0.9, 0.4}, negatives {0.5, 0.4, 0.1}
     y2 = np.array([1, 1, 0, 0, 0])

@@ -14,7 +14,9 @@ MODULES = [common_pb2, encoding_pb2, fusion_pb2, gateway_pb2, hashing_pb2, ranki
 
 
 def test_generated_code_is_current():
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_protos.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_protos.py"), "--check"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -51,8 +51,15 @@ def _trained(cfg, seed=1):
 
 def test_save_load_round_trip(tmp_path, cfg, fake_create):
     model = _trained(cfg)
-    card = registry.save_model(model, cfg, metrics={"val_map10": 0.5}, data_fingerprint="abc",
-                               synthetic_data=True, root=tmp_path, extra={"seed": 0, "path": tmp_path})
+    card = registry.save_model(
+        model,
+        cfg,
+        metrics={"val_map10": 0.5},
+        data_fingerprint="abc",
+        synthetic_data=True,
+        root=tmp_path,
+        extra={"seed": 0, "path": tmp_path},
+    )
     assert card.path == tmp_path / "cxr-hash" / card.version
     assert card.version.endswith(cfg.fingerprint()[:6])
     assert len(card.version.split("-")[0]) == 8 and len(card.version.split("-")[1]) == 6
@@ -76,7 +83,9 @@ def test_ddp_wrapper_is_unwrapped(tmp_path, cfg, fake_create):
             super().__init__()
             self.module = m
 
-    card = registry.save_model(Wrapper(_trained(cfg)), cfg, metrics={}, data_fingerprint="x", synthetic_data=True, root=tmp_path)
+    card = registry.save_model(
+        Wrapper(_trained(cfg)), cfg, metrics={}, data_fingerprint="x", synthetic_data=True, root=tmp_path
+    )
     state = torch.load(card.weights_path, weights_only=True)
     assert "lin.weight" in state and not any(k.startswith("module.") for k in state)
 
@@ -102,7 +111,9 @@ def test_newest_live_and_latest(tmp_path, cfg, fake_create):
 def test_list_cards_skips_temp_and_corrupt(tmp_path, cfg, fake_create):
     other = load_profile("cxr-cnn")
     registry.save_model(_trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path)
-    registry.save_model(TinyModel(other), other, metrics={"acc": 1}, data_fingerprint="a", synthetic_data=False, root=tmp_path)
+    registry.save_model(
+        TinyModel(other), other, metrics={"acc": 1}, data_fingerprint="a", synthetic_data=False, root=tmp_path
+    )
     (tmp_path / "cxr-hash" / ".tmp-half-written").mkdir()
     bad = tmp_path / "cxr-hash" / "20000101-000000-badbad"
     bad.mkdir()
@@ -126,20 +137,28 @@ def test_path_escape_refused(tmp_path, cfg):
     with pytest.raises(ConfigError):
         registry.resolve("../etc", root=tmp_path)
     with pytest.raises(ConfigError):
-        registry.save_model(_trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="../x")
+        registry.save_model(
+            _trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="../x"
+        )
 
 
 def test_existing_version_refused_and_failed_save_leaves_nothing(tmp_path, cfg, monkeypatch):
-    registry.save_model(_trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="v1")
+    registry.save_model(
+        _trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="v1"
+    )
     with pytest.raises(ConfigError):
-        registry.save_model(_trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="v1")
+        registry.save_model(
+            _trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="v1"
+        )
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        registry.save_model(_trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="v2")
+        registry.save_model(
+            _trained(cfg), cfg, metrics={}, data_fingerprint="a", synthetic_data=True, root=tmp_path, version="v2"
+        )
     assert sorted(os.listdir(tmp_path / "cxr-hash")) == ["v1"]
 
 

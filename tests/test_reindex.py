@@ -11,7 +11,9 @@ from lungsearch.reindex import gate, probe_scores
 
 
 def test_probe_scores_are_ap_and_precision_at_10_without_the_probe_itself():
-    hits = [("self", ("a",)), ("x1", ("a",)), ("x2", ("b",)), ("x3", ("a", "c"))] + [(f"y{i}", ("b",)) for i in range(8)]
+    hits = [("self", ("a",)), ("x1", ("a",)), ("x2", ("b",)), ("x3", ("a", "c"))] + [
+        (f"y{i}", ("b",)) for i in range(8)
+    ]
     ap, p = probe_scores(hits, "self", ("a",))
     # without "self": relevant at ranks 1 and 3 -> AP = (1/1 + 2/3) / 2; P@10 = 2/10
     assert ap == pytest.approx((1 + 2 / 3) / 2) and p == pytest.approx(0.2)
@@ -63,8 +65,15 @@ def test_staged_pointer(tmp_path):
 
     cfg = load_profile("cxr-cnn", ["data.image_size=32"])
     torch.manual_seed(0)
-    card = registry.save_model(create_model(cfg).eval(), cfg, metrics={}, data_fingerprint="none", synthetic_data=True,
-                               root=tmp_path, version="20260101-000000-staged")
+    card = registry.save_model(
+        create_model(cfg).eval(),
+        cfg,
+        metrics={},
+        data_fingerprint="none",
+        synthetic_data=True,
+        root=tmp_path,
+        version="20260101-000000-staged",
+    )
     assert registry.staged_version("cxr-cnn", root=tmp_path) is None
     registry.stage("cxr-cnn", card.version, root=tmp_path)
     assert registry.staged_version("cxr-cnn", root=tmp_path) == card.version

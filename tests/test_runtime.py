@@ -25,6 +25,7 @@ def test_init_is_idempotent(ray_cluster):
 
 # ---------------------------------------------------------------- start-up retry (no Ray started)
 
+
 class _FakeRay:
     """Stands in for the ``ray`` module: ``init`` fails with the given errors, then succeeds."""
 
@@ -66,10 +67,13 @@ def fake_ray(monkeypatch):
     return make
 
 
-@pytest.mark.parametrize("message", [
-    "The current node timed out during startup. This could happen because some of the raylet failed to startup",
-    "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_abc",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "The current node timed out during startup. This could happen because some of the raylet failed to startup",
+        "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_abc",
+    ],
+)
 def test_a_startup_timeout_is_retried_once_on_a_clean_folder(fake_ray, message, caplog):
     import os
 
@@ -93,7 +97,9 @@ def test_a_second_timeout_raises_and_leaves_no_folder(fake_ray):
 
     from lungsearch.runtime import init_ray
 
-    fake = fake_ray([Exception("The current node timed out during startup."), Exception("Timed out waiting for file x")])
+    fake = fake_ray(
+        [Exception("The current node timed out during startup."), Exception("Timed out waiting for file x")]
+    )
     with pytest.raises(Exception, match="Timed out waiting for file"):
         init_ray(address="", num_cpus=2)
     assert len(fake.calls) == 2 and fake.shutdowns == 2

@@ -74,17 +74,25 @@ def rayjob(spec: dict, name: str, *, group: str = "", C=None) -> dict:
     """The RayJob of ``jobs.<name>`` (as in k8s/base; ``group`` picks another worker group)."""
     C = C or load_components()
     job = spec["jobs"][name]
-    labels = {"app.kubernetes.io/component": "ray-job", "lungsearch.io/job": name,
-              "lungsearch.io/profile": job["profile"]}
+    labels = {
+        "app.kubernetes.io/component": "ray-job",
+        "lungsearch.io/job": name,
+        "lungsearch.io/profile": job["profile"],
+    }
     return C._rayjob(spec, f"lungsearch-{name}", labels, entrypoint(job), group=group)
 
 
 def worker_group(spec: dict, component: str, group: str, C) -> dict:
     """A worker group of the interactive cluster (autoscaled between its min and max)."""
     counts = spec["interactive"]["workers"][group]
-    return {"groupName": group, "replicas": counts["replicas"], "minReplicas": counts["minReplicas"],
-            "maxReplicas": counts["maxReplicas"], "rayStartParams": {},
-            "template": C._ray_pod(spec, "worker", component, group)}
+    return {
+        "groupName": group,
+        "replicas": counts["replicas"],
+        "minReplicas": counts["minReplicas"],
+        "maxReplicas": counts["maxReplicas"],
+        "rayStartParams": {},
+        "template": C._ray_pod(spec, "worker", component, group),
+    }
 
 
 def raycluster(spec: dict, C) -> dict:
@@ -122,8 +130,12 @@ def json_patch(old, new, path=()) -> list[dict]:
     """RFC 6902 operations turning ``old`` into ``new`` (dicts by key, equal-length lists by index)."""
     if old == new:
         return []
-    if ((path and path[-1] in _PATCH_LEAVES) or type(old) is not type(new) or not isinstance(old, (dict, list))
-            or (isinstance(old, list) and len(old) != len(new))):
+    if (
+        (path and path[-1] in _PATCH_LEAVES)
+        or type(old) is not type(new)
+        or not isinstance(old, (dict, list))
+        or (isinstance(old, list) and len(old) != len(new))
+    ):
         return [{"op": "replace", "path": _pointer(path), "value": new}]
     if isinstance(old, list):
         return [op for i, (a, b) in enumerate(zip(old, new)) for op in json_patch(a, b, path + (i,))]
@@ -166,12 +178,14 @@ def manifest_file(about: str, obj) -> str:
 
 def components_block(spec: dict) -> str:
     literal = pprint.pformat(embedded_spec(spec), width=110, sort_dicts=False)
-    return (f"{BLOCK_START} {'-' * max(0, 109 - len(BLOCK_START))}\n"
-            "def _rayjob_spec() -> dict:\n"
-            '    """k8s/rayjob-spec.yaml (without the descriptions and the interactive cluster), as a literal:\n'
-            '    a KFP step pod has no repository to read the file from."""\n'
-            "    return (\n" + textwrap.indent(literal, " " * 8) + "\n    )\n"
-            f"{BLOCK_END} {'-' * max(0, 109 - len(BLOCK_END))}\n")
+    return (
+        f"{BLOCK_START} {'-' * max(0, 109 - len(BLOCK_START))}\n"
+        "def _rayjob_spec() -> dict:\n"
+        '    """k8s/rayjob-spec.yaml (without the descriptions and the interactive cluster), as a literal:\n'
+        '    a KFP step pod has no repository to read the file from."""\n'
+        "    return (\n" + textwrap.indent(literal, " " * 8) + "\n    )\n"
+        f"{BLOCK_END} {'-' * max(0, 109 - len(BLOCK_END))}\n"
+    )
 
 
 def with_block(source: str, block: str) -> str:
@@ -194,12 +208,13 @@ def outputs(spec: dict) -> dict[Path, str]:
     gpu = rayjob(spec, first, group="gpu", C=C)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     ops = json_patch(cpu, gpu, ("spec", "rayClusterSpec", "workerGroupSpecs", 0))
     out[GPU_OVERLAY / "gpu-workers.yaml"] = manifest_file(
-        "JSON patch for each RayJob: its worker group becomes the spec's `gpu` group (GPU nodes, one GPU per pod).",
-        ops)
+        "JSON patch for each RayJob: its worker group becomes the spec's `gpu` group (GPU nodes, one GPU per pod).", ops
+    )
     group = worker_group(spec, "ray-interactive", "gpu", C)
     out[GPU_OVERLAY / "interactive-gpu-group.yaml"] = manifest_file(
         "JSON patch for the interactive RayCluster: add the spec's `gpu` worker group (autoscaled from zero).",
-        [{"op": "add", "path": "/spec/workerGroupSpecs/-", "value": group}])
+        [{"op": "add", "path": "/spec/workerGroupSpecs/-", "value": group}],
+    )
     out[COMPONENTS] = with_block(COMPONENTS.read_text(), components_block(spec))
     return out
 
@@ -226,16 +241,24 @@ def main(argv: list[str] | None = None) -> int:
         stale.append(path)
         if args.check:
             rel = str(path.relative_to(ROOT))
-            sys.stderr.writelines(list(difflib.unified_diff(current.splitlines(True), text.splitlines(True), rel,
-                                                            f"{rel} (generated)", n=1))[:40])
+            sys.stderr.writelines(
+                list(
+                    difflib.unified_diff(
+                        current.splitlines(True), text.splitlines(True), rel, f"{rel} (generated)", n=1
+                    )
+                )[:40]
+            )
         else:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     for error in errors:
         print(error, file=sys.stderr)
     if args.check and stale:
-        print("stale (run `python tools/gen_rayjobs.py`, then `make kubeflow`): "
-              + ", ".join(str(p.relative_to(ROOT)) for p in stale), file=sys.stderr)
+        print(
+            "stale (run `python tools/gen_rayjobs.py`, then `make kubeflow`): "
+            + ", ".join(str(p.relative_to(ROOT)) for p in stale),
+            file=sys.stderr,
+        )
         return 1
     if not args.check and stale and COMPONENTS in stale:
         print("k8s/kubeflow/components.py changed: run `make kubeflow` to recompile pipeline.yaml")

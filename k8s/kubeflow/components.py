@@ -49,15 +49,27 @@ STEPS = ("prepare", "train", "evaluate", "build-index")
 def _dataset_overrides(dataset_uri: str) -> list:
     """Profile overrides for a dataset: "phantom" (or "") keeps the profile's built-in phantoms;
     "<source>:<path>" points a real dataset adapter (lungsearch.config.DataConfig.source) at a folder."""
-    sources = ("phantom", "nih", "openi", "covid19-radiography", "chexpert", "mimic-cxr", "ild-ct", "rsna-pneumonia",
-               "covidx", "folder")
+    sources = (
+        "phantom",
+        "nih",
+        "openi",
+        "covid19-radiography",
+        "chexpert",
+        "mimic-cxr",
+        "ild-ct",
+        "rsna-pneumonia",
+        "covidx",
+        "folder",
+    )
     uri = (dataset_uri or "").strip()
     if uri in ("", "phantom"):
         return []
     source, sep, root = uri.partition(":")
     if not sep or source not in sources or source == "phantom" or not root:
-        raise ValueError(f"dataset_uri {dataset_uri!r}: expected 'phantom' or '<source>:<path>' with source one of "
-                         f"{', '.join(s for s in sources if s != 'phantom')}")
+        raise ValueError(
+            f"dataset_uri {dataset_uri!r}: expected 'phantom' or '<source>:<path>' with source one of "
+            f"{', '.join(s for s in sources if s != 'phantom')}"
+        )
     if not (root.startswith("/") or "://" in root):
         raise ValueError(f"dataset_uri {dataset_uri!r}: the path must be absolute (a mounted volume) or a URI")
     return [f"data.source={source}", f"data.root={root}"]
@@ -148,8 +160,18 @@ print("LUNGSEARCH_RESULT " + json.dumps(result, sort_keys=True, default=str), fl
 '''
 
 
-def _kube_request(method: str, path: str, body=None, *, content_type: str = "application/json",
-                  api_server: str = "", token: str = "", ca_file: str = "", raw: bool = False, timeout: float = 30.0):
+def _kube_request(
+    method: str,
+    path: str,
+    body=None,
+    *,
+    content_type: str = "application/json",
+    api_server: str = "",
+    token: str = "",
+    ca_file: str = "",
+    raw: bool = False,
+    timeout: float = 30.0,
+):
     """One Kubernetes API call (in-cluster service account by default). Returns the decoded JSON (or text
     when ``raw``); raises RuntimeError with the API's status message on an HTTP error."""
     import json
@@ -193,67 +215,97 @@ def _kube_request(method: str, path: str, body=None, *, content_type: str = "app
 def _rayjob_spec() -> dict:
     """k8s/rayjob-spec.yaml (without the descriptions and the interactive cluster), as a literal:
     a KFP step pod has no repository to read the file from."""
-    return (
-        {'image': 'ghcr.io/lungsearch/lungsearch:0.1.0',
-         'rayVersion': '2.60.0',
-         'workingDir': '/app',
-         'authMode': 'token',
-         'serviceAccountName': 'lungsearch-ray',
-         'registryClaim': 'lungsearch-registry',
-         'registryMountPath': '/mnt/lungsearch',
-         'milvusUri': 'http://lungsearch-milvus:19530',
-         'milvusTokenSecret': {'name': 'lungsearch-milvus', 'key': 'token'},
-         'jobs': {'train': {'script': 'ray_jobs/train.py', 'profile': 'cxr-report'},
-                  'evaluate': {'script': 'ray_jobs/evaluate.py', 'profile': 'cxr-report'},
-                  'build-index': {'script': 'ray_jobs/build_index.py', 'profile': 'cxr-report'},
-                  'reproduce': {'script': 'ray_jobs/reproduce.py', 'profile': 'cxr-report'}},
-         'rayjob': {'submissionMode': 'K8sJobMode',
-                    'shutdownAfterJobFinishes': True,
-                    'ttlSecondsAfterFinished': 600,
-                    'activeDeadlineSeconds': 86400,
-                    'backoffLimit': 0,
-                    'submitterBackoffLimit': 2,
-                    'workerGroup': 'cpu',
-                    'replicas': 1},
-         'submitter': {'resources': {'requests': {'cpu': '100m', 'memory': '256Mi'},
-                                     'limits': {'cpu': '500m', 'memory': '512Mi'}},
-                       'tmpSize': '1Gi'},
-         'pod': {'securityContext': {'runAsNonRoot': True,
-                                     'runAsUser': 1000,
-                                     'runAsGroup': 1000,
-                                     'fsGroup': 1000,
-                                     'seccompProfile': {'type': 'RuntimeDefault'}},
-                 'containerSecurityContext': {'allowPrivilegeEscalation': False,
-                                              'readOnlyRootFilesystem': True,
-                                              'capabilities': {'drop': ['ALL']}},
-                 'env': {'HF_HUB_OFFLINE': '1',
-                         'TRANSFORMERS_OFFLINE': '1',
-                         'RAY_USAGE_STATS_ENABLED': '0',
-                         'HOME': '/tmp/home',
-                         'MPLCONFIGDIR': '/tmp/matplotlib',
-                         'PYTHONDONTWRITEBYTECODE': '1'},
-                 'tmpSize': '20Gi',
-                 'shmSize': '2Gi',
-                 'metricsPort': 8080},
-         'head': {'rayStartParams': {'num-cpus': '0'},
-                  'resources': {'requests': {'cpu': '2', 'memory': '8Gi'}, 'limits': {'cpu': '2', 'memory': '8Gi'}}},
-         'workerGroups': {'cpu': {'resources': {'requests': {'cpu': '4', 'memory': '16Gi'},
-                                                'limits': {'cpu': '4', 'memory': '16Gi'}}},
-                          'gpu': {'gpus': 1,
-                                  'resources': {'requests': {'cpu': '8', 'memory': '64Gi'},
-                                                'limits': {'cpu': '8', 'memory': '64Gi'}},
-                                  'shmSize': '16Gi',
-                                  'nodeSelector': {'nvidia.com/gpu.present': 'true'},
-                                  'tolerations': [{'key': 'nvidia.com/gpu',
-                                                   'operator': 'Exists',
-                                                   'effect': 'NoSchedule'}]}},
-         'kubeflow': {'ttlSecondsAfterFinished': 3600, 'activeDeadlineSeconds': 172800}}
-    )
+    return {
+        "image": "ghcr.io/lungsearch/lungsearch:0.1.0",
+        "rayVersion": "2.60.0",
+        "workingDir": "/app",
+        "authMode": "token",
+        "serviceAccountName": "lungsearch-ray",
+        "registryClaim": "lungsearch-registry",
+        "registryMountPath": "/mnt/lungsearch",
+        "milvusUri": "http://lungsearch-milvus:19530",
+        "milvusTokenSecret": {"name": "lungsearch-milvus", "key": "token"},
+        "jobs": {
+            "train": {"script": "ray_jobs/train.py", "profile": "cxr-report"},
+            "evaluate": {"script": "ray_jobs/evaluate.py", "profile": "cxr-report"},
+            "build-index": {"script": "ray_jobs/build_index.py", "profile": "cxr-report"},
+            "reproduce": {"script": "ray_jobs/reproduce.py", "profile": "cxr-report"},
+        },
+        "rayjob": {
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 600,
+            "activeDeadlineSeconds": 86400,
+            "backoffLimit": 0,
+            "submitterBackoffLimit": 2,
+            "workerGroup": "cpu",
+            "replicas": 1,
+        },
+        "submitter": {
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+            "tmpSize": "1Gi",
+        },
+        "pod": {
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "runAsGroup": 1000,
+                "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containerSecurityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "env": {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "HOME": "/tmp/home",
+                "MPLCONFIGDIR": "/tmp/matplotlib",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            },
+            "tmpSize": "20Gi",
+            "shmSize": "2Gi",
+            "metricsPort": 8080,
+        },
+        "head": {
+            "rayStartParams": {"num-cpus": "0"},
+            "resources": {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},
+        },
+        "workerGroups": {
+            "cpu": {
+                "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}}
+            },
+            "gpu": {
+                "gpus": 1,
+                "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"cpu": "8", "memory": "64Gi"}},
+                "shmSize": "16Gi",
+                "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+        "kubeflow": {"ttlSecondsAfterFinished": 3600, "activeDeadlineSeconds": 172800},
+    }
+
+
 # ---- end of the generated block ----------------------------------------------------------------------------
 
 
-def _ray_pod(spec: dict, role: str, component: str, group: str = "", *, image: str = "", registry_claim: str = "",
-             milvus_uri: str = "", resources=None, gpus=None, api_access: bool = False) -> dict:
+def _ray_pod(
+    spec: dict,
+    role: str,
+    component: str,
+    group: str = "",
+    *,
+    image: str = "",
+    registry_claim: str = "",
+    milvus_uri: str = "",
+    resources=None,
+    gpus=None,
+    api_access: bool = False,
+) -> dict:
     """A Ray pod template from the RayJob spec (k8s/rayjob-spec.yaml): the head (``role`` "head") or a pod
     of the worker group ``group``; non-root, read-only root, the registry mounted.
 
@@ -272,34 +324,53 @@ def _ray_pod(spec: dict, role: str, component: str, group: str = "", *, image: s
         {"name": "LUNGSEARCH_HMAC_KEY_FILE", "value": f"{mount}/data/hmac.key"},
         {"name": "LUNGSEARCH_MILVUS_URI", "value": milvus_uri or spec["milvusUri"]},
         # Optional: a Milvus without authentication has no such Secret.
-        {"name": "LUNGSEARCH_MILVUS_TOKEN",
-         "valueFrom": {"secretKeyRef": {**spec["milvusTokenSecret"], "optional": True}}},
+        {
+            "name": "LUNGSEARCH_MILVUS_TOKEN",
+            "valueFrom": {"secretKeyRef": {**spec["milvusTokenSecret"], "optional": True}},
+        },
     ] + [{"name": name, "value": value} for name, value in pod["env"].items()]
     resources = copy.deepcopy(resources or settings["resources"])
     if gpus > 0:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = gpus
     ports = [{"name": "metrics", "containerPort": pod["metricsPort"]}]
     if role == "head":
-        ports = [{"name": "gcs-server", "containerPort": 6379}, {"name": "dashboard", "containerPort": 8265},
-                 {"name": "client", "containerPort": 10001}] + ports
+        ports = [
+            {"name": "gcs-server", "containerPort": 6379},
+            {"name": "dashboard", "containerPort": 8265},
+            {"name": "client", "containerPort": 10001},
+        ] + ports
     out = {}
     if not api_access:
         out = {"serviceAccountName": spec["serviceAccountName"], "automountServiceAccountToken": False}
-    out.update({
-        "securityContext": copy.deepcopy(pod["securityContext"]),
-        "containers": [{
-            "name": f"ray-{role}", "image": image or spec["image"], "workingDir": spec["workingDir"], "env": env,
-            "ports": ports, "resources": resources,
-            "securityContext": copy.deepcopy(pod["containerSecurityContext"]),
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"},
-                             {"name": "registry", "mountPath": mount}],
-        }],
-        "volumes": [
-            {"name": "tmp", "emptyDir": {"sizeLimit": pod["tmpSize"]}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.get("shmSize", pod["shmSize"])}},
-            {"name": "registry", "persistentVolumeClaim": {"claimName": registry_claim or spec["registryClaim"]}},
-        ],
-    })
+    out.update(
+        {
+            "securityContext": copy.deepcopy(pod["securityContext"]),
+            "containers": [
+                {
+                    "name": f"ray-{role}",
+                    "image": image or spec["image"],
+                    "workingDir": spec["workingDir"],
+                    "env": env,
+                    "ports": ports,
+                    "resources": resources,
+                    "securityContext": copy.deepcopy(pod["containerSecurityContext"]),
+                    "volumeMounts": [
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "dshm", "mountPath": "/dev/shm"},
+                        {"name": "registry", "mountPath": mount},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "tmp", "emptyDir": {"sizeLimit": pod["tmpSize"]}},
+                {
+                    "name": "dshm",
+                    "emptyDir": {"medium": "Memory", "sizeLimit": settings.get("shmSize", pod["shmSize"])},
+                },
+                {"name": "registry", "persistentVolumeClaim": {"claimName": registry_claim or spec["registryClaim"]}},
+            ],
+        }
+    )
     for key in ("tolerations", "nodeSelector"):  # where the group's pods may run (GPU nodes)
         if settings.get(key):
             out[key] = copy.deepcopy(settings[key])
@@ -307,9 +378,22 @@ def _ray_pod(spec: dict, role: str, component: str, group: str = "", *, image: s
     return {"metadata": {"labels": labels}, "spec": out}
 
 
-def _rayjob(spec: dict, name: str, labels: dict, entrypoint: str, *, group: str = "", replicas: int = 0,
-            namespace: str = "", image: str = "", registry_claim: str = "", milvus_uri: str = "",
-            worker_resources=None, gpus=None, settings=None) -> dict:
+def _rayjob(
+    spec: dict,
+    name: str,
+    labels: dict,
+    entrypoint: str,
+    *,
+    group: str = "",
+    replicas: int = 0,
+    namespace: str = "",
+    image: str = "",
+    registry_claim: str = "",
+    milvus_uri: str = "",
+    worker_resources=None,
+    gpus=None,
+    settings=None,
+) -> dict:
     """A RayJob (ray.io/v1, KubeRay v1.7) from the RayJob spec: ``entrypoint`` on a Ray cluster of its own
     (the head and ``replicas`` pods of worker group ``group``; the spec's by default), deleted after the job.
     ``settings`` overrides the spec's job settings (``rayjob:``, e.g. the pipeline's ``kubeflow:``); the other
@@ -328,13 +412,16 @@ def _rayjob(spec: dict, name: str, labels: dict, entrypoint: str, *, group: str 
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "securityContext": copy.deepcopy(security["securityContext"]),
-            "containers": [{
-                "name": "ray-job-submitter", "image": image or spec["image"],
-                "env": [{"name": "HOME", "value": "/tmp/home"}],
-                "resources": copy.deepcopy(spec["submitter"]["resources"]),
-                "securityContext": copy.deepcopy(security["containerSecurityContext"]),
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }],
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": image or spec["image"],
+                    "env": [{"name": "HOME", "value": "/tmp/home"}],
+                    "resources": copy.deepcopy(spec["submitter"]["resources"]),
+                    "securityContext": copy.deepcopy(security["containerSecurityContext"]),
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
             "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": spec["submitter"]["tmpSize"]}}],
         },
     }
@@ -360,13 +447,18 @@ def _rayjob(spec: dict, name: str, labels: dict, entrypoint: str, *, group: str 
                     "rayStartParams": dict(spec["head"]["rayStartParams"]),
                     "template": _ray_pod(spec, "head", "ray-job", **pods),
                 },
-                "workerGroupSpecs": [{
-                    "groupName": group,
-                    "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
-                    "rayStartParams": {},
-                    "template": _ray_pod(spec, "worker", "ray-job", group, resources=worker_resources, gpus=gpus,
-                                         **pods),
-                }],
+                "workerGroupSpecs": [
+                    {
+                        "groupName": group,
+                        "replicas": replicas,
+                        "minReplicas": replicas,
+                        "maxReplicas": replicas,
+                        "rayStartParams": {},
+                        "template": _ray_pod(
+                            spec, "worker", "ray-job", group, resources=worker_resources, gpus=gpus, **pods
+                        ),
+                    }
+                ],
             },
         },
     }
@@ -392,7 +484,7 @@ def _parse_result(log_text: str) -> dict:
     lines = [line for line in log_text.splitlines() if line.startswith("LUNGSEARCH_RESULT ")]
     if not lines:
         raise RuntimeError("the job log has no LUNGSEARCH_RESULT line")
-    return json.loads(lines[-1][len("LUNGSEARCH_RESULT "):])
+    return json.loads(lines[-1][len("LUNGSEARCH_RESULT ") :])
 
 
 def _pin_profile(serve_config: str, app_name: str, profile: str, version: str) -> str:
@@ -421,17 +513,39 @@ def _pin_profile(serve_config: str, app_name: str, profile: str, version: str) -
 
 def helpers() -> list:
     """The private helpers the components call (``additional_funcs`` of every component)."""
-    return [_dataset_overrides, _default_commands, _step_runner_code, _kube_request, _rayjob_spec, _ray_pod,
-            _rayjob, _flatten_metrics, _parse_result, _pin_profile]
+    return [
+        _dataset_overrides,
+        _default_commands,
+        _step_runner_code,
+        _kube_request,
+        _rayjob_spec,
+        _ray_pod,
+        _rayjob,
+        _flatten_metrics,
+        _parse_result,
+        _pin_profile,
+    ]
 
 
 # ---- components -------------------------------------------------------------------------------------
 
 
-def rayjob_manifest(step: str, profile: str, dataset_uri: str, num_workers: int, gpus_per_worker: int,
-                    run_id: str, upstream_result: str = "", namespace: str = "lungsearch", image: str = "",
-                    registry_claim: str = "", milvus_uri: str = "", worker_cpus: int = 0, worker_memory: str = "",
-                    command_template: str = "") -> str:
+def rayjob_manifest(
+    step: str,
+    profile: str,
+    dataset_uri: str,
+    num_workers: int,
+    gpus_per_worker: int,
+    run_id: str,
+    upstream_result: str = "",
+    namespace: str = "lungsearch",
+    image: str = "",
+    registry_claim: str = "",
+    milvus_uri: str = "",
+    worker_cpus: int = 0,
+    worker_memory: str = "",
+    command_template: str = "",
+) -> str:
     """A RayJob (ray.io/v1, KubeRay v1.7) running one lifecycle step on its own short-lived Ray cluster,
     built from the RayJob spec (k8s/rayjob-spec.yaml, the same as k8s/base's RayJobs) with the pipeline's
     parameters and its ``kubeflow:`` settings.
@@ -477,8 +591,11 @@ def rayjob_manifest(step: str, profile: str, dataset_uri: str, num_workers: int,
             raise ValueError(f"step {step} needs the training result's model version (upstream_result)")
     template = command_template or _default_commands()[step]
     # Plain replacement, not str.format: a custom command may carry braces of its own (Python, JSON).
-    filled = {"{profile}": profile, "{version}": version or "latest",
-              "{overrides}": " ".join(shlex.quote(o) for o in overrides)}
+    filled = {
+        "{profile}": profile,
+        "{version}": version or "latest",
+        "{overrides}": " ".join(shlex.quote(o) for o in overrides),
+    }
     for placeholder, value in filled.items():
         template = template.replace(placeholder, value)
     command = shlex.split(template)
@@ -504,17 +621,35 @@ def rayjob_manifest(step: str, profile: str, dataset_uri: str, num_workers: int,
             memory = f"{int(number.group(1)) * 4}{number.group(2)}" if number else memory
         amount = {"cpu": str(cpus), "memory": memory}
         worker_resources = {"requests": dict(amount), "limits": dict(amount)}
-    labels = {"app.kubernetes.io/component": "ray-job", "app.kubernetes.io/part-of": "lungsearch",
-              "app.kubernetes.io/managed-by": "kubeflow-pipelines", "lungsearch.io/job": step,
-              "lungsearch.io/profile": profile, "lungsearch.io/run": run}
-    manifest = _rayjob(spec, f"lungsearch-{step}-{run}", labels, entrypoint, group=group, replicas=workers,
-                       namespace=namespace, image=image, registry_claim=registry_claim, milvus_uri=milvus_uri,
-                       worker_resources=worker_resources, gpus=gpus, settings=spec["kubeflow"])
+    labels = {
+        "app.kubernetes.io/component": "ray-job",
+        "app.kubernetes.io/part-of": "lungsearch",
+        "app.kubernetes.io/managed-by": "kubeflow-pipelines",
+        "lungsearch.io/job": step,
+        "lungsearch.io/profile": profile,
+        "lungsearch.io/run": run,
+    }
+    manifest = _rayjob(
+        spec,
+        f"lungsearch-{step}-{run}",
+        labels,
+        entrypoint,
+        group=group,
+        replicas=workers,
+        namespace=namespace,
+        image=image,
+        registry_claim=registry_claim,
+        milvus_uri=milvus_uri,
+        worker_resources=worker_resources,
+        gpus=gpus,
+        settings=spec["kubeflow"],
+    )
     return json.dumps(manifest, sort_keys=True)
 
 
-def run_rayjob(manifest: str, timeout_s: int = 172800, poll_s: int = 15, api_server: str = "",
-               token: str = "", ca_file: str = "") -> str:
+def run_rayjob(
+    manifest: str, timeout_s: int = 172800, poll_s: int = 15, api_server: str = "", token: str = "", ca_file: str = ""
+) -> str:
     """Create the RayJob (or adopt it if a retried step created it already), wait until it finishes, and
     return its result JSON (the ``LUNGSEARCH_RESULT`` line of the submitter's log).
 
@@ -560,8 +695,9 @@ def run_rayjob(manifest: str, timeout_s: int = 172800, poll_s: int = 15, api_ser
     return json.dumps(_parse_result(log), sort_keys=True)
 
 
-def collect_metrics(result: str, gate_metric: str, gate_min: float, metrics: Output[Metrics],
-                    report: Output[Markdown]) -> str:
+def collect_metrics(
+    result: str, gate_metric: str, gate_min: float, metrics: Output[Metrics], report: Output[Markdown]
+) -> str:
     """The evaluation step's numbers as KFP metrics, its report.md as a Markdown artifact, and a gate.
 
     Args:
@@ -586,8 +722,11 @@ def collect_metrics(result: str, gate_metric: str, gate_min: float, metrics: Out
     synthetic = data.get("synthetic_data")
     lines = [f"# lungsearch evaluation: {data.get('profile', '?')}@{data.get('version', '?')}", ""]
     if synthetic is None or synthetic:
-        lines += ["> Numbers from synthetic phantom data unless the run used a real dataset: they show the pipeline",
-                  "> works and compare methods; they are not clinical results.", ""]
+        lines += [
+            "> Numbers from synthetic phantom data unless the run used a real dataset: they show the pipeline",
+            "> works and compare methods; they are not clinical results.",
+            "",
+        ]
     lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in flat.items()] + [""]
     if data.get("report"):
         lines += ["## report.md", "", data["report"]]
@@ -596,15 +735,25 @@ def collect_metrics(result: str, gate_metric: str, gate_min: float, metrics: Out
     if not gate_metric:
         return "pass"
     if gate_metric not in flat:
-        raise ValueError(f"gate metric {gate_metric!r} is not in the evaluation (has: {', '.join(sorted(flat)) or 'none'})")
+        raise ValueError(
+            f"gate metric {gate_metric!r} is not in the evaluation (has: {', '.join(sorted(flat)) or 'none'})"
+        )
     verdict = "pass" if flat[gate_metric] >= gate_min else "fail"
     print(f"gate {gate_metric}={flat[gate_metric]:.4g} >= {gate_min}: {verdict}", flush=True)
     return verdict
 
 
-def rollout_rayservice(rayservice: str, namespace: str, train_result: str, app_name: str = "lungsearch",
-                       timeout_s: int = 3600, poll_s: int = 10, api_server: str = "", token: str = "",
-                       ca_file: str = "") -> str:
+def rollout_rayservice(
+    rayservice: str,
+    namespace: str,
+    train_result: str,
+    app_name: str = "lungsearch",
+    timeout_s: int = 3600,
+    poll_s: int = 10,
+    api_server: str = "",
+    token: str = "",
+    ca_file: str = "",
+) -> str:
     """Serve the newly trained model: pin ``profile@version`` in the RayService's serveConfigV2 and wait
     until KubeRay reports the application RUNNING on the new config (an in-place Serve update).
 
@@ -624,8 +773,9 @@ def rollout_rayservice(rayservice: str, namespace: str, train_result: str, app_n
     path = f"/apis/ray.io/v1/namespaces/{namespace}/rayservices/{rayservice}"
     current = _kube_request("GET", path, **api)
     new_config = _pin_profile(current["spec"]["serveConfigV2"], app_name, profile, version)
-    patched = _kube_request("PATCH", path, {"spec": {"serveConfigV2": new_config}},
-                            content_type="application/merge-patch+json", **api)
+    patched = _kube_request(
+        "PATCH", path, {"spec": {"serveConfigV2": new_config}}, content_type="application/merge-patch+json", **api
+    )
     generation = patched.get("metadata", {}).get("generation", 0)
     print(f"RayService {namespace}/{rayservice}: serving {profile}@{version} (generation {generation})", flush=True)
     deadline = time.monotonic() + timeout_s
@@ -635,9 +785,15 @@ def rollout_rayservice(rayservice: str, namespace: str, train_result: str, app_n
         app = ((status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}).get(app_name, {})
         if app.get("status") in ("DEPLOY_FAILED", "UNHEALTHY") and status.get("observedGeneration", 0) >= generation:
             raise RuntimeError(f"application {app_name} is {app['status']}: {app.get('message', '')[:500]}")
-        if (status.get("observedGeneration", 0) >= generation and conditions.get("Ready") == "True"
-                and conditions.get("UpgradeInProgress") != "True" and app.get("status") == "RUNNING"):
+        if (
+            status.get("observedGeneration", 0) >= generation
+            and conditions.get("Ready") == "True"
+            and conditions.get("UpgradeInProgress") != "True"
+            and app.get("status") == "RUNNING"
+        ):
             return f"{profile}@{version}"
         if time.monotonic() > deadline:
-            raise TimeoutError(f"RayService {namespace}/{rayservice} not RUNNING on {profile}@{version} within {timeout_s} s")
+            raise TimeoutError(
+                f"RayService {namespace}/{rayservice} not RUNNING on {profile}@{version} within {timeout_s} s"
+            )
         time.sleep(poll_s)

@@ -13,7 +13,6 @@ k8s/kubeflow/pipeline.yaml; upload that file in the Kubeflow Pipelines UI, or::
         service_account="default-editor")  # bound to lungsearch-rayjob-submitter (k8s/kubeflow/rbac.yaml)
 """
 
-
 # No `from __future__ import annotations`: kfp reads the pipeline parameters' annotations as real types.
 import argparse
 import hashlib
@@ -54,9 +53,13 @@ def build_pipeline(component_image: str = COMPONENT_IMAGE, *, offline: bool = Fa
     """
 
     def component(func):
-        return dsl.component(func, base_image=component_image, additional_funcs=steps.helpers(),
-                             packages_to_install=[] if offline else COMPONENT_PACKAGES,
-                             install_kfp_package=not offline)
+        return dsl.component(
+            func,
+            base_image=component_image,
+            additional_funcs=steps.helpers(),
+            packages_to_install=[] if offline else COMPONENT_PACKAGES,
+            install_kfp_package=not offline,
+        )
 
     rayjob_manifest = component(steps.rayjob_manifest)
     run_rayjob = component(steps.run_rayjob)
@@ -73,7 +76,7 @@ def build_pipeline(component_image: str = COMPONENT_IMAGE, *, offline: bool = Fa
     @dsl.pipeline(
         name="lungsearch-lifecycle",
         description="Prepare data, train (RayJob), evaluate (KFP metrics), build the index and roll the RayService "
-                    "to the new model. Phantom data unless dataset_uri names a real dataset.",
+        "to the new model. Phantom data unless dataset_uri names a real dataset.",
     )
     def lifecycle(
         profile: str = "cxr-report",
@@ -91,10 +94,19 @@ def build_pipeline(component_image: str = COMPONENT_IMAGE, *, offline: bool = Fa
         gate_min: float = 0.0,
         job_timeout_s: int = 172800,
     ):
-        common = dict(profile=profile, dataset_uri=dataset_uri, num_workers=num_workers,
-                      gpus_per_worker=gpus_per_worker, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, namespace=namespace,
-                      image=image, registry_claim=registry_claim, milvus_uri=milvus_uri, worker_cpus=worker_cpus,
-                      worker_memory=worker_memory)
+        common = dict(
+            profile=profile,
+            dataset_uri=dataset_uri,
+            num_workers=num_workers,
+            gpus_per_worker=gpus_per_worker,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            namespace=namespace,
+            image=image,
+            registry_claim=registry_claim,
+            milvus_uri=milvus_uri,
+            worker_cpus=worker_cpus,
+            worker_memory=worker_memory,
+        )
 
         prep_job = tidy(rayjob_manifest(step="prepare", **common), "prepare: RayJob manifest")
         prep = tidy(run_rayjob(manifest=prep_job.output, timeout_s=job_timeout_s), "prepare data")
@@ -102,18 +114,24 @@ def build_pipeline(component_image: str = COMPONENT_IMAGE, *, offline: bool = Fa
         train_job = tidy(rayjob_manifest(step="train", **common), "train: RayJob manifest").after(prep)
         train = tidy(run_rayjob(manifest=train_job.output, timeout_s=job_timeout_s), "train")
 
-        eval_job = tidy(rayjob_manifest(step="evaluate", upstream_result=train.output, **common),
-                        "evaluate: RayJob manifest")
+        eval_job = tidy(
+            rayjob_manifest(step="evaluate", upstream_result=train.output, **common), "evaluate: RayJob manifest"
+        )
         evaluation = tidy(run_rayjob(manifest=eval_job.output, timeout_s=job_timeout_s), "evaluate")
-        gate = tidy(collect_metrics(result=evaluation.output, gate_metric=gate_metric, gate_min=gate_min),
-                    "metrics and report")
+        gate = tidy(
+            collect_metrics(result=evaluation.output, gate_metric=gate_metric, gate_min=gate_min), "metrics and report"
+        )
 
         with dsl.If(gate.outputs["Output"] == "pass", name="metrics-gate"):
-            index_job = tidy(rayjob_manifest(step="build-index", upstream_result=train.output, **common),
-                             "build-index: RayJob manifest")
+            index_job = tidy(
+                rayjob_manifest(step="build-index", upstream_result=train.output, **common),
+                "build-index: RayJob manifest",
+            )
             index = tidy(run_rayjob(manifest=index_job.output, timeout_s=job_timeout_s), "build index")
-            tidy(rollout_rayservice(rayservice=rayservice, namespace=namespace, train_result=train.output),
-                 "roll out the RayService").after(index)
+            tidy(
+                rollout_rayservice(rayservice=rayservice, namespace=namespace, train_result=train.output),
+                "roll out the RayService",
+            ).after(index)
 
     return lifecycle
 
@@ -124,9 +142,11 @@ def compile_pipeline(out: Path, component_image: str = COMPONENT_IMAGE, *, offli
 
     out = Path(out)
     compiler.Compiler().compile(build_pipeline(component_image, offline=offline), package_path=str(out))
-    header = (f"# Generated by `make kubeflow` (kfp {kfp.__version__}) from k8s/kubeflow/components.py and pipeline.py; "
-              f"do not edit.\n# source-sha256: {source_digest()}\n# component-image: {component_image}"
-              f"{' (offline)' if offline else ''}\n")
+    header = (
+        f"# Generated by `make kubeflow` (kfp {kfp.__version__}) from k8s/kubeflow/components.py and pipeline.py; "
+        f"do not edit.\n# source-sha256: {source_digest()}\n# component-image: {component_image}"
+        f"{' (offline)' if offline else ''}\n"
+    )
     out.write_text(header + out.read_text())
     return out
 
@@ -135,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "pipeline.yaml", help="compiled pipeline YAML")
     parser.add_argument("--component-image", default=COMPONENT_IMAGE, help="image of the KFP steps")
-    parser.add_argument("--offline", action="store_true",
-                        help="the component image already has kfp and PyYAML (air-gapped clusters)")
+    parser.add_argument(
+        "--offline", action="store_true", help="the component image already has kfp and PyYAML (air-gapped clusters)"
+    )
     args = parser.parse_args(argv)
     path = compile_pipeline(args.out, args.component_image, offline=args.offline)
     print(f"wrote {path}")

@@ -50,35 +50,55 @@ _EXIT_HELP = "exit codes: " + ", ".join(f"{k} {v}" for k, v in EXIT_CODES.items(
 
 # ---- argument plumbing -----------------------------------------------------------------------
 
+
 def _connection_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection")
-    g.add_argument("--target", default=constants.TARGET,
-                   help="gateway host:port (default: $LUNGSEARCH_TARGET or %(default)s)")
-    g.add_argument("--token", default=None,
-                   help="bearer token (prefer --token-file or $LUNGSEARCH_TOKEN: arguments show up in `ps`)")
+    g.add_argument(
+        "--target", default=constants.TARGET, help="gateway host:port (default: $LUNGSEARCH_TARGET or %(default)s)"
+    )
+    g.add_argument(
+        "--token",
+        default=None,
+        help="bearer token (prefer --token-file or $LUNGSEARCH_TOKEN: arguments show up in `ps`)",
+    )
     g.add_argument("--token-file", default=None, metavar="PATH", help="file holding the bearer token")
     g.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     g.add_argument("--ca-file", default=None, metavar="PEM", help="CA bundle to verify the server (implies --tls)")
     g.add_argument("--cert-file", default=None, metavar="PEM", help="client certificate, for mTLS")
     g.add_argument("--key-file", default=None, metavar="PEM", help="client private key, for mTLS")
-    g.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="deadline per call, retries included (default: %(default)s)")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="deadline per call, retries included (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
     return p
 
 
 def _model_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", default=None, metavar="PROFILE[@VERSION]",
-                   help="model to use (default: the server's default profile, live version)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PROFILE[@VERSION]",
+        help="model to use (default: the server's default profile, live version)",
+    )
     return p
 
 
 def _query_parent(*, image_required: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--image", action="append", default=[], metavar="PATH", required=image_required,
-                   help="query image file (repeat, or give a folder, for a CT series)")
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        required=image_required,
+        help="query image file (repeat, or give a folder, for a CT series)",
+    )
     r = p.add_mutually_exclusive_group()
     r.add_argument("--report", default=None, metavar="TEXT", help="query report text")
     r.add_argument("--report-file", default=None, metavar="PATH", help="read the query report from a file")
@@ -87,129 +107,215 @@ def _query_parent(*, image_required: bool) -> argparse.ArgumentParser:
 
 def _add(sub, name: str, *, help: str, description: str, examples: Sequence[str], parents) -> argparse.ArgumentParser:
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + _EXIT_HELP
-    return sub.add_parser(name, help=help, description=description, epilog=epilog, parents=parents,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        parents=parents,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the client commands to the ``lungsearch`` parser."""
     conn, model = _connection_parent(), _model_parent()
 
-    p = _add(sub, "ingest", help="store images, folders or DICOM series (with reports and labels)",
-             description=(
-                 "Ingest cases. A PNG/JPEG/DICOM file is one case; in a folder (walked recursively), the DICOM files\n"
-                 "of each directory form one series (streamed with IngestStream) unless --per-file, and every PNG/JPEG\n"
-                 "is its own case. A sidecar report is picked up: <image stem>.txt beside an image, report.txt in a\n"
-                 "series folder. --manifest reads JSON lines with image_paths, report, labels, case_id."),
-             examples=["lungsearch ingest cxr/0001.png --report 'Small left effusion.' --labels Effusion",
-                       "lungsearch ingest studies/ --model ct-ild --workers 4",
-                       "lungsearch ingest --manifest data/phantoms/ct-1a2b/manifest.jsonl --json > ingested.json",
-                       "lungsearch ingest --dicomweb http://pacs:8042/dicom-web --study 1.2.840.113619.2.55.3"],
-             parents=[conn, model])
+    p = _add(
+        sub,
+        "ingest",
+        help="store images, folders or DICOM series (with reports and labels)",
+        description=(
+            "Ingest cases. A PNG/JPEG/DICOM file is one case; in a folder (walked recursively), the DICOM files\n"
+            "of each directory form one series (streamed with IngestStream) unless --per-file, and every PNG/JPEG\n"
+            "is its own case. A sidecar report is picked up: <image stem>.txt beside an image, report.txt in a\n"
+            "series folder. --manifest reads JSON lines with image_paths, report, labels, case_id."
+        ),
+        examples=[
+            "lungsearch ingest cxr/0001.png --report 'Small left effusion.' --labels Effusion",
+            "lungsearch ingest studies/ --model ct-ild --workers 4",
+            "lungsearch ingest --manifest data/phantoms/ct-1a2b/manifest.jsonl --json > ingested.json",
+            "lungsearch ingest --dicomweb http://pacs:8042/dicom-web --study 1.2.840.113619.2.55.3",
+        ],
+        parents=[conn, model],
+    )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files and/or folders")
     r = p.add_mutually_exclusive_group()
     r.add_argument("--report", default=None, metavar="TEXT", help="report text for every case ingested")
     r.add_argument("--report-file", default=None, metavar="PATH", help="read that report from a file")
     p.add_argument("--labels", default=None, metavar="A,B", help="comma-separated labels for every case ingested")
-    p.add_argument("--source-id", default=None, metavar="ID",
-                   help="your study identifier (e.g. accession number) for a single PNG/JPEG case; hashed by the server")
+    p.add_argument(
+        "--source-id",
+        default=None,
+        metavar="ID",
+        help="your study identifier (e.g. accession number) for a single PNG/JPEG case; hashed by the server",
+    )
     p.add_argument("--manifest", default=None, metavar="JSONL", help="ingest the cases listed in a JSON-lines manifest")
     p.add_argument("--per-file", action="store_true", help="each DICOM file is its own case (no series grouping)")
     p.add_argument("--workers", type=int, default=2, help="concurrent uploads (default: %(default)s)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed case")
-    p.add_argument("--dicomweb", default=None, metavar="URL",
-                   help="pull --study from this DICOMweb server (QIDO-RS + WADO-RS) and ingest each series")
+    p.add_argument(
+        "--dicomweb",
+        default=None,
+        metavar="URL",
+        help="pull --study from this DICOMweb server (QIDO-RS + WADO-RS) and ingest each series",
+    )
     p.add_argument("--study", default=None, metavar="UID", help="StudyInstanceUID to pull with --dicomweb")
     p.set_defaults(func=cmd_ingest)
 
-    p = _add(sub, "search", help="find similar cases by image, report text, or both",
-             description="The stored cases most similar to a query image, a query report, or both.",
-             examples=["lungsearch search --image query.png --top-k 5",
-                       "lungsearch search --report 'bilateral pleural effusion' --filter modality=cxr",
-                       "lungsearch search --image ct-0007/ --model ct-ild --filter label!=normal --json"],
-             parents=[conn, model, _query_parent(image_required=False)])
+    p = _add(
+        sub,
+        "search",
+        help="find similar cases by image, report text, or both",
+        description="The stored cases most similar to a query image, a query report, or both.",
+        examples=[
+            "lungsearch search --image query.png --top-k 5",
+            "lungsearch search --report 'bilateral pleural effusion' --filter modality=cxr",
+            "lungsearch search --image ct-0007/ --model ct-ild --filter label!=normal --json",
+        ],
+        parents=[conn, model, _query_parent(image_required=False)],
+    )
     p.add_argument("--top-k", type=int, default=10, help="number of hits (default: %(default)s)")
-    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
-                   help="modality=ct, view=PA, label=A,B (any of), labels_all=A,B, labels_none=A,B or label!=A; "
-                        "repeat to combine (AND)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="modality=ct, view=PA, label=A,B (any of), labels_all=A,B, labels_none=A,B or label!=A; "
+        "repeat to combine (AND)",
+    )
     p.set_defaults(func=cmd_search)
 
-    p = _add(sub, "classify", help="label probabilities and the kNN vote for an image",
-             description="Class probabilities from the profile's head and the label vote of the nearest stored cases.",
-             examples=["lungsearch classify --image cxr.png", "lungsearch classify --image ct-0007/ --model ct-ild --json"],
-             parents=[conn, model, _query_parent(image_required=True)])
+    p = _add(
+        sub,
+        "classify",
+        help="label probabilities and the kNN vote for an image",
+        description="Class probabilities from the profile's head and the label vote of the nearest stored cases.",
+        examples=["lungsearch classify --image cxr.png", "lungsearch classify --image ct-0007/ --model ct-ild --json"],
+        parents=[conn, model, _query_parent(image_required=True)],
+    )
     p.add_argument("--knn-k", type=int, default=10, help="neighbours in the vote (default: %(default)s)")
     p.set_defaults(func=cmd_classify)
 
-    p = _add(sub, "explain", help="Grad-CAM heat map (PNG) for an image",
-             description="Write a Grad-CAM heat map for the top (or a named) label as PNG.",
-             examples=["lungsearch explain --image cxr.png --out heatmap.png",
-                       "lungsearch explain --image cxr.png --label Effusion --out effusion.png --overlay overlay.png",
-                       "lungsearch explain --image cxr.png --match 3f1c... --out query.png --case-out case.png"],
-             parents=[conn, model, _query_parent(image_required=True)])
-    p.add_argument("--label", default=None, help="label to explain (default: the top predicted label; with --match: "
-                                                 "the first label query and case share)")
-    p.add_argument("--match", default=None, metavar="CASE_KEY",
-                   help="explain why this retrieved case matches the query (ExplainMatch): heat maps on both, "
-                        "shared labels and report phrases")
-    p.add_argument("--case-out", default=None, metavar="PNG",
-                   help="with --match: the case's heat map overlay (default: <out>-case.png)")
+    p = _add(
+        sub,
+        "explain",
+        help="Grad-CAM heat map (PNG) for an image",
+        description="Write a Grad-CAM heat map for the top (or a named) label as PNG.",
+        examples=[
+            "lungsearch explain --image cxr.png --out heatmap.png",
+            "lungsearch explain --image cxr.png --label Effusion --out effusion.png --overlay overlay.png",
+            "lungsearch explain --image cxr.png --match 3f1c... --out query.png --case-out case.png",
+        ],
+        parents=[conn, model, _query_parent(image_required=True)],
+    )
+    p.add_argument(
+        "--label",
+        default=None,
+        help="label to explain (default: the top predicted label; with --match: the first label query and case share)",
+    )
+    p.add_argument(
+        "--match",
+        default=None,
+        metavar="CASE_KEY",
+        help="explain why this retrieved case matches the query (ExplainMatch): heat maps on both, "
+        "shared labels and report phrases",
+    )
+    p.add_argument(
+        "--case-out",
+        default=None,
+        metavar="PNG",
+        help="with --match: the case's heat map overlay (default: <out>-case.png)",
+    )
     p.add_argument("--out", default="heatmap.png", metavar="PNG", help="heat map output (default: %(default)s)")
     p.add_argument("--overlay", default=None, metavar="PNG", help="also write the heat map blended over the input")
     p.set_defaults(func=cmd_explain)
 
-    p = _add(sub, "models", help="list the models the server knows",
-             description="List trained models: profile, version, live flag, geometry, cases indexed, metrics.",
-             examples=["lungsearch models", "lungsearch models --profile ct-ild --json"], parents=[conn])
+    p = _add(
+        sub,
+        "models",
+        help="list the models the server knows",
+        description="List trained models: profile, version, live flag, geometry, cases indexed, metrics.",
+        examples=["lungsearch models", "lungsearch models --profile ct-ild --json"],
+        parents=[conn],
+    )
     p.add_argument("--profile", default=None, help="only this profile")
     p.set_defaults(func=cmd_models)
 
-    p = _add(sub, "activate", help="switch the live version of a profile (admin)",
-             description="Make PROFILE@VERSION the live version of its profile.",
-             examples=["lungsearch activate cxr-report@20261124-1953-ab12cd --token-file admin.token"], parents=[conn])
+    p = _add(
+        sub,
+        "activate",
+        help="switch the live version of a profile (admin)",
+        description="Make PROFILE@VERSION the live version of its profile.",
+        examples=["lungsearch activate cxr-report@20261124-1953-ab12cd --token-file admin.token"],
+        parents=[conn],
+    )
     p.add_argument("model_ref", metavar="PROFILE@VERSION")
     p.set_defaults(func=cmd_activate)
 
-    p = _add(sub, "reindex", help="build a new version's index, gate it against the live one, switch (admin)",
-             description="Gated re-indexing: stage PROFILE@VERSION (gateways write every ingest to it too), ingest "
-                         "the source cases into its collection, compare mAP@10 and P@10 with the live version on "
-                         "held-out probe cases (paired bootstrap interval of the difference), and switch only when "
-                         "the drop is at most --max-drop. The old version stays for rollback. Exits 8 when the gate "
-                         "refuses. Source and probes: the candidate's data config (train + val cases are built, the "
-                         "test split is the probe set).",
-             examples=["lungsearch reindex ct-ild@20261206-1200-ab12cd --token-file admin.token",
-                       "lungsearch reindex cxr-hash@20261206-1200-cd34ef --max-drop 0.05 --no-activate --json"],
-             parents=[conn])
+    p = _add(
+        sub,
+        "reindex",
+        help="build a new version's index, gate it against the live one, switch (admin)",
+        description="Gated re-indexing: stage PROFILE@VERSION (gateways write every ingest to it too), ingest "
+        "the source cases into its collection, compare mAP@10 and P@10 with the live version on "
+        "held-out probe cases (paired bootstrap interval of the difference), and switch only when "
+        "the drop is at most --max-drop. The old version stays for rollback. Exits 8 when the gate "
+        "refuses. Source and probes: the candidate's data config (train + val cases are built, the "
+        "test split is the probe set).",
+        examples=[
+            "lungsearch reindex ct-ild@20261206-1200-ab12cd --token-file admin.token",
+            "lungsearch reindex cxr-hash@20261206-1200-cd34ef --max-drop 0.05 --no-activate --json",
+        ],
+        parents=[conn],
+    )
     p.add_argument("model_ref", metavar="PROFILE@VERSION")
-    p.add_argument("--artifacts-dir", default=None, help="the registry the gateways read (default: LUNGSEARCH_ARTIFACTS_DIR)")
-    p.add_argument("--max-drop", type=float, default=0.02, help="largest accepted drop of mAP@10 / P@10 (default: %(default)s)")
+    p.add_argument(
+        "--artifacts-dir", default=None, help="the registry the gateways read (default: LUNGSEARCH_ARTIFACTS_DIR)"
+    )
+    p.add_argument(
+        "--max-drop", type=float, default=0.02, help="largest accepted drop of mAP@10 / P@10 (default: %(default)s)"
+    )
     p.add_argument("--no-activate", action="store_true", help="build and gate only; do not switch")
     p.set_defaults(func=cmd_reindex)
 
-    p = _add(sub, "get", help="show a stored case by key",
-             description="Show one stored (de-identified) case.",
-             examples=["lungsearch get 3f1c0a9e5b7d4e21a8c6f0b2d4e6a8c0", "lungsearch get KEY --model ct-ild --json"],
-             parents=[conn, model])
+    p = _add(
+        sub,
+        "get",
+        help="show a stored case by key",
+        description="Show one stored (de-identified) case.",
+        examples=["lungsearch get 3f1c0a9e5b7d4e21a8c6f0b2d4e6a8c0", "lungsearch get KEY --model ct-ild --json"],
+        parents=[conn, model],
+    )
     p.add_argument("case_key", metavar="KEY")
     p.set_defaults(func=cmd_get)
 
-    p = _add(sub, "delete", help="delete a stored case by key",
-             description="Delete one stored case. Exits 3 when there was nothing to delete, unless --missing-ok.",
-             examples=["lungsearch delete 3f1c0a9e5b7d4e21a8c6f0b2d4e6a8c0", "lungsearch delete KEY --missing-ok"],
-             parents=[conn, model])
+    p = _add(
+        sub,
+        "delete",
+        help="delete a stored case by key",
+        description="Delete one stored case. Exits 3 when there was nothing to delete, unless --missing-ok.",
+        examples=["lungsearch delete 3f1c0a9e5b7d4e21a8c6f0b2d4e6a8c0", "lungsearch delete KEY --missing-ok"],
+        parents=[conn, model],
+    )
     p.add_argument("case_key", metavar="KEY")
     p.add_argument("--missing-ok", action="store_true", help="exit 0 when the case did not exist")
     p.set_defaults(func=cmd_delete)
 
-    p = _add(sub, "health", help="is the server serving?",
-             description="Ask the standard gRPC health service (or the Ray Serve proxy). Exits 0 when serving, 6 otherwise.",
-             examples=["lungsearch health", "lungsearch health --target lungsearch.example.org:443 --tls --timeout 5"],
-             parents=[conn])
+    p = _add(
+        sub,
+        "health",
+        help="is the server serving?",
+        description="Ask the standard gRPC health service (or the Ray Serve proxy). Exits 0 when serving, 6 otherwise.",
+        examples=["lungsearch health", "lungsearch health --target lungsearch.example.org:443 --tls --timeout 5"],
+        parents=[conn],
+    )
     p.add_argument("--service", default="", help="service to ask about (default: the whole server)")
     p.set_defaults(func=cmd_health)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
 
 class _Usage(Exception):
     """A bad command line detected after parsing (exit 2)."""
@@ -228,13 +334,27 @@ def _connect(args: argparse.Namespace):
 
     if not args.timeout > 0:
         raise _Usage("--timeout must be positive")
-    return LungSearchClient(args.target, tls=True if args.tls else None, ca_file=args.ca_file,
-                            cert_file=args.cert_file, key_file=args.key_file, token=_token(args), timeout=args.timeout)
+    return LungSearchClient(
+        args.target,
+        tls=True if args.tls else None,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        token=_token(args),
+        timeout=args.timeout,
+    )
 
 
 def _exit_code(exc: BaseException) -> int:
-    from lungsearch.client import (DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
-                                   Unauthenticated, Unavailable)
+    from lungsearch.client import (
+        DeadlineExceeded,
+        InvalidArgument,
+        NotFound,
+        PermissionDenied,
+        ResourceExhausted,
+        Unauthenticated,
+        Unavailable,
+    )
 
     if isinstance(exc, _Usage):
         return EXIT_USAGE
@@ -339,6 +459,7 @@ def _query_images(args: argparse.Namespace) -> list[Any]:
 
 # ---- ingest -----------------------------------------------------------------------------------
 
+
 @dataclass
 class _Job:
     """One case to ingest."""
@@ -397,24 +518,35 @@ def _jobs_from_manifest(manifest: str) -> list[_Job]:
                 continue
             try:
                 row = json.loads(line)
-                files = [Path(p) if Path(p).is_absolute() else (base / p if (base / p).exists() else Path(p))
-                         for p in row["image_paths"]]
+                files = [
+                    Path(p) if Path(p).is_absolute() else (base / p if (base / p).exists() else Path(p))
+                    for p in row["image_paths"]
+                ]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path.name} line {lineno}: expected JSON with image_paths ({exc})") from None
             labels = row.get("labels") or []
-            jobs.append(_Job(str(row.get("case_id") or files[0]), files, series=len(files) > 1,
-                             report=row.get("report"), labels=[labels] if isinstance(labels, str) else list(labels),
-                             source_id=row.get("source_id") or row.get("case_id")))
+            jobs.append(
+                _Job(
+                    str(row.get("case_id") or files[0]),
+                    files,
+                    series=len(files) > 1,
+                    report=row.get("report"),
+                    labels=[labels] if isinstance(labels, str) else list(labels),
+                    source_id=row.get("source_id") or row.get("case_id"),
+                )
+            )
     return jobs
 
 
 def _ingest_one(client, job: _Job, model: str | None) -> dict[str, Any]:
     if job.series:
-        res = client.ingest_series(job.files, report=job.report, labels=job.labels or None,
-                                   source_id=job.source_id, model=model)
+        res = client.ingest_series(
+            job.files, report=job.report, labels=job.labels or None, source_id=job.source_id, model=model
+        )
     else:
-        res = client.ingest(job.files[0], report=job.report, labels=job.labels or None,
-                            source_id=job.source_id, model=model)
+        res = client.ingest(
+            job.files[0], report=job.report, labels=job.labels or None, source_id=job.source_id, model=model
+        )
     return res.to_dict()
 
 
@@ -426,13 +558,24 @@ def _ingest_dicomweb(args: argparse.Namespace) -> int:
     profiles = {k: args.model for k in ("ct", "cxr", "mr")} if args.model else None
     with _connect(args) as client:
         out = ingest_study(client, args.dicomweb, args.study, profiles=profiles)
-    rows = [dict(series=o.index, modality=o.modality, images=o.instances, case_key=o.case_key, model=o.model,
-                 skipped=o.skipped) for o in out]
+    rows = [
+        dict(
+            series=o.index,
+            modality=o.modality,
+            images=o.instances,
+            case_key=o.case_key,
+            model=o.model,
+            skipped=o.skipped,
+        )
+        for o in out
+    ]
     if args.json:
         _print_json(rows)
     else:
-        _table(["SERIES", "MODALITY", "IMAGES", "CASE KEY"],
-               [(r["series"], r["modality"], r["images"], r["case_key"] or r["skipped"]) for r in rows])
+        _table(
+            ["SERIES", "MODALITY", "IMAGES", "CASE KEY"],
+            [(r["series"], r["modality"], r["images"], r["case_key"] or r["skipped"]) for r in rows],
+        )
     return EXIT_OK
 
 
@@ -484,9 +627,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(results)
     else:
-        _table(["STATUS", "CASE KEY", "IMAGES", "PATH"],
-               [(("created" if r.get("created") else "updated") if r["ok"] else "FAILED",
-                 r.get("case_key", r.get("error", {}).get("reason", "")), r["images"], r["path"]) for r in results])
+        _table(
+            ["STATUS", "CASE KEY", "IMAGES", "PATH"],
+            [
+                (
+                    ("created" if r.get("created") else "updated") if r["ok"] else "FAILED",
+                    r.get("case_key", r.get("error", {}).get("reason", "")),
+                    r["images"],
+                    r["path"],
+                )
+                for r in results
+            ],
+        )
         print(f"\n{ok}/{len(jobs)} ingested" + (f", {len(results) - ok} failed" if ok < len(results) else ""))
     for r in results:
         if not r["ok"]:
@@ -495,6 +647,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 # ---- queries ----------------------------------------------------------------------------------
+
 
 def _print_roi(roi) -> None:
     """The whole-thorax radiomics flag (docs/masks.md), on stderr so the table stays parseable."""
@@ -520,10 +673,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"model: {result.model or '(default)'}   hits: {len(result)}")
     _print_roi(result.radiomics_roi)
     with_codes = any(h.hamming_distance is not None for h in result)
-    headers = ["RANK", "SCORE"] + (["HAMMING"] if with_codes else []) + ["CASE KEY", "MODALITY", "VIEW", "LABELS", "REPORT"]
-    _table(headers, [[h.rank, f"{h.score:.4f}"] + ([h.hamming_distance] if with_codes else [])
-                     + [h.case.case_key, h.case.modality, h.case.view, ",".join(h.case.labels), h.case.report_excerpt]
-                     for h in result])
+    headers = (
+        ["RANK", "SCORE"] + (["HAMMING"] if with_codes else []) + ["CASE KEY", "MODALITY", "VIEW", "LABELS", "REPORT"]
+    )
+    _table(
+        headers,
+        [
+            [h.rank, f"{h.score:.4f}"]
+            + ([h.hamming_distance] if with_codes else [])
+            + [h.case.case_key, h.case.modality, h.case.view, ",".join(h.case.labels), h.case.report_excerpt]
+            for h in result
+        ],
+    )
     return EXIT_OK
 
 
@@ -540,17 +701,26 @@ def cmd_classify(args: argparse.Namespace) -> int:
     print(f"model: {c.model or '(default)'}   top label: {c.top_label} ({c.top_score:.3f})")
     _print_roi(c.radiomics_roi)
     labels = list(c.probabilities) + [k for k in c.knn_vote if k not in c.probabilities]
-    _table(["", "LABEL", "PROBABILITY", "KNN VOTE"],
-           [["*" if lab == c.top_label else "", lab,
-             f"{c.probabilities[lab]:.4f}" if lab in c.probabilities else "",
-             f"{c.knn_vote[lab]:.2f}" if lab in c.knn_vote else ""] for lab in labels])
+    _table(
+        ["", "LABEL", "PROBABILITY", "KNN VOTE"],
+        [
+            [
+                "*" if lab == c.top_label else "",
+                lab,
+                f"{c.probabilities[lab]:.4f}" if lab in c.probabilities else "",
+                f"{c.knn_vote[lab]:.2f}" if lab in c.knn_vote else "",
+            ]
+            for lab in labels
+        ],
+    )
     return EXIT_OK
 
 
 def _explain_match(args: argparse.Namespace, images: list[Any]) -> int:
     with _connect(args) as client:
-        m = client.explain_match(args.match, images=images, report=_report_arg(args), label=args.label,
-                                 model=args.model)
+        m = client.explain_match(
+            args.match, images=images, report=_report_arg(args), label=args.label, model=args.model
+        )
     out = Path(args.out)
     written = {}
     if m.query_overlay_png:
@@ -584,15 +754,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = e.save(args.out)
     overlay = e.save(args.overlay, overlay=True) if args.overlay else None
     if args.json:
-        _print_json({"model": e.model.to_dict(), "label": e.label, "score": e.score, "heatmap": str(out),
-                     "overlay": str(overlay) if overlay else None, "heatmap_bytes": len(e.heatmap_png)})
+        _print_json(
+            {
+                "model": e.model.to_dict(),
+                "label": e.label,
+                "score": e.score,
+                "heatmap": str(out),
+                "overlay": str(overlay) if overlay else None,
+                "heatmap_bytes": len(e.heatmap_png),
+            }
+        )
     else:
-        print(f"{e.label} ({e.score:.3f}) by {e.model or '(default)'}: heat map -> {out}"
-              + (f", overlay -> {overlay}" if overlay else ""))
+        print(
+            f"{e.label} ({e.score:.3f}) by {e.model or '(default)'}: heat map -> {out}"
+            + (f", overlay -> {overlay}" if overlay else "")
+        )
     return EXIT_OK
 
 
 # ---- cases and models ---------------------------------------------------------------------------
+
 
 @_guarded
 def cmd_models(args: argparse.Namespace) -> int:
@@ -604,10 +785,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not models:
         print("no models")
         return EXIT_OK
-    _table(["PROFILE", "VERSION", "LIVE", "MODALITY", "DIM", "BITS", "CASES", "DATA", "METRICS"],
-           [[m.model.profile, m.model.version, "yes" if m.live else "", m.modality, m.embedding_dim, m.code_bits or "",
-             m.num_cases, "phantom" if m.synthetic_data else "real",
-             " ".join(f"{k}={v:.3g}" for k, v in list(m.metrics.items())[:4])] for m in models])
+    _table(
+        ["PROFILE", "VERSION", "LIVE", "MODALITY", "DIM", "BITS", "CASES", "DATA", "METRICS"],
+        [
+            [
+                m.model.profile,
+                m.model.version,
+                "yes" if m.live else "",
+                m.modality,
+                m.embedding_dim,
+                m.code_bits or "",
+                m.num_cases,
+                "phantom" if m.synthetic_data else "real",
+                " ".join(f"{k}={v:.3g}" for k, v in list(m.metrics.items())[:4]),
+            ]
+            for m in models
+        ],
+    )
     if any(m.synthetic_data for m in models):
         print("\nphantom: trained and evaluated on synthetic data; its metrics say nothing about real images")
     return EXIT_OK
@@ -640,8 +834,17 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     splits = split_records(records, cfg.data.split, seed=cfg.data.seed)
     echo = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
     with _connect(args) as client:
-        rep = reindex(client, profile, version, records=[*splits["train"], *splits["val"]], probes=splits["test"],
-                      registry_root=root, max_drop=args.max_drop, activate=not args.no_activate, echo=echo)
+        rep = reindex(
+            client,
+            profile,
+            version,
+            records=[*splits["train"], *splits["val"]],
+            probes=splits["test"],
+            registry_root=root,
+            max_drop=args.max_drop,
+            activate=not args.no_activate,
+            echo=echo,
+        )
     if args.json:
         _print_json(rep.as_dict())
     return EXIT_OK if rep.gate is not None and rep.gate.passed else EXIT_REFUSED
@@ -654,11 +857,19 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(case.to_dict())
         return EXIT_OK
-    _table(["FIELD", "VALUE"], [
-        ("case_key", case.case_key), ("modality", case.modality), ("view", case.view),
-        ("labels", ", ".join(case.labels)), ("num_images", case.num_images), ("model", str(case.model)),
-        ("ingested_at", case.ingested_at.isoformat() if case.ingested_at else ""),
-        ("report_excerpt", case.report_excerpt)])
+    _table(
+        ["FIELD", "VALUE"],
+        [
+            ("case_key", case.case_key),
+            ("modality", case.modality),
+            ("view", case.view),
+            ("labels", ", ".join(case.labels)),
+            ("num_images", case.num_images),
+            ("model", str(case.model)),
+            ("ingested_at", case.ingested_at.isoformat() if case.ingested_at else ""),
+            ("report_excerpt", case.report_excerpt),
+        ],
+    )
     return EXIT_OK
 
 

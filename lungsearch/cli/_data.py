@@ -10,13 +10,19 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("data", help="phantom datasets, dataset sources, image inspection",
-                       description="Data-layer tools. Phantom data is synthetic: say so wherever a number comes from it.")
+    d = sub.add_parser(
+        "data",
+        help="phantom datasets, dataset sources, image inspection",
+        description="Data-layer tools. Phantom data is synthetic: say so wherever a number comes from it.",
+    )
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
-    p = dsub.add_parser("phantoms", help="generate a synthetic dataset (cxr + real reports, cxr4, ct DICOM)",
-                        description="Generate phantom cases: PNGs or DICOM series plus manifest.jsonl and phantom.json.",
-                        epilog="example: lungsearch data phantoms --kind cxr --n 2000 --out data/phantoms/cxr --seed 0")
+    p = dsub.add_parser(
+        "phantoms",
+        help="generate a synthetic dataset (cxr + real reports, cxr4, ct DICOM)",
+        description="Generate phantom cases: PNGs or DICOM series plus manifest.jsonl and phantom.json.",
+        epilog="example: lungsearch data phantoms --kind cxr --n 2000 --out data/phantoms/cxr --seed 0",
+    )
     p.add_argument("--kind", required=True, choices=["cxr", "cxr4", "ct"])
     p.add_argument("--n", type=int, required=True, help="number of cases")
     p.add_argument("--out", required=True, help="output folder")
@@ -27,17 +33,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_phantoms)
 
-    s = dsub.add_parser("sources", help="list the dataset adapters (data.source names)",
-                        epilog="example: lungsearch data sources")
+    s = dsub.add_parser(
+        "sources", help="list the dataset adapters (data.source names)", epilog="example: lungsearch data sources"
+    )
     s.set_defaults(func=_sources)
 
-    c = dsub.add_parser("check-phantoms", help="quality numbers of a phantom folder (image-stats baseline, CT mask Dice)",
-                        epilog="example: lungsearch data check-phantoms data/phantoms/cxr")
+    c = dsub.add_parser(
+        "check-phantoms",
+        help="quality numbers of a phantom folder (image-stats baseline, CT mask Dice)",
+        epilog="example: lungsearch data check-phantoms data/phantoms/cxr",
+    )
     c.add_argument("root")
     c.set_defaults(func=_check)
 
-    i = dsub.add_parser("inspect", help="decode image files and print PHI-free facts (or the typed error)",
-                        epilog="example: lungsearch data inspect scan.dcm chest.png")
+    i = dsub.add_parser(
+        "inspect",
+        help="decode image files and print PHI-free facts (or the typed error)",
+        epilog="example: lungsearch data inspect scan.dcm chest.png",
+    )
     i.add_argument("files", nargs="+")
     i.set_defaults(func=_inspect)
     d.set_defaults(func=lambda a: (d.print_help(), 2)[1])
@@ -47,10 +60,28 @@ def _phantoms(args: argparse.Namespace) -> int:
     from lungsearch.data import phantoms
 
     t0 = time.perf_counter()
-    out = phantoms.generate(args.kind, args.n, args.out, seed=args.seed, size=args.size, slices=args.slices,
-                            workers=args.workers, progress=not args.no_progress)
-    print(json.dumps({"out": str(out), "kind": args.kind, "n": args.n, "seed": args.seed, "synthetic": True,
-                      "seconds": round(time.perf_counter() - t0, 2)}))
+    out = phantoms.generate(
+        args.kind,
+        args.n,
+        args.out,
+        seed=args.seed,
+        size=args.size,
+        slices=args.slices,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "kind": args.kind,
+                "n": args.n,
+                "seed": args.seed,
+                "synthetic": True,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+    )
     return 0
 
 
@@ -91,7 +122,20 @@ def _inspect(args: argparse.Namespace) -> int:
             continue
         im = frames[len(frames) // 2]
         px = im.pixels
-        print(json.dumps({"file": f, "frames": len(frames), "shape": list(px.shape), "modality": im.meta.modality,
-                          "view": im.meta.view, "format": im.meta.source_format, "hu": im.meta.hu,
-                          "spacing": im.meta.spacing, "min": float(np.min(px)), "max": float(np.max(px))}))
+        print(
+            json.dumps(
+                {
+                    "file": f,
+                    "frames": len(frames),
+                    "shape": list(px.shape),
+                    "modality": im.meta.modality,
+                    "view": im.meta.view,
+                    "format": im.meta.source_format,
+                    "hu": im.meta.hu,
+                    "spacing": im.meta.spacing,
+                    "min": float(np.min(px)),
+                    "max": float(np.max(px)),
+                }
+            )
+        )
     return rc

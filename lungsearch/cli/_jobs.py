@@ -22,27 +22,43 @@ RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (never from the command
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_DASHBOARD_ADDRESS"),
-                   help="Ray dashboard URL, e.g. http://head:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_DASHBOARD_ADDRESS"),
+        help="Ray dashboard URL, e.g. http://head:8265 (default: $RAY_API_SERVER_ADDRESS)",
+    )
     p.add_argument("--token-file", type=Path, default=None, help="file holding the Ray auth token")
     p.add_argument("--auth-mode", choices=["token", "disabled"], default=None, help="default: $RAY_AUTH_MODE")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("jobs", help="submit/watch/stop train, evaluate and build-index jobs on a Ray cluster",
-                       description="Ray job submission for lungsearch (the repository is uploaded as working_dir).",
-                       epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "jobs",
+        help="submit/watch/stop train, evaluate and build-index jobs on a Ray cluster",
+        description="Ray job submission for lungsearch (the repository is uploaded as working_dir).",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     jsub = p.add_subparsers(dest="jobs_command", metavar="ACTION")
 
-    s = jsub.add_parser("submit", help="submit a job", epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = jsub.add_parser(
+        "submit", help="submit a job", epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     s.add_argument("kind", choices=["train", "evaluate", "build-index", "reproduce"])
     _common(s)
-    s.add_argument("--config", required=True, nargs="+", metavar=("CONFIG", "KEY=VALUE"),
-                   help="profile name or YAML path inside the repository, then dotted.key=value overrides")
+    s.add_argument(
+        "--config",
+        required=True,
+        nargs="+",
+        metavar=("CONFIG", "KEY=VALUE"),
+        help="profile name or YAML path inside the repository, then dotted.key=value overrides",
+    )
     s.add_argument("--folds", type=int, default=None, help="train: K-fold cross-validation")
     s.add_argument("--model", default=None, help="evaluate/build-index: registry ref profile[@version]")
     s.add_argument("--script-args", default="", help="further flags for the job script, one quoted string")
-    s.add_argument("--pip", default=None, help="'lock' (requirements/lock.txt), a requirements file, or omit (image has deps)")
+    s.add_argument(
+        "--pip", default=None, help="'lock' (requirements/lock.txt), a requirements file, or omit (image has deps)"
+    )
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra job environment (repeatable)")
     s.add_argument("--submission-id", default=None)
     s.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved for the driver")
@@ -51,7 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dry-run", action="store_true", help="print the entrypoint and runtime_env, submit nothing")
     s.set_defaults(func=_submit)
 
-    for name, func, helptext in (("status", _status, "a job's status"), ("logs", _logs, "a job's logs"), ("stop", _stop, "stop a job")):
+    for name, func, helptext in (
+        ("status", _status, "a job's status"),
+        ("logs", _logs, "a job's logs"),
+        ("stop", _stop, "stop a job"),
+    ):
         a = jsub.add_parser(name, help=helptext)
         a.add_argument("job_id")
         _common(a)
@@ -113,13 +133,28 @@ def _submit(args: argparse.Namespace) -> int:
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         env[k] = v
     if args.dry_run:
-        print(json.dumps({"entrypoint": build_entrypoint(args.kind, config, overrides=overrides, args=flags),
-                          "runtime_env": build_runtime_env(pip=args.pip, env_vars=env)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "entrypoint": build_entrypoint(args.kind, config, overrides=overrides, args=flags),
+                    "runtime_env": build_runtime_env(pip=args.pip, env_vars=env),
+                },
+                indent=2,
+            )
+        )
         return 0
     client = _client(args)
-    job_id = client.submit(args.kind, config, overrides=overrides, args=flags, pip=args.pip, env_vars=env,
-                           submission_id=args.submission_id, entrypoint_num_cpus=args.num_cpus,
-                           entrypoint_num_gpus=args.num_gpus)
+    job_id = client.submit(
+        args.kind,
+        config,
+        overrides=overrides,
+        args=flags,
+        pip=args.pip,
+        env_vars=env,
+        submission_id=args.submission_id,
+        entrypoint_num_cpus=args.num_cpus,
+        entrypoint_num_gpus=args.num_gpus,
+    )
     print(job_id, flush=True)
     if not args.follow:
         return 0
@@ -134,8 +169,19 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     client = _client(args)
     info = client.wait(args.job_id) if args.wait else client.info(args.job_id)
-    print(json.dumps({"job_id": info.job_id, "status": info.status, "entrypoint": info.entrypoint,
-                      "message": info.message, "start_time": info.start_time, "end_time": info.end_time}, indent=2))
+    print(
+        json.dumps(
+            {
+                "job_id": info.job_id,
+                "status": info.status,
+                "entrypoint": info.entrypoint,
+                "message": info.message,
+                "start_time": info.start_time,
+                "end_time": info.end_time,
+            },
+            indent=2,
+        )
+    )
     return 0 if info.status not in ("FAILED", "STOPPED") else 1
 
 

@@ -43,23 +43,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  lungsearch serve --profile cxr-hash --profile ct-ild\n"
-               "  lungsearch serve --tokens-file tokens.yaml --tls-cert tls.crt --tls-key tls.key --tls-host 0.0.0.0",
+        "  lungsearch serve --tokens-file tokens.yaml --tls-cert tls.crt --tls-key tls.key --tls-host 0.0.0.0",
     )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config YAML (default: %(default)s)")
-    p.add_argument("--profile", action="append", default=None, metavar="NAME[@VERSION]",
-                   help="profile to serve (repeatable; default: the config's list)")
+    p.add_argument(
+        "--profile",
+        action="append",
+        default=None,
+        metavar="NAME[@VERSION]",
+        help="profile to serve (repeatable; default: the config's list)",
+    )
     p.add_argument("--artifacts-dir", default=None, help="model registry (default: $LUNGSEARCH_ARTIFACTS_DIR)")
-    p.add_argument("--milvus-uri", default=None, help="milvus-lite file or http://host:19530 (default: $LUNGSEARCH_MILVUS_URI)")
+    p.add_argument(
+        "--milvus-uri", default=None, help="milvus-lite file or http://host:19530 (default: $LUNGSEARCH_MILVUS_URI)"
+    )
     p.add_argument("--hmac-key-file", default=None, help="case-key secret (default: $LUNGSEARCH_HMAC_KEY_FILE)")
     p.add_argument("--tokens-file", default=None, help="bearer tokens with roles (default: $LUNGSEARCH_TOKENS_FILE)")
-    p.add_argument("--insecure-local", action="store_true",
-                   help="no tokens: every loopback caller is admin (refused with a non-loopback --host)")
-    p.add_argument("--replicas", type=int, default=None, metavar="N",
-                   help="Gateway replicas (default: the config's, 2: one may die without failing a call)")
-    p.add_argument("--host", default="127.0.0.1", help="address clients use for the plaintext gRPC port (default: %(default)s)")
+    p.add_argument(
+        "--insecure-local",
+        action="store_true",
+        help="no tokens: every loopback caller is admin (refused with a non-loopback --host)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Gateway replicas (default: the config's, 2: one may die without failing a call)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address clients use for the plaintext gRPC port (default: %(default)s)"
+    )
     p.add_argument("--grpc-port", type=int, default=constants.GRPC_PORT, help="Serve gRPC port (default: %(default)s)")
-    p.add_argument("--metrics-port", type=int, default=constants.METRICS_PORT,
-                   help="plain /metrics endpoint (0 = off; default: %(default)s)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=constants.METRICS_PORT,
+        help="plain /metrics endpoint (0 = off; default: %(default)s)",
+    )
     p.add_argument("--metrics-host", default="127.0.0.1", help="bind address of /metrics (default: %(default)s)")
     p.add_argument("--ray-metrics-port", type=int, default=0, help="Ray's own metrics export port (0 = Ray's choice)")
     p.add_argument("--tls-cert", default=None, help="PEM certificate: start nginx terminating TLS in front of Serve")
@@ -70,8 +91,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: start a local one)")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local Ray (default: all)")
     p.add_argument("--check", action="store_true", help="validate the config and the models, print the plan, exit")
-    p.add_argument("--dicom-port", type=int, default=0,
-                   help="also start the DICOM C-STORE receiver on this port, its own process (0 = off; docs/pacs.md)")
+    p.add_argument(
+        "--dicom-port",
+        type=int,
+        default=0,
+        help="also start the DICOM C-STORE receiver on this port, its own process (0 = off; docs/pacs.md)",
+    )
     p.add_argument("--dicom-config", default=None, help="the DICOM receiver's YAML (AE titles, spool, TLS)")
     p.set_defaults(func=run)
 
@@ -102,9 +127,11 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     # Precedence: command line > LUNGSEARCH_* environment > the config file > built-in defaults.
     # (The shipped config spells out the defaults; an operator's environment must still win, or the
     # server would read another HMAC key, store or registry than the jobs beside it.)
-    for key, value, default, env in (("artifacts_dir", args.artifacts_dir, str(constants.ARTIFACTS_DIR), ("ARTIFACTS_DIR",)),
-                                     ("milvus_uri", args.milvus_uri, constants.MILVUS_URI, ("MILVUS_URI", "DATA_DIR")),
-                                     ("hmac_key_file", args.hmac_key_file, str(constants.HMAC_KEY_FILE), ("HMAC_KEY_FILE", "DATA_DIR"))):
+    for key, value, default, env in (
+        ("artifacts_dir", args.artifacts_dir, str(constants.ARTIFACTS_DIR), ("ARTIFACTS_DIR",)),
+        ("milvus_uri", args.milvus_uri, constants.MILVUS_URI, ("MILVUS_URI", "DATA_DIR")),
+        ("hmac_key_file", args.hmac_key_file, str(constants.HMAC_KEY_FILE), ("HMAC_KEY_FILE", "DATA_DIR")),
+    ):
         if value is not None:
             a[key] = value
         elif any(f"LUNGSEARCH_{e}" in os.environ for e in env):
@@ -167,10 +194,13 @@ def _check_models(app_args: dict[str, Any]) -> list[str]:
         try:
             card = registry.resolve(profile, version, root=app_args["artifacts_dir"])
         except ModelNotFoundError as exc:
-            raise ModelNotFoundError(f"{exc.message}: train it first (`lungsearch train {profile}`, or `make demo`)",
-                                     code=exc.code) from None
-        lines.append(f"  {card.ref}  ({'synthetic data' if card.synthetic_data else 'real data'}, "
-                     f"{card.embedding_dim}-d, {card.code_bits} code bits)")
+            raise ModelNotFoundError(
+                f"{exc.message}: train it first (`lungsearch train {profile}`, or `make demo`)", code=exc.code
+            ) from None
+        lines.append(
+            f"  {card.ref}  ({'synthetic data' if card.synthetic_data else 'real data'}, "
+            f"{card.embedding_dim}-d, {card.code_bits} code bits)"
+        )
     return lines
 
 
@@ -211,8 +241,11 @@ def deploy(doc: dict[str, Any]) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     config = ServeDeploySchema.model_validate(doc)
-    serve.start(proxy_location=config.proxy_location, http_options=config.http_options.model_dump(),
-                grpc_options=gRPCOptions(**config.grpc_options.model_dump()))
+    serve.start(
+        proxy_location=config.proxy_location,
+        http_options=config.http_options.model_dump(),
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+    )
     try:
         from ray.serve.context import _get_global_client  # private in 2.60: what `serve run config.yaml` uses
 
@@ -235,8 +268,9 @@ def wait_running(timeout_s: float = 900.0) -> None:
         if status.endswith("RUNNING"):
             return
         if status.endswith("DEPLOY_FAILED") or status.endswith("UNHEALTHY"):
-            raise ModelNotFoundError(f"the serving app failed to start: {getattr(st, 'message', '')[:500]}",
-                                     code="deploy_failed")
+            raise ModelNotFoundError(
+                f"the serving app failed to start: {getattr(st, 'message', '')[:500]}", code="deploy_failed"
+            )
         if status != last:
             print(f"  app {status.split('.')[-1].lower()} ...", flush=True)
             last = status
@@ -254,13 +288,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"  store:   {app_args['milvus_uri']}")
     gw = next((d for d in doc["applications"][0].get("deployments") or [] if d.get("name") == "Gateway"), {})
     print(f"  gateway: {'autoscaling' if 'autoscaling_config' in gw else gw.get('num_replicas', 1)} replica(s)")
-    print(f"  auth:    {'bearer tokens from ' + app_args['tokens_file'] if secured else 'insecure local mode (loopback clients only)'}")
+    print(
+        f"  auth:    {'bearer tokens from ' + app_args['tokens_file'] if secured else 'insecure local mode (loopback clients only)'}"
+    )
     if args.check:
         return 0
     import signal
 
     from lungsearch.runtime import init_ray, shutdown_ray
-
 
     extra: dict[str, Any] = {}
     if args.ray_metrics_port and not args.ray_address:
@@ -280,29 +315,40 @@ def run(args: argparse.Namespace) -> int:
         wait_running()
         print(f"  gRPC:    {args.host}:{args.grpc_port} (plaintext; reflection and grpc.health.v1 on)")
         http = doc.get("http_options") or {}
-        print(f"  web:     http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ (the page; same tokens)")
+        print(
+            f"  web:     http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ (the page; same tokens)"
+        )
         if args.metrics_port:
             from lungsearch.serving.metrics_board import graph_exposition
 
             # Every replica of every deployment once, from the collector the replicas publish to
             # (not one Gateway handle: with two Gateways each scrape would see another replica).
-            metrics_server = start_metrics_server(args.metrics_host, args.metrics_port,
-                                                  lambda: graph_exposition(APP_NAME, timeout_s=15))
+            metrics_server = start_metrics_server(
+                args.metrics_host, args.metrics_port, lambda: graph_exposition(APP_NAME, timeout_s=15)
+            )
             print(f"  metrics: http://{args.metrics_host}:{args.metrics_port}/metrics")
         if args.tls_cert:
             from lungsearch.security import TLSProxy
 
-            proxy = TLSProxy(listen_host=args.tls_host, listen_port=args.tls_port,
-                             upstream=f"127.0.0.1:{args.grpc_port}", cert_file=args.tls_cert,
-                             key_file=args.tls_key or "", client_ca_file=args.tls_client_ca,
-                             http_upstream=f"127.0.0.1:{http.get('port', 8000)}").start()
-            print(f"  TLS:     {args.tls_host}:{args.tls_port}{' (mTLS)' if args.tls_client_ca else ''}; "
-                  f"page: https://{args.tls_host}:{args.tls_port}/lungsearch/")
+            proxy = TLSProxy(
+                listen_host=args.tls_host,
+                listen_port=args.tls_port,
+                upstream=f"127.0.0.1:{args.grpc_port}",
+                cert_file=args.tls_cert,
+                key_file=args.tls_key or "",
+                client_ca_file=args.tls_client_ca,
+                http_upstream=f"127.0.0.1:{http.get('port', 8000)}",
+            ).start()
+            print(
+                f"  TLS:     {args.tls_host}:{args.tls_port}{' (mTLS)' if args.tls_client_ca else ''}; "
+                f"page: https://{args.tls_host}:{args.tls_port}/lungsearch/"
+            )
         if args.dicom_port:
             from lungsearch.pacs import start_receiver_process
 
-            dicom = start_receiver_process(port=args.dicom_port, target=f"127.0.0.1:{args.grpc_port}",
-                                           config=args.dicom_config)
+            dicom = start_receiver_process(
+                port=args.dicom_port, target=f"127.0.0.1:{args.grpc_port}", config=args.dicom_config
+            )
             print(f"  DICOM:   port {args.dicom_port} (C-STORE receiver, pid {dicom.pid})")
         print("ready; Ctrl-C stops", flush=True)
         while True:

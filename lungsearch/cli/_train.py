@@ -10,10 +10,13 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a profile (Ray Train), evaluate it, register it",
-                       description="Train on Ray Train, evaluate on the test split, write the report, register the model. "
-                                   "Re-running the same command resumes from the last checkpoint.",
-                       epilog="example: lungsearch train --config configs/cxr-cnn.yaml train.epochs=2 --folds 4")
+    t = sub.add_parser(
+        "train",
+        help="train a profile (Ray Train), evaluate it, register it",
+        description="Train on Ray Train, evaluate on the test split, write the report, register the model. "
+        "Re-running the same command resumes from the last checkpoint.",
+        epilog="example: lungsearch train --config configs/cxr-cnn.yaml train.epochs=2 --folds 4",
+    )
     t.add_argument("--config", required=True, help="profile name or YAML path")
     t.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     t.add_argument("--folds", type=int, default=None, help="K-fold cross-validation")
@@ -25,15 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--reproduce", action="store_true", help="also train the paper's comparison variants (all tables)")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a registered model on its test split (report folder)",
-                       epilog="example: lungsearch evaluate --model cxr-cnn")
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate a registered model on its test split (report folder)",
+        epilog="example: lungsearch evaluate --model cxr-cnn",
+    )
     e.add_argument("--model", required=True, help="profile or profile@version")
     e.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the card's config")
     e.add_argument("--report-dir", default=None)
     e.set_defaults(func=_evaluate)
 
-    i = sub.add_parser("index", help="embed a dataset or folder with a registered model into the Milvus store",
-                       epilog="example: lungsearch index --model cxr-hash --milvus-uri data/lungsearch.db")
+    i = sub.add_parser(
+        "index",
+        help="embed a dataset or folder with a registered model into the Milvus store",
+        epilog="example: lungsearch index --model cxr-hash --milvus-uri data/lungsearch.db",
+    )
     i.add_argument("--model", required=True, help="profile or profile@version")
     i.add_argument("--folder", default=None, help="a folder of DICOM/PNG/JPEG (default: the profile's dataset)")
     i.add_argument("--milvus-uri", default=None)
@@ -67,18 +76,45 @@ def _train_quietly_or_not(args: argparse.Namespace) -> int:
     folds = args.folds if args.folds is not None else cfg.data.folds
     if args.reproduce:
         res = reproduce_profile(cfg, storage_path=args.storage_path, resume=not args.fresh)
-        print(json.dumps({"report_dir": str(res["report_dir"]), "rows": res["rows"], "probes": res["probes"]}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"report_dir": str(res["report_dir"]), "rows": res["rows"], "probes": res["probes"]},
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     if folds and folds > 1:
         out = run_kfold(cfg, folds, storage_path=args.storage_path, resume=not args.fresh)
-        print(json.dumps({"report_dir": str(out.report_dir), "summary": {k: {"mean": m, "std": s} for k, (m, s) in out.summary.items()}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "report_dir": str(out.report_dir),
+                    "summary": {k: {"mean": m, "std": s} for k, (m, s) in out.summary.items()},
+                },
+                indent=2,
+            )
+        )
         return 0
-    out = train_and_evaluate(cfg, run_name=args.run_name, storage_path=args.storage_path, resume=not args.fresh,
-                             register=not args.no_register)
+    out = train_and_evaluate(
+        cfg,
+        run_name=args.run_name,
+        storage_path=args.storage_path,
+        resume=not args.fresh,
+        register=not args.no_register,
+    )
     if out.card is not None and args.set_live:
         set_live(cfg.profile, out.card.version)
-    print(json.dumps({"model": out.card.ref if out.card else None, "report_dir": str(out.report_dir),
-                      "metrics": {k: round(v, 4) for k, v in sorted(out.metrics.items())}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": out.card.ref if out.card else None,
+                "report_dir": str(out.report_dir),
+                "metrics": {k: round(v, 4) for k, v in sorted(out.metrics.items())},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -86,7 +122,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from lungsearch.training.pipeline import evaluate_registered
 
     ev, out_dir = evaluate_registered(args.model, report_dir=args.report_dir, overrides=args.overrides)
-    print(json.dumps({"report_dir": str(out_dir), "metrics": {k: round(v, 4) for k, v in sorted(ev.metrics.items())}}, indent=2))
+    print(
+        json.dumps(
+            {"report_dir": str(out_dir), "metrics": {k: round(v, 4) for k, v in sorted(ev.metrics.items())}}, indent=2
+        )
+    )
     return 0
 
 
@@ -94,8 +134,25 @@ def _index(args: argparse.Namespace) -> int:
     from lungsearch import constants
     from lungsearch.training.indexing import build_index
 
-    rep = build_index(args.model, folder=args.folder, milvus_uri=args.milvus_uri, milvus_token=constants.MILVUS_TOKEN,
-                      batch_size=args.batch_size, progress=not args.no_progress)
-    print(json.dumps({"collection": rep.collection, "cases": rep.cases, "inserted": rep.inserted, "updated": rep.updated,
-                      "count_in_store": rep.count_in_store, "seconds": round(rep.seconds, 1)}, indent=2))
+    rep = build_index(
+        args.model,
+        folder=args.folder,
+        milvus_uri=args.milvus_uri,
+        milvus_token=constants.MILVUS_TOKEN,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(
+        json.dumps(
+            {
+                "collection": rep.collection,
+                "cases": rep.cases,
+                "inserted": rep.inserted,
+                "updated": rep.updated,
+                "count_in_store": rep.count_in_store,
+                "seconds": round(rep.seconds, 1),
+            },
+            indent=2,
+        )
+    )
     return 0 if rep.ok else 1

@@ -25,15 +25,40 @@ See docs/sdk.md.
 
 from lungsearch.client._async import AsyncLungSearchClient
 from lungsearch.client._base import DEFAULT_OPTIONS, MAX_MESSAGE_BYTES
-from lungsearch.client._errors import (ERROR_METADATA_KEY, DeadlineExceeded, ErrorDetail, Internal, InvalidArgument,
-                                       LungSearchError, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
-                                       Unavailable, error_from_rpc)
+from lungsearch.client._errors import (
+    ERROR_METADATA_KEY,
+    DeadlineExceeded,
+    ErrorDetail,
+    Internal,
+    InvalidArgument,
+    LungSearchError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    error_from_rpc,
+)
 from lungsearch.client._requests import CHUNK_BYTES, STREAM_THRESHOLD_BYTES
 from lungsearch.client._retry import NO_RETRY, RetryPolicy
 from lungsearch.client._sync import LungSearchClient
-from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, HealthStatus, Image,
-                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, RadiomicsRoi, SearchHit,
-                                      SearchResult, SharedPhrase)
+from lungsearch.client._types import (
+    ActivateResult,
+    Case,
+    Classification,
+    ExplainResult,
+    Filter,
+    HealthStatus,
+    Image,
+    IngestResult,
+    MatchExplanation,
+    ModelInfo,
+    ModelRef,
+    RadiomicsRoi,
+    SearchHit,
+    SearchResult,
+    SharedPhrase,
+)
 
 __all__ = [
     "LungSearchClient",

@@ -16,8 +16,19 @@ from lungsearch.client import _requests as rq
 from lungsearch.client._base import ClientBase, Plan
 from lungsearch.client._errors import DeadlineExceeded, LungSearchError, NotFound, error_from_rpc
 from lungsearch.client._retry import Attempts, RetryPolicy, pushback_ms
-from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, HealthStatus,
-                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, SearchResult)
+from lungsearch.client._types import (
+    ActivateResult,
+    Case,
+    Classification,
+    ExplainResult,
+    Filter,
+    HealthStatus,
+    IngestResult,
+    MatchExplanation,
+    ModelInfo,
+    ModelRef,
+    SearchResult,
+)
 
 __all__ = ["AsyncLungSearchClient"]
 
@@ -58,14 +69,32 @@ class AsyncLungSearchClient(ClientBase):
         >>> asyncio.run(main())  # doctest: +SKIP
     """
 
-    def __init__(self, target: str, *, tls: bool | grpc.ChannelCredentials | None = None,
-                 ca_file: str | os.PathLike | None = None, cert_file: str | os.PathLike | None = None,
-                 key_file: str | os.PathLike | None = None, token: str | None = None, timeout: float = 30.0,
-                 retries: RetryPolicy | None = None,
-                 options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
-                 metadata: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(target, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token,
-                         timeout=timeout, retries=retries, options=options, metadata=metadata)
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool | grpc.ChannelCredentials | None = None,
+        ca_file: str | os.PathLike | None = None,
+        cert_file: str | os.PathLike | None = None,
+        key_file: str | os.PathLike | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: RetryPolicy | None = None,
+        options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(
+            target,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            options=options,
+            metadata=metadata,
+        )
         if self._credentials is not None:
             self._channel = grpc.aio.secure_channel(self.target, self._credentials, options=self.options)
         else:
@@ -104,65 +133,120 @@ class AsyncLungSearchClient(ClientBase):
                 continue
             return plan.convert(response)
 
-    async def ingest(self, images: rq.ImageLike | Sequence[rq.ImageLike], *,
-                     report: str | Mapping[str, str] | None = None, labels: Sequence[str] | None = None,
-                     source_id: str | None = None, model: str | ModelRef | None = None,
-                     timeout: float | None = None) -> IngestResult:
+    async def ingest(
+        self,
+        images: rq.ImageLike | Sequence[rq.ImageLike],
+        *,
+        report: str | Mapping[str, str] | None = None,
+        labels: Sequence[str] | None = None,
+        source_id: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> IngestResult:
         """See :meth:`LungSearchClient.ingest`."""
-        plan = await asyncio.to_thread(self._ingest_plan, images, report=report, labels=labels, source_id=source_id,
-                                       model=model)
+        plan = await asyncio.to_thread(
+            self._ingest_plan, images, report=report, labels=labels, source_id=source_id, model=model
+        )
         return await self._run(plan, timeout)
 
-    async def ingest_series(self, folder_or_files: str | os.PathLike | Sequence[rq.ImageLike], *,
-                            report: str | Mapping[str, str] | None = None, labels: Sequence[str] | None = None,
-                            source_id: str | None = None, model: str | ModelRef | None = None,
-                            timeout: float | None = None, chunk_bytes: int = rq.CHUNK_BYTES) -> IngestResult:
+    async def ingest_series(
+        self,
+        folder_or_files: str | os.PathLike | Sequence[rq.ImageLike],
+        *,
+        report: str | Mapping[str, str] | None = None,
+        labels: Sequence[str] | None = None,
+        source_id: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+        chunk_bytes: int = rq.CHUNK_BYTES,
+    ) -> IngestResult:
         """See :meth:`LungSearchClient.ingest_series`."""
-        plan = await asyncio.to_thread(self._ingest_series_plan, folder_or_files, report=report, labels=labels,
-                                       source_id=source_id, model=model, chunk_bytes=chunk_bytes)
+        plan = await asyncio.to_thread(
+            self._ingest_series_plan,
+            folder_or_files,
+            report=report,
+            labels=labels,
+            source_id=source_id,
+            model=model,
+            chunk_bytes=chunk_bytes,
+        )
         return await self._run(plan, timeout)
 
-    async def search(self, *, image: rq.ImageLike | None = None, images: Sequence[rq.ImageLike] | None = None,
-                     report: str | Mapping[str, str] | None = None, top_k: int = 10,
-                     filters: Filter | Mapping[str, Any] | None = None, model: str | ModelRef | None = None,
-                     timeout: float | None = None) -> SearchResult:
+    async def search(
+        self,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        top_k: int = 10,
+        filters: Filter | Mapping[str, Any] | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> SearchResult:
         """See :meth:`LungSearchClient.search`."""
-        plan = await asyncio.to_thread(self._search_plan, image=image, images=images, report=report, top_k=top_k,
-                                       filters=filters, model=model)
+        plan = await asyncio.to_thread(
+            self._search_plan, image=image, images=images, report=report, top_k=top_k, filters=filters, model=model
+        )
         return await self._run(plan, timeout)
 
-    async def classify(self, *, image: rq.ImageLike | None = None, images: Sequence[rq.ImageLike] | None = None,
-                       report: str | Mapping[str, str] | None = None, knn_k: int = 10,
-                       model: str | ModelRef | None = None, timeout: float | None = None) -> Classification:
+    async def classify(
+        self,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        knn_k: int = 10,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> Classification:
         """See :meth:`LungSearchClient.classify`."""
-        plan = await asyncio.to_thread(self._classify_plan, image=image, images=images, report=report, knn_k=knn_k,
-                                       model=model)
+        plan = await asyncio.to_thread(
+            self._classify_plan, image=image, images=images, report=report, knn_k=knn_k, model=model
+        )
         return await self._run(plan, timeout)
 
-    async def explain(self, *, image: rq.ImageLike | None = None, images: Sequence[rq.ImageLike] | None = None,
-                      report: str | Mapping[str, str] | None = None, label: str | None = None,
-                      model: str | ModelRef | None = None, timeout: float | None = None) -> ExplainResult:
+    async def explain(
+        self,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        label: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> ExplainResult:
         """See :meth:`LungSearchClient.explain`."""
-        plan = await asyncio.to_thread(self._explain_plan, image=image, images=images, report=report, label=label,
-                                       model=model)
+        plan = await asyncio.to_thread(
+            self._explain_plan, image=image, images=images, report=report, label=label, model=model
+        )
         return await self._run(plan, timeout)
 
-    async def explain_match(self, case_key: str, *, image: rq.ImageLike | None = None,
-                            images: Sequence[rq.ImageLike] | None = None, report: str | Mapping[str, str] | None = None,
-                            label: str | None = None, model: str | ModelRef | None = None,
-                            timeout: float | None = None) -> MatchExplanation:
+    async def explain_match(
+        self,
+        case_key: str,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        label: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> MatchExplanation:
         """See :meth:`LungSearchClient.explain_match`."""
-        plan = await asyncio.to_thread(self._explain_match_plan, case_key, image=image, images=images, report=report,
-                                       label=label, model=model)
+        plan = await asyncio.to_thread(
+            self._explain_match_plan, case_key, image=image, images=images, report=report, label=label, model=model
+        )
         return await self._run(plan, timeout)
 
-    async def get_case(self, case_key: str, *, model: str | ModelRef | None = None,
-                       timeout: float | None = None) -> Case:
+    async def get_case(
+        self, case_key: str, *, model: str | ModelRef | None = None, timeout: float | None = None
+    ) -> Case:
         """See :meth:`LungSearchClient.get_case`."""
         return await self._run(self._get_case_plan(case_key, model=model), timeout)
 
-    async def delete_case(self, case_key: str, *, model: str | ModelRef | None = None,
-                          timeout: float | None = None) -> bool:
+    async def delete_case(
+        self, case_key: str, *, model: str | ModelRef | None = None, timeout: float | None = None
+    ) -> bool:
         """See :meth:`LungSearchClient.delete_case`."""
         return await self._run(self._delete_case_plan(case_key, model=model), timeout)
 
@@ -170,8 +254,9 @@ class AsyncLungSearchClient(ClientBase):
         """See :meth:`LungSearchClient.models`."""
         return await self._run(self._models_plan(profile=profile), timeout)
 
-    async def activate_model(self, profile: str, version: str | None = None, *,
-                             timeout: float | None = None) -> ActivateResult:
+    async def activate_model(
+        self, profile: str, version: str | None = None, *, timeout: float | None = None
+    ) -> ActivateResult:
         """See :meth:`LungSearchClient.activate_model`."""
         return await self._run(self._activate_plan(profile, version), timeout)
 
@@ -179,8 +264,11 @@ class AsyncLungSearchClient(ClientBase):
         """See :meth:`LungSearchClient.health`."""
         budget = self.timeout if timeout is None else timeout
         start = time.monotonic()
-        plan = Plan("Health", lambda: rq.health_request(service),
-                    lambda raw: HealthStatus(rq.parse_health_response(raw), service=service))
+        plan = Plan(
+            "Health",
+            lambda: rq.health_request(service),
+            lambda raw: HealthStatus(rq.parse_health_response(raw), service=service),
+        )
         try:
             return await self._run(plan, budget, self._health)
         except NotFound:
@@ -188,8 +276,13 @@ class AsyncLungSearchClient(ClientBase):
         except LungSearchError as exc:
             if exc.status != grpc.StatusCode.UNIMPLEMENTED:
                 raise
-        serve = Plan("Healthz", lambda: b"", lambda raw: HealthStatus("SERVING", service=service, source="ray.serve",
-                                                                       message=rq.parse_serve_healthz(raw)))
+        serve = Plan(
+            "Healthz",
+            lambda: b"",
+            lambda raw: HealthStatus(
+                "SERVING", service=service, source="ray.serve", message=rq.parse_serve_healthz(raw)
+            ),
+        )
         try:
             return await self._run(serve, max(budget - (time.monotonic() - start), 1e-3), self._serve_healthz)
         except LungSearchError as exc:

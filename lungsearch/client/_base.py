@@ -20,8 +20,18 @@ from lungsearch._proto.v1 import gateway_pb2
 from lungsearch.client import _requests as rq
 from lungsearch.client._errors import InvalidArgument
 from lungsearch.client._retry import RetryPolicy
-from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, IngestResult,
-                                      MatchExplanation, ModelInfo, ModelRef, SearchResult)
+from lungsearch.client._types import (
+    ActivateResult,
+    Case,
+    Classification,
+    ExplainResult,
+    Filter,
+    IngestResult,
+    MatchExplanation,
+    ModelInfo,
+    ModelRef,
+    SearchResult,
+)
 
 __all__ = ["ClientBase", "Plan", "DEFAULT_OPTIONS", "MAX_MESSAGE_BYTES"]
 
@@ -57,7 +67,7 @@ def _is_loopback(target: str) -> bool:
         return True
     for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
         if t.startswith(scheme):
-            t = t[len(scheme):]
+            t = t[len(scheme) :]
             break
     if t.startswith("["):
         host = t[1:].split("]", 1)[0]
@@ -73,12 +83,20 @@ def _read(path: str | os.PathLike | None) -> bytes | None:
 class ClientBase:
     """Settings common to :class:`LungSearchClient` and :class:`AsyncLungSearchClient`."""
 
-    def __init__(self, target: str, *, tls: bool | grpc.ChannelCredentials | None = None,
-                 ca_file: str | os.PathLike | None = None, cert_file: str | os.PathLike | None = None,
-                 key_file: str | os.PathLike | None = None, token: str | None = None, timeout: float = 30.0,
-                 retries: RetryPolicy | None = None,
-                 options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
-                 metadata: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool | grpc.ChannelCredentials | None = None,
+        ca_file: str | os.PathLike | None = None,
+        cert_file: str | os.PathLike | None = None,
+        key_file: str | os.PathLike | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: RetryPolicy | None = None,
+        options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         if not isinstance(target, str) or not target.strip():
             raise ValueError("target must be 'host:port' (e.g. 'localhost:9000')")
         if timeout is None or not timeout > 0:
@@ -97,8 +115,10 @@ class ClientBase:
             if not token or any(c in token for c in "\r\n"):
                 raise ValueError("token must be a single line")
             if not self.tls and not _is_loopback(self.target):
-                warnings.warn("sending a bearer token without TLS to a non-loopback target; pass tls=True or ca_file=",
-                              stacklevel=3)
+                warnings.warn(
+                    "sending a bearer token without TLS to a non-loopback target; pass tls=True or ca_file=",
+                    stacklevel=3,
+                )
             md.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(md)
 
@@ -114,8 +134,9 @@ class ClientBase:
             raise ValueError("tls=False contradicts ca_file/cert_file")
         if tls or ca_file or cert_file:
             # root_certificates=None means the system roots (grpc's bundled roots / GRPC_DEFAULT_SSL_ROOTS_FILE_PATH).
-            return grpc.ssl_channel_credentials(root_certificates=_read(ca_file), private_key=_read(key_file),
-                                                certificate_chain=_read(cert_file))
+            return grpc.ssl_channel_credentials(
+                root_certificates=_read(ca_file), private_key=_read(key_file), certificate_chain=_read(cert_file)
+            )
         return None
 
     def __repr__(self) -> str:
@@ -141,8 +162,14 @@ class ClientBase:
 
     def _ingest_series_plan(self, folder_or_files, *, report, labels, source_id, model, chunk_bytes) -> Plan:
         srcs = rq.series_sources(folder_or_files, "ingest_series")
-        return self._stream_plan(srcs, report=report, labels=labels, source_id=source_id,
-                                 ref=ModelRef.parse(model).to_proto(), chunk_bytes=chunk_bytes)
+        return self._stream_plan(
+            srcs,
+            report=report,
+            labels=labels,
+            source_id=source_id,
+            ref=ModelRef.parse(model).to_proto(),
+            chunk_bytes=chunk_bytes,
+        )
 
     def _stream_plan(self, srcs, *, report, labels, source_id, ref, chunk_bytes: int = rq.CHUNK_BYTES) -> Plan:
         if not 0 < chunk_bytes <= rq.CHUNK_BYTES:
@@ -161,9 +188,13 @@ class ClientBase:
         if not isinstance(top_k, int) or top_k < 1:
             raise InvalidArgument("top_k must be a positive integer", method="search", field="top_k")
         flt = Filter.coerce(filters)
-        request = gateway_pb2.SearchRequest(model=ModelRef.parse(model).to_proto(), images=[s.to_proto() for s in srcs],
-                                            report=rq.report_proto(report), top_k=top_k,
-                                            filter=flt.to_proto() if flt else None)
+        request = gateway_pb2.SearchRequest(
+            model=ModelRef.parse(model).to_proto(),
+            images=[s.to_proto() for s in srcs],
+            report=rq.report_proto(report),
+            top_k=top_k,
+            filter=flt.to_proto() if flt else None,
+        )
         return Plan("Search", lambda: request, SearchResult.from_proto)
 
     def _classify_plan(self, *, image, images, report, knn_k, model) -> Plan:
@@ -172,26 +203,39 @@ class ClientBase:
             raise InvalidArgument("classify needs an image, a report, or both", method="classify", field="images")
         if not isinstance(knn_k, int) or knn_k < 1:
             raise InvalidArgument("knn_k must be a positive integer", method="classify", field="knn_k")
-        request = gateway_pb2.ClassifyRequest(model=ModelRef.parse(model).to_proto(), images=[s.to_proto() for s in srcs],
-                                              report=rq.report_proto(report), knn_k=knn_k)
+        request = gateway_pb2.ClassifyRequest(
+            model=ModelRef.parse(model).to_proto(),
+            images=[s.to_proto() for s in srcs],
+            report=rq.report_proto(report),
+            knn_k=knn_k,
+        )
         return Plan("Classify", lambda: request, Classification.from_proto)
 
     def _explain_plan(self, *, image, images, report, label, model) -> Plan:
         srcs = self._query_images(image, images, "explain")
         if not srcs:
             raise InvalidArgument("explain needs an image", method="explain", field="images")
-        request = gateway_pb2.ExplainRequest(model=ModelRef.parse(model).to_proto(), images=[s.to_proto() for s in srcs],
-                                             report=rq.report_proto(report), label=label or "")
+        request = gateway_pb2.ExplainRequest(
+            model=ModelRef.parse(model).to_proto(),
+            images=[s.to_proto() for s in srcs],
+            report=rq.report_proto(report),
+            label=label or "",
+        )
         return Plan("Explain", lambda: request, ExplainResult.from_proto)
 
     def _explain_match_plan(self, case_key, *, image, images, report, label, model) -> Plan:
         srcs = self._query_images(image, images, "explain_match")
         if not srcs and not report:
-            raise InvalidArgument("explain_match needs the query: an image, a report, or both", method="explain_match",
-                                  field="images")
-        request = gateway_pb2.ExplainMatchRequest(model=ModelRef.parse(model).to_proto(),
-                                                  images=[s.to_proto() for s in srcs], report=rq.report_proto(report),
-                                                  case_key=self._key(case_key, "explain_match"), label=label or "")
+            raise InvalidArgument(
+                "explain_match needs the query: an image, a report, or both", method="explain_match", field="images"
+            )
+        request = gateway_pb2.ExplainMatchRequest(
+            model=ModelRef.parse(model).to_proto(),
+            images=[s.to_proto() for s in srcs],
+            report=rq.report_proto(report),
+            case_key=self._key(case_key, "explain_match"),
+            label=label or "",
+        )
         return Plan("ExplainMatch", lambda: request, MatchExplanation.from_proto)
 
     @staticmethod
@@ -201,12 +245,15 @@ class ClientBase:
         return case_key.strip()
 
     def _get_case_plan(self, case_key, *, model) -> Plan:
-        request = gateway_pb2.GetCaseRequest(model=ModelRef.parse(model).to_proto(), case_key=self._key(case_key, "get_case"))
+        request = gateway_pb2.GetCaseRequest(
+            model=ModelRef.parse(model).to_proto(), case_key=self._key(case_key, "get_case")
+        )
         return Plan("GetCase", lambda: request, lambda r: Case.from_proto(r.case))
 
     def _delete_case_plan(self, case_key, *, model) -> Plan:
-        request = gateway_pb2.DeleteCaseRequest(model=ModelRef.parse(model).to_proto(),
-                                                case_key=self._key(case_key, "delete_case"))
+        request = gateway_pb2.DeleteCaseRequest(
+            model=ModelRef.parse(model).to_proto(), case_key=self._key(case_key, "delete_case")
+        )
         return Plan("DeleteCase", lambda: request, lambda r: bool(r.deleted))
 
     def _models_plan(self, *, profile) -> Plan:
@@ -216,7 +263,10 @@ class ClientBase:
     def _activate_plan(self, profile, version) -> Plan:
         ref = ModelRef.parse(profile if version is None else ModelRef(profile, version))
         if not ref.profile or not ref.version:
-            raise InvalidArgument("activate_model needs a profile and a version ('profile@version')",
-                                  method="activate_model", field="model")
+            raise InvalidArgument(
+                "activate_model needs a profile and a version ('profile@version')",
+                method="activate_model",
+                field="model",
+            )
         request = gateway_pb2.ActivateModelRequest(model=ref.to_proto())
         return Plan("ActivateModel", lambda: request, ActivateResult.from_proto)

@@ -57,13 +57,27 @@ class ErrorDetail:
 
     @classmethod
     def from_proto(cls, msg: common_pb2.ErrorDetail) -> "ErrorDetail":
-        name = common_pb2.ErrorReason.Name(msg.reason) if msg.reason in common_pb2.ErrorReason.values() else "ERROR_REASON_UNSPECIFIED"
-        return cls(reason=name.removeprefix("ERROR_REASON_"), message=msg.message, retriable=msg.retriable,
-                   field=msg.field, code=msg.code)
+        name = (
+            common_pb2.ErrorReason.Name(msg.reason)
+            if msg.reason in common_pb2.ErrorReason.values()
+            else "ERROR_REASON_UNSPECIFIED"
+        )
+        return cls(
+            reason=name.removeprefix("ERROR_REASON_"),
+            message=msg.message,
+            retriable=msg.retriable,
+            field=msg.field,
+            code=msg.code,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "message": self.message, "retriable": self.retriable,
-                "field": self.field, "code": self.code}
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "retriable": self.retriable,
+            "field": self.field,
+            "code": self.code,
+        }
 
 
 class LungSearchError(LungsearchError):
@@ -80,21 +94,45 @@ class LungSearchError(LungsearchError):
 
     status_code: grpc.StatusCode | None = None  # per-subclass default
 
-    def __init__(self, message: str, *, status: grpc.StatusCode | None = None, details: str = "",
-                 detail: ErrorDetail | None = None, method: str = "", code: str = "", field: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: grpc.StatusCode | None = None,
+        details: str = "",
+        detail: ErrorDetail | None = None,
+        method: str = "",
+        code: str = "",
+        field: str = "",
+    ) -> None:
         status = status if status is not None else type(self).status_code
-        super().__init__(message, code=code or (detail.code if detail else ""), field=field or (detail.field if detail else ""))
+        super().__init__(
+            message, code=code or (detail.code if detail else ""), field=field or (detail.field if detail else "")
+        )
         self.status = status
         self.details = details or message
         self.detail = detail
         self.method = method
         self.grpc_status = status.name if status is not None else "UNKNOWN"
         self.reason = detail.reason if detail and detail.reason != "UNSPECIFIED" else self.grpc_status
-        self.retriable = detail.retriable if detail else status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.retriable = (
+            detail.retriable if detail else status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        )
 
     def __reduce__(self):  # keep every field across pickling (worker pools, Ray tasks)
-        return (_rebuild, (type(self), self.message, self.status.name if self.status else None, self.details,
-                           self.detail, self.method, self.code, self.field))
+        return (
+            _rebuild,
+            (
+                type(self),
+                self.message,
+                self.status.name if self.status else None,
+                self.details,
+                self.detail,
+                self.method,
+                self.code,
+                self.field,
+            ),
+        )
 
     def __str__(self) -> str:
         where = f"{self.method}: " if self.method else ""
@@ -103,9 +141,16 @@ class LungSearchError(LungsearchError):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``lungsearch … --json`` prints on failure)."""
-        return {"status": self.grpc_status, "reason": self.reason, "message": self.message, "method": self.method,
-                "retriable": self.retriable, "field": self.field, "code": self.code,
-                "detail": self.detail.to_dict() if self.detail else None}
+        return {
+            "status": self.grpc_status,
+            "reason": self.reason,
+            "message": self.message,
+            "method": self.method,
+            "retriable": self.retriable,
+            "field": self.field,
+            "code": self.code,
+            "detail": self.detail.to_dict() if self.detail else None,
+        }
 
 
 def _rebuild(cls, message, status_name, details, detail, method, code, field):
@@ -211,6 +256,10 @@ def error_from_rpc(exc: grpc.RpcError, method: str = "") -> LungSearchError:
     except Exception:  # noqa: BLE001 - some channel-level failures carry no call state
         trailing = None
     detail = parse_error_detail(trailing)
-    message = details or (detail.message if detail else "") or (status.name.lower().replace("_", " ") if status else "call failed")
+    message = (
+        details
+        or (detail.message if detail else "")
+        or (status.name.lower().replace("_", " ") if status else "call failed")
+    )
     cls = _BY_STATUS.get(status, LungSearchError)
     return cls(message, status=status, details=details, detail=detail, method=method)

@@ -17,8 +17,20 @@ from lungsearch._proto.v1 import common_pb2, gateway_pb2
 from lungsearch.client._errors import InvalidArgument
 from lungsearch.client._types import Image, format_to_proto, modality_to_proto, sniff_format, view_to_proto
 
-__all__ = ["CHUNK_BYTES", "STREAM_THRESHOLD_BYTES", "ImageLike", "Source", "sources", "series_sources", "report_proto",
-           "header", "stream_messages", "health_request", "parse_health_response", "parse_serve_healthz"]
+__all__ = [
+    "CHUNK_BYTES",
+    "STREAM_THRESHOLD_BYTES",
+    "ImageLike",
+    "Source",
+    "sources",
+    "series_sources",
+    "report_proto",
+    "header",
+    "stream_messages",
+    "health_request",
+    "parse_health_response",
+    "parse_serve_healthz",
+]
 
 #: Largest ``ImageChunk.data`` sent by ``ingest_series`` (1 MiB).
 CHUNK_BYTES = 1 << 20
@@ -53,7 +65,7 @@ class Source:
         if self.data is not None:
             view = memoryview(self.data)
             for i in range(0, max(len(view), 1), chunk_bytes):
-                yield bytes(view[i:i + chunk_bytes])
+                yield bytes(view[i : i + chunk_bytes])
             return
         with open(self.path, "rb") as fh:  # type: ignore[arg-type]
             first = True
@@ -80,8 +92,12 @@ class Source:
 
     def to_proto(self) -> common_pb2.Image:
         data = self.read()
-        return common_pb2.Image(data=data, format=format_to_proto(self.format or sniff_format(data)),
-                                modality=modality_to_proto(self.modality), view=view_to_proto(self.view))
+        return common_pb2.Image(
+            data=data,
+            format=format_to_proto(self.format or sniff_format(data)),
+            modality=modality_to_proto(self.modality),
+            view=view_to_proto(self.view),
+        )
 
 
 def _one(item: Any, method: str) -> Source:
@@ -95,8 +111,9 @@ def _one(item: Any, method: str) -> Source:
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if path.is_dir():
-            raise InvalidArgument(f"{path.name!r} is a folder; use ingest_series for a DICOM series folder",
-                                  method=method, field="images")
+            raise InvalidArgument(
+                f"{path.name!r} is a folder; use ingest_series for a DICOM series folder", method=method, field="images"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"no such image file: {path}")
         return Source(path=path)
@@ -105,7 +122,9 @@ def _one(item: Any, method: str) -> Source:
         if isinstance(data, str):
             raise TypeError("open image files in binary mode ('rb')")
         return Source(data=bytes(data))
-    raise TypeError(f"an image must be a path, bytes, a binary file or lungsearch.client.Image, not {type(item).__name__}")
+    raise TypeError(
+        f"an image must be a path, bytes, a binary file or lungsearch.client.Image, not {type(item).__name__}"
+    )
 
 
 def sources(images: Any, method: str) -> list[Source]:
@@ -127,8 +146,14 @@ def series_sources(folder_or_files: Any, method: str) -> list[Source]:
     """
     if isinstance(folder_or_files, (str, os.PathLike)) and Path(folder_or_files).is_dir():
         folder = Path(folder_or_files)
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and p.name.upper() != "DICOMDIR" and p.suffix.lower() not in _NOT_IMAGES)
+        files = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file()
+            and not p.name.startswith(".")
+            and p.name.upper() != "DICOMDIR"
+            and p.suffix.lower() not in _NOT_IMAGES
+        )
         if not files:
             raise InvalidArgument(f"no image files in folder {folder.name!r}", method=method, field="images")
         return [Source(path=p) for p in files]
@@ -162,15 +187,22 @@ def _labels(labels: Any) -> list[str]:
     return [str(x) for x in labels]
 
 
-def header(*, model: common_pb2.ModelRef, report: Any, labels: Any, source_id: str | None,
-           images: Sequence[Source] = ()) -> gateway_pb2.IngestRequest:
+def header(
+    *, model: common_pb2.ModelRef, report: Any, labels: Any, source_id: str | None, images: Sequence[Source] = ()
+) -> gateway_pb2.IngestRequest:
     """An ``IngestRequest`` (with the images inlined when given)."""
-    return gateway_pb2.IngestRequest(model=model, images=[s.to_proto() for s in images], report=report_proto(report),
-                                     labels=_labels(labels), source_id=source_id or "")
+    return gateway_pb2.IngestRequest(
+        model=model,
+        images=[s.to_proto() for s in images],
+        report=report_proto(report),
+        labels=_labels(labels),
+        source_id=source_id or "",
+    )
 
 
-def stream_messages(head: gateway_pb2.IngestRequest, items: Sequence[Source],
-                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[gateway_pb2.IngestStreamRequest]:
+def stream_messages(
+    head: gateway_pb2.IngestRequest, items: Sequence[Source], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[gateway_pb2.IngestStreamRequest]:
     """The ``IngestStream`` messages: the header (no images), then each image's chunks in order."""
     if not 0 < chunk_bytes <= CHUNK_BYTES:
         raise ValueError(f"chunk_bytes must be in (0, {CHUNK_BYTES}]")
@@ -182,12 +214,16 @@ def stream_messages(head: gateway_pb2.IngestRequest, items: Sequence[Source],
         # Look one chunk ahead so the final chunk of each image carries last=True.
         for block in src.chunks(chunk_bytes):
             if pending is not None:
-                yield gateway_pb2.IngestStreamRequest(chunk=gateway_pb2.ImageChunk(
-                    image_index=index, data=pending, last=False, format=fmt if first else 0))
+                yield gateway_pb2.IngestStreamRequest(
+                    chunk=gateway_pb2.ImageChunk(
+                        image_index=index, data=pending, last=False, format=fmt if first else 0
+                    )
+                )
                 first = False
             pending = block
-        yield gateway_pb2.IngestStreamRequest(chunk=gateway_pb2.ImageChunk(
-            image_index=index, data=pending or b"", last=True, format=fmt if first else 0))
+        yield gateway_pb2.IngestStreamRequest(
+            chunk=gateway_pb2.ImageChunk(image_index=index, data=pending or b"", last=True, format=fmt if first else 0)
+        )
 
 
 # ---- grpc.health.v1 on the wire, so the SDK needs no grpcio-health-checking -------------------
@@ -231,12 +267,12 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
         if wire == 0:
             value, pos = _read_varint(buf, pos)
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:
             length, pos = _read_varint(buf, pos)
-            value, pos = buf[pos:pos + length], pos + length
+            value, pos = buf[pos : pos + length], pos + length
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
         if pos > len(buf):

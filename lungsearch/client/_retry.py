@@ -17,8 +17,15 @@ from lungsearch.client._errors import LungSearchError
 
 __all__ = ["RetryPolicy", "NO_RETRY"]
 
-_NEVER = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED})
+_NEVER = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 # grpc's own client-side message-size failure reads RESOURCE_EXHAUSTED too; resending cannot help.
 _SIZE_ERRORS = ("larger than max", "message too large")
 # Standard gRPC retry pushback (ms); a negative value means "do not retry".
@@ -76,8 +83,12 @@ class RetryPolicy:
 
     def should_retry(self, error: LungSearchError) -> bool:
         """Whether ``error`` is worth another attempt (ignoring time; see :meth:`next_delay`)."""
-        if error.status == grpc.StatusCode.INTERNAL and error.detail is None and self.retry_bare_internal \
-                and self.max_attempts > 1:
+        if (
+            error.status == grpc.StatusCode.INTERNAL
+            and error.detail is None
+            and self.retry_bare_internal
+            and self.max_attempts > 1
+        ):
             return True
         if error.status not in self.retry_on:
             return False

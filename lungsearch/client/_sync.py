@@ -14,8 +14,19 @@ from lungsearch.client import _requests as rq
 from lungsearch.client._base import ClientBase, Plan
 from lungsearch.client._errors import DeadlineExceeded, LungSearchError, NotFound, error_from_rpc
 from lungsearch.client._retry import Attempts, RetryPolicy, pushback_ms
-from lungsearch.client._types import (ActivateResult, Case, Classification, ExplainResult, Filter, HealthStatus,
-                                      IngestResult, MatchExplanation, ModelInfo, ModelRef, SearchResult)
+from lungsearch.client._types import (
+    ActivateResult,
+    Case,
+    Classification,
+    ExplainResult,
+    Filter,
+    HealthStatus,
+    IngestResult,
+    MatchExplanation,
+    ModelInfo,
+    ModelRef,
+    SearchResult,
+)
 
 __all__ = ["LungSearchClient"]
 
@@ -54,14 +65,32 @@ class LungSearchClient(ClientBase):
         ...         print(hit.rank, round(hit.score, 3), hit.case.labels)
     """
 
-    def __init__(self, target: str, *, tls: bool | grpc.ChannelCredentials | None = None,
-                 ca_file: str | os.PathLike | None = None, cert_file: str | os.PathLike | None = None,
-                 key_file: str | os.PathLike | None = None, token: str | None = None, timeout: float = 30.0,
-                 retries: RetryPolicy | None = None,
-                 options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
-                 metadata: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(target, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token,
-                         timeout=timeout, retries=retries, options=options, metadata=metadata)
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool | grpc.ChannelCredentials | None = None,
+        ca_file: str | os.PathLike | None = None,
+        cert_file: str | os.PathLike | None = None,
+        key_file: str | os.PathLike | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: RetryPolicy | None = None,
+        options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(
+            target,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            options=options,
+            metadata=metadata,
+        )
         if self._credentials is not None:
             self._channel = grpc.secure_channel(self.target, self._credentials, options=self.options)
         else:
@@ -106,9 +135,16 @@ class LungSearchClient(ClientBase):
 
     # ---- API ------------------------------------------------------------------------------------
 
-    def ingest(self, images: rq.ImageLike | Sequence[rq.ImageLike], *, report: str | Mapping[str, str] | None = None,
-               labels: Sequence[str] | None = None, source_id: str | None = None, model: str | ModelRef | None = None,
-               timeout: float | None = None) -> IngestResult:
+    def ingest(
+        self,
+        images: rq.ImageLike | Sequence[rq.ImageLike],
+        *,
+        report: str | Mapping[str, str] | None = None,
+        labels: Sequence[str] | None = None,
+        source_id: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> IngestResult:
         """Store one study (one image, or the images of one study) with its report and labels.
 
         Idempotent by case key: ingesting the same study again updates it (``created`` is False),
@@ -139,10 +175,17 @@ class LungSearchClient(ClientBase):
         plan = self._ingest_plan(images, report=report, labels=labels, source_id=source_id, model=model)
         return self._run(plan, timeout)
 
-    def ingest_series(self, folder_or_files: str | os.PathLike | Sequence[rq.ImageLike], *,
-                      report: str | Mapping[str, str] | None = None, labels: Sequence[str] | None = None,
-                      source_id: str | None = None, model: str | ModelRef | None = None, timeout: float | None = None,
-                      chunk_bytes: int = rq.CHUNK_BYTES) -> IngestResult:
+    def ingest_series(
+        self,
+        folder_or_files: str | os.PathLike | Sequence[rq.ImageLike],
+        *,
+        report: str | Mapping[str, str] | None = None,
+        labels: Sequence[str] | None = None,
+        source_id: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+        chunk_bytes: int = rq.CHUNK_BYTES,
+    ) -> IngestResult:
         """Store a DICOM series (a CT study) by streaming its files: a header, then ≤ 1 MiB chunks.
 
         Args:
@@ -154,14 +197,22 @@ class LungSearchClient(ClientBase):
         Example:
             >>> client.ingest_series("studies/ct-0001/", labels=["ggo"], model="ct-ild")  # doctest: +SKIP
         """
-        plan = self._ingest_series_plan(folder_or_files, report=report, labels=labels, source_id=source_id,
-                                        model=model, chunk_bytes=chunk_bytes)
+        plan = self._ingest_series_plan(
+            folder_or_files, report=report, labels=labels, source_id=source_id, model=model, chunk_bytes=chunk_bytes
+        )
         return self._run(plan, timeout)
 
-    def search(self, *, image: rq.ImageLike | None = None, images: Sequence[rq.ImageLike] | None = None,
-               report: str | Mapping[str, str] | None = None, top_k: int = 10,
-               filters: Filter | Mapping[str, Any] | None = None, model: str | ModelRef | None = None,
-               timeout: float | None = None) -> SearchResult:
+    def search(
+        self,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        top_k: int = 10,
+        filters: Filter | Mapping[str, Any] | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> SearchResult:
         """The stored cases most similar to a query image, a query report, or both.
 
         Args:
@@ -178,36 +229,61 @@ class LungSearchClient(ClientBase):
             >>> hits = client.search(report="bilateral pleural effusion", top_k=3)  # doctest: +SKIP
             >>> [h.case.labels for h in hits]  # doctest: +SKIP
         """
-        return self._run(self._search_plan(image=image, images=images, report=report, top_k=top_k, filters=filters,
-                                           model=model), timeout)
+        return self._run(
+            self._search_plan(image=image, images=images, report=report, top_k=top_k, filters=filters, model=model),
+            timeout,
+        )
 
-    def classify(self, *, image: rq.ImageLike | None = None, images: Sequence[rq.ImageLike] | None = None,
-                 report: str | Mapping[str, str] | None = None, knn_k: int = 10, model: str | ModelRef | None = None,
-                 timeout: float | None = None) -> Classification:
+    def classify(
+        self,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        knn_k: int = 10,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> Classification:
         """Class probabilities from the profile's head plus the label vote of the ``knn_k`` nearest cases.
 
         Example:
             >>> c = client.classify(image="cxr.png")  # doctest: +SKIP
             >>> c.top_label, c.probabilities[c.top_label]  # doctest: +SKIP
         """
-        return self._run(self._classify_plan(image=image, images=images, report=report, knn_k=knn_k, model=model),
-                         timeout)
+        return self._run(
+            self._classify_plan(image=image, images=images, report=report, knn_k=knn_k, model=model), timeout
+        )
 
-    def explain(self, *, image: rq.ImageLike | None = None, images: Sequence[rq.ImageLike] | None = None,
-                report: str | Mapping[str, str] | None = None, label: str | None = None,
-                model: str | ModelRef | None = None, timeout: float | None = None) -> ExplainResult:
+    def explain(
+        self,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        label: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> ExplainResult:
         """A Grad-CAM heat map (PNG bytes) for ``label`` (default: the top predicted label).
 
         Example:
             >>> client.explain(image="cxr.png").save("heatmap.png")  # doctest: +SKIP
         """
-        return self._run(self._explain_plan(image=image, images=images, report=report, label=label, model=model),
-                         timeout)
+        return self._run(
+            self._explain_plan(image=image, images=images, report=report, label=label, model=model), timeout
+        )
 
-    def explain_match(self, case_key: str, *, image: rq.ImageLike | None = None,
-                      images: Sequence[rq.ImageLike] | None = None, report: str | Mapping[str, str] | None = None,
-                      label: str | None = None, model: str | ModelRef | None = None,
-                      timeout: float | None = None) -> MatchExplanation:
+    def explain_match(
+        self,
+        case_key: str,
+        *,
+        image: rq.ImageLike | None = None,
+        images: Sequence[rq.ImageLike] | None = None,
+        report: str | Mapping[str, str] | None = None,
+        label: str | None = None,
+        model: str | ModelRef | None = None,
+        timeout: float | None = None,
+    ) -> MatchExplanation:
         """Why the stored case ``case_key`` matches a query: Grad-CAM heat maps on the query and on the
         case for a label they share, the shared labels, and the report phrases both excerpts contain.
 
@@ -226,8 +302,10 @@ class LungSearchClient(ClientBase):
             >>> why = client.explain_match(hit.case.case_key, image="query.png")  # doctest: +SKIP
             >>> why.label, why.shared_labels, [p.phrase for p in why.shared_phrases]  # doctest: +SKIP
         """
-        return self._run(self._explain_match_plan(case_key, image=image, images=images, report=report, label=label,
-                                                  model=model), timeout)
+        return self._run(
+            self._explain_match_plan(case_key, image=image, images=images, report=report, label=label, model=model),
+            timeout,
+        )
 
     def get_case(self, case_key: str, *, model: str | ModelRef | None = None, timeout: float | None = None) -> Case:
         """The stored case with this key. Raises :class:`NotFound` for an unknown key."""
@@ -241,7 +319,9 @@ class LungSearchClient(ClientBase):
         """The models the server knows (all profiles, or one), with their live flag and metrics."""
         return self._run(self._models_plan(profile=profile), timeout)
 
-    def activate_model(self, profile: str, version: str | None = None, *, timeout: float | None = None) -> ActivateResult:
+    def activate_model(
+        self, profile: str, version: str | None = None, *, timeout: float | None = None
+    ) -> ActivateResult:
         """Make ``version`` the live version of ``profile`` (admin). ``profile`` may be ``"profile@version"``."""
         return self._run(self._activate_plan(profile, version), timeout)
 
@@ -258,8 +338,11 @@ class LungSearchClient(ClientBase):
         """
         budget = self.timeout if timeout is None else timeout
         start = time.monotonic()
-        plan = Plan("Health", lambda: rq.health_request(service),
-                    lambda raw: HealthStatus(rq.parse_health_response(raw), service=service))
+        plan = Plan(
+            "Health",
+            lambda: rq.health_request(service),
+            lambda raw: HealthStatus(rq.parse_health_response(raw), service=service),
+        )
         try:
             return self._run(plan, budget, self._health)
         except NotFound:
@@ -267,8 +350,13 @@ class LungSearchClient(ClientBase):
         except LungSearchError as exc:
             if exc.status != grpc.StatusCode.UNIMPLEMENTED:
                 raise
-        serve = Plan("Healthz", lambda: b"", lambda raw: HealthStatus("SERVING", service=service, source="ray.serve",
-                                                                       message=rq.parse_serve_healthz(raw)))
+        serve = Plan(
+            "Healthz",
+            lambda: b"",
+            lambda raw: HealthStatus(
+                "SERVING", service=service, source="ray.serve", message=rq.parse_serve_healthz(raw)
+            ),
+        )
         try:
             # One deadline for both questions: the fallback gets only what is left.
             return self._run(serve, max(budget - (time.monotonic() - start), 1e-3), self._serve_healthz)

@@ -34,14 +34,27 @@ __all__ = [
     "RadiomicsRoi",
 ]
 
-_MODALITY_TO_PROTO = {"": common_pb2.MODALITY_UNSPECIFIED, "cxr": common_pb2.MODALITY_CXR,
-                      "ct": common_pb2.MODALITY_CT, "mr": common_pb2.MODALITY_MR}
+_MODALITY_TO_PROTO = {
+    "": common_pb2.MODALITY_UNSPECIFIED,
+    "cxr": common_pb2.MODALITY_CXR,
+    "ct": common_pb2.MODALITY_CT,
+    "mr": common_pb2.MODALITY_MR,
+}
 _MODALITY_FROM_PROTO = {v: k for k, v in _MODALITY_TO_PROTO.items()}
-_VIEW_TO_PROTO = {"": common_pb2.VIEW_UNSPECIFIED, "PA": common_pb2.VIEW_PA, "AP": common_pb2.VIEW_AP,
-                  "LATERAL": common_pb2.VIEW_LATERAL, "AXIAL": common_pb2.VIEW_AXIAL}
+_VIEW_TO_PROTO = {
+    "": common_pb2.VIEW_UNSPECIFIED,
+    "PA": common_pb2.VIEW_PA,
+    "AP": common_pb2.VIEW_AP,
+    "LATERAL": common_pb2.VIEW_LATERAL,
+    "AXIAL": common_pb2.VIEW_AXIAL,
+}
 _VIEW_FROM_PROTO = {v: k for k, v in _VIEW_TO_PROTO.items()}
-_FORMAT_TO_PROTO = {"": common_pb2.IMAGE_FORMAT_UNSPECIFIED, "dicom": common_pb2.IMAGE_FORMAT_DICOM,
-                    "png": common_pb2.IMAGE_FORMAT_PNG, "jpeg": common_pb2.IMAGE_FORMAT_JPEG}
+_FORMAT_TO_PROTO = {
+    "": common_pb2.IMAGE_FORMAT_UNSPECIFIED,
+    "dicom": common_pb2.IMAGE_FORMAT_DICOM,
+    "png": common_pb2.IMAGE_FORMAT_PNG,
+    "jpeg": common_pb2.IMAGE_FORMAT_JPEG,
+}
 
 
 def canonical_modality(value: str | None) -> str:
@@ -181,8 +194,15 @@ class Filter(_Result):
     labels_all: tuple[str, ...] = ()
     labels_none: tuple[str, ...] = ()
 
-    _KEYS = {"modality": "modality", "view": "view", "label": "labels_any", "labels": "labels_any",
-             "labels_any": "labels_any", "labels_all": "labels_all", "labels_none": "labels_none"}
+    _KEYS = {
+        "modality": "modality",
+        "view": "view",
+        "label": "labels_any",
+        "labels": "labels_any",
+        "labels_any": "labels_any",
+        "labels_all": "labels_all",
+        "labels_none": "labels_none",
+    }
 
     def __post_init__(self) -> None:
         for name in ("labels_any", "labels_all", "labels_none"):
@@ -202,7 +222,9 @@ class Filter(_Result):
         if isinstance(value, Mapping):
             unknown = set(value) - {f.name for f in fields(cls)}
             if unknown:
-                raise ValueError(f"unknown filter field(s) {sorted(unknown)}; expected modality, view, labels_any, labels_all, labels_none")
+                raise ValueError(
+                    f"unknown filter field(s) {sorted(unknown)}; expected modality, view, labels_any, labels_all, labels_none"
+                )
             return cls(**value)
         raise TypeError(f"filters must be a Filter or a mapping, not {type(value).__name__}")
 
@@ -224,7 +246,9 @@ class Filter(_Result):
                 key, value = expr.split("=", 1)
                 name = cls._KEYS.get(key.strip().lower(), "")
                 if not name:
-                    raise ValueError(f"unknown filter key {key.strip()!r} in {expr!r}; expected one of {sorted(cls._KEYS)}")
+                    raise ValueError(
+                        f"unknown filter key {key.strip()!r} in {expr!r}; expected one of {sorted(cls._KEYS)}"
+                    )
             else:
                 raise ValueError(f"filter {expr!r} is not key=value")
             value = value.strip()
@@ -235,9 +259,13 @@ class Filter(_Result):
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in acc.items()})
 
     def to_proto(self) -> common_pb2.Filter:
-        return common_pb2.Filter(modality=modality_to_proto(self.modality), view=view_to_proto(self.view),
-                                 labels_any=list(self.labels_any), labels_all=list(self.labels_all),
-                                 labels_none=list(self.labels_none))
+        return common_pb2.Filter(
+            modality=modality_to_proto(self.modality),
+            view=view_to_proto(self.view),
+            labels_any=list(self.labels_any),
+            labels_all=list(self.labels_all),
+            labels_none=list(self.labels_none),
+        )
 
 
 @dataclass(frozen=True)
@@ -271,8 +299,12 @@ class Image:
         return cls(Path(path).read_bytes(), **hints)
 
     def to_proto(self) -> common_pb2.Image:
-        return common_pb2.Image(data=self.data, format=format_to_proto(self.format),
-                                modality=modality_to_proto(self.modality), view=view_to_proto(self.view))
+        return common_pb2.Image(
+            data=self.data,
+            format=format_to_proto(self.format),
+            modality=modality_to_proto(self.modality),
+            view=view_to_proto(self.view),
+        )
 
 
 @dataclass(frozen=True)
@@ -301,11 +333,16 @@ class Case(_Result):
 
     @classmethod
     def from_proto(cls, msg: common_pb2.Case) -> "Case":
-        return cls(case_key=msg.case_key, modality=_MODALITY_FROM_PROTO.get(msg.modality, ""),
-                   view=_VIEW_FROM_PROTO.get(msg.view, ""), labels=tuple(msg.labels),
-                   report_excerpt=msg.report_excerpt, model=ModelRef.from_proto(msg.model),
-                   ingested_at=_ts(msg.ingested_at) if msg.HasField("ingested_at") else None,
-                   num_images=msg.num_images)
+        return cls(
+            case_key=msg.case_key,
+            modality=_MODALITY_FROM_PROTO.get(msg.modality, ""),
+            view=_VIEW_FROM_PROTO.get(msg.view, ""),
+            labels=tuple(msg.labels),
+            report_excerpt=msg.report_excerpt,
+            model=ModelRef.from_proto(msg.model),
+            ingested_at=_ts(msg.ingested_at) if msg.HasField("ingested_at") else None,
+            num_images=msg.num_images,
+        )
 
 
 @dataclass(frozen=True)
@@ -352,8 +389,12 @@ class SearchHit(_Result):
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.SearchHit) -> "SearchHit":
-        return cls(case=Case.from_proto(msg.case), score=float(msg.score), rank=msg.rank,
-                   hamming_distance=None if msg.hamming_distance < 0 else msg.hamming_distance)
+        return cls(
+            case=Case.from_proto(msg.case),
+            score=float(msg.score),
+            rank=msg.rank,
+            hamming_distance=None if msg.hamming_distance < 0 else msg.hamming_distance,
+        )
 
 
 @dataclass(frozen=True)
@@ -369,8 +410,11 @@ class SearchResult(_Result):
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.SearchResponse) -> "SearchResult":
-        return cls(model=ModelRef.from_proto(msg.model), hits=tuple(SearchHit.from_proto(h) for h in msg.hits),
-                   radiomics_roi=RadiomicsRoi.from_response(msg))
+        return cls(
+            model=ModelRef.from_proto(msg.model),
+            hits=tuple(SearchHit.from_proto(h) for h in msg.hits),
+            radiomics_roi=RadiomicsRoi.from_response(msg),
+        )
 
     def __iter__(self) -> Iterator[SearchHit]:
         return iter(self.hits)
@@ -402,10 +446,13 @@ class Classification(_Result):
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.ClassifyResponse) -> "Classification":
-        return cls(model=ModelRef.from_proto(msg.model),
-                   probabilities={s.label: float(s.score) for s in msg.probabilities},
-                   knn_vote={s.label: float(s.score) for s in msg.knn_vote}, top_label=msg.top_label,
-                   radiomics_roi=RadiomicsRoi.from_response(msg))
+        return cls(
+            model=ModelRef.from_proto(msg.model),
+            probabilities={s.label: float(s.score) for s in msg.probabilities},
+            knn_vote={s.label: float(s.score) for s in msg.knn_vote},
+            top_label=msg.top_label,
+            radiomics_roi=RadiomicsRoi.from_response(msg),
+        )
 
     @property
     def top_score(self) -> float:
@@ -435,9 +482,14 @@ class ExplainResult(_Result):
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.ExplainResponse) -> "ExplainResult":
-        return cls(model=ModelRef.from_proto(msg.model), label=msg.label, score=float(msg.score),
-                   heatmap_png=msg.heatmap_png, overlay_png=msg.overlay_png,
-                   radiomics_roi=RadiomicsRoi.from_response(msg))
+        return cls(
+            model=ModelRef.from_proto(msg.model),
+            label=msg.label,
+            score=float(msg.score),
+            heatmap_png=msg.heatmap_png,
+            overlay_png=msg.overlay_png,
+            radiomics_roi=RadiomicsRoi.from_response(msg),
+        )
 
     def save(self, path: str | os.PathLike, *, overlay: bool = False) -> Path:
         """Write the heat map (or the overlay) PNG to ``path`` and return the path."""
@@ -498,15 +550,27 @@ class MatchExplanation(_Result):
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.ExplainMatchResponse) -> "MatchExplanation":
-        phrases = tuple(SharedPhrase(p.phrase, tuple((s.start, s.end) for s in p.query_spans),
-                                     tuple((s.start, s.end) for s in p.case_spans)) for p in msg.shared_phrases)
-        return cls(model=ModelRef.from_proto(msg.model), label=msg.label, shared_labels=tuple(msg.shared_labels),
-                   case=Case.from_proto(msg.case), query_excerpt=msg.query_excerpt, shared_phrases=phrases,
-                   query_heatmap_png=msg.query_heatmap_png, query_overlay_png=msg.query_overlay_png,
-                   case_heatmap_png=msg.case_heatmap_png, case_overlay_png=msg.case_overlay_png,
-                   case_image_available=msg.case_image_available,
-                   query_labels={x.label: float(x.score) for x in msg.query_labels},
-                   radiomics_roi=RadiomicsRoi.from_response(msg))
+        phrases = tuple(
+            SharedPhrase(
+                p.phrase, tuple((s.start, s.end) for s in p.query_spans), tuple((s.start, s.end) for s in p.case_spans)
+            )
+            for p in msg.shared_phrases
+        )
+        return cls(
+            model=ModelRef.from_proto(msg.model),
+            label=msg.label,
+            shared_labels=tuple(msg.shared_labels),
+            case=Case.from_proto(msg.case),
+            query_excerpt=msg.query_excerpt,
+            shared_phrases=phrases,
+            query_heatmap_png=msg.query_heatmap_png,
+            query_overlay_png=msg.query_overlay_png,
+            case_heatmap_png=msg.case_heatmap_png,
+            case_overlay_png=msg.case_overlay_png,
+            case_image_available=msg.case_image_available,
+            query_labels={x.label: float(x.score) for x in msg.query_labels},
+            radiomics_roi=RadiomicsRoi.from_response(msg),
+        )
 
 
 @dataclass(frozen=True)
@@ -540,12 +604,19 @@ class ModelInfo(_Result):
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.ModelInfo) -> "ModelInfo":
-        return cls(model=ModelRef.from_proto(msg.model), live=msg.live,
-                   modality=_MODALITY_FROM_PROTO.get(msg.modality, ""), targets=tuple(msg.targets),
-                   input_size=msg.input_size, embedding_dim=msg.embedding_dim, code_bits=msg.code_bits,
-                   metrics={k: float(v) for k, v in sorted(msg.metrics.items())},
-                   created_at=_ts(msg.created_at) if msg.HasField("created_at") else None,
-                   num_cases=msg.num_cases, synthetic_data=msg.synthetic_data)
+        return cls(
+            model=ModelRef.from_proto(msg.model),
+            live=msg.live,
+            modality=_MODALITY_FROM_PROTO.get(msg.modality, ""),
+            targets=tuple(msg.targets),
+            input_size=msg.input_size,
+            embedding_dim=msg.embedding_dim,
+            code_bits=msg.code_bits,
+            metrics={k: float(v) for k, v in sorted(msg.metrics.items())},
+            created_at=_ts(msg.created_at) if msg.HasField("created_at") else None,
+            num_cases=msg.num_cases,
+            synthetic_data=msg.synthetic_data,
+        )
 
 
 @dataclass(frozen=True)
@@ -564,8 +635,12 @@ class IngestResult(_Result):
 
     @classmethod
     def from_proto(cls, msg: gateway_pb2.IngestResponse) -> "IngestResult":
-        return cls(case_key=msg.case_key, created=msg.created, model=ModelRef.from_proto(msg.model),
-                   radiomics_roi=RadiomicsRoi.from_response(msg))
+        return cls(
+            case_key=msg.case_key,
+            created=msg.created,
+            model=ModelRef.from_proto(msg.model),
+            radiomics_roi=RadiomicsRoi.from_response(msg),
+        )
 
 
 @dataclass(frozen=True)

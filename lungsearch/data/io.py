@@ -80,19 +80,26 @@ HU_MIN = -1024.0
 #: DICOM Modality -> lungsearch modality. Anything else is rejected (``unsupported_modality``).
 #: OT/SC (secondary capture, digitised film) and a missing Modality are treated as a radiograph.
 MODALITY_MAP: dict[str, str] = {
-    "CR": "cxr", "DX": "cxr", "DR": "cxr", "RG": "cxr", "OT": "cxr", "SC": "cxr", "": "cxr",
-    "CT": "ct", "MR": "mr",
+    "CR": "cxr",
+    "DX": "cxr",
+    "DR": "cxr",
+    "RG": "cxr",
+    "OT": "cxr",
+    "SC": "cxr",
+    "": "cxr",
+    "CT": "ct",
+    "MR": "mr",
 }
 
 _NON_IMAGE_SOP_PREFIXES = (
-    "1.2.840.10008.1.3.10",          # Media Storage Directory (DICOMDIR): never followed
-    "1.2.840.10008.5.1.4.1.1.88.",   # structured reports
-    "1.2.840.10008.5.1.4.1.1.9.",    # waveforms
+    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR): never followed
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports
+    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
     "1.2.840.10008.5.1.4.1.1.481.3",  # RT structure set
     "1.2.840.10008.5.1.4.1.1.481.5",  # RT plan
     "1.2.840.10008.5.1.4.1.1.481.8",  # RT ion plan
     "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF/CDA
-    "1.2.840.10008.5.1.4.1.1.11.",   # presentation states
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
 )
 _PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR"}
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -111,7 +118,7 @@ def _limits(limits: "LimitsConfig | None") -> "LimitsConfig":
 
 
 def sniff_format(data: bytes) -> str | None:
-    """"dicom", "png", "jpeg" or None, from magic bytes (DICOM also without its preamble)."""
+    """ "dicom", "png", "jpeg" or None, from magic bytes (DICOM also without its preamble)."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -153,8 +160,9 @@ def read_image(
         LimitExceededError: over a size limit (checked before decoding).
         PHIRejectedError: burned-in annotation.
     """
-    frames = _read(data, fmt=fmt, limits=_limits(limits), hmac_key=hmac_key,
-                   allow_burned_in=allow_burned_in, all_frames=False)
+    frames = _read(
+        data, fmt=fmt, limits=_limits(limits), hmac_key=hmac_key, allow_burned_in=allow_burned_in, all_frames=False
+    )
     return frames[0]
 
 
@@ -167,8 +175,9 @@ def read_image_frames(
     allow_burned_in: bool = False,
 ) -> list[DecodedImage]:
     """Like :func:`read_image` but every frame of a multi-frame DICOM (one item otherwise)."""
-    return _read(data, fmt=fmt, limits=_limits(limits), hmac_key=hmac_key,
-                 allow_burned_in=allow_burned_in, all_frames=True)
+    return _read(
+        data, fmt=fmt, limits=_limits(limits), hmac_key=hmac_key, allow_burned_in=allow_burned_in, all_frames=True
+    )
 
 
 def read_study(
@@ -198,10 +207,14 @@ def read_study(
     images: list[DecodedImage] = []
     total = 0
     for data in files:
-        for img in _read(data, fmt=None, limits=lim, hmac_key=hmac_key, allow_burned_in=allow_burned_in, all_frames=True):
+        for img in _read(
+            data, fmt=None, limits=lim, hmac_key=hmac_key, allow_burned_in=allow_burned_in, all_frames=True
+        ):
             total += img.pixels.nbytes
             if total > lim.max_decoded_bytes:
-                raise LimitExceededError("study decodes to more than limits.max_decoded_bytes", code="decoded_too_large")
+                raise LimitExceededError(
+                    "study decodes to more than limits.max_decoded_bytes", code="decoded_too_large"
+                )
             images.append(img)
             if len(images) > lim.max_series_images:
                 raise LimitExceededError(f"study has more than {lim.max_series_images} images", code="too_many_images")
@@ -209,10 +222,15 @@ def read_study(
         return Study(images=images, study_key=images[0].study_key)
     first = images[0]
     for im in images[1:]:
-        if (im.meta.source_format != first.meta.source_format or im.meta.modality != first.meta.modality
-                or im.meta.series_key != first.meta.series_key or im.pixels.shape != first.pixels.shape):
+        if (
+            im.meta.source_format != first.meta.source_format
+            or im.meta.modality != first.meta.modality
+            or im.meta.series_key != first.meta.series_key
+            or im.pixels.shape != first.pixels.shape
+        ):
             raise InvalidImageError("study mixes series, modalities, formats or image shapes", code="mixed_series")
     if first.meta.source_format == "dicom":
+
         def order(i_im: tuple[int, DecodedImage]) -> tuple:
             i, im = i_im
             pos = im.meta.slice_position
@@ -226,8 +244,15 @@ def read_study(
 # ----------------------------------------------------------------------------------------- internals
 
 
-def _read(data: bytes, *, fmt: str | None, limits: "LimitsConfig", hmac_key: bytes | None,
-          allow_burned_in: bool, all_frames: bool) -> list[DecodedImage]:
+def _read(
+    data: bytes,
+    *,
+    fmt: str | None,
+    limits: "LimitsConfig",
+    hmac_key: bytes | None,
+    allow_burned_in: bool,
+    all_frames: bool,
+) -> list[DecodedImage]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidImageError("image data must be bytes", code="unsupported_format")
     data = bytes(data)
@@ -252,8 +277,28 @@ def _read(data: bytes, *, fmt: str | None, limits: "LimitsConfig", hmac_key: byt
 
 # --- PNG / JPEG -----------------------------------------------------------------------------------
 
-_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4,
-               "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 3, "LAB": 3, "HSV": 3, "PA": 2, "La": 2, "RGBa": 4}
+_MODE_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "I": 4,
+    "F": 4,
+    "RGB": 3,
+    "RGBA": 4,
+    "RGBX": 4,
+    "CMYK": 4,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+    "PA": 2,
+    "La": 2,
+    "RGBa": 4,
+}
 
 
 def _read_raster(data: bytes, kind: str, limits: "LimitsConfig") -> DecodedImage:
@@ -262,8 +307,20 @@ def _read_raster(data: bytes, kind: str, limits: "LimitsConfig") -> DecodedImage
     try:
         im = Image.open(io.BytesIO(data), formats=["PNG"] if kind == "png" else ["JPEG"])
     except Image.DecompressionBombError:
-        raise LimitExceededError("image dimensions exceed the decompression-bomb guard", code="image_too_large") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, KeyError, TypeError) as exc:
+        raise LimitExceededError(
+            "image dimensions exceed the decompression-bomb guard", code="image_too_large"
+        ) from None
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        struct.error,
+        EOFError,
+        IndexError,
+        KeyError,
+        TypeError,
+    ) as exc:
         raise InvalidImageError(f"cannot open {kind} image ({type(exc).__name__})", code="decode_failed") from None
     w, h = im.size
     if w <= 0 or h <= 0:
@@ -279,7 +336,9 @@ def _read_raster(data: bytes, kind: str, limits: "LimitsConfig") -> DecodedImage
         im.load()
         arr, scale = _raster_to_gray(im)
     except Image.DecompressionBombError:
-        raise LimitExceededError("image dimensions exceed the decompression-bomb guard", code="image_too_large") from None
+        raise LimitExceededError(
+            "image dimensions exceed the decompression-bomb guard", code="image_too_large"
+        ) from None
     except LungsearchError:
         raise
     except Exception as exc:  # noqa: BLE001  (Pillow's plugins raise many types on hostile data)
@@ -287,8 +346,11 @@ def _read_raster(data: bytes, kind: str, limits: "LimitsConfig") -> DecodedImage
     pixels = (arr.astype(np.float32) / np.float32(scale)).clip(0.0, 1.0)
     if not np.isfinite(pixels).all():
         raise InvalidImageError("image has non-finite values", code="non_finite_pixels")
-    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32),
-                        meta=ImageMeta(modality="cxr", view="", source_format=kind), study_key=None)
+    return DecodedImage(
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        meta=ImageMeta(modality="cxr", view="", source_format=kind),
+        study_key=None,
+    )
 
 
 def _raster_to_gray(im: Any) -> tuple[np.ndarray, float]:
@@ -395,8 +457,9 @@ def _install_pydicom_redaction() -> None:
 _install_pydicom_redaction()
 
 
-def _read_dicom(data: bytes, limits: "LimitsConfig", hmac_key: bytes | None, allow_burned_in: bool,
-                all_frames: bool) -> list[DecodedImage]:
+def _read_dicom(
+    data: bytes, limits: "LimitsConfig", hmac_key: bytes | None, allow_burned_in: bool, all_frames: bool
+) -> list[DecodedImage]:
     import warnings
 
     # pydicom's warnings quote header values (PHI) and fire lazily on attribute access, so the
@@ -407,8 +470,9 @@ def _read_dicom(data: bytes, limits: "LimitsConfig", hmac_key: bytes | None, all
         return _read_dicom_quiet(data, limits, hmac_key, allow_burned_in, all_frames)
 
 
-def _read_dicom_quiet(data: bytes, limits: "LimitsConfig", hmac_key: bytes | None, allow_burned_in: bool,
-                      all_frames: bool) -> list[DecodedImage]:
+def _read_dicom_quiet(
+    data: bytes, limits: "LimitsConfig", hmac_key: bytes | None, allow_burned_in: bool, all_frames: bool
+) -> list[DecodedImage]:
     ds = _dcmread(data)
     try:
         return _decode_dataset(ds, limits, hmac_key, allow_burned_in, all_frames)
@@ -428,11 +492,14 @@ def _sop_class(ds: "pydicom.Dataset") -> str:
     return str(uid or "")
 
 
-def _decode_dataset(ds: "pydicom.Dataset", limits: "LimitsConfig", hmac_key: bytes | None,
-                    allow_burned_in: bool, all_frames: bool) -> list[DecodedImage]:
+def _decode_dataset(
+    ds: "pydicom.Dataset", limits: "LimitsConfig", hmac_key: bytes | None, allow_burned_in: bool, all_frames: bool
+) -> list[DecodedImage]:
     sop = _sop_class(ds)
     if "DirectoryRecordSequence" in ds or any(sop.startswith(p) for p in _NON_IMAGE_SOP_PREFIXES):
-        raise InvalidImageError("DICOM object is not an image (directory, report, plan, waveform, ...)", code="not_image")
+        raise InvalidImageError(
+            "DICOM object is not an image (directory, report, plan, waveform, ...)", code="not_image"
+        )
     pixel_kw = next((k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
     if pixel_kw is None:
         if len(ds) == 0 or ("Rows" not in ds and "SOPClassUID" not in ds):
@@ -442,7 +509,9 @@ def _decode_dataset(ds: "pydicom.Dataset", limits: "LimitsConfig", hmac_key: byt
     raw_modality = str(ds.get("Modality", "") or "").strip().upper()
     modality = MODALITY_MAP.get(raw_modality)
     if modality is None:
-        raise InvalidImageError(f"modality {raw_modality[:8]!r} is not ingested (CR, DX, CT, MR)", code="unsupported_modality")
+        raise InvalidImageError(
+            f"modality {raw_modality[:8]!r} is not ingested (CR, DX, CT, MR)", code="unsupported_modality"
+        )
 
     rows = _int_attr(ds, "Rows")
     cols = _int_attr(ds, "Columns")
@@ -457,13 +526,17 @@ def _decode_dataset(ds: "pydicom.Dataset", limits: "LimitsConfig", hmac_key: byt
         raise InvalidImageError(f"BitsAllocated {bits} is not supported", code="bad_header")
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if photometric not in _PHOTOMETRIC:
-        raise InvalidImageError(f"photometric interpretation {photometric[:20]!r} is not supported", code="unsupported_photometric")
+        raise InvalidImageError(
+            f"photometric interpretation {photometric[:20]!r} is not supported", code="unsupported_photometric"
+        )
     if (spp == 3) != (photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")):
         raise InvalidImageError("SamplesPerPixel does not match the photometric interpretation", code="bad_header")
 
     # Limits from the header, before a single pixel is decoded.
     if max(rows, cols) > limits.max_image_side:
-        raise LimitExceededError(f"image side {max(rows, cols)} over limit {limits.max_image_side}", code="image_too_large")
+        raise LimitExceededError(
+            f"image side {max(rows, cols)} over limit {limits.max_image_side}", code="image_too_large"
+        )
     if frames > limits.max_series_images:
         raise LimitExceededError(f"{frames} frames, limit {limits.max_series_images}", code="too_many_images")
     bytes_per = max(1, bits // 8)
@@ -493,19 +566,36 @@ def _decode_dataset(ds: "pydicom.Dataset", limits: "LimitsConfig", hmac_key: byt
         arr = _decode_frame(ds, index if frames > 1 else None, ts, rows, cols, spp)
         pixels, hu = _to_float(arr, ds, modality, photometric, index)
         meta = ImageMeta(
-            modality=modality, view=base["view"], source_format="dicom", spacing=base["spacing"],
+            modality=modality,
+            view=base["view"],
+            source_format="dicom",
+            spacing=base["spacing"],
             slice_position=_slice_position(ds, index if frames > 1 else None),
             instance_number=base["instance"] if frames == 1 else (base["instance"] or 0) * 10000 + index,
-            series_key=base["series_key"], hu=hu,
+            series_key=base["series_key"],
+            hu=hu,
         )
         out.append(DecodedImage(pixels=pixels, meta=meta, study_key=base["study_key"]))
     return out
 
 
-_JPEG_TS = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-            "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
-_J2K_TS = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
-           "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+_JPEG_TS = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+}
+_J2K_TS = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 _MAX_J2K_TILES = 65536
 
@@ -525,11 +615,11 @@ def _jpeg_frame_size(buf: bytes) -> tuple[int, int, int] | None:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
             continue
-        (seglen,) = struct.unpack(">H", buf[pos + 2:pos + 4])
+        (seglen,) = struct.unpack(">H", buf[pos + 2 : pos + 4])
         if marker in _SOF:
             if pos + 10 > len(buf):
                 return None
-            _, y, x, nf = struct.unpack(">BHHB", buf[pos + 4:pos + 10])
+            _, y, x, nf = struct.unpack(">BHHB", buf[pos + 4 : pos + 10])
             return y, x, nf
         if marker == 0xDA or seglen < 2:  # start of scan before any frame header
             return None
@@ -542,7 +632,7 @@ def _j2k_frame_size(buf: bytes) -> tuple[int, int, int, int] | None:
     i = buf.find(b"\xff\x4f\xff\x51", 0, 65536)
     if i < 0 or i + 4 + 38 > len(buf):
         return None
-    _, _, x, y, xo, yo, xt, yt, xto, yto, c = struct.unpack(">HHIIIIIIIIH", buf[i + 4:i + 42])
+    _, _, x, y, xo, yo, xt, yt, xto, yto, c = struct.unpack(">HHIIIIIIIIH", buf[i + 4 : i + 42])
     if x <= xo or y <= yo or xt == 0 or yt == 0 or xto > xo or yto > yo:
         return None
     tiles = math.ceil((x - xto) / xt) * math.ceil((y - yto) / yt)
@@ -583,12 +673,21 @@ def _decode_frame(ds: "pydicom.Dataset", index: int | None, ts: Any, rows: int, 
     except Exception as exc:  # decoders raise anything on hostile data; classify, never propagate
         text = str(exc)
         name = getattr(ts, "name", "unknown transfer syntax")
-        if ("No pixel data decoders" in text or "missing required dependencies" in text
-                or "plugins are missing" in text or "is not available" in text or isinstance(exc, ImportError)):
+        if (
+            "No pixel data decoders" in text
+            or "missing required dependencies" in text
+            or "plugins are missing" in text
+            or "is not available" in text
+            or isinstance(exc, ImportError)
+        ):
             raise InvalidImageError(f"no installed decoder for {name}", code="codec_unavailable") from None
         if "shorter than" in text or "truncat" in text.lower():
-            raise InvalidImageError("Pixel Data is shorter than the header declares", code="truncated_pixel_data") from None
-        raise InvalidImageError(f"{name} pixel data cannot be decoded ({type(exc).__name__})", code="decode_failed") from None
+            raise InvalidImageError(
+                "Pixel Data is shorter than the header declares", code="truncated_pixel_data"
+            ) from None
+        raise InvalidImageError(
+            f"{name} pixel data cannot be decoded ({type(exc).__name__})", code="decode_failed"
+        ) from None
     arr = np.asarray(arr)
     if arr.ndim == 3 and spp == 1 and arr.shape[0] == 1:
         arr = arr[0]
@@ -598,7 +697,9 @@ def _decode_frame(ds: "pydicom.Dataset", index: int | None, ts: Any, rows: int, 
     return arr
 
 
-def _to_float(arr: np.ndarray, ds: "pydicom.Dataset", modality: str, photometric: str, index: int) -> tuple[np.ndarray, bool]:
+def _to_float(
+    arr: np.ndarray, ds: "pydicom.Dataset", modality: str, photometric: str, index: int
+) -> tuple[np.ndarray, bool]:
     import warnings
 
     from pydicom.pixels import apply_color_lut, apply_modality_lut
@@ -609,7 +710,9 @@ def _to_float(arr: np.ndarray, ds: "pydicom.Dataset", modality: str, photometric
             try:
                 arr = apply_color_lut(arr, ds)
             except Exception:  # missing or malformed LUT descriptors
-                raise InvalidImageError("palette colour lookup table is missing or malformed", code="bad_header") from None
+                raise InvalidImageError(
+                    "palette colour lookup table is missing or malformed", code="bad_header"
+                ) from None
         if arr.ndim == 3:  # RGB after pydicom's YBR->RGB conversion
             log.warning("colour DICOM collapsed to grayscale")
             a = arr.astype(np.float64)

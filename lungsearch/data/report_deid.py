@@ -69,8 +69,16 @@ _CATEGORY = {
     "LS_CONTACT": "contact",
     "IP_ADDRESS": "contact",
 }
-_PLACEHOLDER = {"name": "[NAME]", "identifier": "[ID]", "accession": "[ACCESSION]", "date": "[DATE]",
-                "phone": "[PHONE]", "address": "[ADDRESS]", "age": "[AGE>89]", "contact": "[CONTACT]"}
+_PLACEHOLDER = {
+    "name": "[NAME]",
+    "identifier": "[ID]",
+    "accession": "[ACCESSION]",
+    "date": "[DATE]",
+    "phone": "[PHONE]",
+    "address": "[ADDRESS]",
+    "age": "[AGE>89]",
+    "contact": "[CONTACT]",
+}
 #: Presidio's predefined recognizers that are used (the others are country-specific card/licence
 #: numbers that fire on clinical numbers, or need an NER model).
 #: E-mail and URL are lungsearch patterns: Presidio's validate them with tldextract, which fetches the
@@ -85,59 +93,94 @@ _FULL_NAME = rf"(?:{_NAME_WORD}|{_INITIAL})(?:\s+(?:{_NAME_WORD}|{_INITIAL})){{0
 _CAPS_WORD = r"(?:[A-Z]'[A-Z]{2,}|[A-Z]{2,}(?:[-'][A-Z]+)?)"
 _CAPS_NAME = rf"{_CAPS_WORD},\s*{_CAPS_WORD}"  # SMITH, JOHN
 _LAST_FIRST = rf"{_NAME_WORD},\s+{_NAME_WORD}(?:\s+{_INITIAL})?"  # Smith, John A.
-_NAME_CONTEXT = (r"(?i:patient(?:'s)?\s+name|patient|pt|name|discussed\s+with|called\s+to|communicated\s+to|"
-                 r"reviewed\s+with|notified|informed|paged|telephoned|spoke\s+with|conveyed\s+to|"
-                 r"dictated\s+by|signed\s+by|electronically\s+signed\s+by|read\s+by|reported\s+by|"
-                 r"interpreted\s+by|attending|resident|radiologist|referring\s+(?:physician|provider|doctor)|"
-                 r"ordered\s+by|ordering\s+(?:physician|provider)|physician|provider|technologist|tech|"
-                 r"requested\s+by|cc|copy\s+to|by)")
+_NAME_CONTEXT = (
+    r"(?i:patient(?:'s)?\s+name|patient|pt|name|discussed\s+with|called\s+to|communicated\s+to|"
+    r"reviewed\s+with|notified|informed|paged|telephoned|spoke\s+with|conveyed\s+to|"
+    r"dictated\s+by|signed\s+by|electronically\s+signed\s+by|read\s+by|reported\s+by|"
+    r"interpreted\s+by|attending|resident|radiologist|referring\s+(?:physician|provider|doctor)|"
+    r"ordered\s+by|ordering\s+(?:physician|provider)|physician|provider|technologist|tech|"
+    r"requested\s+by|cc|copy\s+to|by)"
+)
 _TITLE = rf"{_TITLE_WORDS}\.?"
 # After a comma any credential; without one only those that are not also report words (PA = posteroanterior).
 _CREDENTIAL = r"(?:,\s*(?:MD|M\.D\.|DO|D\.O\.|RN|NP|PA-C|PA|MBBS|PhD|RT|RRA|FRCR)|\s+(?:MD|M\.D\.|MBBS|PhD|FRCR))"
 
-_ID_LABEL = (r"(?i:mrn|mr\s*#|mr\s+no\.?|medical\s+record(?:\s+(?:number|no\.?|#))?|patient\s+id|pt\s+id|"
-             r"patient\s+number|hospital\s+number|chart(?:\s+(?:number|no\.?|#))?|account(?:\s+(?:number|no\.?|#))?|"
-             r"acct\.?(?:\s*#)?|encounter(?:\s+(?:number|no\.?|id|#))?|visit(?:\s+(?:number|no\.?|id|#))?|"
-             r"fin|csn|har|id|insurance(?:\s+(?:number|no\.?|id|#))?|member\s+id|ssn|social\s+security(?:\s+number)?)")
-_ACC_LABEL = r"(?i:accession(?:\s+(?:number|no\.?|#))?|acc(?:ession)?\.?\s*(?:no\.?|#)|acc\.?|order(?:\s+(?:number|no\.?|#)))"
+_ID_LABEL = (
+    r"(?i:mrn|mr\s*#|mr\s+no\.?|medical\s+record(?:\s+(?:number|no\.?|#))?|patient\s+id|pt\s+id|"
+    r"patient\s+number|hospital\s+number|chart(?:\s+(?:number|no\.?|#))?|account(?:\s+(?:number|no\.?|#))?|"
+    r"acct\.?(?:\s*#)?|encounter(?:\s+(?:number|no\.?|id|#))?|visit(?:\s+(?:number|no\.?|id|#))?|"
+    r"fin|csn|har|id|insurance(?:\s+(?:number|no\.?|id|#))?|member\s+id|ssn|social\s+security(?:\s+number)?)"
+)
+_ACC_LABEL = (
+    r"(?i:accession(?:\s+(?:number|no\.?|#))?|acc(?:ession)?\.?\s*(?:no\.?|#)|acc\.?|order(?:\s+(?:number|no\.?|#)))"
+)
 _SEP = r"\s*(?:[:#=]|no\.?|number)?\s*[:#]?\s*"
 _ID_VALUE = r"(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{3,}"
 
-_STREET = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
-           r"Circle|Cir|Parkway|Pkwy|Highway|Hwy|Trail|Trl|Square|Sq)")
-_ADDRESS = (rf"\b\d{{1,6}}\s+(?:[NSEW]\.?\s+)?(?:[A-Z][a-z]+\s+){{1,3}}{_STREET}\b\.?"
-            r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|#)\.?\s*[A-Za-z0-9-]+)?"
-            r"(?:,\s*[A-Z][a-z]+(?:\s+[A-Z][a-z]+){0,2})?(?:,?\s*[A-Z]{2})?(?:\s+\d{5}(?:-\d{4})?)?")
+_STREET = (
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
+    r"Circle|Cir|Parkway|Pkwy|Highway|Hwy|Trail|Trl|Square|Sq)"
+)
+_ADDRESS = (
+    rf"\b\d{{1,6}}\s+(?:[NSEW]\.?\s+)?(?:[A-Z][a-z]+\s+){{1,3}}{_STREET}\b\.?"
+    r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|#)\.?\s*[A-Za-z0-9-]+)?"
+    r"(?:,\s*[A-Z][a-z]+(?:\s+[A-Z][a-z]+){0,2})?(?:,?\s*[A-Z]{2})?(?:\s+\d{5}(?:-\d{4})?)?"
+)
 _CITY_STATE_ZIP = r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+){0,2},\s*[A-Z]{2}\s+\d{5}(?:-\d{4})?\b"
 _PO_BOX = r"\b(?i:p\.?\s*o\.?\s+box)\s+\d+\b"
 
-_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
-          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
+_MONTH = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
+    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+)
 _DATES = (
-    r"\b\d{1,2}[/-]\d{1,2}[/-](?:\d{4}|\d{2})\b",            # 03/14/2019, 3-14-19
-    r"\b\d{4}[/-]\d{1,2}[/-]\d{1,2}\b",                       # 2019-03-14
-    r"\b\d{1,2}\.\d{1,2}\.\d{4}\b",                           # 14.03.2019
+    r"\b\d{1,2}[/-]\d{1,2}[/-](?:\d{4}|\d{2})\b",  # 03/14/2019, 3-14-19
+    r"\b\d{4}[/-]\d{1,2}[/-]\d{1,2}\b",  # 2019-03-14
+    r"\b\d{1,2}\.\d{1,2}\.\d{4}\b",  # 14.03.2019
     rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b",  # March 14, 2019
     rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH}\.?,?\s+\d{{4}}\b",  # 14 March 2019
-    rf"\b\d{{1,2}}-{_MONTH}-\d{{2,4}}\b",                     # 14-Mar-2019
-    rf"\b{_MONTH}\.?\s+\d{{4}}\b",                            # March 2019
+    rf"\b\d{{1,2}}-{_MONTH}-\d{{2,4}}\b",  # 14-Mar-2019
+    rf"\b{_MONTH}\.?\s+\d{{4}}\b",  # March 2019
     rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?\b(?!\s*(?:mm|cm|views?|%))",  # March 14
     r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b",  # 20190314 (DICOM DA)
 )
 
-_AGE = (r"\b(?:9\d|1[0-4]\d)(?=\s*(?:-|\s)?\s*(?i:years?|yrs?|y/?o|y\.o\.|year-old|yr-old)\b)",
-        r"(?<=\b(?i:age|aged|age:)\s*)(?:9\d|1[0-4]\d)\b")
+_AGE = (
+    r"\b(?:9\d|1[0-4]\d)(?=\s*(?:-|\s)?\s*(?i:years?|yrs?|y/?o|y\.o\.|year-old|yr-old)\b)",
+    r"(?<=\b(?i:age|aged|age:)\s*)(?:9\d|1[0-4]\d)\b",
+)
 
-_PHONE = (r"(?<!\d)(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}(?!\d)(?:\s*(?i:x|ext\.?)\s*\d{1,5})?",
-          r"(?<=(?i:pager|page|beeper|ext\.?|extension|x)\s*#?\s*)\d{4,5}\b")
+_PHONE = (
+    r"(?<!\d)(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}(?!\d)(?:\s*(?i:x|ext\.?)\s*\d{1,5})?",
+    r"(?<=(?i:pager|page|beeper|ext\.?|extension|x)\s*#?\s*)\d{4,5}\b",
+)
 
-_CONTACT = (r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b",
-            r"\b(?i:https?://|www\.)[^\s<>\"]+")
+_CONTACT = (r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b", r"\b(?i:https?://|www\.)[^\s<>\"]+")
 
-_DATE_FORMATS = ("%m/%d/%Y", "%m/%d/%y", "%m-%d-%Y", "%m-%d-%y", "%Y-%m-%d", "%Y/%m/%d", "%d.%m.%Y",
-                 "%B %d, %Y", "%B %d %Y", "%b %d, %Y", "%b %d %Y", "%b. %d, %Y", "%b. %d %Y",
-                 "%d %B %Y", "%d %b %Y", "%d %B, %Y", "%d %b, %Y", "%d-%b-%Y", "%d-%b-%y", "%Y%m%d",
-                 "%B %Y", "%b %Y")
+_DATE_FORMATS = (
+    "%m/%d/%Y",
+    "%m/%d/%y",
+    "%m-%d-%Y",
+    "%m-%d-%y",
+    "%Y-%m-%d",
+    "%Y/%m/%d",
+    "%d.%m.%Y",
+    "%B %d, %Y",
+    "%B %d %Y",
+    "%b %d, %Y",
+    "%b %d %Y",
+    "%b. %d, %Y",
+    "%b. %d %Y",
+    "%d %B %Y",
+    "%d %b %Y",
+    "%d %B, %Y",
+    "%d %b, %Y",
+    "%d-%b-%Y",
+    "%d-%b-%y",
+    "%Y%m%d",
+    "%B %Y",
+    "%b %Y",
+)
 
 
 @dataclass(frozen=True)
@@ -215,40 +258,70 @@ def _build_analyzer() -> "AnalyzerEngine":
     cs = re.DOTALL | re.MULTILINE
 
     def rec(entity: str, patterns: list[tuple[str, str, float]], *, flags: int = cs) -> PatternRecognizer:
-        return PatternRecognizer(supported_entity=entity, name=f"lungsearch_{entity.lower()}",
-                                 patterns=[Pattern(n, p, s) for n, p, s in patterns], global_regex_flags=flags)
+        return PatternRecognizer(
+            supported_entity=entity,
+            name=f"lungsearch_{entity.lower()}",
+            patterns=[Pattern(n, p, s) for n, p, s in patterns],
+            global_regex_flags=flags,
+        )
 
-    registry.add_recognizer(rec("LS_PERSON", [
-        ("title_name", rf"(?<=\b{_TITLE}\s+){_FULL_NAME}\b", 0.9),
-        ("title_caps", rf"(?<=\b{_TITLE}\s+)[A-Z]{{2,}}(?:[-'][A-Z]+)?\b", 0.9),
-        ("name_credential", rf"\b{_FULL_NAME}(?={_CREDENTIAL}(?![A-Za-z]))", 0.8),
-        ("last_first_credential", rf"\b{_LAST_FIRST}(?={_CREDENTIAL}(?![A-Za-z]))", 0.85),
-        ("context_name", rf"(?<=\b{_NAME_CONTEXT}\s*[:#-]?\s*(?:{_TITLE}\s+)?){_FULL_NAME}\b", 0.7),
-        ("context_last_first", rf"(?<=\b{_NAME_CONTEXT}\s*[:#-]?\s*){_LAST_FIRST}\b", 0.8),
-        ("context_caps", rf"(?<=\b{_NAME_CONTEXT}\s*[:#-]?\s*){_CAPS_NAME}\b", 0.8),
-    ]))
-    registry.add_recognizer(rec("LS_MRN", [
-        ("labelled_id", rf"(?<=\b{_ID_LABEL}{_SEP}){_ID_VALUE}\b", 0.9),
-    ]))
-    registry.add_recognizer(rec("LS_ACCESSION", [
-        ("labelled_accession", rf"(?<=\b{_ACC_LABEL}{_SEP}){_ID_VALUE}\b", 0.95),
-    ]))
+    registry.add_recognizer(
+        rec(
+            "LS_PERSON",
+            [
+                ("title_name", rf"(?<=\b{_TITLE}\s+){_FULL_NAME}\b", 0.9),
+                ("title_caps", rf"(?<=\b{_TITLE}\s+)[A-Z]{{2,}}(?:[-'][A-Z]+)?\b", 0.9),
+                ("name_credential", rf"\b{_FULL_NAME}(?={_CREDENTIAL}(?![A-Za-z]))", 0.8),
+                ("last_first_credential", rf"\b{_LAST_FIRST}(?={_CREDENTIAL}(?![A-Za-z]))", 0.85),
+                ("context_name", rf"(?<=\b{_NAME_CONTEXT}\s*[:#-]?\s*(?:{_TITLE}\s+)?){_FULL_NAME}\b", 0.7),
+                ("context_last_first", rf"(?<=\b{_NAME_CONTEXT}\s*[:#-]?\s*){_LAST_FIRST}\b", 0.8),
+                ("context_caps", rf"(?<=\b{_NAME_CONTEXT}\s*[:#-]?\s*){_CAPS_NAME}\b", 0.8),
+            ],
+        )
+    )
+    registry.add_recognizer(
+        rec(
+            "LS_MRN",
+            [
+                ("labelled_id", rf"(?<=\b{_ID_LABEL}{_SEP}){_ID_VALUE}\b", 0.9),
+            ],
+        )
+    )
+    registry.add_recognizer(
+        rec(
+            "LS_ACCESSION",
+            [
+                ("labelled_accession", rf"(?<=\b{_ACC_LABEL}{_SEP}){_ID_VALUE}\b", 0.95),
+            ],
+        )
+    )
     # Long digit runs and letter-prefixed numbers are identifiers in a report (no measurement has 6+ digits).
-    registry.add_recognizer(rec("LS_ID", [
-        ("long_number", r"(?<![\d.,])\d{6,}(?![\d.,]\d)", 0.6),
-        ("prefixed_number", r"\b[A-Z]{1,4}-?\d{5,}\b", 0.6),
-    ]))
-    registry.add_recognizer(rec("LS_ADDRESS", [
-        ("street", _ADDRESS, 0.8),
-        ("city_state_zip", _CITY_STATE_ZIP, 0.8),
-        ("po_box", _PO_BOX, 0.8),
-    ]))
+    registry.add_recognizer(
+        rec(
+            "LS_ID",
+            [
+                ("long_number", r"(?<![\d.,])\d{6,}(?![\d.,]\d)", 0.6),
+                ("prefixed_number", r"\b[A-Z]{1,4}-?\d{5,}\b", 0.6),
+            ],
+        )
+    )
+    registry.add_recognizer(
+        rec(
+            "LS_ADDRESS",
+            [
+                ("street", _ADDRESS, 0.8),
+                ("city_state_zip", _CITY_STATE_ZIP, 0.8),
+                ("po_box", _PO_BOX, 0.8),
+            ],
+        )
+    )
     registry.add_recognizer(rec("LS_CONTACT", [(f"contact_{i}", p, 0.9) for i, p in enumerate(_CONTACT)]))
     registry.add_recognizer(rec("LS_DATE", [(f"date_{i}", p, 0.8) for i, p in enumerate(_DATES)]))
     registry.add_recognizer(rec("LS_AGE", [(f"age_{i}", p, 0.9) for i, p in enumerate(_AGE)]))
     registry.add_recognizer(rec("LS_PHONE", [(f"phone_{i}", p, 0.8) for i, p in enumerate(_PHONE)]))
-    return AnalyzerEngine(registry=registry, nlp_engine=_blank_nlp_engine(), supported_languages=["en"],
-                          log_decision_process=False)
+    return AnalyzerEngine(
+        registry=registry, nlp_engine=_blank_nlp_engine(), supported_languages=["en"], log_decision_process=False
+    )
 
 
 def _build_anonymizer() -> "AnonymizerEngine":
@@ -263,13 +336,13 @@ _MIN_PRESIDIO_DATE_SCORE = 0.3
 
 
 def _keep(text: str, r) -> bool:
-    span = text[r.start:r.end]
+    span = text[r.start : r.end]
     if "XXXX" in span:  # the IU X-ray collection's own redaction mark: never part of an entity
         return False
     if r.entity_type == "DATE_TIME" and r.score < _MIN_PRESIDIO_DATE_SCORE:
         return False
     # A match that starts or ends inside a number ("16.2/24.7") is a measurement, not PHI.
-    before, after = text[max(0, r.start - 2):r.start], text[r.end:r.end + 2]
+    before, after = text[max(0, r.start - 2) : r.start], text[r.end : r.end + 2]
     if re.search(r"\d[.,]?$", before) or re.match(r"^[.,]?\d", after):
         return False
     return True

@@ -35,24 +35,117 @@ __all__ = ["PhiItem", "iu_xray_reports", "insert_phi", "evaluate", "REPORT_SECTI
 REPORT_SECTIONS = ("INDICATION", "COMPARISON", "FINDINGS", "IMPRESSION")
 
 # Synthetic names (made up here; chosen not to be English words found in the reports).
-_FIRST = ("Mireille", "Tobias", "Anneliese", "Dashiell", "Priyanka", "Oluwaseun", "Ingrid", "Mateo", "Siobhan",
-          "Kenji", "Fernanda", "Radek", "Yusuf", "Henrike", "Ximena", "Bartholomew", "Leocadia", "Thaddeus",
-          "Nkechi", "Soren", "Ludmila", "Ezequiel", "Marguerite", "Jovan", "Aurelio", "Kalani", "Wenonah",
-          "Cornelius", "Esperanza", "Dimitrios", "Giselle", "Ravindra", "Tamsin", "Augustin", "Zofia",
-          "Ignatius", "Benedetta", "Lysander", "Oksana", "Quentin")
-_LAST = ("Alvarez", "Okonkwo", "Lindqvist", "Brzezinski", "Ramachandran", "Fitzgerald", "Nakamura",
-         "Vanderbilt", "Castellanos", "Oyelaran", "Kowalczyk", "Thibodeaux", "Abernathy", "Mukherjee",
-         "Szymanski", "Delacroix", "Haverford", "Pemberton", "Zielinski", "Achterberg", "Montgomery",
-         "Quintanilla", "Rasmussen", "Whitacre", "Yamaguchi", "Ekwueme", "Bergstrom", "Donnelly", "Iacobelli",
-         "Stavros", "Holloway", "Ferraro", "Kirkpatrick", "Lachance", "Novak-Smith", "O'Halloran",
-         "Pettersen", "Sandoval", "Trevino", "Underhill")
+_FIRST = (
+    "Mireille",
+    "Tobias",
+    "Anneliese",
+    "Dashiell",
+    "Priyanka",
+    "Oluwaseun",
+    "Ingrid",
+    "Mateo",
+    "Siobhan",
+    "Kenji",
+    "Fernanda",
+    "Radek",
+    "Yusuf",
+    "Henrike",
+    "Ximena",
+    "Bartholomew",
+    "Leocadia",
+    "Thaddeus",
+    "Nkechi",
+    "Soren",
+    "Ludmila",
+    "Ezequiel",
+    "Marguerite",
+    "Jovan",
+    "Aurelio",
+    "Kalani",
+    "Wenonah",
+    "Cornelius",
+    "Esperanza",
+    "Dimitrios",
+    "Giselle",
+    "Ravindra",
+    "Tamsin",
+    "Augustin",
+    "Zofia",
+    "Ignatius",
+    "Benedetta",
+    "Lysander",
+    "Oksana",
+    "Quentin",
+)
+_LAST = (
+    "Alvarez",
+    "Okonkwo",
+    "Lindqvist",
+    "Brzezinski",
+    "Ramachandran",
+    "Fitzgerald",
+    "Nakamura",
+    "Vanderbilt",
+    "Castellanos",
+    "Oyelaran",
+    "Kowalczyk",
+    "Thibodeaux",
+    "Abernathy",
+    "Mukherjee",
+    "Szymanski",
+    "Delacroix",
+    "Haverford",
+    "Pemberton",
+    "Zielinski",
+    "Achterberg",
+    "Montgomery",
+    "Quintanilla",
+    "Rasmussen",
+    "Whitacre",
+    "Yamaguchi",
+    "Ekwueme",
+    "Bergstrom",
+    "Donnelly",
+    "Iacobelli",
+    "Stavros",
+    "Holloway",
+    "Ferraro",
+    "Kirkpatrick",
+    "Lachance",
+    "Novak-Smith",
+    "O'Halloran",
+    "Pettersen",
+    "Sandoval",
+    "Trevino",
+    "Underhill",
+)
 _CREDENTIALS = ("MD", "M.D.", "DO", "RN", "NP", "PA-C")
 _STREETS = ("Maple", "Kessler", "North Meridian", "Old Orchard", "Hawthorne", "Fall Creek", "Lafayette", "Brookside")
 _STREET_TYPES = ("Street", "St.", "Avenue", "Ave", "Road", "Boulevard", "Lane", "Drive", "Court", "Way")
-_CITIES = (("Indianapolis", "IN"), ("Carmel", "IN"), ("Fishers", "IN"), ("Bloomington", "IN"),
-           ("Terre Haute", "IN"), ("Springfield", "IL"), ("Louisville", "KY"), ("Columbus", "OH"))
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")
+_CITIES = (
+    ("Indianapolis", "IN"),
+    ("Carmel", "IN"),
+    ("Fishers", "IN"),
+    ("Bloomington", "IN"),
+    ("Terre Haute", "IN"),
+    ("Springfield", "IL"),
+    ("Louisville", "KY"),
+    ("Columbus", "OH"),
+)
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 
 @dataclass(frozen=True)
@@ -80,8 +173,9 @@ def iu_xray_reports(path: str | Path | None = None, *, limit: int | None = None)
     """
     out: list[str] = []
     with tarfile.open(path or _torchxrayvision_tgz()) as tar:
-        for member in sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")),
-                             key=lambda m: m.name):
+        for member in sorted(
+            (m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")), key=lambda m: m.name
+        ):
             root = ET.fromstring(tar.extractfile(member).read())
             sections = {el.get("Label"): (el.text or "").strip() for el in root.iter("AbstractText")}
             text = " ".join(f"{s}: {sections[s]}" for s in REPORT_SECTIONS if sections.get(s))
@@ -99,8 +193,15 @@ def _digits(rng: random.Random, n: int) -> str:
 def _date(rng: random.Random) -> str:
     y, m, d = rng.randint(1995, 2024), rng.randint(1, 12), rng.randint(1, 28)
     fmt = rng.randrange(7)
-    return [f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y % 100:02d}", f"{y}-{m:02d}-{d:02d}", f"{_MONTHS[m - 1]} {d}, {y}",
-            f"{d} {_MONTHS[m - 1][:3]} {y}", f"{m}-{d}-{y}", f"{_MONTHS[m - 1][:3]}. {d}, {y}"][fmt]
+    return [
+        f"{m:02d}/{d:02d}/{y}",
+        f"{m}/{d}/{y % 100:02d}",
+        f"{y}-{m:02d}-{d:02d}",
+        f"{_MONTHS[m - 1]} {d}, {y}",
+        f"{d} {_MONTHS[m - 1][:3]} {y}",
+        f"{m}-{d}-{y}",
+        f"{_MONTHS[m - 1][:3]}. {d}, {y}",
+    ][fmt]
 
 
 def _phone(rng: random.Random) -> str:
@@ -138,35 +239,63 @@ def make_phi(rng: random.Random, category: str) -> PhiItem:
         alt = f"{rng.choice('ABEHKMZ')}{_digits(rng, 7)}"
         ssn = f"{rng.randint(100, 665)}-{rng.randint(10, 99)}-{_digits(rng, 4)}"
         value, sentence = [
-            (mrn, f"MRN: {mrn}."), (mrn, f"Medical record number {mrn}."), (alt, f"Patient ID: {alt}"),
-            (mrn, f"Acct # {mrn}"), (ssn, f"SSN {ssn}."), (mrn, f"MR# {mrn}"), (alt, f"Encounter number: {alt}."),
+            (mrn, f"MRN: {mrn}."),
+            (mrn, f"Medical record number {mrn}."),
+            (alt, f"Patient ID: {alt}"),
+            (mrn, f"Acct # {mrn}"),
+            (ssn, f"SSN {ssn}."),
+            (mrn, f"MR# {mrn}"),
+            (alt, f"Encounter number: {alt}."),
         ][rng.randrange(7)]
         return PhiItem("identifier", sentence, (value,))
     if category == "accession":
-        acc = [_digits(rng, rng.randint(7, 10)), f"{rng.choice(['CT', 'XR', 'RAD', 'A'])}{_digits(rng, 8)}",
-               f"{rng.randint(1995, 2024)}-{_digits(rng, 6)}"][rng.randrange(3)]
-        sentence = [f"Accession number: {acc}.", f"ACC# {acc}", f"Accession {acc}.", f"Accession No. {acc}"][rng.randrange(4)]
+        acc = [
+            _digits(rng, rng.randint(7, 10)),
+            f"{rng.choice(['CT', 'XR', 'RAD', 'A'])}{_digits(rng, 8)}",
+            f"{rng.randint(1995, 2024)}-{_digits(rng, 6)}",
+        ][rng.randrange(3)]
+        sentence = [f"Accession number: {acc}.", f"ACC# {acc}", f"Accession {acc}.", f"Accession No. {acc}"][
+            rng.randrange(4)
+        ]
         return PhiItem("accession", sentence, (acc,))
     if category == "date":
         d = _date(rng)
-        sentence = [f"Comparison is made to the study of {d}.", f"Exam date: {d}.", f"Prior radiograph dated {d}.",
-                    f"Findings unchanged since {d}.", f"Date of service {d}."][rng.randrange(5)]
+        sentence = [
+            f"Comparison is made to the study of {d}.",
+            f"Exam date: {d}.",
+            f"Prior radiograph dated {d}.",
+            f"Findings unchanged since {d}.",
+            f"Date of service {d}.",
+        ][rng.randrange(5)]
         return PhiItem("date", sentence, (d,))
     if category == "phone":
         p = _phone(rng)
-        sentence = [f"Please call {p} with questions.", f"The reading room can be reached at {p}.",
-                    f"Contact the ordering clinic at {p}.", f"Callback number {p}."][rng.randrange(4)]
+        sentence = [
+            f"Please call {p} with questions.",
+            f"The reading room can be reached at {p}.",
+            f"Contact the ordering clinic at {p}.",
+            f"Callback number {p}.",
+        ][rng.randrange(4)]
         return PhiItem("phone", sentence, (p,))
     if category == "address":
         city, state = rng.choice(_CITIES)
-        addr = (f"{rng.randint(1, 19999)} {rng.choice(_STREETS)} {rng.choice(_STREET_TYPES)}, {city}, {state} "
-                f"{rng.randint(46000, 47999)}")
-        sentence = [f"Patient resides at {addr}.", f"Home address: {addr}.", f"Mailing address {addr}."][rng.randrange(3)]
+        addr = (
+            f"{rng.randint(1, 19999)} {rng.choice(_STREETS)} {rng.choice(_STREET_TYPES)}, {city}, {state} "
+            f"{rng.randint(46000, 47999)}"
+        )
+        sentence = [f"Patient resides at {addr}.", f"Home address: {addr}.", f"Mailing address {addr}."][
+            rng.randrange(3)
+        ]
         return PhiItem("address", sentence, (addr.split(",")[0], city, addr.rsplit(" ", 1)[1]))
     if category == "age":
         age = rng.randint(90, 109)
-        sentence = [f"{age}-year-old female with shortness of breath.", f"{age} year old male with cough.",
-                    f"Age: {age}.", f"The patient is a {age} y/o with chest pain.", f"Aged {age}, fall at home."][rng.randrange(5)]
+        sentence = [
+            f"{age}-year-old female with shortness of breath.",
+            f"{age} year old male with cough.",
+            f"Age: {age}.",
+            f"The patient is a {age} y/o with chest pain.",
+            f"Aged {age}, fall at home.",
+        ][rng.randrange(5)]
         return PhiItem("age", sentence, (str(age),))
     raise ValueError(f"unknown PHI category {category!r}")
 
@@ -207,8 +336,14 @@ def _kept_tokens(original: str, scrubbed: str) -> tuple[int, int]:
     return same, len(a)
 
 
-def evaluate(scrub: Callable[[str], str], reports: Sequence[str], *, seed: int = 0, items_per_report: int = 2,
-             bare_names: int = 200) -> dict:
+def evaluate(
+    scrub: Callable[[str], str],
+    reports: Sequence[str],
+    *,
+    seed: int = 0,
+    items_per_report: int = 2,
+    bare_names: int = 200,
+) -> dict:
     """Recall of inserted PHI and tokens kept on PHI-free reports (see the module docstring).
 
     Args:
@@ -254,8 +389,14 @@ def evaluate(scrub: Callable[[str], str], reports: Sequence[str], *, seed: int =
     }
 
 
-def iter_missed(scrub: Callable[[str], str], reports: Sequence[str], *, seed: int = 0,
-                items_per_report: int = 2, bare_names: int = 200) -> Iterator[tuple[str, str]]:
+def iter_missed(
+    scrub: Callable[[str], str],
+    reports: Sequence[str],
+    *,
+    seed: int = 0,
+    items_per_report: int = 2,
+    bare_names: int = 200,
+) -> Iterator[tuple[str, str]]:
     """(category, inserted sentence) of each missed item, for debugging the patterns on synthetic PHI.
     The values are made up; never run this on real PHI."""
     rng = random.Random(seed)
@@ -264,5 +405,6 @@ def iter_missed(scrub: Callable[[str], str], reports: Sequence[str], *, seed: in
         scrubbed = scrub(insert_phi(report, rng, items))
         for item in items:
             if item.category != "bare_name" and not all(
-                    _occurrences(p, scrubbed) <= _occurrences(p, report) for p in item.parts):
+                _occurrences(p, scrubbed) <= _occurrences(p, report) for p in item.parts
+            ):
                 yield item.category, item.sentence

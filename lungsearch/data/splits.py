@@ -36,8 +36,9 @@ def _groups_by_stratum(records: list[CaseRecord], seed: int) -> tuple[dict[str, 
     return by, sizes
 
 
-def split_records(records: list[CaseRecord], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                  seed: int = 0) -> dict[str, list[CaseRecord]]:
+def split_records(
+    records: list[CaseRecord], fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> dict[str, list[CaseRecord]]:
     """Split into ``{"train", "val", "test"}`` by patient, stratified by label.
 
     Within each stratum the shuffled groups are cut at the cumulative fractions (rounded), so

@@ -33,7 +33,11 @@ if TYPE_CHECKING:
 __all__ = ["NORM_MEAN", "NORM_STD", "WINDOWS", "apply_window", "preprocess", "preprocess_study", "to_unit"]
 
 #: HU windows as (level, width).
-WINDOWS: dict[str, tuple[float, float]] = {"lung": (-500.0, 1500.0), "mediastinum": (40.0, 400.0), "none": (1023.5, 4095.0)}
+WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-500.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "none": (1023.5, 4095.0),
+}
 NORM_MEAN = 0.5
 NORM_STD = 0.5
 
@@ -75,13 +79,16 @@ def _resize_pad(x: np.ndarray, size: int) -> np.ndarray:
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) != (h, w):
-        x = np.asarray(Image.fromarray(np.ascontiguousarray(x, dtype=np.float32), mode="F").resize((nw, nh), Image.BILINEAR), dtype=np.float32)
+        x = np.asarray(
+            Image.fromarray(np.ascontiguousarray(x, dtype=np.float32), mode="F").resize((nw, nh), Image.BILINEAR),
+            dtype=np.float32,
+        )
     if (nh, nw) == (size, size):
         return x
     fill = float(x.min()) if x.size else 0.0
     out = np.full((size, size), fill, dtype=np.float32)
     top, left = (size - nh) // 2, (size - nw) // 2
-    out[top:top + nh, left:left + nw] = x
+    out[top : top + nh, left : left + nw] = x
     return out
 
 
@@ -126,8 +133,9 @@ def _pipeline(img: DecodedImage, data_cfg: "DataConfig", aug: dict | None) -> np
     return np.ascontiguousarray(x[None], dtype=np.float32)
 
 
-def preprocess(img: DecodedImage, data_cfg: "DataConfig", *, train: bool = False,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+def preprocess(
+    img: DecodedImage, data_cfg: "DataConfig", *, train: bool = False, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Model input for one image: float32 ``[1, S, S]`` (see the module docstring).
 
     Args:
@@ -142,8 +150,9 @@ def preprocess(img: DecodedImage, data_cfg: "DataConfig", *, train: bool = False
     return _pipeline(img, data_cfg, aug)
 
 
-def preprocess_study(study: Study, data_cfg: "DataConfig", *, train: bool = False,
-                     rng: np.random.Generator | None = None) -> np.ndarray:
+def preprocess_study(
+    study: Study, data_cfg: "DataConfig", *, train: bool = False, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Model input for a study: ``[S_slices, 1, S, S]``; one augmentation draw for all slices,
     so a CT volume stays spatially consistent."""
     aug = None

@@ -32,8 +32,16 @@ from lungsearch.evaluation.percase import outcome_from_ranking
 if TYPE_CHECKING:
     from lungsearch.training.cases import CaseTable
 
-__all__ = ["BASELINES", "first_order_features", "histogram_logreg", "oracle", "pixel_features", "pixels_knn",
-           "reference_rows", "tfidf_logreg"]
+__all__ = [
+    "BASELINES",
+    "first_order_features",
+    "histogram_logreg",
+    "oracle",
+    "pixel_features",
+    "pixels_knn",
+    "reference_rows",
+    "tfidf_logreg",
+]
 
 
 def _valid_slices(table: "CaseTable", i: int) -> np.ndarray:
@@ -53,13 +61,21 @@ def first_order_features(table: "CaseTable", bins: int = 16, batch: int = 256) -
         v = v.astype(np.float64)
         idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, bins - 1)
         hist = np.stack([np.bincount(r, minlength=bins) for r in idx]) / v.shape[1]
-        return np.column_stack([v.mean(1), v.std(1), skew(v, axis=1), kurtosis(v, axis=1),
-                                np.percentile(v, [5, 25, 50, 75, 95], axis=1).T, hist])
+        return np.column_stack(
+            [
+                v.mean(1),
+                v.std(1),
+                skew(v, axis=1),
+                kurtosis(v, axis=1),
+                np.percentile(v, [5, 25, 50, 75, 95], axis=1).T,
+                hist,
+            ]
+        )
 
     out = np.zeros((len(table), 9 + bins))
     single = np.flatnonzero(np.asarray(table.n_slices) <= 1)
     for start in range(0, len(single), batch):
-        ids = single[start:start + batch]
+        ids = single[start : start + batch]
         out[ids] = rows(np.asarray(table.images[ids, 0, 0], dtype=np.float32).reshape(len(ids), -1))
     for i in np.flatnonzero(np.asarray(table.n_slices) > 1):
         out[i] = rows(_valid_slices(table, i).reshape(1, -1))[0]
@@ -102,8 +118,14 @@ def _outcome(train_x, train: "CaseTable", test_x, test: "CaseTable", gallery_x, 
             probs[:, clf.classes_.astype(int)] = clf.predict_proba(te)
         out["probs"] = probs
     rel = M.label_relevance(_labels(test), _labels(gallery))
-    out.update(outcome_from_ranking(M.rank_by_cosine(te, ga), rel, labels=test.labels if single else None,
-                                    gallery_labels=gallery.labels if single else None))
+    out.update(
+        outcome_from_ranking(
+            M.rank_by_cosine(te, ga),
+            rel,
+            labels=test.labels if single else None,
+            gallery_labels=gallery.labels if single else None,
+        )
+    )
     out["embedding"] = te.astype(np.float32)
     return out
 
@@ -115,15 +137,29 @@ def _logreg():
 
 
 def histogram_logreg(train: "CaseTable", test: "CaseTable", gallery: "CaseTable") -> dict:
-    return _outcome(first_order_features(train), train, first_order_features(test), test, first_order_features(gallery),
-                    gallery, _logreg())
+    return _outcome(
+        first_order_features(train),
+        train,
+        first_order_features(test),
+        test,
+        first_order_features(gallery),
+        gallery,
+        _logreg(),
+    )
 
 
 def pixels_knn(train: "CaseTable", test: "CaseTable", gallery: "CaseTable", k: int = 5) -> dict:
     from sklearn.neighbors import KNeighborsClassifier
 
-    return _outcome(pixel_features(train), train, pixel_features(test), test, pixel_features(gallery), gallery,
-                    KNeighborsClassifier(n_neighbors=min(k, len(train)), metric="cosine"))
+    return _outcome(
+        pixel_features(train),
+        train,
+        pixel_features(test),
+        test,
+        pixel_features(gallery),
+        gallery,
+        KNeighborsClassifier(n_neighbors=min(k, len(train)), metric="cosine"),
+    )
 
 
 def tfidf_logreg(train: "CaseTable", test: "CaseTable", gallery: "CaseTable") -> dict | None:
@@ -146,8 +182,11 @@ def tfidf_logreg(train: "CaseTable", test: "CaseTable", gallery: "CaseTable") ->
     sims = (te @ ga.T).toarray()
     order = np.argsort(-sims, axis=1, kind="stable")
     rel = M.label_relevance(_labels(test), _labels(gallery))
-    out.update(outcome_from_ranking(order, rel, labels=test.labels if single else None,
-                                    gallery_labels=gallery.labels if single else None))
+    out.update(
+        outcome_from_ranking(
+            order, rel, labels=test.labels if single else None, gallery_labels=gallery.labels if single else None
+        )
+    )
     return out
 
 
@@ -183,6 +222,7 @@ def oracle(train: "CaseTable", test: "CaseTable", gallery: "CaseTable") -> dict 
     truth = [np.asarray(t.multi_hot, dtype=np.float64) for t in (train, test, gallery)]
     return _outcome(truth[0], train, truth[1], test, truth[2], gallery, _logreg())
 
+
 #: Reference rows by name: (function, what it says). Chance comes from :mod:`.chance`.
 BASELINES = {
     "TF-IDF + logistic regression (report text)": tfidf_logreg,
@@ -192,7 +232,9 @@ BASELINES = {
 }
 
 
-def reference_rows(train: "CaseTable", test: "CaseTable", gallery: "CaseTable", *, reports: bool = True) -> dict[str, dict]:
+def reference_rows(
+    train: "CaseTable", test: "CaseTable", gallery: "CaseTable", *, reports: bool = True
+) -> dict[str, dict]:
     """Every applicable reference row's outcome (``reports=False`` drops the report baseline,
     e.g. for image-only profiles where it is shown for information only)."""
     out = {}

@@ -20,8 +20,9 @@ import numpy as np
 __all__ = ["ct_first_order_separability", "cxr_image_information"]
 
 
-def cxr_image_information(work_dir: str | Path, *, n: int = 400, size: int = 128, seed: int = 2,
-                          signals: tuple[float, ...] = (1.0, 3.0)) -> dict:
+def cxr_image_information(
+    work_dir: str | Path, *, n: int = 400, size: int = 128, seed: int = 2, signals: tuple[float, ...] = (1.0, 3.0)
+) -> dict:
     from lungsearch.data import phantoms
     from lungsearch.data.phantoms._checks import check_phantoms
 
@@ -33,8 +34,9 @@ def cxr_image_information(work_dir: str | Path, *, n: int = 400, size: int = 128
     return out
 
 
-def ct_first_order_separability(work_dir: str | Path, *, n: int = 160, size: int = 64, slices: int = 4, seed: int = 0,
-                                signal: float = 1.0) -> dict:
+def ct_first_order_separability(
+    work_dir: str | Path, *, n: int = 160, size: int = 64, slices: int = 4, seed: int = 0, signal: float = 1.0
+) -> dict:
     from scipy.stats import kurtosis, skew
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold, cross_val_predict
@@ -43,21 +45,34 @@ def ct_first_order_separability(work_dir: str | Path, *, n: int = 160, size: int
 
     from lungsearch.data import phantoms, read_study
 
-    root = phantoms.generate("ct", n, Path(work_dir) / f"ct-signal-{signal:g}", seed=seed, size=size, slices=slices, signal=signal)
+    root = phantoms.generate(
+        "ct", n, Path(work_dir) / f"ct-signal-{signal:g}", seed=seed, size=size, slices=slices, signal=signal
+    )
     x, y, groups = [], [], []
     for r in phantoms.read_manifest(root):
         vol = read_study([Path(p).read_bytes() for p in r.image_paths]).volume()
         with np.load(r.extra["mask_path"]) as z:
             shape = tuple(int(v) for v in z["shape"])
-            lung = np.unpackbits(z["lung"], axis=-1)[..., :shape[-1]].astype(bool)[::-1]  # read_study orders feet first
+            lung = np.unpackbits(z["lung"], axis=-1)[..., : shape[-1]].astype(bool)[
+                ::-1
+            ]  # read_study orders feet first
         v = vol[lung].astype(np.float64)
         x.append([v.mean(), v.std(), skew(v), kurtosis(v), *np.percentile(v, [10, 25, 50, 75, 90])])
         y.append(r.labels[0])
         groups.append(r.group)
     x, y = np.nan_to_num(np.asarray(x)), np.asarray(y)
-    pred = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), x, y, groups=groups,
-                             cv=GroupKFold(5))
+    pred = cross_val_predict(
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)), x, y, groups=groups, cv=GroupKFold(5)
+    )
     classes, counts = np.unique(y, return_counts=True)
-    return {"synthetic": True, "kind": "ct", "n": int(len(y)), "size": size, "slices": slices, "signal": signal,
-            "features": "9 first-order HU statistics of the generator's lung mask",
-            "accuracy": round(float((pred == y).mean()), 4), "chance_majority": round(float(counts.max() / counts.sum()), 4)}
+    return {
+        "synthetic": True,
+        "kind": "ct",
+        "n": int(len(y)),
+        "size": size,
+        "slices": slices,
+        "signal": signal,
+        "features": "9 first-order HU statistics of the generator's lung mask",
+        "accuracy": round(float((pred == y).mean()), 4),
+        "chance_majority": round(float(counts.max() / counts.sum()), 4),
+    }

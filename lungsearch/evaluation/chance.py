@@ -25,7 +25,14 @@ from scipy.stats import hypergeom
 
 from lungsearch import metrics as M
 
-__all__ = ["chance_map_at_k", "chance_ndcg", "chance_p_at_k", "majority_class", "per_query_chance", "permutation_chance"]
+__all__ = [
+    "chance_map_at_k",
+    "chance_ndcg",
+    "chance_p_at_k",
+    "majority_class",
+    "per_query_chance",
+    "permutation_chance",
+]
 
 
 def _ap_given_hits(k: int) -> np.ndarray:
@@ -51,9 +58,9 @@ def per_query_chance(rel: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
     ms = np.arange(k + 1)
     ap = np.array([float((hypergeom.pmf(ms, n, int(r), k) * ap_m).sum()) for r in r_cnt])
     disc = 1.0 / np.log2(np.arange(2, n + 2))
-    gain = (2.0 ** rel - 1).mean(1)
+    gain = (2.0**rel - 1).mean(1)
     ideal = -np.sort(-rel, axis=1)
-    idcg = ((2.0 ** ideal - 1) * disc).sum(1)
+    idcg = ((2.0**ideal - 1) * disc).sum(1)
     ndcg = np.where(idcg > 0, gain * disc.sum() / np.maximum(idcg, 1e-12), 0.0)
     return {"ap": ap, "p_at_1": r_cnt / n, "p_at_k": r_cnt / n, "ndcg_all": ndcg}
 
@@ -73,7 +80,9 @@ def chance_ndcg(rel: np.ndarray) -> float:
     return float(per_query_chance(rel, 1)["ndcg_all"].mean())
 
 
-def permutation_chance(rel: np.ndarray, metric: Callable[[np.ndarray], float], n_perm: int = 200, seed: int = 0) -> tuple[float, float]:
+def permutation_chance(
+    rel: np.ndarray, metric: Callable[[np.ndarray], float], n_perm: int = 200, seed: int = 0
+) -> tuple[float, float]:
     """(mean, std) of ``metric(ranked relevance)`` over ``n_perm`` random rankings per query."""
     rel = np.asarray(rel)
     rng = np.random.default_rng(seed)
@@ -92,5 +101,10 @@ def majority_class(train_labels: np.ndarray, test_labels: np.ndarray, n_classes:
     probs = np.zeros((len(test_labels), n_classes))
     probs[:, cls] = 1.0
     cm = M.classification_metrics(test_labels, probs, [str(i) for i in range(n_classes)])
-    return {"class": cls, "accuracy": float(cm["accuracy"]), "recall": float(cm["recall_macro"]),
-            "f1": float(cm["f1_macro"]), "auc": 0.5}
+    return {
+        "class": cls,
+        "accuracy": float(cm["accuracy"]),
+        "recall": float(cm["recall_macro"]),
+        "f1": float(cm["f1_macro"]),
+        "auc": 0.5,
+    }

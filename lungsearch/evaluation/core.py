@@ -46,8 +46,10 @@ def dataset_label(cfg: "ProfileConfig", n_cases: int | None = None) -> str:
     d = cfg.data
     if d.source == "phantom" and d.phantom is not None:
         n = n_cases if n_cases is not None else d.phantom.n
-        return (f"PHANTOM (synthetic) data: kind={d.phantom.kind}, {n} cases, generator seed {d.phantom.seed}, "
-                f"split seed {d.seed}, training seed {cfg.train.seed}")
+        return (
+            f"PHANTOM (synthetic) data: kind={d.phantom.kind}, {n} cases, generator seed {d.phantom.seed}, "
+            f"split seed {d.seed}, training seed {cfg.train.seed}"
+        )
     return f"real data: source={d.source}, split seed {d.seed}, training seed {cfg.train.seed}"
 
 
@@ -67,9 +69,8 @@ def rank_gallery(cfg: "ProfileConfig", q: Predictions, g: Predictions, kind: str
     """Gallery indices ``[Q, R]`` per query in the profile's ranking order (see module doc)."""
     kind = kind or (cfg.index.kind if cfg.index is not None else "float")
     if kind == "hamming" and q.codes is not None:
-        from lungsearch.models.hashing import pack_codes
-
         from lungsearch.evaluation.ties import rank_by_hamming  # equal distances in a seeded random order
+        from lungsearch.models.hashing import pack_codes
 
         return rank_by_hamming(pack_codes(q.codes), pack_codes(g.codes))
     if kind == "lsh" and q.codes is not None:
@@ -115,8 +116,13 @@ def evaluate_model(
     targets = list(cfg.data.targets)
     if pred.probs is not None and not (cfg.model.pretraining is not None and "probe" not in cfg.train.stages):
         cm = M.classification_metrics(test.labels, pred.probs, targets)
-        out.update(accuracy=cm["accuracy"], auc=cm["auc_macro"], f1=cm["f1_macro"], precision=cm["precision_macro"],
-                   recall=cm["recall_macro"])
+        out.update(
+            accuracy=cm["accuracy"],
+            auc=cm["auc_macro"],
+            f1=cm["f1_macro"],
+            precision=cm["precision_macro"],
+            recall=cm["recall_macro"],
+        )
         details["classification"] = cm
     if gallery is not None and len(gallery) > 0:
         gp = gallery_predictions or predict(model, gallery, batch_size=batch_size, device=device)
@@ -135,9 +141,8 @@ def evaluate_model(
         out["ndcg_all_cosine"] = M.ndcg_at_k(cos_ranked, None, ideal_rel=rel_all)
         curves["cosine"] = precision_at_k_curve(cos_ranked)
         if pred.codes is not None:
-            from lungsearch.models.hashing import pack_codes
-
             from lungsearch.evaluation.ties import rank_by_hamming  # equal distances in a seeded random order
+            from lungsearch.models.hashing import pack_codes
 
             ham_order = rank_by_hamming(pack_codes(pred.codes), pack_codes(gp.codes))
             ham_ranked = np.take_along_axis(rel_all, ham_order, axis=1)
@@ -155,9 +160,15 @@ def evaluate_model(
         out["silhouette"] = M.silhouette(pred.embedding, single)
         out.update(M.intra_inter_distance(pred.embedding, single))
     if pred.text_embedding is not None:
-        sims = pred.text_embedding @ (pred.embedding / np.maximum(np.linalg.norm(pred.embedding, axis=1, keepdims=True), 1e-12)).T
+        sims = (
+            pred.text_embedding
+            @ (pred.embedding / np.maximum(np.linalg.norm(pred.embedding, axis=1, keepdims=True), 1e-12)).T
+        )
         rank_of_own = (sims > np.diag(sims)[:, None]).sum(1)  # reports -> their own image among the test images
         out["text2image_r1"] = float((rank_of_own < 1).mean())
         out["text2image_r10"] = float((rank_of_own < 10).mean())
-    return EvalResult(metrics={k: float(v) for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
-                      details=details, predictions=pred)
+    return EvalResult(
+        metrics={k: float(v) for k, v in out.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
+        details=details,
+        predictions=pred,
+    )

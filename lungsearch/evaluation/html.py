@@ -40,19 +40,29 @@ def _markdown(text: str) -> str:
 def _figure(name: str, path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     label = html.escape(name.replace("_", " "))
-    return (f'<figure id="fig-{html.escape(name)}"><img alt="{label}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{label}</figcaption></figure>")
+    return (
+        f'<figure id="fig-{html.escape(name)}"><img alt="{label}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{label}</figcaption></figure>"
+    )
 
 
 def render_report_html(title: str, body_markdown: str, figures: Mapping[str, Path], *, synthetic: bool) -> str:
     """The page: ``title``, the report's Markdown (without its figure links) and ``figures``
     (name -> PNG path) beside it; ``synthetic`` puts the phantom-data banner on top."""
-    banner = ('<div class="banner">Synthetic phantom data: these numbers show the method runs end to end '
-              "and how variants compare on phantoms, not clinical performance.</div>") if synthetic else ""
+    banner = (
+        (
+            '<div class="banner">Synthetic phantom data: these numbers show the method runs end to end '
+            "and how variants compare on phantoms, not clinical performance.</div>"
+        )
+        if synthetic
+        else ""
+    )
     figs = "".join(_figure(k, p) for k, p in figures.items() if p.suffix == ".png" and p.is_file())
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-            f"<header><h1>{html.escape(title)}</h1></header>{banner}"
-            f"<main><section class=\"tables\">{_markdown(body_markdown)}</section>"
-            f"<aside class=\"figures\">{figs}</aside></main></body></html>\n")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{html.escape(title)}</h1></header>{banner}"
+        f'<main><section class="tables">{_markdown(body_markdown)}</section>'
+        f'<aside class="figures">{figs}</aside></main></body></html>\n'
+    )

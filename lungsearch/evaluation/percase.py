@@ -23,13 +23,26 @@ __all__ = ["METRICS", "outcome_from_ranking", "outcome_from_predictions", "score
 
 #: Metrics a score function exists for (``scorer``), with what they need in the outcome.
 METRICS = {
-    "accuracy": "probs", "f1": "probs", "recall": "probs", "auc": "probs",
-    "map10": "ap10", "ndcg_all": "ndcg_all", "p_at_1": "p_at_1", "top1_f1": "top1", "silhouette": "embedding",
+    "accuracy": "probs",
+    "f1": "probs",
+    "recall": "probs",
+    "auc": "probs",
+    "map10": "ap10",
+    "ndcg_all": "ndcg_all",
+    "p_at_1": "p_at_1",
+    "top1_f1": "top1",
+    "silhouette": "embedding",
 }
 
 
-def outcome_from_ranking(order: np.ndarray, rel_all: np.ndarray, *, k: int = 10, labels: np.ndarray | None = None,
-                         gallery_labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def outcome_from_ranking(
+    order: np.ndarray,
+    rel_all: np.ndarray,
+    *,
+    k: int = 10,
+    labels: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Per-query retrieval outcome of a ranking ``order`` ``[Q, N]`` (indices into the gallery)."""
     ranked = np.take_along_axis(rel_all, order, axis=1)
     k = min(k, ranked.shape[1])
@@ -39,10 +52,14 @@ def outcome_from_ranking(order: np.ndarray, rel_all: np.ndarray, *, k: int = 10,
     ap = np.where(n_rel > 0, (prec * r).sum(1) / np.maximum(n_rel, 1), 0.0)
     g = ranked.astype(np.float64)
     disc = 1.0 / np.log2(np.arange(2, g.shape[1] + 2))
-    dcg = ((2.0 ** g - 1) * disc).sum(1)
+    dcg = ((2.0**g - 1) * disc).sum(1)
     ideal = -np.sort(-rel_all.astype(np.float64), axis=1)
-    idcg = ((2.0 ** ideal - 1) * disc).sum(1)
-    out = {"ap10": ap, "ndcg_all": np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0), "p_at_1": (ranked[:, 0] > 0).astype(np.float64)}
+    idcg = ((2.0**ideal - 1) * disc).sum(1)
+    out = {
+        "ap10": ap,
+        "ndcg_all": np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0),
+        "p_at_1": (ranked[:, 0] > 0).astype(np.float64),
+    }
     if labels is not None and gallery_labels is not None and np.asarray(labels).ndim == 1:
         out["top1"] = np.asarray(gallery_labels)[order[:, 0]]
     return out
@@ -56,13 +73,25 @@ def outcome_from_predictions(cfg, test, gallery, pred, gpred) -> dict[str, np.nd
     single = not test.multilabel
     if single:
         out["labels"] = np.asarray(test.labels)
-    if pred.probs is not None and single and not (cfg.model.pretraining is not None and "probe" not in cfg.train.stages):
+    if (
+        pred.probs is not None
+        and single
+        and not (cfg.model.pretraining is not None and "probe" not in cfg.train.stages)
+    ):
         out["probs"] = np.asarray(pred.probs, dtype=np.float64)
     if gallery is not None and gpred is not None:
-        rel = M.label_relevance(test.multi_hot if test.multilabel else test.labels,
-                                gallery.multi_hot if gallery.multilabel else gallery.labels)
-        out.update(outcome_from_ranking(rank_gallery(cfg, pred, gpred), rel, labels=test.labels if single else None,
-                                        gallery_labels=gallery.labels if single else None))
+        rel = M.label_relevance(
+            test.multi_hot if test.multilabel else test.labels,
+            gallery.multi_hot if gallery.multilabel else gallery.labels,
+        )
+        out.update(
+            outcome_from_ranking(
+                rank_gallery(cfg, pred, gpred),
+                rel,
+                labels=test.labels if single else None,
+                gallery_labels=gallery.labels if single else None,
+            )
+        )
     if pred.embedding is not None:
         out["embedding"] = np.asarray(pred.embedding, dtype=np.float32)
     if pred.codes is not None:
@@ -74,7 +103,9 @@ def _macro(y: np.ndarray, p: np.ndarray, n_cls: int, what: str) -> float:
     """Macro F1 or recall over the classes that occur in ``y`` or ``p`` (scikit-learn's default
     label set, ``zero_division=0``), from one bincount: fast enough to bootstrap. (Averaging over
     every class would score a resample that lost a rare class as if that class were missed.)"""
-    cm = np.bincount(np.asarray(y, dtype=np.int64) * n_cls + np.asarray(p, dtype=np.int64), minlength=n_cls * n_cls).reshape(n_cls, n_cls)
+    cm = np.bincount(
+        np.asarray(y, dtype=np.int64) * n_cls + np.asarray(p, dtype=np.int64), minlength=n_cls * n_cls
+    ).reshape(n_cls, n_cls)
     tp = np.diag(cm).astype(np.float64)
     support, predicted = cm.sum(1), cm.sum(0)
     seen = (support > 0) | (predicted > 0)
@@ -124,6 +155,7 @@ def scorer(outcome: dict[str, Any], metric: str) -> Callable[[np.ndarray], float
             if not 1 < len(np.unique(yy)) < len(idx):
                 return float("nan")
             return float(M.silhouette(emb[idx], yy))
+
         return sil
     probs = np.asarray(outcome["probs"], dtype=np.float64)
     n_cls = probs.shape[1]

@@ -72,7 +72,15 @@ def plot_confusion(matrix: np.ndarray, targets: Sequence[str], path: Path, title
     ax.set_yticks(range(len(targets)), targets, fontsize=8)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set(xlabel="Predicted", ylabel="True", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path, plt)

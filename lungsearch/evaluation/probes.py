@@ -69,9 +69,18 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, n_cls: int, c
     return probs
 
 
-def probe_draws(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
-                targets: Sequence[str], *, fraction: float = 1.0, seed: int = 0, draws: int = DRAWS,
-                c: float = 1.0) -> list[dict[str, Any]]:
+def probe_draws(
+    train_emb: np.ndarray,
+    train_y: np.ndarray,
+    test_emb: np.ndarray,
+    test_y: np.ndarray,
+    targets: Sequence[str],
+    *,
+    fraction: float = 1.0,
+    seed: int = 0,
+    draws: int = DRAWS,
+    c: float = 1.0,
+) -> list[dict[str, Any]]:
     """One probe per labelled-subset draw (one draw at 100 %).
 
     Returns per draw: ``draw``, ``n_labelled``, ``probs`` (``[N_test, C]``, for per-case
@@ -85,8 +94,16 @@ def probe_draws(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray
         idx = label_subset(train_y, fraction, draw_seed(seed, k))
         probs = _fit_predict(x_all[idx], train_y[idx], test_x, len(targets), c)
         cm = M.classification_metrics(test_y, probs, list(targets))
-        out.append({"draw": k, "n_labelled": int(len(idx)), "probs": probs, "auc": cm["auc_macro"],
-                    "accuracy": cm["accuracy"], "f1": cm["f1_macro"]})
+        out.append(
+            {
+                "draw": k,
+                "n_labelled": int(len(idx)),
+                "probs": probs,
+                "auc": cm["auc_macro"],
+                "accuracy": cm["accuracy"],
+                "f1": cm["f1_macro"],
+            }
+        )
     return out
 
 
@@ -107,9 +124,18 @@ def over_draws(values: Sequence[float], level: float = 0.95) -> dict[str, float]
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "n": float(len(v))}
 
 
-def linear_probe(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
-                 targets: Sequence[str], *, fraction: float = 1.0, seed: int = 0, c: float = 1.0,
-                 draws: int = 1) -> dict[str, float]:
+def linear_probe(
+    train_emb: np.ndarray,
+    train_y: np.ndarray,
+    test_emb: np.ndarray,
+    test_y: np.ndarray,
+    targets: Sequence[str],
+    *,
+    fraction: float = 1.0,
+    seed: int = 0,
+    c: float = 1.0,
+    draws: int = 1,
+) -> dict[str, float]:
     """Fit a logistic-regression probe on ``fraction`` of the training labels; score the test set.
 
     Returns ``auc`` (macro one-vs-rest), ``accuracy``, ``f1`` and ``n_labelled``; with ``draws > 1``
@@ -124,13 +150,21 @@ def linear_probe(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarra
     return out
 
 
-def probe_table(encoders: dict[str, tuple[np.ndarray, np.ndarray]], train_y: np.ndarray, test_y: np.ndarray,
-                targets: Sequence[str], fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0,
-                draws: int = DRAWS) -> dict[str, dict[str, dict[str, float]]]:
+def probe_table(
+    encoders: dict[str, tuple[np.ndarray, np.ndarray]],
+    train_y: np.ndarray,
+    test_y: np.ndarray,
+    targets: Sequence[str],
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    seed: int = 0,
+    draws: int = DRAWS,
+) -> dict[str, dict[str, dict[str, float]]]:
     """``{encoder name: {"1%": probe metrics, ...}}`` for several encoders' (train, test) embeddings
     (fractions below 100 % over ``draws`` labelled subsets, see :func:`linear_probe`)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, (tr, te) in encoders.items():
-        out[name] = {f"{round(f * 100):g}%": linear_probe(tr, train_y, te, test_y, targets, fraction=f, seed=seed, draws=draws)
-                     for f in fractions}
+        out[name] = {
+            f"{round(f * 100):g}%": linear_probe(tr, train_y, te, test_y, targets, fraction=f, seed=seed, draws=draws)
+            for f in fractions
+        }
     return out

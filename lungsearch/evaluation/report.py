@@ -77,7 +77,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def kfold_summary(folds: Sequence[dict[str, float]], keys: Sequence[str] | None = None) -> dict[str, tuple[float, float]]:
+def kfold_summary(
+    folds: Sequence[dict[str, float]], keys: Sequence[str] | None = None
+) -> dict[str, tuple[float, float]]:
     """``{metric: (mean, std)}`` over folds (population std, as a spread across the K folds)."""
     keys = keys or sorted({k for f in folds for k, v in f.items() if isinstance(v, (int, float))})
     out = {}
@@ -103,49 +105,111 @@ def render_tables(inp: ReportInput) -> str:
 
     def section(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> None:
         if rows:
-            parts.append(f"### {title}\n\n{caption}\n\n{markdown_table(header, rows)}\n" + (f"\n{note}\n" if note else ""))
+            parts.append(
+                f"### {title}\n\n{caption}\n\n{markdown_table(header, rows)}\n" + (f"\n{note}\n" if note else "")
+            )
 
     if p == "cxr-report":
-        section("Table 2 (paper 1): single modality vs fused", ["Model", "Accuracy/%", "Recall/%", "AUC"],
-                [[n, _f(m.get("accuracy"), True), _f(m.get("recall"), True), _f(m.get("auc"), digits=4)] for n, m in _rows_for(inp, "Table 2")])
+        section(
+            "Table 2 (paper 1): single modality vs fused",
+            ["Model", "Accuracy/%", "Recall/%", "AUC"],
+            [
+                [n, _f(m.get("accuracy"), True), _f(m.get("recall"), True), _f(m.get("auc"), digits=4)]
+                for n, m in _rows_for(inp, "Table 2")
+            ],
+        )
         abl = _rows_for(inp, "Table 3")
         main = [(n, m) for n, m in _rows_for(inp, "Table 2") if "ours" in n]
-        section("Table 3 (paper 1): ablation", ["Model", "Accuracy/%", "Recall/%", "AUC", "T_infer/ms per case"],
-                [[n, _f(m.get("accuracy"), True), _f(m.get("recall"), True), _f(m.get("auc"), digits=4), _f(m.get("infer_ms_per_case"), digits=2)]
-                 for n, m in abl + main],
-                "T_infer: the whole model's wall time per test case (text features included), the variants timed interleaved on the same cases, median of 3 rounds, this machine's CPU, batch 32.")
+        section(
+            "Table 3 (paper 1): ablation",
+            ["Model", "Accuracy/%", "Recall/%", "AUC", "T_infer/ms per case"],
+            [
+                [
+                    n,
+                    _f(m.get("accuracy"), True),
+                    _f(m.get("recall"), True),
+                    _f(m.get("auc"), digits=4),
+                    _f(m.get("infer_ms_per_case"), digits=2),
+                ]
+                for n, m in abl + main
+            ],
+            "T_infer: the whole model's wall time per test case (text features included), the variants timed interleaved on the same cases, median of 3 rounds, this machine's CPU, batch 32.",
+        )
     elif p == "cxr-cnn":
-        section("Table 3 (paper 2): the CNN vs baselines (test split)", ["Model", "Accuracy", "Precision", "Recall", "F1"],
-                [[n, _f(m.get("accuracy")), _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1"))] for n, m in _rows_for(inp, "Table 3")])
+        section(
+            "Table 3 (paper 2): the CNN vs baselines (test split)",
+            ["Model", "Accuracy", "Precision", "Recall", "F1"],
+            [
+                [n, _f(m.get("accuracy")), _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1"))]
+                for n, m in _rows_for(inp, "Table 3")
+            ],
+        )
     elif p == "ct-ild":
         rows = _rows_for(inp, "Tables 2-3")
-        section("Table 2 (paper 3): top-1 retrieval diagnosis", ["Method", "Precision", "Recall", "F1", "mAP@10"],
-                [[n, _f(m.get("top1_precision")), _f(m.get("top1_recall")), _f(m.get("top1_f1")), _f(m.get("map10"))] for n, m in rows],
-                "Ranking: LSH candidates re-ranked by cosine (eq. 7-9); gallery = train+val cases, queries = test cases.")
-        section("Table 3 (paper 3): feature separation on the test cases", ["Method", "Intra-class distance", "Inter-class distance",
-                                                                           "Silhouette (paper, global)", "Silhouette (sklearn)"],
-                [[n, _f(m.get("intra")), _f(m.get("inter")), _f(m.get("silhouette_paper")), _f(m.get("silhouette"))] for n, m in rows])
+        section(
+            "Table 2 (paper 3): top-1 retrieval diagnosis",
+            ["Method", "Precision", "Recall", "F1", "mAP@10"],
+            [
+                [n, _f(m.get("top1_precision")), _f(m.get("top1_recall")), _f(m.get("top1_f1")), _f(m.get("map10"))]
+                for n, m in rows
+            ],
+            "Ranking: LSH candidates re-ranked by cosine (eq. 7-9); gallery = train+val cases, queries = test cases.",
+        )
+        section(
+            "Table 3 (paper 3): feature separation on the test cases",
+            [
+                "Method",
+                "Intra-class distance",
+                "Inter-class distance",
+                "Silhouette (paper, global)",
+                "Silhouette (sklearn)",
+            ],
+            [
+                [n, _f(m.get("intra")), _f(m.get("inter")), _f(m.get("silhouette_paper")), _f(m.get("silhouette"))]
+                for n, m in rows
+            ],
+        )
     elif p == "cxr-hash":
         bits_rows = _rows_for(inp, "Table 2")
         if bits_rows:
             header = ["Method"] + [n.split(", ")[-1] for n, _ in bits_rows]
-            section("Table 2 (paper 5): mAP@10 vs code length (Hamming ranking)", header,
-                    [["ours"] + [_f(m.get("map10")) for _, m in bits_rows]])
+            section(
+                "Table 2 (paper 5): mAP@10 vs code length (Hamming ranking)",
+                header,
+                [["ours"] + [_f(m.get("map10")) for _, m in bits_rows]],
+            )
         abl = _rows_for(inp, "Tables 3-4")
         main = [(n, m) for n, m in bits_rows if n == inp.main_row]
-        section("Tables 3-4 (paper 5): NDCG@ALL and the attention ablation", ["Method", "mAP@10", "NDCG@ALL"],
-                [[n, _f(m.get("map10")), _f(m.get("ndcg_all"))] for n, m in main + abl])
+        section(
+            "Tables 3-4 (paper 5): NDCG@ALL and the attention ablation",
+            ["Method", "mAP@10", "NDCG@ALL"],
+            [[n, _f(m.get("map10")), _f(m.get("ndcg_all"))] for n, m in main + abl],
+        )
     elif p == "cxr-clip" and inp.probes:
         fr = list(next(iter(inp.probes.values())).keys())
-        section("Table 1 (paper 4): linear probe, macro AUC on the test split", ["Image encoder"] + [f"{f} labels" for f in fr],
-                [[name] + [f"{_f(res[f]['auc'])} (n={int(res[f]['n_labelled'])})" for f in fr] for name, res in inp.probes.items()],
-                "n = labelled training cases the probe saw (at least one per class).")
+        section(
+            "Table 1 (paper 4): linear probe, macro AUC on the test split",
+            ["Image encoder"] + [f"{f} labels" for f in fr],
+            [
+                [name] + [f"{_f(res[f]['auc'])} (n={int(res[f]['n_labelled'])})" for f in fr]
+                for name, res in inp.probes.items()
+            ],
+            "n = labelled training cases the probe saw (at least one per class).",
+        )
     if inp.kfold:
-        keys = [k for k in ("accuracy", "precision", "recall", "f1", "auc", "map10", "top1_f1", "silhouette") if any(k in f for f in inp.kfold)]
+        keys = [
+            k
+            for k in ("accuracy", "precision", "recall", "f1", "auc", "map10", "top1_f1", "silhouette")
+            if any(k in f for f in inp.kfold)
+        ]
         rows = [[str(i + 1)] + [_f(f.get(k)) for k in keys] for i, f in enumerate(inp.kfold)]
         summ = kfold_summary(inp.kfold, keys)
         rows.append(["mean ± std"] + [f"{summ[k][0]:.3f} ± {summ[k][1]:.3f}" if k in summ else "–" for k in keys])
-        section(f"K-fold cross-validation ({len(inp.kfold)} folds, patient-disjoint; paper 2 Table 5 / paper 3)", ["Fold"] + keys, rows)
+        section(
+            f"K-fold cross-validation ({len(inp.kfold)} folds, patient-disjoint; paper 2 Table 5 / paper 3)",
+            ["Fold"] + keys,
+            rows,
+        )
     return "\n".join(parts)
 
 
@@ -172,14 +236,24 @@ def write_report(out_dir: str | Path, inp: ReportInput) -> dict[str, Path]:
         if cls is not None and pred is not None and pred.probs is not None:
             test_y = inp.test_labels
             if test_y is not None:
-                files["roc"] = plots.plot_roc(test_y, pred.probs, cfg.data.targets, out / "roc.png", f"{cfg.profile} ROC ({tag})")
-                files["pr"] = plots.plot_pr(test_y, pred.probs, cfg.data.targets, out / "pr.png", f"{cfg.profile} precision-recall ({tag})")
+                files["roc"] = plots.plot_roc(
+                    test_y, pred.probs, cfg.data.targets, out / "roc.png", f"{cfg.profile} ROC ({tag})"
+                )
+                files["pr"] = plots.plot_pr(
+                    test_y, pred.probs, cfg.data.targets, out / "pr.png", f"{cfg.profile} precision-recall ({tag})"
+                )
             if not cfg.data.multilabel:
-                files["confusion"] = plots.plot_confusion(np.asarray(cls["confusion_matrix"]), cfg.data.targets, out / "confusion.png",
-                                                          f"{cfg.profile} confusion ({tag})")
+                files["confusion"] = plots.plot_confusion(
+                    np.asarray(cls["confusion_matrix"]),
+                    cfg.data.targets,
+                    out / "confusion.png",
+                    f"{cfg.profile} confusion ({tag})",
+                )
         curves = main.details.get("retrieval_curves")
         if curves:
-            files["retrieval"] = plots.plot_retrieval_curves(curves, out / "retrieval.png", f"{cfg.profile} retrieval precision@k ({tag})")
+            files["retrieval"] = plots.plot_retrieval_curves(
+                curves, out / "retrieval.png", f"{cfg.profile} retrieval precision@k ({tag})"
+            )
     prov = dict(inp.provenance)
     doc = {
         "provenance": prov,
@@ -189,7 +263,9 @@ def write_report(out_dir: str | Path, inp: ReportInput) -> dict[str, Path]:
         "row_tables": inp.row_tables,
         "probes": inp.probes,
         "kfold": inp.kfold,
-        "kfold_summary": {k: {"mean": m, "std": s} for k, (m, s) in kfold_summary(inp.kfold).items()} if inp.kfold else None,
+        "kfold_summary": {k: {"mean": m, "std": s} for k, (m, s) in kfold_summary(inp.kfold).items()}
+        if inp.kfold
+        else None,
         "figures": {k: v.name for k, v in files.items()},
     }
     files["metrics"] = out / "metrics.json"
@@ -202,13 +278,25 @@ def write_report(out_dir: str | Path, inp: ReportInput) -> dict[str, Path]:
             lines.append(f"- **{key.replace('_', ' ')}**: {prov[key]}")
     lines.append("")
     if main is not None and main.metrics:
-        lines += ["## Test metrics (main model)", "", markdown_table(["metric", "value"], [[k, _f(v, digits=4)] for k, v in sorted(main.metrics.items())]), ""]
+        lines += [
+            "## Test metrics (main model)",
+            "",
+            markdown_table(["metric", "value"], [[k, _f(v, digits=4)] for k, v in sorted(main.metrics.items())]),
+            "",
+        ]
     tables = render_tables(inp)
     if tables:
         lines += ["## Tables laid out like the paper's", "", tables]
     synthetic = cfg.data.source == "phantom"
-    note = ["> All numbers above come from **synthetic phantom data**, not patients: they show the method works",
-            "> end to end and how variants compare on the phantoms, not clinical performance.", ""] if synthetic else []
+    note = (
+        [
+            "> All numbers above come from **synthetic phantom data**, not patients: they show the method works",
+            "> end to end and how variants compare on the phantoms, not clinical performance.",
+            "",
+        ]
+        if synthetic
+        else []
+    )
     figures = {k: v for k, v in files.items() if v.suffix == ".png"}
     md = [f"# {title}", "", *lines]
     if figures:

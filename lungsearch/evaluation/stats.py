@@ -57,8 +57,15 @@ def verdict(lo: float, hi: float, direction: int = 1) -> str:
     return "inconclusive"
 
 
-def paired_bootstrap(score_a: Sequence[Score], score_b: Sequence[Score], n_cases: int, *, n_boot: int = N_BOOT,
-                     seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+def paired_bootstrap(
+    score_a: Sequence[Score],
+    score_b: Sequence[Score],
+    n_cases: int,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, float]:
     """Interval of ``mean_s score_a[s] - mean_s score_b[s]`` over case resamples (paired).
 
     ``score_a``/``score_b``: one score function per training seed of each variant (their counts
@@ -66,7 +73,14 @@ def paired_bootstrap(score_a: Sequence[Score], score_b: Sequence[Score], n_cases
     ``a``, ``b`` (means over seeds on all cases) and ``n_boot`` (resamples that gave a number).
     """
     if n_cases < 1 or not score_a or not score_b:
-        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "a": float("nan"), "b": float("nan"), "n_boot": 0}
+        return {
+            "diff": float("nan"),
+            "lo": float("nan"),
+            "hi": float("nan"),
+            "a": float("nan"),
+            "b": float("nan"),
+            "n_boot": 0,
+        }
     full = np.arange(n_cases)
     a = float(np.mean([f(full) for f in score_a]))
     b = float(np.mean([f(full) for f in score_b]))
@@ -85,8 +99,9 @@ def paired_bootstrap(score_a: Sequence[Score], score_b: Sequence[Score], n_cases
     return {"diff": a - b, "lo": float(lo), "hi": float(hi), "a": a, "b": b, "n_boot": len(diffs)}
 
 
-def bootstrap_interval(scores: Sequence[Score], n_cases: int, *, n_boot: int = N_BOOT, seed: int = 0,
-                       alpha: float = 0.05) -> tuple[float, float, float]:
+def bootstrap_interval(
+    scores: Sequence[Score], n_cases: int, *, n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float, float]:
     """(value, lo, hi) of one variant's seed-mean score over case resamples (for table cells)."""
     zero: list[Score] = [lambda idx: 0.0]
     r = paired_bootstrap(scores, zero, n_cases, n_boot=n_boot, seed=seed, alpha=alpha)
@@ -126,8 +141,10 @@ class Comparison:
         """The cell text: values, difference with its 95 % interval, seed spread."""
         sd = f"; per-seed differences sd {self.seed_spread:.3f}" if np.isfinite(self.seed_spread) else ""
         ci = f"[{self.lo:+.3f}, {self.hi:+.3f}]" if np.isfinite(self.lo) else "[no interval]"
-        return (f"{self.a:.3f} vs {self.b:.3f}; diff {self.diff:+.3f}, 95 % CI {ci}, margin {self.margin:+.3f}"
-                f"; {self.seeds} seed(s){sd}" + (f"; {self.note}" if self.note else ""))
+        return (
+            f"{self.a:.3f} vs {self.b:.3f}; diff {self.diff:+.3f}, 95 % CI {ci}, margin {self.margin:+.3f}"
+            f"; {self.seeds} seed(s){sd}" + (f"; {self.note}" if self.note else "")
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -135,9 +152,21 @@ class Comparison:
         return d
 
 
-def compare(claim: str, metric: str, a_name: str, b_name: str, score_a: Sequence[Score], score_b: Sequence[Score],
-            n_cases: int, *, direction: int = 1, collapsed: Sequence[str] = (), n_boot: int = N_BOOT, seed: int = 0,
-            note: str = "") -> Comparison:
+def compare(
+    claim: str,
+    metric: str,
+    a_name: str,
+    b_name: str,
+    score_a: Sequence[Score],
+    score_b: Sequence[Score],
+    n_cases: int,
+    *,
+    direction: int = 1,
+    collapsed: Sequence[str] = (),
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    note: str = "",
+) -> Comparison:
     """A :class:`Comparison` of variant A against B on ``metric`` (see the module doc).
 
     ``collapsed``: names of the variants found collapsed; a comparison involving one is
@@ -148,21 +177,44 @@ def compare(claim: str, metric: str, a_name: str, b_name: str, score_a: Sequence
     # per-seed differences; a one-score side (a reference row, chance) is read against every seed
     k = max(len(score_a), len(score_b))
     pick = lambda fs, i: fs[i] if len(fs) > 1 else fs[0]  # noqa: E731
-    seed_diffs = [float(pick(score_a, i)(full) - pick(score_b, i)(full)) for i in range(k)] if min(len(score_a), len(score_b)) in (1, k) \
+    seed_diffs = (
+        [float(pick(score_a, i)(full) - pick(score_b, i)(full)) for i in range(k)]
+        if min(len(score_a), len(score_b)) in (1, k)
         else [float(fa(full) - fb(full)) for fa, fb in zip(score_a, score_b)]
+    )
     v = verdict(r["lo"], r["hi"], direction)
     bad = [n for n in (a_name, b_name) if n in collapsed]
     if bad:
         v = "inconclusive"
         note = "; ".join(x for x in (note, f"{' and '.join(bad)} collapsed: not a comparison") if x)
-    return Comparison(claim=claim, metric=metric, a_name=a_name, b_name=b_name, a=r["a"], b=r["b"], diff=r["diff"],
-                      lo=r["lo"], hi=r["hi"], direction=direction, verdict=v, seeds=max(len(score_a), len(score_b)),
-                      seed_diffs=seed_diffs, note=note)
+    return Comparison(
+        claim=claim,
+        metric=metric,
+        a_name=a_name,
+        b_name=b_name,
+        a=r["a"],
+        b=r["b"],
+        diff=r["diff"],
+        lo=r["lo"],
+        hi=r["hi"],
+        direction=direction,
+        verdict=v,
+        seeds=max(len(score_a), len(score_b)),
+        seed_diffs=seed_diffs,
+        note=note,
+    )
 
 
-def collapse_reasons(*, probs: np.ndarray | None = None, multilabel: bool = False, embedding: np.ndarray | None = None,
-                     labels: np.ndarray | None = None, codes: np.ndarray | None = None, metrics: dict | None = None,
-                     tol: float = 0.02) -> list[str]:
+def collapse_reasons(
+    *,
+    probs: np.ndarray | None = None,
+    multilabel: bool = False,
+    embedding: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    codes: np.ndarray | None = None,
+    metrics: dict | None = None,
+    tol: float = 0.02,
+) -> list[str]:
     """Why a variant's outputs are degenerate (empty list: not collapsed).
 
     * ``probs`` (single-label): the argmax is one class for every test case;

@@ -38,15 +38,18 @@ def rank_with_ties(dist: np.ndarray, *, seed: int = 0, k: int | None = None) -> 
     return order[:, :k] if k else order
 
 
-def rank_by_hamming(query_packed: np.ndarray, db_packed: np.ndarray, k: int | None = None, *, seed: int = 0) -> np.ndarray:
+def rank_by_hamming(
+    query_packed: np.ndarray, db_packed: np.ndarray, k: int | None = None, *, seed: int = 0
+) -> np.ndarray:
     """:func:`lungsearch.metrics.rank_by_hamming` with the ``random`` tie policy."""
     from lungsearch.models.hashing import hamming_distance
 
     return rank_with_ties(hamming_distance(query_packed, db_packed), seed=seed, k=k)
 
 
-def tie_averaged(dist: np.ndarray, rel: np.ndarray, metric: Callable[[np.ndarray], float], *,
-                 draws: int = 32, seed: int = 0) -> tuple[float, float]:
+def tie_averaged(
+    dist: np.ndarray, rel: np.ndarray, metric: Callable[[np.ndarray], float], *, draws: int = 32, seed: int = 0
+) -> tuple[float, float]:
     """(mean, std) of ``metric(ranked relevance)`` over ``draws`` seeded random tie orders.
 
     Args:
@@ -70,7 +73,7 @@ def tie_averaged_precision_at_k(dist: np.ndarray, rel: np.ndarray, k: int) -> fl
     n = d.shape[1]
     if not 1 <= k <= n:
         raise InvalidRequestError(f"k must be in [1, {n}], got {k}")
-    kth = np.sort(d, axis=1)[:, k - 1:k]
+    kth = np.sort(d, axis=1)[:, k - 1 : k]
     closer, tied = d < kth, d == kth
     places = k - closer.sum(1)
     hits = (closer & r).sum(1) + places * (tied & r).sum(1) / tied.sum(1)

@@ -52,8 +52,9 @@ class LungModel(nn.Module, ABC):
     code_bits: int = 0
 
     @abstractmethod
-    def encode(self, images: torch.Tensor | None = None, texts: list[str] | None = None,
-               radiomics: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def encode(
+        self, images: torch.Tensor | None = None, texts: list[str] | None = None, radiomics: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Features of a batch; keys from FEATURE_NAMES (only those this profile computes)."""
 
     @abstractmethod
@@ -66,8 +67,7 @@ class LungModel(nn.Module, ABC):
         feats = self.encode(images=images, texts=texts, radiomics=radiomics)
         return {**feats, **self.fuse(feats)}
 
-    def explain(self, images: torch.Tensor, target: int | None = None,
-                texts: list[str] | None = None) -> torch.Tensor:
+    def explain(self, images: torch.Tensor, target: int | None = None, texts: list[str] | None = None) -> torch.Tensor:
         """Grad-CAM heat map [B, H, W] in [0, 1] for class ``target`` (None = top class)."""
         raise NotImplementedError(f"{type(self).__name__} has no explanation")
 

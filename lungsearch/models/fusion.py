@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lungsearch.errors import ConfigError, InvalidRequestError
@@ -124,7 +123,9 @@ class OuterProductFusion(nn.Module):
         image_dim: q. radiomics_dim: p. out_dim: width of F. channels: the three block widths.
     """
 
-    def __init__(self, image_dim: int, radiomics_dim: int, out_dim: int, channels: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(
+        self, image_dim: int, radiomics_dim: int, out_dim: int, channels: tuple[int, int, int] = (16, 32, 64)
+    ) -> None:
         super().__init__()
         if radiomics_dim <= 0:
             raise ConfigError("outer_product fusion needs radiomics features (model.radiomics)")
@@ -190,8 +191,9 @@ def _outer(params: dict[str, Any], ctx: BuildContext) -> OuterProductFusion:
     p = take_params("outer_product", params, {"out_dim": None, "channels": [16, 32, 64]})
     if not ctx.dims.get("image"):
         raise ConfigError("fusion 'outer_product' needs an image_encoder")
-    return OuterProductFusion(ctx.dims["image"], ctx.dims.get("radiomics", 0), p["out_dim"] or ctx.embedding_dim,
-                              tuple(p["channels"]))
+    return OuterProductFusion(
+        ctx.dims["image"], ctx.dims.get("radiomics", 0), p["out_dim"] or ctx.embedding_dim, tuple(p["channels"])
+    )
 
 
 @FUSIONS.register("pooled")

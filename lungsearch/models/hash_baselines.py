@@ -91,8 +91,14 @@ def hamming_search(query_packed: np.ndarray, gallery_packed: np.ndarray, k: int)
     return index.search(q, min(k, g.shape[0]))
 
 
-def query_time(encoder: HashBaseline | Callable[[np.ndarray], np.ndarray], query_input: np.ndarray,
-               gallery_packed: np.ndarray, *, k: int = 10, repeats: int = 5) -> dict[str, float]:
+def query_time(
+    encoder: HashBaseline | Callable[[np.ndarray], np.ndarray],
+    query_input: np.ndarray,
+    gallery_packed: np.ndarray,
+    *,
+    k: int = 10,
+    repeats: int = 5,
+) -> dict[str, float]:
     """Median milliseconds per query of encoding (``encoder``: a baseline, or any callable that
     turns query inputs into packed codes, e.g. the deep hash network) and of the Hamming search
     over ``gallery_packed``; ``total_ms`` is their sum."""

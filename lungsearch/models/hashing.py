@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lungsearch.errors import ConfigError, InvalidRequestError
-from lungsearch.models.registry import HASHING, IMAGE_ENCODERS, BuildContext, take_params
+from lungsearch.models.registry import HASHING, BuildContext, take_params
 
 __all__ = [
     "pack_codes",
@@ -69,7 +69,7 @@ def unpack_codes(packed: np.ndarray | bytes, bits: int) -> np.ndarray:
     if arr.shape[1] * 8 < bits:
         raise InvalidRequestError(f"packed code has {arr.shape[1] * 8} bits, fewer than {bits}")
     b = np.unpackbits(arr, axis=1, count=bits, bitorder="little")
-    return (b.astype(np.int8) * 2 - 1)
+    return b.astype(np.int8) * 2 - 1
 
 
 def hamming_distance(a_packed: np.ndarray, b_packed: np.ndarray) -> np.ndarray:
@@ -226,8 +226,9 @@ class CamClassifier(nn.Module):
     ``ReLU(sum_k W_ck P^k) / hw`` (identical to the autograd result, see tests): no backward pass.
     """
 
-    def __init__(self, num_classes: int, arch: str = "resnet18", output_stride: int = 16,
-                 pretrained: str | None = None) -> None:
+    def __init__(
+        self, num_classes: int, arch: str = "resnet18", output_stride: int = 16, pretrained: str | None = None
+    ) -> None:
         super().__init__()
         from lungsearch.models.encoders import ResNetEncoder
 
@@ -285,9 +286,17 @@ class AttentionHash(nn.Module):
     with the weights.
     """
 
-    def __init__(self, global_encoder: nn.Module, local_encoder: nn.Module, num_classes: int, bits: int,
-                 beta_schedule: list[float] | None = None, crop: bool = False, otsu_bins: int = 64,
-                 cam: CamClassifier | None = None) -> None:
+    def __init__(
+        self,
+        global_encoder: nn.Module,
+        local_encoder: nn.Module,
+        num_classes: int,
+        bits: int,
+        beta_schedule: list[float] | None = None,
+        crop: bool = False,
+        otsu_bins: int = 64,
+        cam: CamClassifier | None = None,
+    ) -> None:
         super().__init__()
         if bits % 2 or bits <= 0:
             raise ConfigError(f"attention_hash: bits must be a positive even number, got {bits}")
@@ -377,10 +386,21 @@ class AttentionHash(nn.Module):
 def _attention_hash(params: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
     """Returns the params; :mod:`lungsearch.models.factory` wires the branches (it owns the
     global encoder)."""
-    p = take_params("attention_hash", params, {"bits": 64, "beta_schedule": [1.0, 2.0, 4.0, 8.0, 16.0],
-                                               "local_encoder": None, "crop": False, "otsu_bins": 64, "cam": None})
-    cam = take_params("attention_hash.cam", dict(p.pop("cam") or {}),
-                      {"arch": "resnet18", "output_stride": 16, "pretrained": None})
+    p = take_params(
+        "attention_hash",
+        params,
+        {
+            "bits": 64,
+            "beta_schedule": [1.0, 2.0, 4.0, 8.0, 16.0],
+            "local_encoder": None,
+            "crop": False,
+            "otsu_bins": 64,
+            "cam": None,
+        },
+    )
+    cam = take_params(
+        "attention_hash.cam", dict(p.pop("cam") or {}), {"arch": "resnet18", "output_stride": 16, "pretrained": None}
+    )
     if cam["arch"] not in ("resnet18", "resnet34", "resnet50"):
         raise ConfigError(f"attention_hash.cam.arch must be resnet18/34/50, got {cam['arch']!r}")
     p["cam"] = CamClassifier(ctx.num_classes, cam["arch"], int(cam["output_stride"]), cam["pretrained"])

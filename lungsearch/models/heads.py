@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -180,9 +179,18 @@ class SparseGatedBiLSTM(nn.Module):
 
     GATE_MODES = ("reset", "output")
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: int = 64, sparsity: float = 0.3,
-                 step_bias: float = 1.0, unit_init: float = 2.0, dropout: float = 0.0, gate_scale: float = 10.0,
-                 gate_mode: str = "reset") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden: int = 64,
+        sparsity: float = 0.3,
+        step_bias: float = 1.0,
+        unit_init: float = 2.0,
+        dropout: float = 0.0,
+        gate_scale: float = 10.0,
+        gate_mode: str = "reset",
+    ) -> None:
         super().__init__()
         if gate_mode not in self.GATE_MODES:
             raise ConfigError(f"sg_bilstm: gate_mode must be one of {', '.join(self.GATE_MODES)}, got {gate_mode!r}")
@@ -282,7 +290,9 @@ class SparseGatedBiLSTM(nn.Module):
         return self._penalty
 
     # ---- reference path (training; differentiable)
-    def run_cell(self, seq: torch.Tensor, step_gate: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_cell(
+        self, seq: torch.Tensor, step_gate: torch.Tensor, u: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The step-by-step cell of eq. 4 with ``g_t = step_gate[:, t] × u`` multiplying ``i, f, o``.
 
         Returns the outputs ``[B, T, 2H]`` and the cell states ``[B, T, 2H]`` (forward then
@@ -334,7 +344,7 @@ class SparseGatedBiLSTM(nn.Module):
             valid = mask.to(seq.dtype)
             step_term = (torch.sigmoid(logit) * valid).sum() / valid.sum().clamp_min(1.0)
             self._penalty = self.sparsity * (step_term + self.unit_keep_prob().mean())
-        keep = (z.detach() > 0.5)
+        keep = z.detach() > 0.5
         self._record(keep, mask, (u.detach() > 0).float().mean())
         w = z[..., None]
         return (hs * w).sum(1) / keep.sum(1, keepdim=True).clamp_min(1).to(hs.dtype)
@@ -343,8 +353,15 @@ class SparseGatedBiLSTM(nn.Module):
     def _shrunk_lstm(self) -> tuple[nn.LSTM, nn.LSTM, torch.Tensor]:
         """Two unidirectional ``torch.nn.LSTM`` (forward, backward weights) of the kept units
         only; cached until a weight changes."""
-        key = (self.w_ih._version, self.w_hh._version, self.bias._version, self.unit_logit._version,
-               self.w_ih.data_ptr(), self.w_ih.device, self.w_ih.dtype)
+        key = (
+            self.w_ih._version,
+            self.w_hh._version,
+            self.bias._version,
+            self.unit_logit._version,
+            self.w_ih.data_ptr(),
+            self.w_ih.device,
+            self.w_ih.dtype,
+        )
         if self._fast_cache is not None and self._fast_cache[0] == key:
             return self._fast_cache[1]
         keep = torch.nonzero(self.kept_units_mask()).squeeze(1)
@@ -396,7 +413,8 @@ class SparseGatedBiLSTM(nn.Module):
         pos = torch.arange(kept_x.shape[0], device=seq.device) - run_start[run_of_step]
         rev = lengths[run_of_step] - 1 - pos
         row_of_run = torch.zeros(n_runs, dtype=torch.long, device=seq.device).scatter_(
-            0, run_of_step, torch.arange(b, device=seq.device)[:, None].expand(b, t).flatten()[sel])
+            0, run_of_step, torch.arange(b, device=seq.device)[:, None].expand(b, t).flatten()[sel]
+        )
         sums = seq.new_zeros(n_runs, 2 * hk)
         # CPU: length buckets [1], [2], [3, 4], [5, 8], ... (padding costs compute there);
         # GPU: one padded batch (padding is nearly free, every bucket costs host syncs)
@@ -487,6 +505,17 @@ def _bilstm(params: dict[str, Any], ctx: BuildContext) -> BiLSTMHead:
 
 @HEADS.register("sg_bilstm")
 def _sg_bilstm(params: dict[str, Any], ctx: BuildContext) -> SparseGatedBiLSTM:
-    p = take_params("sg_bilstm", params, {"hidden": 64, "sparsity": 0.3, "step_bias": 1.0, "unit_init": 2.0, "dropout": 0.0,
-                                          "gate_scale": 10.0, "gate_mode": "reset"})
+    p = take_params(
+        "sg_bilstm",
+        params,
+        {
+            "hidden": 64,
+            "sparsity": 0.3,
+            "step_bias": 1.0,
+            "unit_init": 2.0,
+            "dropout": 0.0,
+            "gate_scale": 10.0,
+            "gate_mode": "reset",
+        },
+    )
     return SparseGatedBiLSTM(ctx.dims.get("sequence") or ctx.dims["fused"], ctx.num_classes, **p)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lungsearch.errors import ConfigError, InvalidRequestError
+from lungsearch.errors import ConfigError
 from lungsearch.models.encoders import token_mask
 from lungsearch.models.registry import PRETRAINING, BuildContext, take_params
 
@@ -69,8 +69,13 @@ def _role(nodes: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reweight_edges(nodes: torch.Tensor, adj: torch.Tensor, mask: torch.Tensor, noise: float = 0.1,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def reweight_edges(
+    nodes: torch.Tensor,
+    adj: torch.Tensor,
+    mask: torch.Tensor,
+    noise: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Edge update ``A' = (A + (1 - (ρ_n + ρ_a + d)/3) A) / 2`` (paper 4, eq. 1-3).
 
     * ρ_n (eq. 1): change of the entropy of a node's role distribution G when noise is added
@@ -85,7 +90,10 @@ def reweight_edges(nodes: torch.Tensor, adj: torch.Tensor, mask: torch.Tensor, n
     eps = 1e-12
     out_dtype = adj.dtype
     nodes, adj = nodes.float(), adj.float()  # entropies and logs in float32 even under autocast
-    noisy = nodes + noise * torch.randn(nodes.shape, generator=generator, device=nodes.device, dtype=nodes.dtype) * nodes.std()
+    noisy = (
+        nodes
+        + noise * torch.randn(nodes.shape, generator=generator, device=nodes.device, dtype=nodes.dtype) * nodes.std()
+    )
     # role distributions with the node itself perturbed (others clean)
     g = _role(nodes, adj)
     g_noisy = torch.softmax(noisy @ nodes.transpose(-1, -2) / math.sqrt(nodes.shape[-1]), dim=-1)
@@ -93,8 +101,8 @@ def reweight_edges(nodes: torch.Tensor, adj: torch.Tensor, mask: torch.Tensor, n
     ent_n = -(g_noisy * (g_noisy + eps).log()).sum(-1)
     rho_n = (ent_n - ent).abs()  # [B, M]
     logg, logg_n = (g + eps).log(), (g_noisy + eps).log()
-    h = -(g[:, :, None, :] * logg[:, None, :, :]).sum(-1)          # H(m, n)
-    h_mn_ = -(g[:, :, None, :] * logg_n[:, None, :, :]).sum(-1)    # H(m, n')
+    h = -(g[:, :, None, :] * logg[:, None, :, :]).sum(-1)  # H(m, n)
+    h_mn_ = -(g[:, :, None, :] * logg_n[:, None, :, :]).sum(-1)  # H(m, n')
     h_m_n = -(g_noisy[:, :, None, :] * logg[:, None, :, :]).sum(-1)  # H(m', n)
     rho_a = (h - h_mn_).abs() + (h_mn_ - h_m_n).abs()
     dist = torch.cdist(nodes, nodes)
@@ -118,7 +126,9 @@ def drop_weak_nodes(score: torch.Tensor, mask: torch.Tensor, fraction: float) ->
     keep_n = torch.minimum(keep_n, n_valid)
     ranked = score.float().masked_fill(~mask, float("-inf"))
     order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    )
     return mask & (rank < keep_n[:, None])
 
 
@@ -145,8 +155,16 @@ class SubgraphCLIP(nn.Module):
     batch's image / text globals).
     """
 
-    def __init__(self, image_dim: int, text_dim: int, embedding_dim: int, node_dim: int = 128,
-                 threshold: float = 0.3, noise: float = 0.1, node_drop: float | None = None) -> None:
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        embedding_dim: int,
+        node_dim: int = 128,
+        threshold: float = 0.3,
+        noise: float = 0.1,
+        node_drop: float | None = None,
+    ) -> None:
         super().__init__()
         if not 0.0 <= threshold < 1.0:
             raise ConfigError("subgraph_clip: threshold is the fraction of edges removed, in [0, 1)")
@@ -166,7 +184,9 @@ class SubgraphCLIP(nn.Module):
         self.noise = noise
         self.node_dim = node_dim
 
-    def _graph(self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear, gcns: nn.ModuleList) -> tuple[torch.Tensor, torch.Tensor]:
+    def _graph(
+        self, tokens: torch.Tensor, mask: torch.Tensor, proj: nn.Linear, gcns: nn.ModuleList
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         p = F.normalize(proj(tokens), dim=-1) * mask[..., None]
         pair = mask[:, :, None] & mask[:, None, :]
         adj = (p @ p.transpose(1, 2)) * pair
@@ -206,15 +226,23 @@ class SubgraphCLIP(nn.Module):
         txt_mask[:, 0] |= ~txt_mask.any(1)
         i_nodes, i_mask = self._graph(img_tok, img_mask, self.node_img, self.gcn_img)
         t_nodes, t_mask = self._graph(txt_tok, txt_mask, self.node_txt, self.gcn_txt)
-        out.update(image_nodes=i_nodes, text_nodes=t_nodes, image_node_mask=i_mask, text_node_mask=t_mask,
-                   att_image=self._cross(i_nodes, t_nodes, t_mask), att_text=self._cross(t_nodes, i_nodes, i_mask))
+        out.update(
+            image_nodes=i_nodes,
+            text_nodes=t_nodes,
+            image_node_mask=i_mask,
+            text_node_mask=t_mask,
+            att_image=self._cross(i_nodes, t_nodes, t_mask),
+            att_text=self._cross(t_nodes, i_nodes, i_mask),
+        )
         # eq. 9: F = (T*ᵀ W I*) I*;  C* = exp(-|F-I|²/2σ²) I* + exp(-|F-T|²/2β²) T*
         i_g, t_g = out["image_embedding"], out["text_embedding"]
         f = ((t_g @ self.inner_w) * i_g).sum(-1, keepdim=True) * i_g
         sigma = i_g.std().clamp_min(1e-3) if i_g.shape[0] > 1 else i_g.new_tensor(1.0)
         beta = t_g.std().clamp_min(1e-3) if t_g.shape[0] > 1 else t_g.new_tensor(1.0)
-        c = torch.exp(-((f - i_g) ** 2).sum(-1, keepdim=True) / (2 * sigma**2)) * i_g \
+        c = (
+            torch.exp(-((f - i_g) ** 2).sum(-1, keepdim=True) / (2 * sigma**2)) * i_g
             + torch.exp(-((f - t_g) ** 2).sum(-1, keepdim=True) / (2 * beta**2)) * t_g
+        )
         out["cluster"] = c
         return out
 
@@ -230,12 +258,22 @@ def _clip(params: dict[str, Any], ctx: BuildContext) -> CLIPHead:
 @PRETRAINING.register("subgraph_clip")
 def _subgraph(params: dict[str, Any], ctx: BuildContext) -> SubgraphCLIP:
     # threshold 0.3: paper 4 Table 9's best (30 % of the edges removed); it was 0.5 before issue 15
-    p = take_params("subgraph_clip", params, {"tau1": 0.1, "tau2": 0.2, "node_dim": 128, "threshold": 0.3,
-                                              "node_drop": None, "noise": 0.1, "k": 3})
+    p = take_params(
+        "subgraph_clip",
+        params,
+        {"tau1": 0.1, "tau2": 0.2, "node_dim": 128, "threshold": 0.3, "node_drop": None, "noise": 0.1, "k": 3},
+    )
     if not ctx.dims.get("image") or not ctx.dims.get("text"):
         raise ConfigError("pretraining 'subgraph_clip' needs an image_encoder and a text_encoder")
-    m = SubgraphCLIP(ctx.dims["image"], ctx.dims["text"], ctx.embedding_dim, p["node_dim"], p["threshold"], p["noise"],
-                     p["node_drop"])
+    m = SubgraphCLIP(
+        ctx.dims["image"],
+        ctx.dims["text"],
+        ctx.embedding_dim,
+        p["node_dim"],
+        p["threshold"],
+        p["noise"],
+        p["node_drop"],
+    )
     # temperatures and K belong to the loss; kept here too so a loss built without params agrees
     m.loss_defaults = {"tau1": p["tau1"], "tau2": p["tau2"], "k": p["k"]}
     return m

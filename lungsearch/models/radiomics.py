@@ -67,8 +67,13 @@ class RadiomicsExtractor:
         settings: extra pyradiomics settings (e.g. ``{"binWidth": 25}`` to use a width instead).
     """
 
-    def __init__(self, classes: Sequence[str] = DEFAULT_CLASSES, bin_count: int = 32, min_roi_pixels: int = 16,
-                 settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str] = DEFAULT_CLASSES,
+        bin_count: int = 32,
+        min_roi_pixels: int = 16,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.classes = _normalise_classes(classes)
         if not self.classes:
             raise ConfigError("radiomics: choose at least one feature class")
@@ -87,8 +92,13 @@ class RadiomicsExtractor:
             from radiomics import featureextractor
 
             logging.getLogger("radiomics").setLevel(logging.ERROR)
-            settings = {"force2D": True, "force2Ddimension": 0, "label": 1, "correctMask": True,
-                        "additionalInfo": False}
+            settings = {
+                "force2D": True,
+                "force2Ddimension": 0,
+                "label": 1,
+                "correctMask": True,
+                "additionalInfo": False,
+            }
             if "binWidth" not in self.settings:
                 settings["binCount"] = self.bin_count
             settings.update(self.settings)
@@ -114,7 +124,9 @@ class RadiomicsExtractor:
         if m.ndim == 3 and m.shape[0] == 1:
             m = m[0]
         if img.ndim != 2 or img.shape != m.shape:
-            raise InvalidRequestError(f"radiomics needs a 2D image and a mask of the same shape, got {img.shape} and {m.shape}")
+            raise InvalidRequestError(
+                f"radiomics needs a 2D image and a mask of the same shape, got {img.shape} and {m.shape}"
+            )
         out = np.full(self.num_features, np.nan)
         if int(m.sum()) < self.min_roi_pixels or not np.isfinite(img[m]).all():
             return out
@@ -191,7 +203,11 @@ class RadiomicsScaler(nn.Module):
 
     def forward(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Standardised ``float32 [N, F]``."""
-        x = torch.as_tensor(np.asarray(raw, dtype=np.float64)) if not isinstance(raw, torch.Tensor) else raw.to(torch.float64)
+        x = (
+            torch.as_tensor(np.asarray(raw, dtype=np.float64))
+            if not isinstance(raw, torch.Tensor)
+            else raw.to(torch.float64)
+        )
         x = x.to(self.mean.device)
         z = (x - self.mean) / self.std
         z = torch.where(torch.isfinite(z), z, torch.zeros_like(z)).clamp(-self.clip, self.clip)
@@ -201,13 +217,20 @@ class RadiomicsScaler(nn.Module):
 class RadiomicsModule(RadiomicsScaler):
     """The model's radiomics part: the scaler plus a lazily created extractor."""
 
-    def __init__(self, classes: Sequence[str] = DEFAULT_CLASSES, bin_count: int = 32, clip: float = 10.0,
-                 min_roi_pixels: int = 16) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str] = DEFAULT_CLASSES,
+        bin_count: int = 32,
+        clip: float = 10.0,
+        min_roi_pixels: int = 16,
+    ) -> None:
         self.extractor = RadiomicsExtractor(classes, bin_count=bin_count, min_roi_pixels=min_roi_pixels)
         super().__init__(self.extractor.feature_names, clip=clip)
 
 
 @RADIOMICS.register("pyradiomics")
 def _pyradiomics(params: dict[str, Any], ctx: BuildContext) -> RadiomicsModule:
-    p = take_params("pyradiomics", params, {"classes": list(DEFAULT_CLASSES), "bin_count": 32, "clip": 10.0, "min_roi_pixels": 16})
+    p = take_params(
+        "pyradiomics", params, {"classes": list(DEFAULT_CLASSES), "bin_count": 32, "clip": 10.0, "min_roi_pixels": 16}
+    )
     return RadiomicsModule(**p)

@@ -101,7 +101,9 @@ def take_params(kind: str, params: dict[str, Any], defaults: dict[str, Any]) -> 
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; allowed: {', '.join(sorted(defaults)) or '(none)'}"
+        hint = (
+            f"; did you mean {', '.join(close)}?" if close else f"; allowed: {', '.join(sorted(defaults)) or '(none)'}"
+        )
         raise ConfigError(f"{kind}: unknown param {key!r}{hint}")
     out = dict(defaults)
     out.update(params)

@@ -21,8 +21,9 @@ log = logging.getLogger("lungsearch.pacs")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lungsearch.pacs", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lungsearch.pacs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default=None, help="receiver YAML (docs/pacs.md); flags below override it")
     p.add_argument("--host", default=None, help="listen address (default: the config's, else 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="DICOM port (default: the config's, else 11112)")
@@ -37,8 +38,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_receiver(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=[logging.INFO, logging.DEBUG][min(args.verbose, 1)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=[logging.INFO, logging.DEBUG][min(args.verbose, 1)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     # pynetdicom's own INFO/DEBUG lines carry SOP Instance UIDs and AE-supplied text: keep them out.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     from lungsearch.errors import ConfigError, LungsearchError
@@ -46,9 +49,16 @@ def run_receiver(argv: list[str] | None = None) -> int:
     from lungsearch.pacs.scp import Receiver
 
     try:
-        cfg = load_receiver_config(args.config, host=args.host, port=args.port, ae_title=args.ae_title,
-                                   target=args.target, spool_dir=args.spool_dir, audit_log=args.audit_log,
-                                   settle_s=args.settle_s)
+        cfg = load_receiver_config(
+            args.config,
+            host=args.host,
+            port=args.port,
+            ae_title=args.ae_title,
+            target=args.target,
+            spool_dir=args.spool_dir,
+            audit_log=args.audit_log,
+            settle_s=args.settle_s,
+        )
         on_ingested = None
         if cfg.destination is not None:
             from lungsearch.pacs.results import results_hook
@@ -83,8 +93,9 @@ def run_receiver(argv: list[str] | None = None) -> int:
     return 0
 
 
-def start_receiver_process(*, port: int, target: str, config: str | None = None, host: str | None = None,
-                           log_file: str | Path | None = None) -> subprocess.Popen:
+def start_receiver_process(
+    *, port: int, target: str, config: str | None = None, host: str | None = None, log_file: str | Path | None = None
+) -> subprocess.Popen:
     """Start ``python -m lungsearch.pacs`` as a child process (used by ``lungsearch serve --dicom-port``)."""
     cmd = [sys.executable, "-m", "lungsearch.pacs", "--port", str(port), "--target", target]
     if host:

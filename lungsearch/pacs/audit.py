@@ -24,8 +24,18 @@ from lungsearch.pacs import metrics
 __all__ = ["AuditLog", "EVENTS", "OUTCOME_RE"]
 
 #: The events the log knows; anything else is a programming error.
-EVENTS = ("ingest", "search", "classify", "explain", "results_sent", "association", "retrieve", "get_case",
-          "delete_case", "activate")
+EVENTS = (
+    "ingest",
+    "search",
+    "classify",
+    "explain",
+    "results_sent",
+    "association",
+    "retrieve",
+    "get_case",
+    "delete_case",
+    "activate",
+)
 #: Outcomes are ``ok`` or a short lower-case reason code (also a metric label: kept bounded by shape).
 OUTCOME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Free-text fields are refused wholesale: only these keys, with short, identifier-shaped values.
@@ -52,8 +62,11 @@ class AuditLog:
             raise ValueError(f"unknown audit event {event!r}")
         if not OUTCOME_RE.match(outcome):
             raise ValueError("audit outcome must be 'ok' or a short reason code")
-        line: dict[str, Any] = {"ts": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
-                                "event": event, "outcome": outcome}
+        line: dict[str, Any] = {
+            "ts": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "event": event,
+            "outcome": outcome,
+        }
         for key, value in fields.items():
             if key not in _FIELDS:
                 raise ValueError(f"audit field {key!r} is not allowed")

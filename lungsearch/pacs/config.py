@@ -28,8 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lungsearch.errors import ConfigError
 
-__all__ = ["Caller", "AssociationLimits", "TLSConfig", "Destination", "ReceiverConfig", "load_receiver_config",
-           "MODALITY_KINDS"]
+__all__ = [
+    "Caller",
+    "AssociationLimits",
+    "TLSConfig",
+    "Destination",
+    "ReceiverConfig",
+    "load_receiver_config",
+    "MODALITY_KINDS",
+]
 
 #: DICOM Modality -> the platform's modality kind, which picks the caller's profile.
 MODALITY_KINDS = {"CT": "ct", "CR": "cxr", "DX": "cxr", "DR": "cxr", "MR": "mr"}
@@ -51,8 +58,11 @@ class Caller(_Model):
     """One calling AE title allowed to push, with its site label and the profile per modality kind."""
 
     ae_title: str
-    site: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,40}$",
-                      description="site label for the audit log and metrics (bounded, never PHI)")
+    site: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.-]{1,40}$",
+        description="site label for the audit log and metrics (bounded, never PHI)",
+    )
     profiles: dict[Literal["ct", "cxr", "mr"], str] = Field(default_factory=lambda: {"ct": "ct-ild", "cxr": "cxr-hash"})
 
     _ae_check = field_validator("ae_title")(lambda cls, v: _ae(v))
@@ -102,8 +112,9 @@ class ReceiverConfig(_Model):
     port: int = Field(default=11112, ge=0, le=65535)
     spool_dir: str = "data/dicom-spool"
     settle_s: float = Field(default=10.0, ge=0.05, description="a series is ingested once quiet this long")
-    linger_s: float = Field(default=600.0, ge=0,
-                            description="keep an ingested series this long so late instances re-ingest it whole")
+    linger_s: float = Field(
+        default=600.0, ge=0, description="keep an ingested series this long so late instances re-ingest it whole"
+    )
     discard_aborted: bool = Field(default=True, description="an A-ABORTed association's instances are dropped")
     max_spool_bytes: int = Field(default=20 << 30, ge=1)
     network_timeout_s: float = Field(default=60.0, gt=0)

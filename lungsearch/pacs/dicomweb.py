@@ -44,9 +44,19 @@ def dicomweb_client(url: str, *, token: str | None = None, ca_file: str | None =
     return DICOMwebClient(url, session=session, headers=headers, timeout=timeout)
 
 
-def ingest_study(client: Any, url: str, study_uid: str, *, profiles: dict[str, str] | None = None,
-                 web: Any = None, token: str | None = None, ca_file: str | None = None,
-                 timeout: float | None = None, audit: Any = None, who: str = "sdk") -> list[SeriesIngest]:
+def ingest_study(
+    client: Any,
+    url: str,
+    study_uid: str,
+    *,
+    profiles: dict[str, str] | None = None,
+    web: Any = None,
+    token: str | None = None,
+    ca_file: str | None = None,
+    timeout: float | None = None,
+    audit: Any = None,
+    who: str = "sdk",
+) -> list[SeriesIngest]:
     """Pull one study from a DICOMweb server and ingest each image series.
 
     Args:
@@ -94,7 +104,8 @@ def ingest_study(client: Any, url: str, study_uid: str, *, profiles: dict[str, s
                 res = client.ingest_series(files, model=profiles[kind], timeout=timeout)
         model = f"{res.model.profile}@{res.model.version}"
         if audit is not None:
-            audit.record("ingest", "ok", who=who, case_key=res.case_key, model=model, instances=len(files),
-                         detail="dicomweb")
+            audit.record(
+                "ingest", "ok", who=who, case_key=res.case_key, model=model, instances=len(files), detail="dicomweb"
+            )
         out.append(SeriesIngest(index, modality, len(files), case_key=res.case_key, model=model))
     return out

@@ -35,8 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["Analysis", "analyse", "build_sr", "build_sc", "build_results", "send_dimse", "send_stow", "report_back",
-           "results_hook", "SCHEME"]
+__all__ = [
+    "Analysis",
+    "analyse",
+    "build_sr",
+    "build_sc",
+    "build_results",
+    "send_dimse",
+    "send_stow",
+    "report_back",
+    "results_hook",
+    "SCHEME",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +79,21 @@ class Analysis:
 
     profile: str
     version: str
-    search: Any = None          # lungsearch.client.SearchResult
+    search: Any = None  # lungsearch.client.SearchResult
     classification: Any = None  # lungsearch.client.Classification
-    explain: Any = None         # lungsearch.client.ExplainResult
+    explain: Any = None  # lungsearch.client.ExplainResult
     synthetic: bool | None = None
 
 
-def analyse(client: Any, files: Sequence[str | Path], profile: str, *, top_k: int = 5,
-            exclude_key: str | None = None, timeout: float | None = None) -> Analysis:
+def analyse(
+    client: Any,
+    files: Sequence[str | Path],
+    profile: str,
+    *,
+    top_k: int = 5,
+    exclude_key: str | None = None,
+    timeout: float | None = None,
+) -> Analysis:
     """Search, classify and explain ``files`` (one image or a series) through the SDK."""
     from lungsearch.client import LungSearchError
 
@@ -102,8 +119,14 @@ def analyse(client: Any, files: Sequence[str | Path], profile: str, *, top_k: in
                 synthetic = bool(info.synthetic_data)
     except LungSearchError:
         pass
-    return Analysis(profile=search.model.profile or profile, version=search.model.version, search=search,
-                    classification=classification, explain=explain, synthetic=synthetic)
+    return Analysis(
+        profile=search.model.profile or profile,
+        version=search.model.version,
+        search=search,
+        classification=classification,
+        explain=explain,
+        synthetic=synthetic,
+    )
 
 
 def _reference(datasets: Sequence[Any]) -> Any:
@@ -129,52 +152,95 @@ def build_sc(query: Sequence[Any], analysis: Analysis) -> Any | None:
     # to posterior; a PA radiograph's rows to the left, columns to the feet.
     orientation = ("L", "P") if str(ref.get("Modality", "")).upper() in ("CT", "MR") else ("L", "F")
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=ref, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=orientation, series_instance_uid=hd.UID(),
+        ref_dataset=ref,
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=orientation,
+        series_instance_uid=hd.UID(),
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lungsearch",
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="lungsearch",
         series_description=f"lungsearch Grad-CAM {analysis.explain.label}"[:64],
     )
     sc.BurnedInAnnotation = "NO"
-    sc.ImageComments = (f"Grad-CAM for '{analysis.explain.label}' (p={analysis.explain.score:.3f}), "
-                        f"{analysis.profile}@{analysis.version}. Not for primary diagnosis.")[:10240]
+    sc.ImageComments = (
+        f"Grad-CAM for '{analysis.explain.label}' (p={analysis.explain.score:.3f}), "
+        f"{analysis.profile}@{analysis.version}. Not for primary diagnosis."
+    )[:10240]
     return sc
 
 
-def build_sr(query: Sequence[Any], analysis: Analysis, *, sc: Any | None = None,
-             accession_for: Callable[[str], str | None] | None = None) -> Any:
+def build_sr(
+    query: Sequence[Any],
+    analysis: Analysis,
+    *,
+    sc: Any | None = None,
+    accession_for: Callable[[str], str | None] | None = None,
+) -> Any:
     """The Comprehensive SR described in the module docstring."""
     _quiet_highdicom()
     import highdicom as hd
-    from highdicom.sr import (CodeContentItem, ContainerContentItem, ContentSequence, ImageContentItem,
-                              NumContentItem, RelationshipTypeValues as R, TextContentItem)
+    from highdicom.sr import (
+        CodeContentItem,
+        ContainerContentItem,
+        ContentSequence,
+        ImageContentItem,
+        NumContentItem,
+        TextContentItem,
+    )
+    from highdicom.sr import (
+        RelationshipTypeValues as R,
+    )
     from pydicom.sr.codedict import codes
 
     unit = _code("1", "no units", "UCUM")
     finding = codes.DCM.Finding
     root = ContainerContentItem(name=_code("LS-0001", "Similar case retrieval report"), template_id=None)
     items: list[Any] = [
-        TextContentItem(name=codes.DCM.AlgorithmName, value=f"lungsearch {analysis.profile}",
-                        relationship_type=R.HAS_OBS_CONTEXT),
-        TextContentItem(name=codes.DCM.AlgorithmVersion, value=analysis.version or "unknown",
-                        relationship_type=R.HAS_OBS_CONTEXT),
-        TextContentItem(name=_code("LS-0002", "Data provenance"),
-                        value={True: "model trained on synthetic phantom data", False: "model trained on real data",
-                               None: "unknown"}[analysis.synthetic], relationship_type=R.CONTAINS),
+        TextContentItem(
+            name=codes.DCM.AlgorithmName, value=f"lungsearch {analysis.profile}", relationship_type=R.HAS_OBS_CONTEXT
+        ),
+        TextContentItem(
+            name=codes.DCM.AlgorithmVersion, value=analysis.version or "unknown", relationship_type=R.HAS_OBS_CONTEXT
+        ),
+        TextContentItem(
+            name=_code("LS-0002", "Data provenance"),
+            value={
+                True: "model trained on synthetic phantom data",
+                False: "model trained on real data",
+                None: "unknown",
+            }[analysis.synthetic],
+            relationship_type=R.CONTAINS,
+        ),
     ]
     c = analysis.classification
     if c is not None and c.probabilities:
         box = ContainerContentItem(name=_code("LS-0010", "Classification"), relationship_type=R.CONTAINS)
         kids: list[Any] = []
         if c.top_label:
-            kids.append(CodeContentItem(name=_code("LS-0011", "Predicted label"), value=_label_code(c.top_label),
-                                        relationship_type=R.CONTAINS))
+            kids.append(
+                CodeContentItem(
+                    name=_code("LS-0011", "Predicted label"),
+                    value=_label_code(c.top_label),
+                    relationship_type=R.CONTAINS,
+                )
+            )
         for label, p in sorted(c.probabilities.items(), key=lambda kv: -kv[1]):
             one = ContainerContentItem(name=_code("LS-0012", "Class probability"), relationship_type=R.CONTAINS)
-            one.ContentSequence = ContentSequence([
-                CodeContentItem(name=finding, value=_label_code(label), relationship_type=R.CONTAINS),
-                NumContentItem(name=_code("LS-0013", "Probability"), value=round(float(p), 6), unit=unit,
-                               relationship_type=R.CONTAINS)])
+            one.ContentSequence = ContentSequence(
+                [
+                    CodeContentItem(name=finding, value=_label_code(label), relationship_type=R.CONTAINS),
+                    NumContentItem(
+                        name=_code("LS-0013", "Probability"),
+                        value=round(float(p), 6),
+                        unit=unit,
+                        relationship_type=R.CONTAINS,
+                    ),
+                ]
+            )
             kids.append(one)
         box.ContentSequence = ContentSequence(kids)
         items.append(box)
@@ -186,35 +252,61 @@ def build_sr(query: Sequence[Any], analysis: Analysis, *, sc: Any | None = None,
             one = ContainerContentItem(name=_code("LS-0021", "Similar case"), relationship_type=R.CONTAINS)
             leaf: list[Any] = [
                 NumContentItem(name=_code("LS-0022", "Rank"), value=rank, unit=unit, relationship_type=R.CONTAINS),
-                TextContentItem(name=_code("LS-0023", "Case key"), value=hit.case.case_key, relationship_type=R.CONTAINS),
+                TextContentItem(
+                    name=_code("LS-0023", "Case key"), value=hit.case.case_key, relationship_type=R.CONTAINS
+                ),
             ]
             accession = accession_for(hit.case.case_key) if accession_for else None
             if accession:
-                leaf.append(TextContentItem(name=codes.DCM.AccessionNumber, value=str(accession)[:16],
-                                            relationship_type=R.CONTAINS))
-            leaf.append(NumContentItem(name=_code("LS-0024", "Similarity"), value=round(float(hit.score), 6), unit=unit,
-                                       relationship_type=R.CONTAINS))
-            leaf += [CodeContentItem(name=finding, value=_label_code(lab), relationship_type=R.CONTAINS)
-                     for lab in hit.case.labels]
+                leaf.append(
+                    TextContentItem(
+                        name=codes.DCM.AccessionNumber, value=str(accession)[:16], relationship_type=R.CONTAINS
+                    )
+                )
+            leaf.append(
+                NumContentItem(
+                    name=_code("LS-0024", "Similarity"),
+                    value=round(float(hit.score), 6),
+                    unit=unit,
+                    relationship_type=R.CONTAINS,
+                )
+            )
+            leaf += [
+                CodeContentItem(name=finding, value=_label_code(lab), relationship_type=R.CONTAINS)
+                for lab in hit.case.labels
+            ]
             one.ContentSequence = ContentSequence(leaf)
             kids.append(one)
         if kids:
             box.ContentSequence = ContentSequence(kids)
         items.append(box)
     if sc is not None:
-        items.append(ImageContentItem(name=_code("LS-0030", "Grad-CAM overlay"), referenced_sop_class_uid=sc.SOPClassUID,
-                                      referenced_sop_instance_uid=sc.SOPInstanceUID, relationship_type=R.CONTAINS))
+        items.append(
+            ImageContentItem(
+                name=_code("LS-0030", "Grad-CAM overlay"),
+                referenced_sop_class_uid=sc.SOPClassUID,
+                referenced_sop_instance_uid=sc.SOPInstanceUID,
+                relationship_type=R.CONTAINS,
+            )
+        )
     root.ContentSequence = ContentSequence(items)
     evidence = list(query) + ([sc] if sc is not None else [])
     return hd.sr.ComprehensiveSR(
-        evidence=evidence, content=root, series_instance_uid=hd.UID(), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lungsearch", is_complete=True,
+        evidence=evidence,
+        content=root,
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="lungsearch",
+        is_complete=True,
         series_description="lungsearch similar cases",
     )
 
 
-def build_results(query: Sequence[Any], analysis: Analysis, *,
-                  accession_for: Callable[[str], str | None] | None = None) -> list[Any]:
+def build_results(
+    query: Sequence[Any], analysis: Analysis, *, accession_for: Callable[[str], str | None] | None = None
+) -> list[Any]:
     """``[SR]`` or ``[SR, SC]`` for the query study (pydicom datasets)."""
     _quiet_highdicom()
     sc = build_sc(query, analysis)
@@ -222,8 +314,16 @@ def build_results(query: Sequence[Any], analysis: Analysis, *,
     return [sr] + ([sc] if sc is not None else [])
 
 
-def send_dimse(datasets: Sequence[Any], *, host: str, port: int, ae_title: str, calling_ae: str = "LUNGSEARCH",
-               ssl_context: Any = None, timeout: float = 30.0) -> list[int]:
+def send_dimse(
+    datasets: Sequence[Any],
+    *,
+    host: str,
+    port: int,
+    ae_title: str,
+    calling_ae: str = "LUNGSEARCH",
+    ssl_context: Any = None,
+    timeout: float = 30.0,
+) -> list[int]:
     """C-STORE the objects; returns each status. Raises ConnectionError if the association fails."""
     from pynetdicom import AE
 
@@ -244,8 +344,14 @@ def send_dimse(datasets: Sequence[Any], *, host: str, port: int, ae_title: str, 
         assoc.release()
 
 
-def send_stow(datasets: Sequence[Any], url: str, *, study_uid: str | None = None, token: str | None = None,
-              ca_file: str | None = None) -> list[str]:
+def send_stow(
+    datasets: Sequence[Any],
+    url: str,
+    *,
+    study_uid: str | None = None,
+    token: str | None = None,
+    ca_file: str | None = None,
+) -> list[str]:
     """STOW-RS the objects; returns the stored SOP Instance UIDs.
 
     The server's answer is checked, not just its HTTP status: a 200 whose ReferencedSOPSequence
@@ -268,9 +374,18 @@ def send_stow(datasets: Sequence[Any], url: str, *, study_uid: str | None = None
     return wanted
 
 
-def report_back(client: Any, files: Sequence[str | Path], profile: str, destination: Any, *,
-                exclude_key: str | None = None, calling_ae: str = "LUNGSEARCH", audit: Any = None,
-                who: str = "pacs", accession_for: Callable[[str], str | None] | None = None) -> list[Any]:
+def report_back(
+    client: Any,
+    files: Sequence[str | Path],
+    profile: str,
+    destination: Any,
+    *,
+    exclude_key: str | None = None,
+    calling_ae: str = "LUNGSEARCH",
+    audit: Any = None,
+    who: str = "pacs",
+    accession_for: Callable[[str], str | None] | None = None,
+) -> list[Any]:
     """Analyse a study, build the SR (+ SC) and send them to ``destination`` (a config ``Destination``)."""
     import pydicom
 
@@ -279,29 +394,47 @@ def report_back(client: Any, files: Sequence[str | Path], profile: str, destinat
     query = [pydicom.dcmread(str(f), stop_before_pixels=False) for f in files]
     analysis = analyse(client, files, profile, top_k=destination.top_k, exclude_key=exclude_key)
     objects = build_results(query, analysis, accession_for=accession_for)
-    kinds = ["sr", "sc"][:len(objects)]
+    kinds = ["sr", "sc"][: len(objects)]
     try:
         if destination.kind == "dicomweb":
             send_stow(objects, destination.url, study_uid=str(query[0].StudyInstanceUID))
         else:
-            statuses = send_dimse(objects, host=destination.host, port=destination.port,
-                                  ae_title=destination.ae_title, calling_ae=calling_ae)
+            statuses = send_dimse(
+                objects,
+                host=destination.host,
+                port=destination.port,
+                ae_title=destination.ae_title,
+                calling_ae=calling_ae,
+            )
             if any(s != 0 for s in statuses):
                 raise ConnectionError("the destination refused an object")
     except Exception:
         for k in kinds:
             metrics.RESULTS_SENT.labels(kind=k, outcome="failed").inc()
         if audit is not None:
-            audit.record("results_sent", "failed", who=who, case_key=exclude_key,
-                         model=f"{analysis.profile}@{analysis.version}")
+            audit.record(
+                "results_sent", "failed", who=who, case_key=exclude_key, model=f"{analysis.profile}@{analysis.version}"
+            )
         raise
     for k in kinds:
         metrics.RESULTS_SENT.labels(kind=k, outcome="ok").inc()
     if audit is not None:
-        audit.record("search", "ok", who=who, case_key=exclude_key, model=f"{analysis.profile}@{analysis.version}",
-                     hits=len(analysis.search.hits) if analysis.search else 0)
-        audit.record("results_sent", "ok", who=who, case_key=exclude_key,
-                     model=f"{analysis.profile}@{analysis.version}", detail=destination.kind)
+        audit.record(
+            "search",
+            "ok",
+            who=who,
+            case_key=exclude_key,
+            model=f"{analysis.profile}@{analysis.version}",
+            hits=len(analysis.search.hits) if analysis.search else 0,
+        )
+        audit.record(
+            "results_sent",
+            "ok",
+            who=who,
+            case_key=exclude_key,
+            model=f"{analysis.profile}@{analysis.version}",
+            detail=destination.kind,
+        )
     return objects
 
 
@@ -310,12 +443,21 @@ def results_hook(config: Any, client: Any = None, audit: Any = None):
     from lungsearch.client import LungSearchClient
     from lungsearch.pacs.audit import AuditLog
 
-    client = client or LungSearchClient(config.target, token=config.token(), ca_file=config.target_ca_file,
-                                        timeout=config.ingest_timeout_s)
+    client = client or LungSearchClient(
+        config.target, token=config.token(), ca_file=config.target_ca_file, timeout=config.ingest_timeout_s
+    )
     audit = audit or AuditLog(config.audit_log)
 
     def hook(series, profile: str, case_key: str, model: str) -> None:
-        report_back(client, series.files, profile, config.destination, exclude_key=case_key,
-                    calling_ae=config.ae_title, audit=audit, who=f"ae:{series.meta.get('caller', '?')}")
+        report_back(
+            client,
+            series.files,
+            profile,
+            config.destination,
+            exclude_key=case_key,
+            calling_ae=config.ae_title,
+            audit=audit,
+            who=f"ae:{series.meta.get('caller', '?')}",
+        )
 
     return hook

@@ -43,8 +43,17 @@ from lungsearch.pacs.audit import AuditLog
 from lungsearch.pacs.config import MODALITY_KINDS, Caller, ReceiverConfig
 from lungsearch.pacs.spool import Spool, SpooledSeries
 
-__all__ = ["Receiver", "IMAGE_SOP_CLASSES", "SUCCESS", "OUT_OF_RESOURCES", "NOT_IMAGE", "CANNOT_UNDERSTAND",
-           "CANNOT_PROCESS", "supported_transfer_syntaxes", "sdk_ingestor"]
+__all__ = [
+    "Receiver",
+    "IMAGE_SOP_CLASSES",
+    "SUCCESS",
+    "OUT_OF_RESOURCES",
+    "NOT_IMAGE",
+    "CANNOT_UNDERSTAND",
+    "CANNOT_PROCESS",
+    "supported_transfer_syntaxes",
+    "sdk_ingestor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +65,13 @@ CANNOT_PROCESS = 0xC000
 
 #: Image storage SOP classes lungsearch ingests (the modalities lungsearch.data.io decodes).
 IMAGE_SOP_CLASSES = (
-    "1.2.840.10008.5.1.4.1.1.2",      # CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",    # Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.1",      # Computed Radiography Image Storage
-    "1.2.840.10008.5.1.4.1.1.1.1",    # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
     "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.4",      # MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.1",    # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
 )
 
 # lungsearch.data.io reason codes -> DIMSE status.
@@ -103,8 +112,9 @@ def sdk_ingestor(config: ReceiverConfig, client: Any = None) -> Ingestor:
     from lungsearch.client import LungSearchClient
 
     if client is None:
-        client = LungSearchClient(config.target, token=config.token(), ca_file=config.target_ca_file,
-                                  timeout=config.ingest_timeout_s)
+        client = LungSearchClient(
+            config.target, token=config.token(), ca_file=config.target_ca_file, timeout=config.ingest_timeout_s
+        )
 
     def ingest(series: SpooledSeries, profile: str) -> tuple[str, str]:
         files = [str(f) for f in series.files]
@@ -128,15 +138,20 @@ class Receiver:
             (results back into the PACS hang here); its failures are logged, never raised.
     """
 
-    def __init__(self, config: ReceiverConfig, *, ingestor: Ingestor | None = None,
-                 on_ingested: Callable[[SpooledSeries, str, str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        *,
+        ingestor: Ingestor | None = None,
+        on_ingested: Callable[[SpooledSeries, str, str, str], None] | None = None,
+    ) -> None:
         self.config = config
         self.spool = Spool(config.spool_dir)
         self.audit = AuditLog(config.audit_log)
         self._ingestor = ingestor
         self._on_ingested = on_ingested
         self._assocs: dict[int, _Assoc] = {}
-        self._ready: set[str] = set()        # series released by their association: ingest now
+        self._ready: set[str] = set()  # series released by their association: ingest now
         self._retry: dict[str, tuple[int, float]] = {}  # series id -> (attempts, not before)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -165,9 +180,14 @@ class Receiver:
         for uid in IMAGE_SOP_CLASSES:
             ae.add_supported_context(uid, syntaxes)
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
-        handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store),
-                    (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_RELEASED, self._on_released),
-                    (evt.EVT_ABORTED, self._on_aborted), (evt.EVT_REJECTED, self._on_rejected)]
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
         return ae, handlers
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -193,13 +213,19 @@ class Receiver:
         if self._ingestor is None:
             self._ingestor = sdk_ingestor(self.config)
         ae, handlers = self._ae()
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers,
-                                       ssl_context=self._ssl_context())
+        self._server = ae.start_server(
+            (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._ssl_context()
+        )
         self.port = self._server.server_address[1]
         self._flusher = threading.Thread(target=self._flush_loop, name="pacs-flusher", daemon=True)
         self._flusher.start()
-        log.info("DICOM receiver %s listening on %s:%d%s", self.config.ae_title, self.config.host, self.port,
-                 " (TLS)" if self.config.tls else "")
+        log.info(
+            "DICOM receiver %s listening on %s:%d%s",
+            self.config.ae_title,
+            self.config.host,
+            self.port,
+            " (TLS)" if self.config.tls else "",
+        )
         return self
 
     def stop(self, *, drain: bool = False, timeout: float = 30.0) -> None:
@@ -235,8 +261,11 @@ class Receiver:
         metrics.ASSOCIATIONS.labels(outcome="rejected").inc()
         # The AE title is what the peer sent: logged only when it looks like one (no free text in logs).
         ae = str(event.assoc.requestor.ae_title or "").strip()
-        self.audit.record("association", "rejected_unknown_ae",
-                          who=f"ae:{ae}" if ae.replace("_", "").replace("-", "").isalnum() and len(ae) <= 16 else "ae:?")
+        self.audit.record(
+            "association",
+            "rejected_unknown_ae",
+            who=f"ae:{ae}" if ae.replace("_", "").replace("-", "").isalnum() and len(ae) <= 16 else "ae:?",
+        )
 
     def _on_released(self, event) -> None:
         with self._lock:
@@ -254,8 +283,9 @@ class Receiver:
         if self.config.discard_aborted:
             gone = self.spool.discard(st.files)
             log.info("association from %s aborted: %d unclaimed instance(s) discarded", st.caller.ae_title, gone)
-            self.audit.record("association", "aborted_discarded", who=f"ae:{st.caller.ae_title}",
-                              site=st.caller.site, instances=gone)
+            self.audit.record(
+                "association", "aborted_discarded", who=f"ae:{st.caller.ae_title}", site=st.caller.site, instances=gone
+            )
         else:
             with self._lock:
                 self._ready |= st.series
@@ -267,8 +297,12 @@ class Receiver:
     def _status(self, status: int, site: str, why: str = "") -> int:
         metrics.DIMSE_RESPONSES.labels(status=metrics.STATUS_NAMES.get(status, "other"), site=site).inc()
         if status != SUCCESS:
-            log.info("C-STORE refused: %s (0x%04X)%s", metrics.STATUS_NAMES.get(status, "other"), status,
-                     f": {why}" if why else "")
+            log.info(
+                "C-STORE refused: %s (0x%04X)%s",
+                metrics.STATUS_NAMES.get(status, "other"),
+                status,
+                f": {why}" if why else "",
+            )
         return status
 
     def _spool_full(self, incoming: int) -> bool:
@@ -291,11 +325,18 @@ class Receiver:
             ds.file_meta = event.file_meta
             return ds
 
-        return self.store_instance(st, size, decode, str(event.request.AffectedSOPClassUID),
-                                   lambda: event.encoded_dataset(include_meta=True))
+        return self.store_instance(
+            st, size, decode, str(event.request.AffectedSOPClassUID), lambda: event.encoded_dataset(include_meta=True)
+        )
 
-    def store_instance(self, st: _Assoc, size: int, decode: Callable[[], Any], declared_sop_class: str | None,
-                       encoded: Callable[[], bytes]) -> int:
+    def store_instance(
+        self,
+        st: _Assoc,
+        size: int,
+        decode: Callable[[], Any],
+        declared_sop_class: str | None,
+        encoded: Callable[[], bytes],
+    ) -> int:
         """Validate, spool and account one instance for the sender ``st``; returns the DIMSE status.
 
         Shared by C-STORE and STOW-RS (``declared_sop_class`` None: the data set's own is taken).
@@ -342,8 +383,11 @@ class Receiver:
         try:
             path = writer.result()
         except OSError as exc:  # disk full, permissions: the instance is not stored, say so
-            return status if status != SUCCESS else self._status(
-                OUT_OF_RESOURCES, site, f"spool write failed ({type(exc).__name__})")
+            return (
+                status
+                if status != SUCCESS
+                else self._status(OUT_OF_RESOURCES, site, f"spool write failed ({type(exc).__name__})")
+            )
         if status != SUCCESS:
             self.spool.discard([path])
             return status
@@ -444,10 +488,13 @@ class Receiver:
         try:
             case_key, model = self._ingestor(series, profile)  # type: ignore[misc]
         except (LungSearchError, LungsearchError, OSError) as exc:
-            retriable = bool(getattr(exc, "retriable", False)) or type(exc).__name__ in ("Unavailable", "DeadlineExceeded")
+            retriable = bool(getattr(exc, "retriable", False)) or type(exc).__name__ in (
+                "Unavailable",
+                "DeadlineExceeded",
+            )
             reason = str(getattr(exc, "reason", "") or type(exc).__name__).lower()[:30]
             if retriable and attempts + 1 < self.config.max_ingest_attempts:
-                self._retry[series.series_id] = (attempts + 1, time.monotonic() + min(60.0, 0.5 * 2 ** attempts))
+                self._retry[series.series_id] = (attempts + 1, time.monotonic() + min(60.0, 0.5 * 2**attempts))
                 self.spool.unclaim(series)
                 log.warning("series %s: ingest failed (%s), retry %d", series.series_id[:12], reason, attempts + 1)
                 return
@@ -455,18 +502,42 @@ class Receiver:
             self.spool.finish(series, keep=False)
             outcome = ("failed_" if retriable else "rejected_") + "".join(c if c.isalnum() else "_" for c in reason)
             metrics.SERIES_INGESTED.labels(outcome="rejected" if not retriable else "failed", site=site).inc()
-            log.warning("series %s: ingest %s; %d instance(s) dropped, nothing stored", series.series_id[:12],
-                        outcome, len(series.files))
-            self.audit.record("ingest", outcome[:40], who=who, site=site, model=profile,
-                              instances=len(series.files), series=series.series_id)
+            log.warning(
+                "series %s: ingest %s; %d instance(s) dropped, nothing stored",
+                series.series_id[:12],
+                outcome,
+                len(series.files),
+            )
+            self.audit.record(
+                "ingest",
+                outcome[:40],
+                who=who,
+                site=site,
+                model=profile,
+                instances=len(series.files),
+                series=series.series_id,
+            )
             return
         metrics.INGEST_SECONDS.observe(time.perf_counter() - t0)
         metrics.SERIES_INGESTED.labels(outcome="ok", site=site).inc()
         self._retry.pop(series.series_id, None)
-        self.audit.record("ingest", "ok", who=who, site=site, model=model, case_key=case_key,
-                          instances=len(series.files), series=series.series_id)
-        log.info("series %s: %d instance(s) ingested as case %s (%s)", series.series_id[:12], len(series.files),
-                 case_key[:12], model)
+        self.audit.record(
+            "ingest",
+            "ok",
+            who=who,
+            site=site,
+            model=model,
+            case_key=case_key,
+            instances=len(series.files),
+            series=series.series_id,
+        )
+        log.info(
+            "series %s: %d instance(s) ingested as case %s (%s)",
+            series.series_id[:12],
+            len(series.files),
+            case_key[:12],
+            model,
+        )
         if self._on_ingested is not None:
             try:
                 self._on_ingested(series, profile, case_key, model)

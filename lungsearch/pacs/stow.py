@@ -34,7 +34,8 @@ _READ = 1 << 16
 def parse_multipart_related(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     """(part content type, part bytes) of a multipart/related body (the stdlib MIME parser does the work)."""
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
     if not msg.is_multipart():
         raise ValueError("not a multipart body")
     return [(part.get_content_type(), part.get_payload(decode=True) or b"") for part in msg.iter_parts()]
@@ -100,12 +101,24 @@ class _Handler(BaseHTTPRequestHandler):
         code = 200 if ok and not failed else 202 if ok else 409
         doc: dict[str, Any] = {}
         if ok:
-            doc["00081199"] = {"vr": "SQ", "Value": [
-                {"00081150": {"vr": "UI", "Value": [c]}, "00081155": {"vr": "UI", "Value": [i]}} for c, i in ok]}
+            doc["00081199"] = {
+                "vr": "SQ",
+                "Value": [
+                    {"00081150": {"vr": "UI", "Value": [c]}, "00081155": {"vr": "UI", "Value": [i]}} for c, i in ok
+                ],
+            }
         if failed:
-            doc["00081198"] = {"vr": "SQ", "Value": [
-                {"00081150": {"vr": "UI", "Value": [c]}, "00081155": {"vr": "UI", "Value": [i]},
-                 "00081197": {"vr": "US", "Value": [status]}} for c, i, status in failed]}
+            doc["00081198"] = {
+                "vr": "SQ",
+                "Value": [
+                    {
+                        "00081150": {"vr": "UI", "Value": [c]},
+                        "00081155": {"vr": "UI", "Value": [i]},
+                        "00081197": {"vr": "US", "Value": [status]},
+                    }
+                    for c, i, status in failed
+                ],
+            }
         self._answer(code, doc)
 
 

@@ -33,7 +33,9 @@ __all__ = ["TLSProxy", "nginx_available"]
 
 def nginx_available() -> str | None:
     """Path of the nginx binary, or None (Debian: ``apt-get install nginx-light``)."""
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
 
 
 class TLSProxy:
@@ -52,10 +54,19 @@ class TLSProxy:
             (``/lungsearch.v1.LungSearch/...``) never start with ``/lungsearch/``.
     """
 
-    def __init__(self, *, listen_port: int, upstream: str, cert_file: str | os.PathLike, key_file: str | os.PathLike,
-                 listen_host: str = "127.0.0.1", client_ca_file: str | os.PathLike | None = None,
-                 max_body_bytes: int = 256 * 1024 * 1024, read_timeout_s: int = 300,
-                 http_upstream: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        listen_port: int,
+        upstream: str,
+        cert_file: str | os.PathLike,
+        key_file: str | os.PathLike,
+        listen_host: str = "127.0.0.1",
+        client_ca_file: str | os.PathLike | None = None,
+        max_body_bytes: int = 256 * 1024 * 1024,
+        read_timeout_s: int = 300,
+        http_upstream: str | None = None,
+    ) -> None:
         for label, path in (("cert_file", cert_file), ("key_file", key_file), ("client_ca_file", client_ca_file)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"TLS {label}: no such file: {path}")
@@ -78,15 +89,21 @@ class TLSProxy:
             # nginx answers a missing or untrusted client certificate with HTTP 400, which gRPC
             # clients read as INTERNAL; 401 reads as UNAUTHENTICATED (gRPC's HTTP status mapping),
             # so the SDK raises its auth error, as for a missing token.
-            mtls = (f"ssl_client_certificate {self.client_ca_file};\n        ssl_verify_client on;\n"
-                    "        error_page 495 496 = @unauthenticated;\n"
-                    "        location @unauthenticated { return 401; }")
+            mtls = (
+                f"ssl_client_certificate {self.client_ca_file};\n        ssl_verify_client on;\n"
+                "        error_page 495 496 = @unauthenticated;\n"
+                "        location @unauthenticated { return 401; }"
+            )
         web = ""
         if self.http_upstream:
-            web = (f"location /lungsearch/ {{\n            proxy_pass http://{self.http_upstream};\n"
-                   "            proxy_http_version 1.1;\n            proxy_set_header X-Forwarded-Proto https;\n"
-                   f"            proxy_read_timeout {self.read_timeout_s}s;\n        }}")
-        temp = "\n    ".join(f"{kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            web = (
+                f"location /lungsearch/ {{\n            proxy_pass http://{self.http_upstream};\n"
+                "            proxy_http_version 1.1;\n            proxy_set_header X-Forwarded-Proto https;\n"
+                f"            proxy_read_timeout {self.read_timeout_s}s;\n        }}"
+            )
+        temp = "\n    ".join(
+            f"{kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         return f"""{user}
 worker_processes 1;
 daemon off;
@@ -121,19 +138,28 @@ http {{
         self._workdir = Path(tempfile.mkdtemp(prefix="lungsearch-tls-"))
         conf = self._workdir / "nginx.conf"
         conf.write_text(self.render_config(self._workdir))
-        check = subprocess.run([binary, "-t", "-q", "-c", str(conf), "-p", str(self._workdir), "-e", str(self._workdir / "error.log")],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [binary, "-t", "-q", "-c", str(conf), "-p", str(self._workdir), "-e", str(self._workdir / "error.log")],
+            capture_output=True,
+            text=True,
+        )
         if check.returncode != 0:
             raise ConfigError(f"nginx rejected the TLS proxy config: {check.stderr.strip()[-300:]}")
-        self._proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(self._workdir), "-e", str(self._workdir / "error.log")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self._proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(self._workdir), "-e", str(self._workdir / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 raise LungsearchError(f"nginx exited at start: {err.strip()[-300:]}")
             try:
-                with socket.create_connection((self.listen_host if self.listen_host != "0.0.0.0" else "127.0.0.1", self.listen_port), 0.2):
+                with socket.create_connection(
+                    (self.listen_host if self.listen_host != "0.0.0.0" else "127.0.0.1", self.listen_port), 0.2
+                ):
                     return self
             except OSError:
                 time.sleep(0.05)

@@ -20,8 +20,13 @@ __all__ = ["AppArgs", "DEPLOYMENTS", "deployment_options", "APP_NAME"]
 #: Serve application name (clients may send it as ``application`` metadata; one app needs none).
 APP_NAME = "lungsearch"
 #: Deployment names as Serve knows them, keyed by the profile config's section names.
-DEPLOYMENTS = {"gateway": "Gateway", "encoding": "Encoding", "fusion": "Fusion", "hashing": "Hashing",
-               "ranking": "Ranking"}
+DEPLOYMENTS = {
+    "gateway": "Gateway",
+    "encoding": "Encoding",
+    "fusion": "Fusion",
+    "hashing": "Hashing",
+    "ranking": "Ranking",
+}
 
 
 class AppArgs(BaseModel):
@@ -29,28 +34,41 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    profiles: list[str] = Field(default_factory=lambda: ["cxr-hash"],
-                                description="Profiles to serve: names, 'profile@version', several at once.")
+    profiles: list[str] = Field(
+        default_factory=lambda: ["cxr-hash"],
+        description="Profiles to serve: names, 'profile@version', several at once.",
+    )
     artifacts_dir: str = Field(default="artifacts", description="Model registry root.")
     milvus_uri: str = Field(default="data/lungsearch.db", description="milvus-lite file or http://host:19530.")
     milvus_token_env: str = Field(default="LUNGSEARCH_MILVUS_TOKEN", description="Env var holding the Milvus token.")
     hmac_key_file: str = Field(default="data/hmac.key", description="Secret for case keys (created 0600 if absent).")
     tokens_file: str = Field(default="", description="Bearer tokens with roles; '' = no auth.")
     insecure_local: bool = Field(default=False, description="Without tokens, let every caller in as admin.")
-    loopback_only: bool = Field(default=False, description="Refuse non-loopback peers (set behind a TLS proxy on the "
-                                                          "same machine: Serve's plaintext port listens on every interface).")
+    loopback_only: bool = Field(
+        default=False,
+        description="Refuse non-loopback peers (set behind a TLS proxy on the "
+        "same machine: Serve's plaintext port listens on every interface).",
+    )
     torch_threads: int = Field(default=1, ge=0, description="torch intra-op threads per model replica.")
     store_timeout: float = Field(default=10.0, gt=0, description="Seconds per Milvus call.")
     index_backend: Literal["auto", "faiss", "numpy"] = "auto"
-    thumbnails_path: str = Field(default="", description="SQLite file of stored cases' thumbnails (ExplainMatch, the "
-                                                         "web page); '' = thumbnails.sqlite beside hmac_key_file; "
-                                                         "'off' = none kept.")
-    audit_log: str = Field(default="", description="Append-only audit log of every external call on cases (one "
-                                                   "PHI-free JSON line each); '' = audit/gateway.jsonl beside "
-                                                   "hmac_key_file; 'off' = none.")
+    thumbnails_path: str = Field(
+        default="",
+        description="SQLite file of stored cases' thumbnails (ExplainMatch, the "
+        "web page); '' = thumbnails.sqlite beside hmac_key_file; "
+        "'off' = none kept.",
+    )
+    audit_log: str = Field(
+        default="",
+        description="Append-only audit log of every external call on cases (one "
+        "PHI-free JSON line each); '' = audit/gateway.jsonl beside "
+        "hmac_key_file; 'off' = none.",
+    )
     stages: Literal["graph", "fused"] = Field(
-        default="graph", description="graph: gateway calls Encoding, Fusion, Hashing in turn; fused: the Encoding "
-                                     "replica also fuses and hashes (two hops fewer per request).")
+        default="graph",
+        description="graph: gateway calls Encoding, Fusion, Hashing in turn; fused: the Encoding "
+        "replica also fuses and hashes (two hops fewer per request).",
+    )
 
     @field_validator("profiles")
     @classmethod
@@ -69,7 +87,9 @@ class AppArgs(BaseModel):
         except ValidationError as exc:
             e = exc.errors()[0]
             loc = ".".join(str(p) for p in e["loc"]) or "<args>"
-            raise ConfigError(f"serve app args: {loc}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}") from None
+            raise ConfigError(
+                f"serve app args: {loc}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            ) from None
 
 
 def deployment_options(cfg: ProfileConfig, section: str) -> dict[str, Any]:
@@ -87,8 +107,11 @@ def deployment_options(cfg: ProfileConfig, section: str) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": 20.0,
     }
     if d.num_replicas == "auto":
-        opts["autoscaling_config"] = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
-                                      "target_ongoing_requests": d.target_ongoing_requests}
+        opts["autoscaling_config"] = {
+            "min_replicas": d.min_replicas,
+            "max_replicas": d.max_replicas,
+            "target_ongoing_requests": d.target_ongoing_requests,
+        }
     else:
         opts["num_replicas"] = int(d.num_replicas)
     if section in ("encoding", "fusion"):

@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 #: RPC -> audit event (lungsearch.pacs.audit.EVENTS). The rest (health, listing models, the
 #: internal services forwarded for operators) carries no case.
 AUDITED = {
-    "Ingest": "ingest", "IngestStream": "ingest", "Search": "search", "Classify": "classify",
-    "Explain": "explain", "ExplainMatch": "explain", "GetCase": "get_case", "DeleteCase": "delete_case",
+    "Ingest": "ingest",
+    "IngestStream": "ingest",
+    "Search": "search",
+    "Classify": "classify",
+    "Explain": "explain",
+    "ExplainMatch": "explain",
+    "GetCase": "get_case",
+    "DeleteCase": "delete_case",
     "ActivateModel": "activate",
 }
 

@@ -60,13 +60,25 @@ ROLES = ("read", "write", "admin")
 #: Minimum role per RPC method name (Serve routes by method name, so names are unique here).
 METHOD_ROLES: dict[str, str] = {
     # lungsearch.v1.LungSearch
-    "Search": "read", "Classify": "read", "Explain": "read", "ExplainMatch": "read", "GetCase": "read",
+    "Search": "read",
+    "Classify": "read",
+    "Explain": "read",
+    "ExplainMatch": "read",
+    "GetCase": "read",
     "ListModels": "read",
-    "Ingest": "write", "IngestStream": "write", "DeleteCase": "write",
+    "Ingest": "write",
+    "IngestStream": "write",
+    "DeleteCase": "write",
     "ActivateModel": "admin",
     # internal services forwarded by the gateway (operators, debugging)
-    "Encode": "read", "Fuse": "read", "Hash": "read", "Rank": "read", "Get": "read", "Stats": "read",
-    "Upsert": "admin", "Delete": "admin",
+    "Encode": "read",
+    "Fuse": "read",
+    "Hash": "read",
+    "Rank": "read",
+    "Get": "read",
+    "Stats": "read",
+    "Upsert": "admin",
+    "Delete": "admin",
 }
 #: Methods callable without a token (probes must work before anyone has a token).
 OPEN_METHODS = frozenset({"Check", "List", "Watch"})
@@ -177,8 +189,14 @@ class Authenticator:
         principal = auth.authorize("Search", grpc_context.invocation_metadata())
     """
 
-    def __init__(self, tokens: list[TokenEntry] | None = None, *, insecure_local: bool = False,
-                 tokens_file: str | os.PathLike | None = None, loopback_only: bool = False) -> None:
+    def __init__(
+        self,
+        tokens: list[TokenEntry] | None = None,
+        *,
+        insecure_local: bool = False,
+        tokens_file: str | os.PathLike | None = None,
+        loopback_only: bool = False,
+    ) -> None:
         self._tokens = list(tokens or [])
         self.insecure_local = bool(insecure_local)
         self.loopback_only = bool(loopback_only)
@@ -188,8 +206,9 @@ class Authenticator:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike | None, *, insecure_local: bool = False,
-                  loopback_only: bool = False) -> "Authenticator":
+    def from_file(
+        cls, path: str | os.PathLike | None, *, insecure_local: bool = False, loopback_only: bool = False
+    ) -> "Authenticator":
         """Tokens from ``path``; ``None``/"" gives the local mode (if allowed) or a deny-all gate."""
         if not path:
             return cls([], insecure_local=insecure_local, loopback_only=loopback_only)
@@ -223,8 +242,9 @@ class Authenticator:
         if not self._tokens:
             if self.insecure_local:
                 return Principal("local", "admin")
-            raise UnauthenticatedError("this server has no tokens configured and is not in insecure local mode",
-                                       code="no_tokens_configured")
+            raise UnauthenticatedError(
+                "this server has no tokens configured and is not in insecure local mode", code="no_tokens_configured"
+            )
         token = _bearer(metadata)
         if token is None:
             raise UnauthenticatedError("missing 'authorization: Bearer <token>' metadata", code="missing_token")
@@ -237,8 +257,9 @@ class Authenticator:
             raise UnauthenticatedError("invalid bearer token", code="invalid_token")
         return Principal(match.name, match.role)
 
-    def authorize(self, method: str, metadata: Iterable[tuple[str, object]], peer: str | None = None
-                  ) -> Principal | None:
+    def authorize(
+        self, method: str, metadata: Iterable[tuple[str, object]], peer: str | None = None
+    ) -> Principal | None:
         """Check a call. Returns the principal (None for open methods).
 
         Args:
@@ -255,16 +276,18 @@ class Authenticator:
         if method in OPEN_METHODS:
             return None
         if self.loopback_only and peer is not None and not peer_is_loopback(peer):
-            raise UnauthenticatedError("plaintext calls are accepted from loopback only; connect through the TLS port",
-                                       code="non_loopback_peer")
+            raise UnauthenticatedError(
+                "plaintext calls are accepted from loopback only; connect through the TLS port",
+                code="non_loopback_peer",
+            )
         if not self._tokens and self.insecure_local and peer is not None and not peer_is_loopback(peer):
-            raise UnauthenticatedError("insecure local mode accepts loopback clients only; configure tokens",
-                                       code="non_loopback_peer")
+            raise UnauthenticatedError(
+                "insecure local mode accepts loopback clients only; configure tokens", code="non_loopback_peer"
+            )
         principal = self.identify(metadata)
         need = METHOD_ROLES.get(method, "admin")
         if not principal.allows(need):
-            raise PermissionDeniedError(f"role '{principal.role}' may not call {method} (needs '{need}')",
-                                        code="role")
+            raise PermissionDeniedError(f"role '{principal.role}' may not call {method} (needs '{need}')", code="role")
         return principal
 
 
@@ -310,7 +333,9 @@ def check_bind(host: str, *, secured: bool, insecure_local: bool) -> None:
     if secured:
         return
     if not is_loopback(host):
-        raise ConfigError(f"refusing to bind {host} without auth tokens: pass --tokens-file "
-                          "(or bind 127.0.0.1 for insecure local mode)")
+        raise ConfigError(
+            f"refusing to bind {host} without auth tokens: pass --tokens-file "
+            "(or bind 127.0.0.1 for insecure local mode)"
+        )
     if not insecure_local:
         raise ConfigError("no auth tokens configured: pass --tokens-file, or --insecure-local on loopback")

@@ -42,15 +42,23 @@ _DTYPES: dict[int, np.dtype] = {
     common_pb2.DTYPE_UINT8: np.dtype("u1"),
     common_pb2.DTYPE_INT64: np.dtype("<i8"),
 }
-_BY_NUMPY = {np.dtype(np.float32): common_pb2.DTYPE_FLOAT32, np.dtype(np.float16): common_pb2.DTYPE_FLOAT16,
-             np.dtype(np.uint8): common_pb2.DTYPE_UINT8, np.dtype(np.int64): common_pb2.DTYPE_INT64}
+_BY_NUMPY = {
+    np.dtype(np.float32): common_pb2.DTYPE_FLOAT32,
+    np.dtype(np.float16): common_pb2.DTYPE_FLOAT16,
+    np.dtype(np.uint8): common_pb2.DTYPE_UINT8,
+    np.dtype(np.int64): common_pb2.DTYPE_INT64,
+}
 # Largest tensor accepted from a peer (a [512, 384] token tensor is 0.8 MB; images never travel as tensors).
 _MAX_TENSOR_BYTES = 256 * 1024 * 1024
 
 _MODALITY = {"cxr": common_pb2.MODALITY_CXR, "ct": common_pb2.MODALITY_CT, "mr": common_pb2.MODALITY_MR}
 _MODALITY_BACK = {v: k for k, v in _MODALITY.items()}
-_VIEW = {"PA": common_pb2.VIEW_PA, "AP": common_pb2.VIEW_AP, "LATERAL": common_pb2.VIEW_LATERAL,
-         "AXIAL": common_pb2.VIEW_AXIAL}
+_VIEW = {
+    "PA": common_pb2.VIEW_PA,
+    "AP": common_pb2.VIEW_AP,
+    "LATERAL": common_pb2.VIEW_LATERAL,
+    "AXIAL": common_pb2.VIEW_AXIAL,
+}
 _VIEW_BACK = {v: k for k, v in _VIEW.items()}
 
 
@@ -98,8 +106,9 @@ def tensor_from_proto(t: common_pb2.Tensor, *, field: str = "tensor") -> np.ndar
     if n * dt.itemsize > _MAX_TENSOR_BYTES:
         raise LimitExceededError(f"{field}: tensor too large", code="tensor_bytes", field=field)
     if len(t.data) != n * dt.itemsize:
-        raise InvalidRequestError(f"{field}: {len(t.data)} bytes do not match shape {list(shape)}",
-                                  code="tensor_size", field=field)
+        raise InvalidRequestError(
+            f"{field}: {len(t.data)} bytes do not match shape {list(shape)}", code="tensor_size", field=field
+        )
     return np.frombuffer(t.data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=True)
 
 
@@ -118,8 +127,11 @@ def features_to_proto(features: Mapping[str, Any]) -> encoding_pb2.Features:
 
 def features_from_proto(msg: encoding_pb2.Features) -> dict[str, np.ndarray]:
     """The set fields of a ``Features`` message as float32 arrays."""
-    return {f.name: tensor_from_proto(getattr(msg, f.name), field=f"features.{f.name}").astype(np.float32, copy=False)
-            for f in encoding_pb2.Features.DESCRIPTOR.fields if msg.HasField(f.name)}
+    return {
+        f.name: tensor_from_proto(getattr(msg, f.name), field=f"features.{f.name}").astype(np.float32, copy=False)
+        for f in encoding_pb2.Features.DESCRIPTOR.fields
+        if msg.HasField(f.name)
+    }
 
 
 def code_to_proto(packed: bytes | np.ndarray, bits: int) -> common_pb2.HashCode:
@@ -136,8 +148,9 @@ def code_from_proto(code: common_pb2.HashCode, *, expected_bits: int = 0, field:
     if code.bits <= 0 or code.bits % 8 or len(code.packed) != code.bits // 8:
         raise InvalidRequestError(f"{field}: packed length does not match bits", code="code_size", field=field)
     if expected_bits and code.bits != expected_bits:
-        raise InvalidRequestError(f"{field}: {code.bits} bits, the model uses {expected_bits}", code="code_bits",
-                                  field=field)
+        raise InvalidRequestError(
+            f"{field}: {code.bits} bits, the model uses {expected_bits}", code="code_bits", field=field
+        )
     return bytes(code.packed)
 
 
@@ -146,7 +159,7 @@ def modality_to_proto(modality: str) -> int:
 
 
 def modality_from_proto(value: int) -> str:
-    """"cxr", "ct", "mr" or "" (unspecified)."""
+    """ "cxr", "ct", "mr" or "" (unspecified)."""
     return _MODALITY_BACK.get(value, "")
 
 
@@ -214,15 +227,27 @@ def case_fields_from_proto(record: Any, *, embedding_dim: int, code_bits: int) -
         raise InvalidRequestError("record without case_key", code="case_key", field="case.case_key")
     emb = tensor_from_proto(record.embedding, field="embedding").astype(np.float32).reshape(-1)
     if emb.shape[0] != embedding_dim:
-        raise InvalidRequestError(f"embedding has {emb.shape[0]} values, the model uses {embedding_dim}",
-                                  code="embedding_dim", field="embedding")
+        raise InvalidRequestError(
+            f"embedding has {emb.shape[0]} values, the model uses {embedding_dim}",
+            code="embedding_dim",
+            field="embedding",
+        )
     code = code_from_proto(record.code, expected_bits=code_bits) if code_bits else b""
     if code_bits and not code:
         raise InvalidRequestError("record without its hash code", code="code_missing", field="code")
     ingested = c.ingested_at.ToDatetime(tzinfo=_dt.timezone.utc).timestamp() if c.HasField("ingested_at") else 0.0
-    return dict(case_key=c.case_key, modality=modality_from_proto(c.modality), view=view_from_proto(c.view),
-                labels=list(c.labels), report_excerpt=c.report_excerpt, embedding=emb, code=code,
-                ingested_at=ingested, num_images=int(c.num_images), model_version=c.model.version)
+    return dict(
+        case_key=c.case_key,
+        modality=modality_from_proto(c.modality),
+        view=view_from_proto(c.view),
+        labels=list(c.labels),
+        report_excerpt=c.report_excerpt,
+        embedding=emb,
+        code=code,
+        ingested_at=ingested,
+        num_images=int(c.num_images),
+        model_version=c.model.version,
+    )
 
 
 class CaseFilter(dict):
@@ -254,8 +279,9 @@ def filter_from_proto(f: common_pb2.Filter, *, max_labels: int = 64) -> CaseFilt
     for name in ("labels_any", "labels_all", "labels_none"):
         vals = list(getattr(f, name))
         if len(vals) > max_labels:
-            raise LimitExceededError(f"filter.{name}: more than {max_labels} labels", code="filter_labels",
-                                     field=f"filter.{name}")
+            raise LimitExceededError(
+                f"filter.{name}: more than {max_labels} labels", code="filter_labels", field=f"filter.{name}"
+            )
         if vals:
             out[name] = vals
     return out

@@ -38,8 +38,9 @@ def check_message(request, limits: LimitsConfig) -> int:
     """The request's serialized size; RESOURCE_EXHAUSTED past ``max_message_bytes``."""
     size = request.ByteSize()
     if size > limits.max_message_bytes:
-        raise LimitExceededError(f"request of {size} bytes exceeds the limit of {limits.max_message_bytes}",
-                                 code="message_bytes")
+        raise LimitExceededError(
+            f"request of {size} bytes exceeds the limit of {limits.max_message_bytes}", code="message_bytes"
+        )
     return size
 
 
@@ -54,14 +55,20 @@ def check_images(images: Iterable[common_pb2.Image], limits: LimitsConfig, *, re
     if required and not images:
         raise InvalidRequestError("no image in the request", code="no_image", field="images")
     if len(images) > limits.max_series_images:
-        raise LimitExceededError(f"{len(images)} images exceed the series limit of {limits.max_series_images}",
-                                 code="series_images", field="images")
+        raise LimitExceededError(
+            f"{len(images)} images exceed the series limit of {limits.max_series_images}",
+            code="series_images",
+            field="images",
+        )
     for i, im in enumerate(images):
         if not im.data:
             raise InvalidRequestError(f"images[{i}] is empty", code="empty_image", field=f"images[{i}]")
         if len(im.data) > limits.max_image_bytes:
-            raise LimitExceededError(f"images[{i}] of {len(im.data)} bytes exceeds {limits.max_image_bytes}",
-                                     code="image_bytes", field=f"images[{i}]")
+            raise LimitExceededError(
+                f"images[{i}] of {len(im.data)} bytes exceeds {limits.max_image_bytes}",
+                code="image_bytes",
+                field=f"images[{i}]",
+            )
     return len(images)
 
 
@@ -82,8 +89,9 @@ def check_report(report: common_pb2.Report, limits: LimitsConfig) -> str:
     """
     total = len(report.text) + len(report.findings) + len(report.impression)
     if total > limits.max_report_chars:
-        raise LimitExceededError(f"report of {total} characters exceeds {limits.max_report_chars}",
-                                 code="report_chars", field="report")
+        raise LimitExceededError(
+            f"report of {total} characters exceeds {limits.max_report_chars}", code="report_chars", field="report"
+        )
     text = report_text(report)
     if any(ord(c) < 32 and c not in "\n\r\t" for c in text):
         raise InvalidReportError("report contains control characters", code="report_control_chars", field="report")
@@ -108,8 +116,9 @@ def check_labels(labels: Iterable[str]) -> list[str]:
     out: list[str] = []
     for i, lab in enumerate(labels):
         if not _LABEL_RE.match(lab):
-            raise InvalidRequestError(f"labels[{i}] must be 1-{_MAX_LABEL_CHARS} plain characters", code="label",
-                                      field=f"labels[{i}]")
+            raise InvalidRequestError(
+                f"labels[{i}] must be 1-{_MAX_LABEL_CHARS} plain characters", code="label", field=f"labels[{i}]"
+            )
         if lab not in out:
             out.append(lab)
     return out
@@ -154,8 +163,9 @@ class ChunkAssembler:
             if self.header is not None:
                 raise InvalidRequestError("second header in the stream", code="stream_header", field="header")
             if part.header.images:
-                raise InvalidRequestError("the header must not carry images; send chunks", code="stream_header",
-                                          field="header.images")
+                raise InvalidRequestError(
+                    "the header must not carry images; send chunks", code="stream_header", field="header.images"
+                )
             self.header = gateway_pb2.IngestRequest()
             self.header.CopyFrom(part.header)
             self._total += self.header.ByteSize()
@@ -169,20 +179,25 @@ class ChunkAssembler:
         n = len(self._images)
         if idx == n:  # a new image
             if n and not self._closed[-1]:
-                raise InvalidRequestError(f"image {n - 1} not finished before image {idx}", code="stream_order",
-                                          field=f"chunk.image_index={idx}")
+                raise InvalidRequestError(
+                    f"image {n - 1} not finished before image {idx}",
+                    code="stream_order",
+                    field=f"chunk.image_index={idx}",
+                )
             if n + 1 > self.limits.max_series_images:
                 raise LimitExceededError(f"more than {self.limits.max_series_images} images", code="series_images")
             self._images.append(bytearray())
             self._formats.append(c.format)
             self._closed.append(False)
         elif idx != n - 1 or self._closed[idx]:
-            raise InvalidRequestError("chunks must arrive in image order", code="stream_order",
-                                      field=f"chunk.image_index={idx}")
+            raise InvalidRequestError(
+                "chunks must arrive in image order", code="stream_order", field=f"chunk.image_index={idx}"
+            )
         buf = self._images[idx]
         if len(buf) + len(c.data) > self.limits.max_image_bytes:
-            raise LimitExceededError(f"image {idx} exceeds {self.limits.max_image_bytes} bytes", code="image_bytes",
-                                     field=f"images[{idx}]")
+            raise LimitExceededError(
+                f"image {idx} exceeds {self.limits.max_image_bytes} bytes", code="image_bytes", field=f"images[{idx}]"
+            )
         self._total += len(c.data)
         if self._total > self.limits.max_message_bytes:
             raise LimitExceededError(f"stream exceeds {self.limits.max_message_bytes} bytes", code="message_bytes")

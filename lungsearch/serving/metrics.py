@@ -72,60 +72,120 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
 
 
-SCHEMA: dict[str, MetricSpec] = {s.name: s for s in (
-    MetricSpec("lungsearch_serve_requests_total", "counter",
-               "Requests handled by a deployment, by method and final gRPC status code.",
-               ("deployment", "method", "code")),
-    MetricSpec("lungsearch_serve_errors_total", "counter",
-               "Failed requests by lungsearch.v1.ErrorReason.",
-               ("deployment", "method", "reason")),
-    MetricSpec("lungsearch_serve_request_duration_seconds", "histogram",
-               "Time a deployment spent on one request.",
-               ("deployment", "method"), LATENCY_BUCKETS_S),
-    MetricSpec("lungsearch_gateway_request_size_bytes", "histogram",
-               "Serialized size of requests reaching the gateway.",
-               ("method",), SIZE_BUCKETS),
-    MetricSpec("lungsearch_encoding_batch_size_items", "histogram",
-               "Studies per @serve.batch call of the encoding deployment.",
-               ("profile",), BATCH_BUCKETS),
-    MetricSpec("lungsearch_encoding_batch_duration_seconds", "histogram",
-               "Model time of one encoding batch.",
-               ("profile",), LATENCY_BUCKETS_S),
-    MetricSpec("lungsearch_ranking_index_cases", "gauge",
-               "Cases in the in-memory search index of a profile version.",
-               ("profile", "version")),
-    MetricSpec("lungsearch_ranking_index_size_bytes", "gauge",
-               "Memory held by the in-memory search index of a profile version.",
-               ("profile", "version")),
-    MetricSpec("lungsearch_model_info", "gauge",
-               "1 for each model version a deployment has loaded; live=1 marks the live one.",
-               ("deployment", "profile", "version", "live")),
-    MetricSpec("lungsearch_model_load_failures_total", "counter",
-               "Model loads that failed (the replica reports unhealthy with the reason).",
-               ("deployment", "profile")),
-    MetricSpec("lungsearch_auth_failures_total", "counter",
-               "Calls refused by bearer-token auth, by reason (UNAUTHENTICATED, PERMISSION_DENIED).",
-               ("reason",)),
-    MetricSpec("lungsearch_gateway_report_phi_removed_total", "counter",
-               "PHI items removed from report text before storage, by category (lungsearch.data.report_deid).",
-               ("category",)),
-    # Retrieval quality (lungsearch.serving.quality): site is an allow-listed label or "other".
-    MetricSpec("lungsearch_quality_best_similarity_cosine", "histogram",
-               "Cosine similarity of the best result of a search.",
-               ("profile", "site"), SIMILARITY_BUCKETS),
-    MetricSpec("lungsearch_quality_kth_similarity_cosine", "histogram",
-               "Cosine similarity of the last (k-th) result of a search.",
-               ("profile", "site"), SIMILARITY_BUCKETS),
-    MetricSpec("lungsearch_quality_low_similarity_queries_total", "counter",
-               "Searches whose best result is below the profile's low-similarity threshold.",
-               ("profile", "site")),
-    MetricSpec("lungsearch_quality_embedding_drift_cosine", "gauge",
-               "Cosine distance of the running (EWMA) mean query embedding to the indexed gallery's centroid.",
-               ("profile", "site")),
-    MetricSpec("lungsearch_quality_code_bits_psi", "gauge",
-               "Population stability index of the query hash-code bits against the gallery (mean over bits).",
-               ("profile", "site")),
-)}
+SCHEMA: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        MetricSpec(
+            "lungsearch_serve_requests_total",
+            "counter",
+            "Requests handled by a deployment, by method and final gRPC status code.",
+            ("deployment", "method", "code"),
+        ),
+        MetricSpec(
+            "lungsearch_serve_errors_total",
+            "counter",
+            "Failed requests by lungsearch.v1.ErrorReason.",
+            ("deployment", "method", "reason"),
+        ),
+        MetricSpec(
+            "lungsearch_serve_request_duration_seconds",
+            "histogram",
+            "Time a deployment spent on one request.",
+            ("deployment", "method"),
+            LATENCY_BUCKETS_S,
+        ),
+        MetricSpec(
+            "lungsearch_gateway_request_size_bytes",
+            "histogram",
+            "Serialized size of requests reaching the gateway.",
+            ("method",),
+            SIZE_BUCKETS,
+        ),
+        MetricSpec(
+            "lungsearch_encoding_batch_size_items",
+            "histogram",
+            "Studies per @serve.batch call of the encoding deployment.",
+            ("profile",),
+            BATCH_BUCKETS,
+        ),
+        MetricSpec(
+            "lungsearch_encoding_batch_duration_seconds",
+            "histogram",
+            "Model time of one encoding batch.",
+            ("profile",),
+            LATENCY_BUCKETS_S,
+        ),
+        MetricSpec(
+            "lungsearch_ranking_index_cases",
+            "gauge",
+            "Cases in the in-memory search index of a profile version.",
+            ("profile", "version"),
+        ),
+        MetricSpec(
+            "lungsearch_ranking_index_size_bytes",
+            "gauge",
+            "Memory held by the in-memory search index of a profile version.",
+            ("profile", "version"),
+        ),
+        MetricSpec(
+            "lungsearch_model_info",
+            "gauge",
+            "1 for each model version a deployment has loaded; live=1 marks the live one.",
+            ("deployment", "profile", "version", "live"),
+        ),
+        MetricSpec(
+            "lungsearch_model_load_failures_total",
+            "counter",
+            "Model loads that failed (the replica reports unhealthy with the reason).",
+            ("deployment", "profile"),
+        ),
+        MetricSpec(
+            "lungsearch_auth_failures_total",
+            "counter",
+            "Calls refused by bearer-token auth, by reason (UNAUTHENTICATED, PERMISSION_DENIED).",
+            ("reason",),
+        ),
+        MetricSpec(
+            "lungsearch_gateway_report_phi_removed_total",
+            "counter",
+            "PHI items removed from report text before storage, by category (lungsearch.data.report_deid).",
+            ("category",),
+        ),
+        # Retrieval quality (lungsearch.serving.quality): site is an allow-listed label or "other".
+        MetricSpec(
+            "lungsearch_quality_best_similarity_cosine",
+            "histogram",
+            "Cosine similarity of the best result of a search.",
+            ("profile", "site"),
+            SIMILARITY_BUCKETS,
+        ),
+        MetricSpec(
+            "lungsearch_quality_kth_similarity_cosine",
+            "histogram",
+            "Cosine similarity of the last (k-th) result of a search.",
+            ("profile", "site"),
+            SIMILARITY_BUCKETS,
+        ),
+        MetricSpec(
+            "lungsearch_quality_low_similarity_queries_total",
+            "counter",
+            "Searches whose best result is below the profile's low-similarity threshold.",
+            ("profile", "site"),
+        ),
+        MetricSpec(
+            "lungsearch_quality_embedding_drift_cosine",
+            "gauge",
+            "Cosine distance of the running (EWMA) mean query embedding to the indexed gallery's centroid.",
+            ("profile", "site"),
+        ),
+        MetricSpec(
+            "lungsearch_quality_code_bits_psi",
+            "gauge",
+            "Population stability index of the query hash-code bits against the gallery (mean over bits).",
+            ("profile", "site"),
+        ),
+    )
+}
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{0,64}$")
 # A case key (32 hex), a DICOM UID (digits and dots) or anything long is refused as a label value.
@@ -166,8 +226,14 @@ class ServingMetrics:
             endpoint has every replica once; no-op outside a replica.
     """
 
-    def __init__(self, deployment: str, *, registry: CollectorRegistry | None = None, ray_export: bool = True,
-                 publish: bool = True) -> None:
+    def __init__(
+        self,
+        deployment: str,
+        *,
+        registry: CollectorRegistry | None = None,
+        ray_export: bool = True,
+        publish: bool = True,
+    ) -> None:
         self.deployment = _check_label("deployment", deployment)
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._prom: dict[str, object] = {}
@@ -202,8 +268,9 @@ class ServingMetrics:
                 if spec.kind == "counter":
                     out[spec.name] = rm.Counter(spec.name, description=spec.help, tag_keys=spec.labels)
                 elif spec.kind == "histogram":
-                    out[spec.name] = rm.Histogram(spec.name, description=spec.help, boundaries=list(spec.buckets),
-                                                  tag_keys=spec.labels)
+                    out[spec.name] = rm.Histogram(
+                        spec.name, description=spec.help, boundaries=list(spec.buckets), tag_keys=spec.labels
+                    )
                 else:
                     out[spec.name] = rm.Gauge(spec.name, description=spec.help, tag_keys=spec.labels)
             except Exception:  # noqa: BLE001 - Ray's exporter is optional; the plain endpoint still works
@@ -243,8 +310,9 @@ class ServingMetrics:
         self._record("lungsearch_serve_requests_total", 1, deployment=self.deployment, method=method, code=code)
         self._record("lungsearch_serve_request_duration_seconds", seconds, deployment=self.deployment, method=method)
         if code != "OK":
-            self._record("lungsearch_serve_errors_total", 1, deployment=self.deployment, method=method,
-                         reason=reason or code)
+            self._record(
+                "lungsearch_serve_errors_total", 1, deployment=self.deployment, method=method, reason=reason or code
+            )
 
     def observe_request_size(self, method: str, nbytes: int) -> None:
         self._record("lungsearch_gateway_request_size_bytes", float(nbytes), method=method)
@@ -258,8 +326,14 @@ class ServingMetrics:
         self._record("lungsearch_ranking_index_size_bytes", float(nbytes), profile=profile, version=version)
 
     def set_model(self, profile: str, version: str, *, live: bool) -> None:
-        self._record("lungsearch_model_info", 1.0, deployment=self.deployment, profile=profile, version=version,
-                     live="1" if live else "0")
+        self._record(
+            "lungsearch_model_info",
+            1.0,
+            deployment=self.deployment,
+            profile=profile,
+            version=version,
+            live="1" if live else "0",
+        )
 
     def clear_models(self) -> None:
         """Forget model_info series (before re-publishing after a live switch)."""
@@ -277,8 +351,17 @@ class ServingMetrics:
             if n:
                 self._record("lungsearch_gateway_report_phi_removed_total", float(n), category=category)
 
-    def observe_quality(self, profile: str, site: str, *, top1: float | None, topk: float | None, low: bool,
-                        drift: float | None, psi: float | None) -> None:
+    def observe_quality(
+        self,
+        profile: str,
+        site: str,
+        *,
+        top1: float | None,
+        topk: float | None,
+        low: bool,
+        drift: float | None,
+        psi: float | None,
+    ) -> None:
         """Record one search's quality signals (see :class:`lungsearch.serving.quality.QualityMonitor`)."""
         if top1 is not None:
             self._record("lungsearch_quality_best_similarity_cosine", top1, profile=profile, site=site)

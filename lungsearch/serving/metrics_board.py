@@ -32,8 +32,19 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["MetricsBoard", "MetricsCollector", "Publisher", "collector", "graph_exposition", "replica_texts",
-           "start_publisher", "ACTOR_NAME", "NAMESPACE", "PUSH_INTERVAL_S", "STALE_AFTER_S"]
+__all__ = [
+    "MetricsBoard",
+    "MetricsCollector",
+    "Publisher",
+    "collector",
+    "graph_exposition",
+    "replica_texts",
+    "start_publisher",
+    "ACTOR_NAME",
+    "NAMESPACE",
+    "PUSH_INTERVAL_S",
+    "STALE_AFTER_S",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +90,11 @@ class MetricsBoard:
         """Replicas of ``app`` still publishing (last put within ``active_s``) but not yet after
         ``generation``: the ones a fresh scrape waits for (a dead one is not waited for)."""
         now = self.clock()
-        return [r for r, e in sorted(self._entries.items())
-                if e.app == app and e.generation < generation and now - e.at <= active_s]
+        return [
+            r
+            for r, e in sorted(self._entries.items())
+            if e.app == app and e.generation < generation and now - e.at <= active_s
+        ]
 
     def forget(self, replica_id: str) -> None:
         self._entries.pop(replica_id, None)
@@ -94,8 +108,11 @@ class MetricsBoard:
         """``{replica_id: {"deployment", "pid", "age_s"}}`` of the live replicas of ``app``."""
         self._expire()
         now = self.clock()
-        return {r: {"deployment": e.deployment, "pid": e.pid, "age_s": now - e.at}
-                for r, e in sorted(self._entries.items()) if e.app == app}
+        return {
+            r: {"deployment": e.deployment, "pid": e.pid, "age_s": now - e.at}
+            for r, e in sorted(self._entries.items())
+            if e.app == app
+        }
 
     def texts(self, app: str) -> dict[str, str]:
         """``{replica_id: exposition}`` of the live replicas of ``app``."""
@@ -129,8 +146,9 @@ class MetricsCollector:
             self._wake = asyncio.Event()
         return self._wake
 
-    async def put(self, replica_id: str, app: str, deployment: str, text: str, pid: int = 0,
-                  generation: int = 0) -> None:
+    async def put(
+        self, replica_id: str, app: str, deployment: str, text: str, pid: int = 0, generation: int = 0
+    ) -> None:
         self.board.put(replica_id, app, deployment, text, pid, generation)
 
     async def forget(self, replica_id: str) -> None:
@@ -179,8 +197,9 @@ def collector(*, create: bool = True):
 
     if not create:
         return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-    return _actor_class().options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
-                                  get_if_exists=True).remote()
+    return (
+        _actor_class().options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+    )
 
 
 def graph_exposition(app: str, *, timeout_s: float = 10.0) -> str:
@@ -211,8 +230,15 @@ class Publisher:
     (the collector may have died and been re-created): metrics never fail a replica.
     """
 
-    def __init__(self, replica_id: str, app: str, deployment: str, render: Callable[[], str], *,
-                 interval_s: float = PUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        app: str,
+        deployment: str,
+        render: Callable[[], str],
+        *,
+        interval_s: float = PUSH_INTERVAL_S,
+    ) -> None:
         self.replica_id, self.app, self.deployment = replica_id, app, deployment
         self.render, self.interval_s = render, float(interval_s)
         self._stop = threading.Event()
@@ -229,8 +255,10 @@ class Publisher:
         import ray
 
         handle = handle or collector()
-        ray.get(handle.put.remote(self.replica_id, self.app, self.deployment, self.render(), os.getpid(), generation),
-                timeout=max(5.0, self.interval_s))
+        ray.get(
+            handle.put.remote(self.replica_id, self.app, self.deployment, self.render(), os.getpid(), generation),
+            timeout=max(5.0, self.interval_s),
+        )
         return handle
 
     def _run(self) -> None:
@@ -241,8 +269,9 @@ class Publisher:
             try:
                 handle = self.publish_once(handle, generation)
                 # Until the next tick or a scrape, whichever comes first (then publish again).
-                generation = ray.get(handle.wait_for_scrape.remote(generation, self.interval_s),
-                                     timeout=self.interval_s + 5.0)
+                generation = ray.get(
+                    handle.wait_for_scrape.remote(generation, self.interval_s), timeout=self.interval_s + 5.0
+                )
             except SystemExit:  # Ray shutting down in this process (raised into blocked ray.get calls)
                 return
             except Exception:  # noqa: BLE001 - a lost collector or a slow tick: try again, fresh handle

@@ -42,9 +42,11 @@ def check_version(version: str, *, field: str = "model.version") -> str:
             letter or digit).
     """
     if version and not _VERSION_RE.match(version):
-        raise InvalidRequestError("model version must be 1-128 letters, digits, '.', '_', '+' or '-'",
-                                  code="bad_version", field=field)
+        raise InvalidRequestError(
+            "model version must be 1-128 letters, digits, '.', '_', '+' or '-'", code="bad_version", field=field
+        )
     return version
+
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,15 @@ class ModelSet:
         torch_threads: intra-op threads for torch (0 = leave as is).
     """
 
-    def __init__(self, profiles: Sequence[str] | str, *, root: str | Path | None = None, load_weights: bool = True,
-                 max_versions: int = 2, torch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        profiles: Sequence[str] | str,
+        *,
+        root: str | Path | None = None,
+        load_weights: bool = True,
+        max_versions: int = 2,
+        torch_threads: int = 0,
+    ) -> None:
         self.requested = parse_profiles(profiles)
         self.profiles = [p for p, _ in self.requested]
         self.root = Path(root) if root is not None else None
@@ -155,8 +164,11 @@ class ModelSet:
         profile = profile or self.default_profile
         if profile not in self._loaded:
             # The requested name is not echoed: callers sometimes paste identifiers into any field.
-            raise ModelNotFoundError(f"profile is not served here (served: {', '.join(self.profiles)})",
-                                     code="profile_not_served", field="model.profile")
+            raise ModelNotFoundError(
+                f"profile is not served here (served: {', '.join(self.profiles)})",
+                code="profile_not_served",
+                field="model.profile",
+            )
         return profile
 
     def get(self, profile: str, version: str = "") -> ServedModel:
@@ -171,8 +183,9 @@ class ModelSet:
         profile = self.check_profile(profile)
         if not version:
             if profile in self.errors:
-                raise ModelNotReadyError(f"model for {profile} is not loaded: {self.errors[profile]}",
-                                         code="load_failed")
+                raise ModelNotReadyError(
+                    f"model for {profile} is not loaded: {self.errors[profile]}", code="load_failed"
+                )
             version = self.live.get(profile, "")
             if not version:
                 raise ModelNotReadyError(f"model for {profile} is still loading", code="loading")

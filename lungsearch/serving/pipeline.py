@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from lungsearch.errors import InvalidRequestError
+
 # One rule for every path (lungsearch.inference), re-exported for the deployments.
 from lungsearch.inference import EXCERPT_CHARS, probabilities, report_excerpt
 
@@ -91,16 +92,25 @@ def prepare_study(study: "Study | None", text: str | None, cfg: "ProfileConfig",
     has_text_encoder = getattr(model, "text_encoder", None) is not None
     if study is None:
         if not has_text_encoder:
-            raise InvalidRequestError(f"profile {cfg.profile} cannot search by report text alone",
-                                      code="text_only_unsupported", field="images")
+            raise InvalidRequestError(
+                f"profile {cfg.profile} cannot search by report text alone",
+                code="text_only_unsupported",
+                field="images",
+            )
         return StudyInput(pixels=None, text=text)
     from lungsearch.inference import prepare_case
 
     radiomics_part = getattr(model, "radiomics", None)
     case = prepare_case(study, cfg, extractor=radiomics_part.extractor if radiomics_part is not None else None)
-    return StudyInput(pixels=case.pixels, text=(text or "") if has_text_encoder else None, radiomics=case.radiomics,
-                      modality=study.modality, view=study.view, roi_fallback=case.roi_fallback,
-                      roi_reason=case.roi_reason)
+    return StudyInput(
+        pixels=case.pixels,
+        text=(text or "") if has_text_encoder else None,
+        radiomics=case.radiomics,
+        modality=study.modality,
+        view=study.view,
+        roi_fallback=case.roi_fallback,
+        roi_reason=case.roi_reason,
+    )
 
 
 def _np(t: Any) -> np.ndarray:
@@ -198,8 +208,9 @@ def fuse_batch(model: "LungModel", features: Sequence[dict[str, np.ndarray]]) ->
     return out
 
 
-def hash_code(model: "LungModel", *, hash_logits: np.ndarray | None = None,
-              embedding: np.ndarray | None = None) -> bytes:
+def hash_code(
+    model: "LungModel", *, hash_logits: np.ndarray | None = None, embedding: np.ndarray | None = None
+) -> bytes:
     """The packed binary code (``HashCode.packed``) of one study.
 
     Learned hashing (cxr-hash): ``sign(hash_logits)``. LSH (ct-ild): the model's hyperplanes on the
@@ -221,21 +232,26 @@ def hash_code(model: "LungModel", *, hash_logits: np.ndarray | None = None,
     if hash_logits is not None:
         z = np.asarray(hash_logits, dtype=np.float32).reshape(-1)
         if z.shape[0] != bits:
-            raise InvalidRequestError(f"hash_logits has {z.shape[0]} values, the model uses {bits} bits",
-                                      code="code_bits", field="hash_logits")
+            raise InvalidRequestError(
+                f"hash_logits has {z.shape[0]} values, the model uses {bits} bits",
+                code="code_bits",
+                field="hash_logits",
+            )
         return code_bytes(z[None])[0]
     if embedding is None:
         raise InvalidRequestError("give hash_logits or an embedding", code="no_input")
     e = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
     if lsh is not None:
         if e.shape[1] != lsh.dim:
-            raise InvalidRequestError(f"embedding has {e.shape[1]} values, LSH expects {lsh.dim}",
-                                      code="embedding_dim", field="embedding")
+            raise InvalidRequestError(
+                f"embedding has {e.shape[1]} values, LSH expects {lsh.dim}", code="embedding_dim", field="embedding"
+            )
         with torch.inference_mode():
             return pack_codes(lsh.codes(torch.from_numpy(e))).tobytes()
     if e.shape[1] != bits:
-        raise InvalidRequestError(f"embedding has {e.shape[1]} values, the code has {bits} bits",
-                                  code="embedding_dim", field="embedding")
+        raise InvalidRequestError(
+            f"embedding has {e.shape[1]} values, the code has {bits} bits", code="embedding_dim", field="embedding"
+        )
     return pack_codes(e).tobytes()
 
 

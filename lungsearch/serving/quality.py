@@ -40,8 +40,15 @@ import numpy as np
 if TYPE_CHECKING:
     from lungsearch.serving.metrics import ServingMetrics
 
-__all__ = ["GalleryReference", "QualitySample", "QualityMonitor", "site_label", "psi_bits", "OTHER_SITE",
-           "UNSPECIFIED_SITE"]
+__all__ = [
+    "GalleryReference",
+    "QualitySample",
+    "QualityMonitor",
+    "site_label",
+    "psi_bits",
+    "OTHER_SITE",
+    "UNSPECIFIED_SITE",
+]
 
 OTHER_SITE = "other"
 UNSPECIFIED_SITE = "unspecified"
@@ -94,7 +101,9 @@ class GalleryReference:
     size: int
 
     @classmethod
-    def from_arrays(cls, embeddings: np.ndarray, codes: np.ndarray | None = None, *, code_bits: int = 0) -> "GalleryReference":
+    def from_arrays(
+        cls, embeddings: np.ndarray, codes: np.ndarray | None = None, *, code_bits: int = 0
+    ) -> "GalleryReference":
         """From gallery embeddings ``[N, D]`` and optional packed codes ``[N, code_bits // 8]`` (uint8 or uint64 words)."""
         emb = np.asarray(embeddings, dtype=np.float64)
         if emb.ndim != 2 or emb.shape[0] == 0:
@@ -104,7 +113,9 @@ class GalleryReference:
         freq = None
         if codes is not None and code_bits:
             freq = _bits(np.ascontiguousarray(codes), code_bits).reshape(emb.shape[0], code_bits).mean(axis=0)
-        return cls(centroid=centroid, spread=float((unit @ centroid).mean()), bit_frequency=freq, size=int(emb.shape[0]))
+        return cls(
+            centroid=centroid, spread=float((unit @ centroid).mean()), bit_frequency=freq, size=int(emb.shape[0])
+        )
 
     @classmethod
     def from_index(cls, index) -> "GalleryReference | None":
@@ -161,8 +172,15 @@ class QualityMonitor:
             of a handful of queries is noise).
     """
 
-    def __init__(self, metrics: "ServingMetrics | None" = None, *, sites: Sequence[str] = (), low_similarity: float = 0.5,
-                 alpha: float = 0.02, warmup: int = 20) -> None:
+    def __init__(
+        self,
+        metrics: "ServingMetrics | None" = None,
+        *,
+        sites: Sequence[str] = (),
+        low_similarity: float = 0.5,
+        alpha: float = 0.02,
+        warmup: int = 20,
+    ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError("alpha must be in (0, 1]")
         self.metrics = metrics
@@ -185,8 +203,14 @@ class QualityMonitor:
     def reference(self, profile: str) -> GalleryReference | None:
         return self._refs.get(profile)
 
-    def observe(self, profile: str, site: str | None, embedding: np.ndarray | None, scores: Sequence[float],
-                code: bytes | None = None) -> QualitySample:
+    def observe(
+        self,
+        profile: str,
+        site: str | None,
+        embedding: np.ndarray | None,
+        scores: Sequence[float],
+        code: bytes | None = None,
+    ) -> QualitySample:
         """Record one search: its query embedding (or None), the result scores best first, the query code."""
         label = site_label(site, self.sites)
         top1 = float(scores[0]) if len(scores) else None
@@ -199,10 +223,14 @@ class QualityMonitor:
             run.n += 1
             if embedding is not None and np.size(embedding):
                 u = _unit(embedding)
-                run.mean = u if run.mean is None or run.mean.shape != u.shape else (1 - self.alpha) * run.mean + self.alpha * u
+                run.mean = (
+                    u if run.mean is None or run.mean.shape != u.shape else (1 - self.alpha) * run.mean + self.alpha * u
+                )
             if code and ref is not None and ref.bit_frequency is not None:
                 b = _bits(code, ref.bit_frequency.size)
-                run.bits = b if run.bits is None or run.bits.shape != b.shape else (1 - self.alpha) * run.bits + self.alpha * b
+                run.bits = (
+                    b if run.bits is None or run.bits.shape != b.shape else (1 - self.alpha) * run.bits + self.alpha * b
+                )
             ready = run.n >= self.warmup
             if ready and ref is not None and run.mean is not None and run.mean.shape == ref.centroid.shape:
                 drift = float(1.0 - _unit(run.mean) @ ref.centroid)

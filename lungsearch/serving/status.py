@@ -70,11 +70,19 @@ def _reason_value(reason: str) -> int:
         return common_pb2.ERROR_REASON_INTERNAL
 
 
-def _make(code: grpc.StatusCode, reason: str, message: str, *, retriable: bool = False, field: str = "",
-          component_code: str = "") -> Status:
+def _make(
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    *,
+    retriable: bool = False,
+    field: str = "",
+    component_code: str = "",
+) -> Status:
     message = message[:MAX_DETAILS_CHARS]
-    detail = common_pb2.ErrorDetail(reason=_reason_value(reason), message=message, retriable=retriable,
-                                    field=field[:128], code=component_code[:128])
+    detail = common_pb2.ErrorDetail(
+        reason=_reason_value(reason), message=message, retriable=retriable, field=field[:128], code=component_code[:128]
+    )
     return Status(code=code, details=message, detail=detail, reason=reason)
 
 
@@ -82,12 +90,24 @@ def _serve_exception_status(exc: BaseException) -> Status | None:
     """Ray/Serve failures by type name, so this module does not import ray (the SDK has none)."""
     names = {c.__name__ for c in type(exc).__mro__}
     if "BackPressureError" in names:
-        return _make(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", "server overloaded: queue full, retry with backoff",
-                     retriable=True)
-    if names & {"DeploymentUnavailableError", "RayActorError", "ActorDiedError", "ActorUnavailableError",
-                "WorkerCrashedError", "NodeDiedError", "ObjectLostError"}:
-        return _make(grpc.StatusCode.UNAVAILABLE, "MODEL_NOT_READY", "a serving component is restarting, retry",
-                     retriable=True)
+        return _make(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "OVERLOADED",
+            "server overloaded: queue full, retry with backoff",
+            retriable=True,
+        )
+    if names & {
+        "DeploymentUnavailableError",
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "ObjectLostError",
+    }:
+        return _make(
+            grpc.StatusCode.UNAVAILABLE, "MODEL_NOT_READY", "a serving component is restarting, retry", retriable=True
+        )
     return None
 
 
@@ -127,10 +147,18 @@ def status_for(exc: BaseException) -> Status:
     exc = _unwrap(exc)
     if isinstance(exc, LungsearchError):
         code = getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.INTERNAL)
-        return _make(code, exc.reason, exc.message or code.name.lower(), retriable=exc.retriable, field=exc.field,
-                     component_code=exc.code)
+        return _make(
+            code,
+            exc.reason,
+            exc.message or code.name.lower(),
+            retriable=exc.retriable,
+            field=exc.field,
+            component_code=exc.code,
+        )
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return _make(grpc.StatusCode.DEADLINE_EXCEEDED, "INTERNAL", "deadline exceeded inside the server", retriable=True)
+        return _make(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "INTERNAL", "deadline exceeded inside the server", retriable=True
+        )
     if isinstance(exc, asyncio.CancelledError):
         return _make(grpc.StatusCode.CANCELLED, "INTERNAL", "call cancelled")
     mapped = _serve_exception_status(exc)

@@ -52,8 +52,9 @@ def _finish(dist: np.ndarray, rows: np.ndarray, k: int, largest: bool) -> tuple[
     return dist[order], rows[order]
 
 
-def hamming_topk(codes: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None, *, use_faiss: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def hamming_topk(
+    codes: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None = None, *, use_faiss: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``codes`` nearest to ``q`` in Hamming distance.
 
     Args:
@@ -90,7 +91,11 @@ def hamming_topk(codes: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | No
         ok = rows >= 0
         return _finish(dist[ok], rows[ok], k, largest=False)
     x = codes ^ q
-    dist = np.bitwise_count(x[:, 0]).astype(np.int32) if x.shape[1] == 1 else np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+    dist = (
+        np.bitwise_count(x[:, 0]).astype(np.int32)
+        if x.shape[1] == 1
+        else np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+    )
     return _finish(dist, np.arange(n, dtype=np.int64), k, largest=False)
 
 

@@ -86,12 +86,25 @@ class StoreCapabilities:
             # milvus-lite gathers every row of the collection (keys, vectors, row references) in
             # Python for each query, whatever the filter: at 1M rows a page costs seconds before it
             # returns anything. So page as coarsely as its 256 MB message limit allows.
-            return cls(backend="milvus-lite", binary_vector=False, array_scalar_index=False, single_process=True,
-                       page_bytes=160 << 20, max_page_rows=400_000)
+            return cls(
+                backend="milvus-lite",
+                binary_vector=False,
+                array_scalar_index=False,
+                single_process=True,
+                page_bytes=160 << 20,
+                max_page_rows=400_000,
+            )
         # A server answers bucket ranges from its scalar index; keep pages well under its
         # per-query output limits.
-        return cls(backend="milvus", binary_vector=True, array_scalar_index=True, single_process=False,
-                   multi_vector=True, strong_reads=True, flush_on_write=False)
+        return cls(
+            backend="milvus",
+            binary_vector=True,
+            array_scalar_index=True,
+            single_process=False,
+            multi_vector=True,
+            strong_reads=True,
+            flush_on_write=False,
+        )
 
 
 def _try(what: str, fn) -> bool:
@@ -135,13 +148,16 @@ def probe_server(client, base: StoreCapabilities, *, timeout: float = 30.0) -> S
             ip = MilvusClient.prepare_index_params()
             ip.add_index(field_name, index_type=index_type, **kw)
             client.create_index(name, ip, timeout=timeout)
+
         return go
 
     try:
         multi = _try("two vector fields", create(("emb", DataType.FLOAT_VECTOR), ("bin", DataType.BINARY_VECTOR)))
         binary = multi or _try("BINARY_VECTOR", create(("bin", DataType.BINARY_VECTOR)))
         if binary:
-            binary = _try("BIN_IVF_FLAT/HAMMING", index("bin", "BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": 8}))
+            binary = _try(
+                "BIN_IVF_FLAT/HAMMING", index("bin", "BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": 8})
+            )
         if not (multi or binary) and not _try("a float collection", create(("emb", DataType.FLOAT_VECTOR))):
             # Not an answer about capabilities (the server is down or refuses everything): fail
             # this call retriably and probe again on the next one, rather than remember "nothing".
@@ -155,17 +171,35 @@ def probe_server(client, base: StoreCapabilities, *, timeout: float = 30.0) -> S
         if multi or not binary:  # every vector field needs an index before the collection loads
             _try("FLAT index", index("emb", "FLAT", metric_type="L2"))
         if _try("load", lambda: client.load_collection(name, timeout=timeout)):
-            strong = _try("Strong reads", lambda: client.query(name, filter="num >= 0", output_fields=["pk"], limit=1,
-                                                               consistency_level="Strong", timeout=timeout))
+            strong = _try(
+                "Strong reads",
+                lambda: client.query(
+                    name, filter="num >= 0", output_fields=["pk"], limit=1, consistency_level="Strong", timeout=timeout
+                ),
+            )
     finally:
         _try("drop probe", lambda: client.drop_collection(name, timeout=timeout))
         quiet.setLevel(old_level)
-    caps = replace(base, binary_vector=binary, multi_vector=multi and binary, array_scalar_index=array,
-                   scalar_index_type=varchar, numeric_index_type=numeric, strong_reads=strong,
-                   # milvus-lite (the one Milvus engine without BINARY_VECTOR) syncs its log at flush,
-                   # also behind a gRPC server; a Milvus server's WAL makes an acknowledged insert durable.
-                   flush_on_write=not binary, probed=True)
-    log.info("Milvus capabilities: binary_vector=%s multi_vector=%s numeric_index=%s varchar_index=%s array_index=%s strong=%s",
-             caps.binary_vector, caps.multi_vector, caps.numeric_index_type, caps.scalar_index_type,
-             caps.array_scalar_index, caps.strong_reads)
+    caps = replace(
+        base,
+        binary_vector=binary,
+        multi_vector=multi and binary,
+        array_scalar_index=array,
+        scalar_index_type=varchar,
+        numeric_index_type=numeric,
+        strong_reads=strong,
+        # milvus-lite (the one Milvus engine without BINARY_VECTOR) syncs its log at flush,
+        # also behind a gRPC server; a Milvus server's WAL makes an acknowledged insert durable.
+        flush_on_write=not binary,
+        probed=True,
+    )
+    log.info(
+        "Milvus capabilities: binary_vector=%s multi_vector=%s numeric_index=%s varchar_index=%s array_index=%s strong=%s",
+        caps.binary_vector,
+        caps.multi_vector,
+        caps.numeric_index_type,
+        caps.scalar_index_type,
+        caps.array_scalar_index,
+        caps.strong_reads,
+    )
     return caps

@@ -26,7 +26,8 @@ def _clean(value: str, what: str) -> str:
     if len(value) > _MAX_VALUE_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidRequestError(
             f"filter {what} must be at most {_MAX_VALUE_CHARS} characters without control characters",
-            code="bad_filter", field=f"filter.{what}",
+            code="bad_filter",
+            field=f"filter.{what}",
         )
     return value
 

@@ -46,8 +46,17 @@ class IndexFollower:
         since: the first watermark (default: now, for an index just built from the store).
     """
 
-    def __init__(self, store: "MilvusStore", profile: str, version: str, index: "CaseIndex", *,
-                 overlap_s: float = 30.0, interval_s: float = 2.0, since: float | None = None) -> None:
+    def __init__(
+        self,
+        store: "MilvusStore",
+        profile: str,
+        version: str,
+        index: "CaseIndex",
+        *,
+        overlap_s: float = 30.0,
+        interval_s: float = 2.0,
+        since: float | None = None,
+    ) -> None:
         self.store, self.profile, self.version, self.index = store, profile, version, index
         self.overlap_s, self.interval_s = float(overlap_s), float(interval_s)
         self.watermark = time.time() if since is None else float(since)  # the newest ingested_at applied
@@ -57,8 +66,14 @@ class IndexFollower:
     def _apply(self, batch: "CaseBatch") -> int:
         if not len(batch):
             return 0
-        self.index.add_arrays(batch.keys, batch.embeddings, batch.codes if self.index.code_bits else None,
-                              modalities=batch.modalities, views=batch.views, labels=batch.labels)
+        self.index.add_arrays(
+            batch.keys,
+            batch.embeddings,
+            batch.codes if self.index.code_bits else None,
+            modalities=batch.modalities,
+            views=batch.views,
+            labels=batch.labels,
+        )
         if batch.ingested_at is not None and len(batch.ingested_at):
             self.watermark = max(self.watermark, float(np.max(batch.ingested_at)))
         return len(batch)
@@ -73,7 +88,7 @@ class IndexFollower:
             removed = self.index.delete(sorted(have - stored))
             missing = sorted(stored - have)
             for i in range(0, len(missing), 1000):
-                cases = self.store.get_many(self.profile, self.version, missing[i:i + 1000])
+                cases = self.store.get_many(self.profile, self.version, missing[i : i + 1000])
                 if cases:
                     self.index.upsert(cases.values())
                     upserted += len(cases)
@@ -81,6 +96,7 @@ class IndexFollower:
 
     def start(self) -> "IndexFollower":
         """Poll in a daemon thread until :meth:`stop` (errors are logged by type and retried)."""
+
         def loop() -> None:
             while not self._stop.wait(self.interval_s):
                 try:

@@ -114,8 +114,11 @@ class CollectionGenerations:
 
         with self._guard("create_collection", META_COLLECTION):
             if not self._client.has_collection(META_COLLECTION, timeout=self._timeout):
-                s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                               description="lungsearch write generations (one row per collection)")
+                s = MilvusClient.create_schema(
+                    auto_id=False,
+                    enable_dynamic_field=False,
+                    description="lungsearch write generations (one row per collection)",
+                )
                 s.add_field("name", DataType.VARCHAR, max_length=300, is_primary=True)
                 s.add_field("generation", DataType.VARCHAR, max_length=64)
                 s.add_field("updated_at", DataType.DOUBLE)
@@ -133,8 +136,11 @@ class CollectionGenerations:
 
     def _set(self, name: str, generation: str) -> None:
         with self._guard("upsert", META_COLLECTION):
-            self._client.upsert(META_COLLECTION, [{"name": name, "generation": generation, "updated_at": time.time(),
-                                                  "vec": [0.0, 0.0]}], timeout=self._timeout)
+            self._client.upsert(
+                META_COLLECTION,
+                [{"name": name, "generation": generation, "updated_at": time.time(), "vec": [0.0, 0.0]}],
+                timeout=self._timeout,
+            )
             if self._flush:
                 self._client.flush(META_COLLECTION, timeout=self._timeout)
 
@@ -142,8 +148,13 @@ class CollectionGenerations:
         with self._lock:
             self._ensure()
             with self._guard("get", META_COLLECTION):
-                rows = self._client.get(META_COLLECTION, ids=[name], output_fields=["generation"], timeout=self._timeout,
-                                        **self._read_kwargs)
+                rows = self._client.get(
+                    META_COLLECTION,
+                    ids=[name],
+                    output_fields=["generation"],
+                    timeout=self._timeout,
+                    **self._read_kwargs,
+                )
             if rows:
                 return str(rows[0]["generation"])
             g = new_generation()

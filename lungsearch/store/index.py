@@ -96,18 +96,26 @@ class CaseIndex:
         'a1'
     """
 
-    def __init__(self, embedding_dim: int, code_bits: int = 0, *, backend: str = "auto", default_candidates: int = 100) -> None:
+    def __init__(
+        self, embedding_dim: int, code_bits: int = 0, *, backend: str = "auto", default_candidates: int = 100
+    ) -> None:
         if embedding_dim <= 0 or code_bits < 0 or code_bits % 8:
-            raise InvalidRequestError("embedding_dim must be > 0 and code_bits a non-negative multiple of 8", code="bad_dimensions")
+            raise InvalidRequestError(
+                "embedding_dim must be > 0 and code_bits a non-negative multiple of 8", code="bad_dimensions"
+            )
         if backend not in ("auto", "faiss", "numpy"):
-            raise InvalidRequestError(f"unknown CaseIndex backend {backend!r}; use auto, faiss or numpy", code="bad_backend")
+            raise InvalidRequestError(
+                f"unknown CaseIndex backend {backend!r}; use auto, faiss or numpy", code="bad_backend"
+            )
         if backend == "faiss" and not _kernels.have_faiss():
             raise InvalidRequestError("backend 'faiss' requested but faiss-cpu is not installed", code="bad_backend")
         self.embedding_dim = int(embedding_dim)
         self.code_bits = int(code_bits)
         self.code_bytes = self.code_bits // 8
         self.code_words = -(-self.code_bits // 64)
-        self.backend = "faiss" if backend == "auto" and _kernels.have_faiss() else ("numpy" if backend == "auto" else backend)
+        self.backend = (
+            "faiss" if backend == "auto" and _kernels.have_faiss() else ("numpy" if backend == "auto" else backend)
+        )
         self.default_candidates = int(default_candidates)
         self._use_faiss = self.backend == "faiss"
         self._lock = threading.Lock()
@@ -139,8 +147,16 @@ class CaseIndex:
         )
 
     @classmethod
-    def from_store(cls, store: "MilvusStore", profile: str, version: str, *, backend: str = "auto",
-                   batch_rows: int | None = None, default_candidates: int = 100) -> "CaseIndex":
+    def from_store(
+        cls,
+        store: "MilvusStore",
+        profile: str,
+        version: str,
+        *,
+        backend: str = "auto",
+        batch_rows: int | None = None,
+        default_candidates: int = 100,
+    ) -> "CaseIndex":
         """Rebuild the index from a Milvus collection (the ranking deployment calls this on start).
 
         Rows written to the collection while this runs may be missed: call it before accepting
@@ -154,8 +170,14 @@ class CaseIndex:
         idx = cls(info.embedding_dim, info.code_bits, backend=backend, default_candidates=default_candidates)
         idx.reserve(store.count(profile, version))
         for batch in store.iter_batches(profile, version, batch_rows=batch_rows):
-            idx.add_arrays(batch.keys, batch.embeddings, batch.codes if info.code_bits else None,
-                           modalities=batch.modalities, views=batch.views, labels=batch.labels)
+            idx.add_arrays(
+                batch.keys,
+                batch.embeddings,
+                batch.codes if info.code_bits else None,
+                modalities=batch.modalities,
+                views=batch.views,
+                labels=batch.labels,
+            )
         return idx
 
     def reserve(self, capacity: int) -> None:
@@ -185,7 +207,9 @@ class CaseIndex:
         c = vocab.get(value)
         if c is None:
             if len(vocab) > _MAX_VOCAB:
-                raise InvalidRequestError(f"more than {_MAX_VOCAB} distinct {what} values", code="vocabulary_full", field=what)
+                raise InvalidRequestError(
+                    f"more than {_MAX_VOCAB} distinct {what} values", code="vocabulary_full", field=what
+                )
             c = vocab[value] = len(vocab)
         return c
 
@@ -243,13 +267,32 @@ class CaseIndex:
         if not recs:
             return UpsertResult(0, 0)
         emb = np.stack([r.embedding for r in recs])
-        codes = np.frombuffer(b"".join(r.code for r in recs), dtype=np.uint8).reshape(len(recs), self.code_bytes) if self.code_bits else None
-        return self.add_arrays([r.case_key for r in recs], emb, codes, modalities=[r.modality for r in recs],
-                               views=[r.view for r in recs], labels=[r.labels for r in recs], _validated=True)
+        codes = (
+            np.frombuffer(b"".join(r.code for r in recs), dtype=np.uint8).reshape(len(recs), self.code_bytes)
+            if self.code_bits
+            else None
+        )
+        return self.add_arrays(
+            [r.case_key for r in recs],
+            emb,
+            codes,
+            modalities=[r.modality for r in recs],
+            views=[r.view for r in recs],
+            labels=[r.labels for r in recs],
+            _validated=True,
+        )
 
-    def add_arrays(self, keys: Sequence[str], embeddings: np.ndarray, codes: np.ndarray | None = None, *,
-                   modalities: Sequence[str] | None = None, views: Sequence[str] | None = None,
-                   labels: Sequence[Sequence[str]] | None = None, _validated: bool = False) -> UpsertResult:
+    def add_arrays(
+        self,
+        keys: Sequence[str],
+        embeddings: np.ndarray,
+        codes: np.ndarray | None = None,
+        *,
+        modalities: Sequence[str] | None = None,
+        views: Sequence[str] | None = None,
+        labels: Sequence[Sequence[str]] | None = None,
+        _validated: bool = False,
+    ) -> UpsertResult:
         """Bulk upsert from columns (what :meth:`from_store` and benchmarks use).
 
         Args:
@@ -271,8 +314,11 @@ class CaseIndex:
                 validate_case_key(k)
         emb = np.asarray(embeddings, dtype=np.float32).reshape(m, -1)
         if emb.shape[1] != self.embedding_dim:
-            raise InvalidRequestError(f"embeddings have {emb.shape[1]} dimensions, the index expects {self.embedding_dim}",
-                                      code="embedding_dim_mismatch", field="embedding")
+            raise InvalidRequestError(
+                f"embeddings have {emb.shape[1]} dimensions, the index expects {self.embedding_dim}",
+                code="embedding_dim_mismatch",
+                field="embedding",
+            )
         if not np.all(np.isfinite(emb)):
             raise InvalidRequestError("embeddings must be finite", code="bad_embedding", field="embedding")
         if self.code_bits:
@@ -280,8 +326,11 @@ class CaseIndex:
                 raise InvalidRequestError("this index needs a code per case", code="code_bits_mismatch", field="code")
             c8 = np.asarray(codes, dtype=np.uint8).reshape(m, -1)
             if c8.shape[1] != self.code_bytes:
-                raise InvalidRequestError(f"codes have {c8.shape[1] * 8} bits, the index expects {self.code_bits}",
-                                          code="code_bits_mismatch", field="code")
+                raise InvalidRequestError(
+                    f"codes have {c8.shape[1] * 8} bits, the index expects {self.code_bits}",
+                    code="code_bits_mismatch",
+                    field="code",
+                )
             padded = np.zeros((m, self.code_words * 8), dtype=np.uint8)
             padded[:, : self.code_bytes] = c8
             words = padded.view("<u8").astype(np.uint64, copy=False)
@@ -323,15 +372,24 @@ class CaseIndex:
             st.modality[sl] = mod
             st.view[sl] = vw
             st.labels[sl, : lab.shape[1]] = lab
-            st.labels[sl, lab.shape[1]:] = 0
+            st.labels[sl, lab.shape[1] :] = 0
             st.keys[sl] = keys
             alive = st.alive
             if old_rows:
                 alive = alive.copy()  # copy-on-write: published snapshots keep their alive column
                 alive[np.asarray(old_rows, dtype=np.int64)] = False
             alive[sl] = True
-            new = _State(n=n0 + m, emb=st.emb, codes=st.codes, modality=st.modality, view=st.view, labels=st.labels,
-                         alive=alive, keys=st.keys, n_dead=st.n_dead + len(old_rows))
+            new = _State(
+                n=n0 + m,
+                emb=st.emb,
+                codes=st.codes,
+                modality=st.modality,
+                view=st.view,
+                labels=st.labels,
+                alive=alive,
+                keys=st.keys,
+                n_dead=st.n_dead + len(old_rows),
+            )
             self._rows.update(zip(keys, range(n0, n0 + m)))
             self._publish(new)
         return UpsertResult(inserted=m - len(old_rows), updated=len(old_rows))
@@ -349,8 +407,19 @@ class CaseIndex:
             st = self._state
             alive = st.alive.copy()
             alive[np.asarray(rows, dtype=np.int64)] = False
-            self._publish(_State(n=st.n, emb=st.emb, codes=st.codes, modality=st.modality, view=st.view, labels=st.labels,
-                                 alive=alive, keys=st.keys, n_dead=st.n_dead + len(rows)))
+            self._publish(
+                _State(
+                    n=st.n,
+                    emb=st.emb,
+                    codes=st.codes,
+                    modality=st.modality,
+                    view=st.view,
+                    labels=st.labels,
+                    alive=alive,
+                    keys=st.keys,
+                    n_dead=st.n_dead + len(rows),
+                )
+            )
         return len(rows)
 
     def _publish(self, st: _State) -> None:
@@ -391,9 +460,12 @@ class CaseIndex:
         """
         with self._lock:
             st = self._state
-            vocab = {"modalities": sorted(self._modalities, key=self._modalities.__getitem__),
-                     "views": sorted(self._views, key=self._views.__getitem__),
-                     "label_names": list(self._label_names), "mutations": self.mutations}
+            vocab = {
+                "modalities": sorted(self._modalities, key=self._modalities.__getitem__),
+                "views": sorted(self._views, key=self._views.__getitem__),
+                "label_names": list(self._label_names),
+                "mutations": self.mutations,
+            }
         n = st.n
         keep = np.flatnonzero(st.alive[:n]) if st.n_dead else None
 
@@ -401,9 +473,17 @@ class CaseIndex:
             return a[:n] if keep is None else a[keep]
 
         keys = rows(st.keys).tolist()
-        return {**vocab, "embedding_dim": self.embedding_dim, "code_bits": self.code_bits,
-                "emb": rows(st.emb), "codes": rows(st.codes), "modality": rows(st.modality), "view": rows(st.view),
-                "labels": rows(st.labels), "keys": keys}
+        return {
+            **vocab,
+            "embedding_dim": self.embedding_dim,
+            "code_bits": self.code_bits,
+            "emb": rows(st.emb),
+            "codes": rows(st.codes),
+            "modality": rows(st.modality),
+            "view": rows(st.view),
+            "labels": rows(st.labels),
+            "keys": keys,
+        }
 
     @classmethod
     def from_parts(cls, parts: dict, *, backend: str = "auto", default_candidates: int = 100) -> "CaseIndex":
@@ -412,20 +492,31 @@ class CaseIndex:
         Raises:
             InvalidRequestError: the parts are inconsistent (sizes, dimensions).
         """
-        idx = cls(int(parts["embedding_dim"]), int(parts["code_bits"]), backend=backend, default_candidates=default_candidates)
+        idx = cls(
+            int(parts["embedding_dim"]), int(parts["code_bits"]), backend=backend, default_candidates=default_candidates
+        )
         keys = list(parts["keys"])
         m = len(keys)
         emb, codes = parts["emb"], parts["codes"]
         labels = parts["labels"]
-        if (emb.shape != (m, idx.embedding_dim) or codes.shape != (m, idx.code_words) or parts["modality"].shape != (m,)
-                or parts["view"].shape != (m,) or labels.ndim != 2 or labels.shape[0] != m or len(set(keys)) != m):
+        if (
+            emb.shape != (m, idx.embedding_dim)
+            or codes.shape != (m, idx.code_words)
+            or parts["modality"].shape != (m,)
+            or parts["view"].shape != (m,)
+            or labels.ndim != 2
+            or labels.shape[0] != m
+            or len(set(keys)) != m
+        ):
             raise InvalidRequestError("snapshot parts are inconsistent", code="bad_snapshot")
         idx._modalities = {v: i for i, v in enumerate(parts["modalities"])}
         idx._views = {v: i for i, v in enumerate(parts["views"])}
         idx._label_names = list(parts["label_names"])
         idx._label_bits = {name: b for b, name in enumerate(idx._label_names)}
         lw = max(1, labels.shape[1], -(-len(idx._label_names) // 64))
-        st = idx._empty_state(max(_MIN_CAPACITY, int(m * 1.05) + 1), lw)  # a little room: the first ingests do not regrow
+        st = idx._empty_state(
+            max(_MIN_CAPACITY, int(m * 1.05) + 1), lw
+        )  # a little room: the first ingests do not regrow
         st.emb[:m] = emb
         st.codes[:m] = codes
         st.modality[:m] = parts["modality"]
@@ -465,8 +556,11 @@ class CaseIndex:
         mods = {v: k for k, v in self._modalities.items()}
         views = {v: k for k, v in self._views.items()}
         words = st.labels[row]
-        labels = [name for b, name in enumerate(self._label_names)
-                  if (b >> 6) < words.size and int(words[b >> 6]) >> (b & 63) & 1]
+        labels = [
+            name
+            for b, name in enumerate(self._label_names)
+            if (b >> 6) < words.size and int(words[b >> 6]) >> (b & 63) & 1
+        ]
         return mods[int(st.modality[row])], views[int(st.view[row])], labels
 
     def _label_words(self, names: Sequence[str], lw: int) -> tuple[np.ndarray, bool]:
@@ -512,23 +606,32 @@ class CaseIndex:
     def _query_code(self, code) -> np.ndarray:
         raw = bytes(code) if not isinstance(code, np.ndarray) else np.asarray(code, dtype=np.uint8).tobytes()
         if len(raw) != self.code_bytes:
-            raise InvalidRequestError(f"query code has {len(raw) * 8} bits, the index expects {self.code_bits}",
-                                      code="code_bits_mismatch", field="code")
+            raise InvalidRequestError(
+                f"query code has {len(raw) * 8} bits, the index expects {self.code_bits}",
+                code="code_bits_mismatch",
+                field="code",
+            )
         padded = raw + b"\x00" * (self.code_words * 8 - len(raw))
         return np.frombuffer(padded, dtype="<u8").astype(np.uint64)
 
     def _query_embedding(self, embedding) -> np.ndarray:
         q = np.asarray(embedding, dtype=np.float32).reshape(-1)
         if q.size != self.embedding_dim:
-            raise InvalidRequestError(f"query embedding has {q.size} dimensions, the index expects {self.embedding_dim}",
-                                      code="embedding_dim_mismatch", field="embedding")
+            raise InvalidRequestError(
+                f"query embedding has {q.size} dimensions, the index expects {self.embedding_dim}",
+                code="embedding_dim_mismatch",
+                field="embedding",
+            )
         norm = float(np.linalg.norm(q))
         if not np.isfinite(norm) or norm == 0.0:
-            raise InvalidRequestError("query embedding must be finite and non-zero", code="bad_embedding", field="embedding")
+            raise InvalidRequestError(
+                "query embedding must be finite and non-zero", code="bad_embedding", field="embedding"
+            )
         return q / norm
 
-    def search(self, embedding=None, code=None, top_k: int = 10, filter: SearchFilter | None = None,
-               candidates: int = 0) -> list[Hit]:
+    def search(
+        self, embedding=None, code=None, top_k: int = 10, filter: SearchFilter | None = None, candidates: int = 0
+    ) -> list[Hit]:
         """Top-k cases for a query embedding and/or code, filters applied before top-k.
 
         Args:
@@ -551,7 +654,9 @@ class CaseIndex:
             raise InvalidRequestError("top_k must be >= 1", code="bad_top_k", field="top_k")
         use_code = code is not None and len(code) > 0
         if use_code and not self.code_bits:
-            raise InvalidRequestError("this index has no codes; search by embedding", code="code_bits_mismatch", field="code")
+            raise InvalidRequestError(
+                "this index has no codes; search by embedding", code="code_bits_mismatch", field="code"
+            )
         if embedding is None and not use_code:
             raise InvalidRequestError("search needs an embedding or a code", code="empty_query")
         q = self._query_embedding(embedding) if embedding is not None else None
@@ -582,7 +687,9 @@ class CaseIndex:
                 return [Hit(k, float(s), int(d)) for k, s, d in zip(st.keys[rows].tolist(), scores, dist)]
             sims = st.emb[rows].astype(np.float32) @ q
             order = np.lexsort((rows, dist, -sims))[:top_k]
-            return [Hit(k, float(s), int(d)) for k, s, d in zip(st.keys[rows[order]].tolist(), sims[order], dist[order])]
+            return [
+                Hit(k, float(s), int(d)) for k, s, d in zip(st.keys[rows[order]].tolist(), sims[order], dist[order])
+            ]
 
         scores, rows = st.scanner(self._use_faiss).topk(q, top_k + extra, mask)
         if extra:
@@ -601,24 +708,42 @@ class CaseIndex:
         """
         st = self._state
         n_live = max(1, st.n - st.n_dead)
-        arrays = {"embeddings": st.emb.nbytes, "codes": st.codes.nbytes,
-                  "filters": st.modality.nbytes + st.view.nbytes + st.labels.nbytes + st.alive.nbytes,
-                  "key_array": st.keys.nbytes}
+        arrays = {
+            "embeddings": st.emb.nbytes,
+            "codes": st.codes.nbytes,
+            "filters": st.modality.nbytes + st.view.nbytes + st.labels.nbytes + st.alive.nbytes,
+            "key_array": st.keys.nbytes,
+        }
         sample = st.keys[: min(st.n, 1000)]
         avg_key = (sum(sys.getsizeof(k) for k in sample) / len(sample)) if len(sample) else 0.0
         keys_bytes = int(avg_key * st.n)
         map_bytes = sys.getsizeof(self._rows)
         total = sum(arrays.values()) + keys_bytes + map_bytes
         used_rows = st.n / max(1, st.capacity)
-        return {**arrays, "key_strings": keys_bytes, "key_map": map_bytes, "allocated": total,
-                "used": int(sum(arrays.values()) * used_rows) + keys_bytes + map_bytes,
-                "per_case": total / n_live, "per_case_used": (sum(arrays.values()) * used_rows + keys_bytes + map_bytes) / n_live,
-                "cases": st.n - st.n_dead, "capacity": st.capacity}
+        return {
+            **arrays,
+            "key_strings": keys_bytes,
+            "key_map": map_bytes,
+            "allocated": total,
+            "used": int(sum(arrays.values()) * used_rows) + keys_bytes + map_bytes,
+            "per_case": total / n_live,
+            "per_case_used": (sum(arrays.values()) * used_rows + keys_bytes + map_bytes) / n_live,
+            "cases": st.n - st.n_dead,
+            "capacity": st.capacity,
+        }
 
     def stats(self) -> dict[str, int | float | str]:
         """Size, backend and memory figures (for the ranking deployment's Stats RPC and gauges)."""
         mem = self.memory_bytes()
         st = self._state
-        return {"num_cases": st.n - st.n_dead, "dead_rows": st.n_dead, "capacity": st.capacity, "backend": self.backend,
-                "embedding_dim": self.embedding_dim, "code_bits": self.code_bits, "index_bytes": int(mem["allocated"]),
-                "bytes_per_case": float(mem["per_case"]), "labels": len(self._label_names)}
+        return {
+            "num_cases": st.n - st.n_dead,
+            "dead_rows": st.n_dead,
+            "capacity": st.capacity,
+            "backend": self.backend,
+            "embedding_dim": self.embedding_dim,
+            "code_bits": self.code_bits,
+            "index_bytes": int(mem["allocated"]),
+            "bytes_per_case": float(mem["per_case"]),
+            "labels": len(self._label_names),
+        }

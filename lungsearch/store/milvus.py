@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +47,11 @@ from lungsearch import constants
 from lungsearch.errors import InvalidRequestError, LungsearchError, NotFoundError, StoreUnavailableError
 from lungsearch.store.capabilities import StoreCapabilities, is_lite_uri, probe_server
 from lungsearch.store.filters import SearchFilter, to_milvus_expr
-from lungsearch.store.generation import CollectionGenerations, FileGenerations, META_COLLECTION
+from lungsearch.store.generation import META_COLLECTION, CollectionGenerations, FileGenerations
 from lungsearch.store.schema import (
     BUCKETS,
     COMPANION_SUFFIX,
-    EXPECTED_FIELDS as _EXPECTED_FIELDS,
     HAMMING_NLIST,
-    NAME_PREFIX as _NAME_PREFIX,
     SCHEMA_VERSION,
     CollectionInfo,
     bucket_of,
@@ -64,6 +61,12 @@ from lungsearch.store.schema import (
     companion_index_params,
     companion_name,
     companion_schema,
+)
+from lungsearch.store.schema import (
+    EXPECTED_FIELDS as _EXPECTED_FIELDS,
+)
+from lungsearch.store.schema import (
+    NAME_PREFIX as _NAME_PREFIX,
 )
 from lungsearch.store.types import MAX_EXCERPT_BYTES, CaseBatch, Hit, StoredCase, UpsertResult, validate_case_key
 
@@ -165,7 +168,9 @@ class MilvusStore:
         >>> store.search("cxr-hash", "v1", case.embedding, top_k=5)  # doctest: +SKIP
     """
 
-    def __init__(self, uri: str | None = None, *, token: str = "", timeout: float = 10.0, load_timeout: float = 600.0) -> None:
+    def __init__(
+        self, uri: str | None = None, *, token: str = "", timeout: float = 10.0, load_timeout: float = 600.0
+    ) -> None:
         from pymilvus import MilvusClient
 
         self.uri = str(uri if uri is not None else constants.MILVUS_URI)
@@ -194,13 +199,15 @@ class MilvusStore:
                     code="store_locked",
                 )
         try:
-            self._client = MilvusClient(uri=self.uri, token=token or "", timeout=self.timeout,
-                                        grpc_options=_keepalive_options(self.uri))
+            self._client = MilvusClient(
+                uri=self.uri, token=token or "", timeout=self.timeout, grpc_options=_keepalive_options(self.uri)
+            )
         except Exception as exc:  # pymilvus raises MilvusException subclasses and grpc errors here
             locked = self._lite_path is not None and _lite_lock_held_elsewhere(self._lite_path)
             raise StoreUnavailableError(
-                "the milvus-lite file is open in another process" if locked else
-                f"cannot connect to the vector store ({self._base_caps.backend}: {type(exc).__name__})",
+                "the milvus-lite file is open in another process"
+                if locked
+                else f"cannot connect to the vector store ({self._base_caps.backend}: {type(exc).__name__})",
                 code="store_locked" if locked else "connect_failed",
             ) from None
         if self._lite_path is not None:
@@ -285,8 +292,9 @@ class MilvusStore:
                 # forget that we loaded it, so the next call loads it again instead of failing
                 # forever. This call still fails retriably (the SDK retries UNAVAILABLE).
                 self._loaded.discard(name)
-                raise StoreUnavailableError(f"vector store call {op} failed: collection not loaded, reloading",
-                                            code="collection_not_loaded") from None
+                raise StoreUnavailableError(
+                    f"vector store call {op} failed: collection not loaded, reloading", code="collection_not_loaded"
+                ) from None
             kind = type(exc).__name__
             raise StoreUnavailableError(
                 f"vector store call {op} failed ({self._base_caps.backend}: {kind}{'' if code is None else f' code {code}'})",
@@ -324,7 +332,9 @@ class MilvusStore:
         # The schema itself is the source of truth: milvus-lite does not keep collection descriptions.
         fields = {f["name"]: f for f in desc.get("fields", [])}
         if not _EXPECTED_FIELDS <= set(fields):
-            raise StoreUnavailableError("collection was not created by lungsearch (unexpected schema)", code="foreign_collection")
+            raise StoreUnavailableError(
+                "collection was not created by lungsearch (unexpected schema)", code="foreign_collection"
+            )
         from pymilvus import DataType
 
         code_field = fields["code"]
@@ -339,13 +349,20 @@ class MilvusStore:
                     if self._client.has_collection(companion_name(name), timeout=self.timeout):
                         storage = "companion"
         info = CollectionInfo(
-            name=name, profile=profile, version=version, embedding_dim=int(fields["embedding"]["params"]["dim"]),
-            code_bits=code_bits, code_storage=storage, metric=str(idx.get("metric_type") or "COSINE"),
+            name=name,
+            profile=profile,
+            version=version,
+            embedding_dim=int(fields["embedding"]["params"]["dim"]),
+            code_bits=code_bits,
+            code_storage=storage,
+            metric=str(idx.get("metric_type") or "COSINE"),
         )
         self._info[name] = info
         return info
 
-    def ensure_collection(self, profile: str, version: str, *, embedding_dim: int, code_bits: int = 0, index=None) -> CollectionInfo:
+    def ensure_collection(
+        self, profile: str, version: str, *, embedding_dim: int, code_bits: int = 0, index=None
+    ) -> CollectionInfo:
         """Create the collection for ``profile@version`` if missing, check its dimensions if present.
 
         Args:
@@ -370,21 +387,38 @@ class MilvusStore:
         metric = getattr(index, "metric", "COSINE") or "COSINE"
         caps = self.capabilities
         storage = caps.code_storage if code_bits > 0 else "hex"
-        info = CollectionInfo(name=name, profile=profile, version=version, embedding_dim=embedding_dim,
-                              code_bits=code_bits, code_storage=storage, metric=metric)
+        info = CollectionInfo(
+            name=name,
+            profile=profile,
+            version=version,
+            embedding_dim=embedding_dim,
+            code_bits=code_bits,
+            code_storage=storage,
+            metric=metric,
+        )
         kwargs = {}
         if index is not None:
-            kwargs = {"index_type": index.milvus_index, "hnsw_m": index.hnsw_m, "hnsw_ef_construction": index.hnsw_ef_construction}
+            kwargs = {
+                "index_type": index.milvus_index,
+                "hnsw_m": index.hnsw_m,
+                "hnsw_ef_construction": index.hnsw_ef_construction,
+            }
         if info.companion:
             # The companion first: a case collection without it would read back as "hex".
             with self._guard("create_collection", info.companion):
                 if not self._client.has_collection(info.companion, timeout=self.timeout):
-                    self._client.create_collection(info.companion, schema=companion_schema(info),
-                                                   index_params=companion_index_params(info, caps), timeout=self.load_timeout)
+                    self._client.create_collection(
+                        info.companion,
+                        schema=companion_schema(info),
+                        index_params=companion_index_params(info, caps),
+                        timeout=self.load_timeout,
+                    )
             self._ensure_loaded(info.companion)
         with self._guard("create_collection", name):
             self._client.create_collection(
-                name, schema=collection_schema(info), index_params=collection_index_params(info, caps, **kwargs),
+                name,
+                schema=collection_schema(info),
+                index_params=collection_index_params(info, caps, **kwargs),
                 timeout=self.load_timeout,
             )
         self._info[name] = info
@@ -400,7 +434,9 @@ class MilvusStore:
         self._generation_store().bump(name)  # write-ahead: a half-done drop matches no snapshot
         with self._guard("drop_collection", name):
             self._client.drop_collection(name, timeout=self.timeout)
-            if not self._base_caps.single_process and self._client.has_collection(companion_name(name), timeout=self.timeout):
+            if not self._base_caps.single_process and self._client.has_collection(
+                companion_name(name), timeout=self.timeout
+            ):
                 self._client.drop_collection(companion_name(name), timeout=self.timeout)
         self._generation_store().forget(name)
         self._dirty.discard(name)
@@ -417,9 +453,13 @@ class MilvusStore:
             if self._lite_path is not None:
                 self._generations = FileGenerations(self._lite_path + ".generations.json")
             else:
-                self._generations = CollectionGenerations(self._client, self._guard, timeout=self.timeout,
-                                                          read_kwargs=self._read_kw(),
-                                                          flush=self.capabilities.flush_on_write)
+                self._generations = CollectionGenerations(
+                    self._client,
+                    self._guard,
+                    timeout=self.timeout,
+                    read_kwargs=self._read_kw(),
+                    flush=self.capabilities.flush_on_write,
+                )
         return self._generations
 
     def write_generation(self, profile: str, version: str) -> str:
@@ -492,12 +532,22 @@ class MilvusStore:
         else:
             code = case.code.hex()
         return {
-            "case_key": case.case_key, "bucket": bucket_of(case.case_key), "modality": case.modality, "view": case.view,
-            "labels": list(case.labels), "report_excerpt": case.report_excerpt, "embedding": case.embedding,
-            "code": code, "ingested_at": case.ingested_at, "num_images": case.num_images, "model_version": case.model_version,
+            "case_key": case.case_key,
+            "bucket": bucket_of(case.case_key),
+            "modality": case.modality,
+            "view": case.view,
+            "labels": list(case.labels),
+            "report_excerpt": case.report_excerpt,
+            "embedding": case.embedding,
+            "code": code,
+            "ingested_at": case.ingested_at,
+            "num_images": case.num_images,
+            "model_version": case.model_version,
         }
 
-    def upsert(self, profile: str, version: str, records: Iterable[StoredCase], *, batch_size: int = 2000) -> UpsertResult:
+    def upsert(
+        self, profile: str, version: str, records: Iterable[StoredCase], *, batch_size: int = 2000
+    ) -> UpsertResult:
         """Insert or replace cases by ``case_key`` (idempotent), then flush.
 
         The collection is created from the first record's dimensions if it does not exist. When this
@@ -539,7 +589,9 @@ class MilvusStore:
                 # After the case rows: the case collection is the record, the companion follows it
                 # (a retry of a failed upsert, which is idempotent, repairs a missing companion row).
                 with self._guard("upsert", info.companion):
-                    self._client.upsert(info.companion, [_companion_row(r, c) for r, c in zip(rows, batch)], timeout=self.timeout)
+                    self._client.upsert(
+                        info.companion, [_companion_row(r, c) for r, c in zip(rows, batch)], timeout=self.timeout
+                    )
             updated += len(existing)
             inserted += len(batch) - len(existing)
         if self.capabilities.flush_on_write:
@@ -594,7 +646,9 @@ class MilvusStore:
         """Number of cases in the collection."""
         info = self._open(profile, version)
         with self._guard("count", info.name):
-            res = self._client.query(info.name, filter="", output_fields=["count(*)"], timeout=self.timeout, **self._read_kw())
+            res = self._client.query(
+                info.name, filter="", output_fields=["count(*)"], timeout=self.timeout, **self._read_kw()
+            )
         return int(res[0]["count(*)"])
 
     def get_many(self, profile: str, version: str, case_keys: Sequence[str]) -> dict[str, StoredCase]:
@@ -606,8 +660,13 @@ class MilvusStore:
         out: dict[str, StoredCase] = {}
         for start in range(0, len(keys), 2000):
             with self._guard("get", info.name):
-                res = self._client.get(info.name, ids=keys[start : start + 2000], output_fields=self._fields(info),
-                                       timeout=self.timeout, **self._read_kw())
+                res = self._client.get(
+                    info.name,
+                    ids=keys[start : start + 2000],
+                    output_fields=self._fields(info),
+                    timeout=self.timeout,
+                    **self._read_kw(),
+                )
             for case in self._to_batch(res, info).cases():
                 out[case.case_key] = case
         return out
@@ -629,13 +688,21 @@ class MilvusStore:
             fields += ["report_excerpt", "ingested_at", "num_images", "model_version"]
         return fields
 
-    def query_keys(self, profile: str, version: str, filter: SearchFilter | None = None, *, limit: int = 16384) -> list[str]:
+    def query_keys(
+        self, profile: str, version: str, filter: SearchFilter | None = None, *, limit: int = 16384
+    ) -> list[str]:
         """Keys of the cases matching ``filter`` exactly (a scalar query, no vector search), sorted."""
         info = self._open(profile, version)
         expr = to_milvus_expr(filter)
         with self._guard("query", info.name):
-            res = self._client.query(info.name, filter=expr or "bucket >= 0", output_fields=["case_key"], limit=int(limit),
-                                     timeout=self.timeout, **self._read_kw())
+            res = self._client.query(
+                info.name,
+                filter=expr or "bucket >= 0",
+                output_fields=["case_key"],
+                limit=int(limit),
+                timeout=self.timeout,
+                **self._read_kw(),
+            )
         return sorted(r["case_key"] for r in res)
 
     def page_rows(self, info: CollectionInfo, *, with_text: bool = False) -> int:
@@ -643,8 +710,9 @@ class MilvusStore:
         row = 320 + info.embedding_dim * 4 + info.code_bits // 4 + (MAX_EXCERPT_BYTES if with_text else 0)
         return max(1000, min(self.capabilities.max_page_rows, self.capabilities.page_bytes // row))
 
-    def iter_batches(self, profile: str, version: str, *, batch_rows: int | None = None, with_text: bool = False
-                     ) -> Iterator[CaseBatch]:
+    def iter_batches(
+        self, profile: str, version: str, *, batch_rows: int | None = None, with_text: bool = False
+    ) -> Iterator[CaseBatch]:
         """Every case of the collection, in columnar batches of about ``batch_rows`` rows.
 
         Pages by ranges of the hashed ``bucket`` column, sized from the row count. A primary-key
@@ -667,8 +735,13 @@ class MilvusStore:
         for lo in range(0, BUCKETS, width):
             hi = min(BUCKETS, lo + width)
             with self._guard("query", info.name):
-                res = self._client.query(info.name, filter=f"bucket >= {lo} and bucket < {hi}", output_fields=fields,
-                                         timeout=self.load_timeout, **read_kw)
+                res = self._client.query(
+                    info.name,
+                    filter=f"bucket >= {lo} and bucket < {hi}",
+                    output_fields=fields,
+                    timeout=self.load_timeout,
+                    **read_kw,
+                )
             if len(res):
                 yield self._to_batch(res, info, with_text=with_text)
 
@@ -678,8 +751,14 @@ class MilvusStore:
         info = self._open(profile, version)
         fields = self._fields(info, with_text=True)
         with self._guard("query", info.name):
-            res = self._client.query(info.name, filter=f"ingested_at >= {float(since)!r}", output_fields=fields,
-                                     limit=int(limit), timeout=self.timeout, **self._read_kw())
+            res = self._client.query(
+                info.name,
+                filter=f"ingested_at >= {float(since)!r}",
+                output_fields=fields,
+                limit=int(limit),
+                timeout=self.timeout,
+                **self._read_kw(),
+            )
         return self._to_batch(res, info, with_text=True)
 
     def all_keys(self, profile: str, version: str) -> set[str]:
@@ -693,8 +772,13 @@ class MilvusStore:
         out: set[str] = set()
         for lo in range(0, BUCKETS, width):
             with self._guard("query", info.name):
-                res = self._client.query(info.name, filter=f"bucket >= {lo} and bucket < {min(BUCKETS, lo + width)}",
-                                         output_fields=["case_key"], timeout=self.load_timeout, **self._read_kw())
+                res = self._client.query(
+                    info.name,
+                    filter=f"bucket >= {lo} and bucket < {min(BUCKETS, lo + width)}",
+                    output_fields=["case_key"],
+                    timeout=self.load_timeout,
+                    **self._read_kw(),
+                )
             out.update(r["case_key"] for r in res)
         return out
 
@@ -708,7 +792,11 @@ class MilvusStore:
         n = len(rows)
         emb = vectors.get("embedding")
         if emb is None:
-            emb = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows]) if n else np.zeros((0, info.embedding_dim), np.float32)
+            emb = (
+                np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows])
+                if n
+                else np.zeros((0, info.embedding_dim), np.float32)
+            )
         emb = emb.reshape(n, info.embedding_dim)
         nbytes = info.code_bits // 8
         if info.code_storage == "binary_vector":
@@ -719,8 +807,12 @@ class MilvusStore:
         else:
             codes = np.frombuffer(bytes.fromhex("".join(r["code"] for r in rows)), dtype=np.uint8).reshape(n, nbytes)
         batch = CaseBatch(
-            keys=[r["case_key"] for r in rows], embeddings=emb, codes=codes, modalities=[r["modality"] for r in rows],
-            views=[r["view"] for r in rows], labels=[list(r["labels"] or ()) for r in rows],
+            keys=[r["case_key"] for r in rows],
+            embeddings=emb,
+            codes=codes,
+            modalities=[r["modality"] for r in rows],
+            views=[r["view"] for r in rows],
+            labels=[list(r["labels"] or ()) for r in rows],
         )
         if with_text:
             batch.report_excerpts = [r["report_excerpt"] for r in rows]
@@ -735,11 +827,22 @@ class MilvusStore:
         if consistency is None or not self.capabilities.strong_reads:
             return {}
         if consistency not in ("Strong", "Bounded", "Session", "Eventually"):
-            raise InvalidRequestError("consistency must be Strong, Bounded, Session or Eventually", code="bad_consistency")
+            raise InvalidRequestError(
+                "consistency must be Strong, Bounded, Session or Eventually", code="bad_consistency"
+            )
         return {"consistency_level": consistency}
 
-    def search(self, profile: str, version: str, embedding, *, top_k: int = 10, filter: SearchFilter | None = None,
-               ef: int = 64, consistency: str | None = None) -> list[Hit]:
+    def search(
+        self,
+        profile: str,
+        version: str,
+        embedding,
+        *,
+        top_k: int = 10,
+        filter: SearchFilter | None = None,
+        ef: int = 64,
+        consistency: str | None = None,
+    ) -> list[Hit]:
         """Float ANN search in Milvus (HNSW): ``(key, cosine, -1)`` best first.
 
         The ranking deployment normally answers from :class:`CaseIndex`; this is the Milvus-side path
@@ -755,13 +858,30 @@ class MilvusStore:
             raise InvalidRequestError("query embedding has the wrong dimension or is not finite", code="bad_embedding")
         params = {"metric_type": info.metric, "params": {"ef": max(int(ef), int(top_k))}}
         with self._guard("search", info.name):
-            res = self._client.search(info.name, data=[q], anns_field="embedding", filter=to_milvus_expr(filter),
-                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout,
-                                      **self._search_kw(consistency))
+            res = self._client.search(
+                info.name,
+                data=[q],
+                anns_field="embedding",
+                filter=to_milvus_expr(filter),
+                limit=int(top_k),
+                output_fields=["case_key"],
+                search_params=params,
+                timeout=self.timeout,
+                **self._search_kw(consistency),
+            )
         return [Hit(h["case_key"], float(h["distance"]), -1) for h in res[0]]
 
-    def search_codes(self, profile: str, version: str, code: bytes, *, top_k: int = 10, filter: SearchFilter | None = None,
-                     nprobe: int = HAMMING_NLIST, consistency: str | None = None) -> list[Hit]:
+    def search_codes(
+        self,
+        profile: str,
+        version: str,
+        code: bytes,
+        *,
+        top_k: int = 10,
+        filter: SearchFilter | None = None,
+        nprobe: int = HAMMING_NLIST,
+        consistency: str | None = None,
+    ) -> list[Hit]:
         """Hamming search on the server (BIN_IVF_FLAT/HAMMING): ``(key, 1 - d/bits, d)`` best first.
 
         For deployments that do not keep the in-memory :class:`CaseIndex`. Searches the ``code``
@@ -778,15 +898,25 @@ class MilvusStore:
         """
         info = self._open(profile, version)
         if info.code_storage not in ("binary_vector", "companion"):
-            raise InvalidRequestError("this store keeps codes as text; search codes with CaseIndex", code="binary_vector_unsupported")
+            raise InvalidRequestError(
+                "this store keeps codes as text; search codes with CaseIndex", code="binary_vector_unsupported"
+            )
         if len(code) * 8 != info.code_bits:
             raise InvalidRequestError("query code has the wrong length", code="code_bits_mismatch")
         params = {"metric_type": "HAMMING", "params": {"nprobe": int(nprobe)}}
         target = info.companion or info.name
         with self._guard("search", target):
-            res = self._client.search(target, data=[bytes(code)], anns_field="code", filter=to_milvus_expr(filter),
-                                      limit=int(top_k), output_fields=["case_key"], search_params=params, timeout=self.timeout,
-                                      **self._search_kw(consistency))
+            res = self._client.search(
+                target,
+                data=[bytes(code)],
+                anns_field="code",
+                filter=to_milvus_expr(filter),
+                limit=int(top_k),
+                output_fields=["case_key"],
+                search_params=params,
+                timeout=self.timeout,
+                **self._search_kw(consistency),
+            )
         return [Hit(h["case_key"], 1.0 - float(h["distance"]) / info.code_bits, int(h["distance"])) for h in res[0]]
 
     def wait_for_index(self, profile: str, version: str, *, timeout: float | None = None, poll_s: float = 0.5) -> None:
@@ -812,7 +942,11 @@ class MilvusStore:
             for name, field_name in targets:  # the float index, and the companion's HAMMING index
                 with self._guard("describe_index", name):
                     d = self._client.describe_index(name, field_name, timeout=self.timeout) or {}
-                total, done, pending = int(d.get("total_rows", 0)), int(d.get("indexed_rows", 0)), int(d.get("pending_index_rows", 0))
+                total, done, pending = (
+                    int(d.get("total_rows", 0)),
+                    int(d.get("indexed_rows", 0)),
+                    int(d.get("pending_index_rows", 0)),
+                )
                 finished = finished and pending == 0 and done >= total
             if finished:
                 return
@@ -864,8 +998,14 @@ class MilvusStore:
 
 
 def _companion_row(row: dict[str, Any], case: StoredCase) -> dict[str, Any]:
-    return {"case_key": row["case_key"], "bucket": row["bucket"], "modality": row["modality"], "view": row["view"],
-            "labels": row["labels"], "code": case.code}
+    return {
+        "case_key": row["case_key"],
+        "bucket": row["bucket"],
+        "modality": row["modality"],
+        "view": row["view"],
+        "labels": row["labels"],
+        "code": case.code,
+    }
 
 
 def _split_result(res) -> tuple[list[dict], dict[str, np.ndarray | bytes]]:

@@ -48,8 +48,19 @@ NAME_PREFIX = "ls_"
 COMPANION_SUFFIX = "__codes"
 #: Lists of the BIN_IVF_FLAT code index; a search with ``nprobe=HAMMING_NLIST`` is exhaustive (exact).
 HAMMING_NLIST = 128
-EXPECTED_FIELDS = {"case_key", "bucket", "modality", "view", "labels", "report_excerpt", "embedding", "code",
-                   "ingested_at", "num_images", "model_version"}
+EXPECTED_FIELDS = {
+    "case_key",
+    "bucket",
+    "modality",
+    "view",
+    "labels",
+    "report_excerpt",
+    "embedding",
+    "code",
+    "ingested_at",
+    "num_images",
+    "model_version",
+}
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,9 @@ def collection_name(profile: str, version: str) -> str:
         InvalidRequestError: empty profile or version.
     """
     if not profile or not version:
-        raise InvalidRequestError("a collection needs a profile and a model version", code="bad_model_ref", field="model")
+        raise InvalidRequestError(
+            "a collection needs a profile and a model version", code="bad_model_ref", field="model"
+        )
     digest = hashlib.sha256(f"{profile}@{version}".encode()).hexdigest()[:8]
     return f"{NAME_PREFIX}{_sanitise(profile, 64)}__{_sanitise(version, 96)}_{digest}"
 
@@ -105,9 +118,16 @@ def companion_name(name: str) -> str:
 
 def _description(info: CollectionInfo, **extra) -> str:
     return json.dumps(
-        {"lungsearch_schema": SCHEMA_VERSION, "profile": info.profile, "version": info.version,
-         "embedding_dim": info.embedding_dim, "code_bits": info.code_bits, "code_storage": info.code_storage,
-         "metric": info.metric, **extra},
+        {
+            "lungsearch_schema": SCHEMA_VERSION,
+            "profile": info.profile,
+            "version": info.version,
+            "embedding_dim": info.embedding_dim,
+            "code_bits": info.code_bits,
+            "code_storage": info.code_storage,
+            "metric": info.metric,
+            **extra,
+        },
         sort_keys=True,
     )
 
@@ -118,7 +138,9 @@ def _filter_fields(s) -> None:
     s.add_field("bucket", DataType.INT32)
     s.add_field("modality", DataType.VARCHAR, max_length=16)
     s.add_field("view", DataType.VARCHAR, max_length=16)
-    s.add_field("labels", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_LABELS, max_length=MAX_LABEL_CHARS * 4)
+    s.add_field(
+        "labels", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_LABELS, max_length=MAX_LABEL_CHARS * 4
+    )
 
 
 def collection_schema(info: CollectionInfo):
@@ -148,8 +170,9 @@ def companion_schema(info: CollectionInfo):
     """Schema of the companion code collection: key, BINARY_VECTOR code, the filter columns."""
     from pymilvus import DataType, MilvusClient
 
-    s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                   description=_description(info, companion_of=info.name))
+    s = MilvusClient.create_schema(
+        auto_id=False, enable_dynamic_field=False, description=_description(info, companion_of=info.name)
+    )
     s.add_field("case_key", DataType.VARCHAR, max_length=MAX_KEY_CHARS, is_primary=True)
     _filter_fields(s)
     s.add_field("code", DataType.BINARY_VECTOR, dim=info.code_bits)
@@ -170,14 +193,23 @@ def _hamming_index(ip) -> None:
     ip.add_index("code", index_type="BIN_IVF_FLAT", metric_type="HAMMING", params={"nlist": HAMMING_NLIST})
 
 
-def collection_index_params(info: CollectionInfo, caps: StoreCapabilities, *, index_type: str = "HNSW", hnsw_m: int = 16,
-                            hnsw_ef_construction: int = 100):
+def collection_index_params(
+    info: CollectionInfo,
+    caps: StoreCapabilities,
+    *,
+    index_type: str = "HNSW",
+    hnsw_m: int = 16,
+    hnsw_ef_construction: int = 100,
+):
     """Index parameters: the float ANN index, the scalar indexes the store has, HAMMING where codes are vectors."""
     from pymilvus import MilvusClient
 
     ip = MilvusClient.prepare_index_params()
-    params = {"M": hnsw_m, "efConstruction": hnsw_ef_construction} if index_type == "HNSW" else (
-        {"nlist": 1024} if index_type == "IVF_FLAT" else {})
+    params = (
+        {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
+        if index_type == "HNSW"
+        else ({"nlist": 1024} if index_type == "IVF_FLAT" else {})
+    )
     ip.add_index("embedding", index_type=index_type, metric_type=info.metric, params=params)
     _scalar_indexes(ip, caps)
     if info.code_storage == "binary_vector":

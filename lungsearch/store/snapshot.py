@@ -53,7 +53,9 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def save_snapshot(index: CaseIndex, directory: str | Path, collection: str, generation: str, parts: dict | None = None) -> Path:
+def save_snapshot(
+    index: CaseIndex, directory: str | Path, collection: str, generation: str, parts: dict | None = None
+) -> Path:
     """Write ``index`` (or its already exported ``parts``) as the snapshot of ``collection`` at ``generation``."""
     parts = parts if parts is not None else index.export_parts()
     root = Path(directory)
@@ -63,16 +65,32 @@ def save_snapshot(index: CaseIndex, directory: str | Path, collection: str, gene
     try:
         keys = parts["keys"]
         width = max([len(k) for k in keys], default=1)
-        arrays = {"emb": parts["emb"], "codes": parts["codes"], "modality": parts["modality"], "view": parts["view"],
-                  "labels": parts["labels"], "keys": np.array(keys, dtype=f"S{width}")}
+        arrays = {
+            "emb": parts["emb"],
+            "codes": parts["codes"],
+            "modality": parts["modality"],
+            "view": parts["view"],
+            "labels": parts["labels"],
+            "keys": np.array(keys, dtype=f"S{width}"),
+        }
         sums = {}
         for name in _ARRAYS:
             path = tmp / f"{name}.npy"
             np.save(path, np.ascontiguousarray(arrays[name]), allow_pickle=False)
             sums[name] = _sha256(path)
-        meta = {"format": FORMAT, "collection": collection, "generation": generation, "rows": len(keys),
-                "embedding_dim": parts["embedding_dim"], "code_bits": parts["code_bits"], "modalities": parts["modalities"],
-                "views": parts["views"], "label_names": parts["label_names"], "sha256": sums, "saved_at": time.time()}
+        meta = {
+            "format": FORMAT,
+            "collection": collection,
+            "generation": generation,
+            "rows": len(keys),
+            "embedding_dim": parts["embedding_dim"],
+            "code_bits": parts["code_bits"],
+            "modalities": parts["modalities"],
+            "views": parts["views"],
+            "label_names": parts["label_names"],
+            "sha256": sums,
+            "saved_at": time.time(),
+        }
         with open(tmp / "meta.json", "w") as f:
             json.dump(meta, f)
             f.flush()
@@ -89,8 +107,9 @@ def save_snapshot(index: CaseIndex, directory: str | Path, collection: str, gene
     return final
 
 
-def load_snapshot(directory: str | Path, collection: str, generation: str, *, backend: str = "auto",
-                  default_candidates: int = 100) -> CaseIndex | None:
+def load_snapshot(
+    directory: str | Path, collection: str, generation: str, *, backend: str = "auto", default_candidates: int = 100
+) -> CaseIndex | None:
     """The snapshot of ``collection`` if it exists, is intact and was taken at ``generation``; else None."""
     path = Path(directory) / collection
     try:
@@ -108,8 +127,15 @@ def load_snapshot(directory: str | Path, collection: str, generation: str, *, ba
         keys = np.char.decode(arrays.pop("keys"), "ascii").tolist()
         if len(keys) != meta["rows"]:
             return None
-        parts = {**arrays, "keys": keys, "embedding_dim": meta["embedding_dim"], "code_bits": meta["code_bits"],
-                 "modalities": meta["modalities"], "views": meta["views"], "label_names": meta["label_names"]}
+        parts = {
+            **arrays,
+            "keys": keys,
+            "embedding_dim": meta["embedding_dim"],
+            "code_bits": meta["code_bits"],
+            "modalities": meta["modalities"],
+            "views": meta["views"],
+            "label_names": meta["label_names"],
+        }
         return CaseIndex.from_parts(parts, backend=backend, default_candidates=default_candidates)
     except (OSError, ValueError, KeyError, TypeError, LungsearchError):
         log.warning("index snapshot %s unreadable; rebuilding", collection, exc_info=True)
@@ -128,8 +154,17 @@ class SnapshotKeeper:
         every_s: seconds between checks (a background daemon thread); 0 = only :meth:`maybe_save`.
     """
 
-    def __init__(self, index: CaseIndex, store: "MilvusStore", profile: str, version: str, directory: str | Path,
-                 *, saved_generation: str, every_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        index: CaseIndex,
+        store: "MilvusStore",
+        profile: str,
+        version: str,
+        directory: str | Path,
+        *,
+        saved_generation: str,
+        every_s: float = 0.0,
+    ) -> None:
         from lungsearch.store.schema import collection_name
 
         self.index, self.store, self.profile, self.version = index, store, profile, version
@@ -139,8 +174,9 @@ class SnapshotKeeper:
         self._stop = threading.Event()
         self._thread = None
         if every_s > 0:
-            self._thread = threading.Thread(target=self._run, args=(float(every_s),), daemon=True,
-                                            name=f"snapshot-{self.collection[:40]}")
+            self._thread = threading.Thread(
+                target=self._run, args=(float(every_s),), daemon=True, name=f"snapshot-{self.collection[:40]}"
+            )
             self._thread.start()
 
     def _run(self, every_s: float) -> None:
@@ -170,9 +206,17 @@ class SnapshotKeeper:
         self._stop.set()
 
 
-def index_from_store(store: "MilvusStore", profile: str, version: str, *, snapshot_dir: str | Path | None = None,
-                     backend: str = "auto", default_candidates: int = 100, batch_rows: int | None = None,
-                     keep_every_s: float = 0.0) -> tuple[CaseIndex, str]:
+def index_from_store(
+    store: "MilvusStore",
+    profile: str,
+    version: str,
+    *,
+    snapshot_dir: str | Path | None = None,
+    backend: str = "auto",
+    default_candidates: int = 100,
+    batch_rows: int | None = None,
+    keep_every_s: float = 0.0,
+) -> tuple[CaseIndex, str]:
     """The collection's in-memory index: from its snapshot when that is current, else rebuilt.
 
     A rebuild writes a fresh snapshot. Call before accepting writes (as
@@ -190,8 +234,9 @@ def index_from_store(store: "MilvusStore", profile: str, version: str, *, snapsh
 
     directory = Path(snapshot_dir) if snapshot_dir is not None else default_snapshot_dir(store)
     if directory is None:
-        return CaseIndex.from_store(store, profile, version, backend=backend, batch_rows=batch_rows,
-                                    default_candidates=default_candidates), "rebuild"
+        return CaseIndex.from_store(
+            store, profile, version, backend=backend, batch_rows=batch_rows, default_candidates=default_candidates
+        ), "rebuild"
     name = collection_name(profile, version)
     store.collection_info(profile, version)  # NotFoundError before any snapshot is trusted for a missing collection
     generation = store.clean_generation(profile, version)
@@ -201,8 +246,9 @@ def index_from_store(store: "MilvusStore", profile: str, version: str, *, snapsh
     how = "snapshot"
     if idx is None:
         how = "rebuild"
-        idx = CaseIndex.from_store(store, profile, version, backend=backend, batch_rows=batch_rows,
-                                   default_candidates=default_candidates)
+        idx = CaseIndex.from_store(
+            store, profile, version, backend=backend, batch_rows=batch_rows, default_candidates=default_candidates
+        )
         after = store.clean_generation(profile, version)
         if after is not None and after == generation:  # nobody wrote during the rebuild: a valid snapshot
             try:
@@ -210,6 +256,7 @@ def index_from_store(store: "MilvusStore", profile: str, version: str, *, snapsh
             except OSError:
                 log.warning("could not write the index snapshot of %s", name, exc_info=True)
         generation = after
-    idx.snapshot_keeper = SnapshotKeeper(idx, store, profile, version, directory, saved_generation=generation or "",
-                                         every_s=keep_every_s)
+    idx.snapshot_keeper = SnapshotKeeper(
+        idx, store, profile, version, directory, saved_generation=generation or "", every_s=keep_every_s
+    )
     return idx, how

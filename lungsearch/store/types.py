@@ -16,8 +16,17 @@ import numpy as np
 
 from lungsearch.errors import InvalidRequestError
 
-__all__ = ["StoredCase", "Hit", "UpsertResult", "CaseBatch", "validate_case_key", "MAX_KEY_CHARS",
-           "MAX_LABELS", "MAX_LABEL_CHARS", "MAX_EXCERPT_BYTES"]
+__all__ = [
+    "StoredCase",
+    "Hit",
+    "UpsertResult",
+    "CaseBatch",
+    "validate_case_key",
+    "MAX_KEY_CHARS",
+    "MAX_LABELS",
+    "MAX_LABEL_CHARS",
+    "MAX_EXCERPT_BYTES",
+]
 
 #: Longest accepted case key (keyed hashes are 32 hex characters; room for prefixes).
 MAX_KEY_CHARS = 128
@@ -107,7 +116,9 @@ class StoredCase:
         _check_text(self.view, "view", 16)
         labels = list(self.labels)
         if len(labels) > MAX_LABELS:
-            raise InvalidRequestError(f"a case may carry at most {MAX_LABELS} labels", code="too_many_labels", field="labels")
+            raise InvalidRequestError(
+                f"a case may carry at most {MAX_LABELS} labels", code="too_many_labels", field="labels"
+            )
         for label in labels:
             _check_text(label, "label", MAX_LABEL_CHARS)
         # Order-preserving de-duplication: labels are a set semantically.
@@ -115,17 +126,22 @@ class StoredCase:
         self.report_excerpt = _truncate_utf8(str(self.report_excerpt or ""), MAX_EXCERPT_BYTES)
         emb = np.asarray(self.embedding, dtype=np.float32).reshape(-1)
         if emb.size == 0 or not np.all(np.isfinite(emb)):
-            raise InvalidRequestError("embedding must be a non-empty finite vector", code="bad_embedding", field="embedding")
+            raise InvalidRequestError(
+                "embedding must be a non-empty finite vector", code="bad_embedding", field="embedding"
+            )
         if embedding_dim is not None and emb.size != embedding_dim:
             raise InvalidRequestError(
                 f"embedding has {emb.size} dimensions, the collection expects {embedding_dim}",
-                code="embedding_dim_mismatch", field="embedding",
+                code="embedding_dim_mismatch",
+                field="embedding",
             )
         self.embedding = emb
         code = bytes(self.code or b"")
         if code_bits is not None and len(code) * 8 != code_bits:
             raise InvalidRequestError(
-                f"code has {len(code) * 8} bits, the collection expects {code_bits}", code="code_bits_mismatch", field="code"
+                f"code has {len(code) * 8} bits, the collection expects {code_bits}",
+                code="code_bits_mismatch",
+                field="code",
             )
         self.code = code
         if not math.isfinite(float(self.ingested_at)):
@@ -188,9 +204,16 @@ class CaseBatch:
         versions = self.model_versions or [""] * n
         return [
             StoredCase(
-                case_key=self.keys[i], modality=self.modalities[i], view=self.views[i], labels=list(self.labels[i]),
-                report_excerpt=excerpts[i], embedding=self.embeddings[i].copy(), code=self.codes[i].tobytes(),
-                ingested_at=float(times[i]), num_images=int(nimg[i]), model_version=versions[i],
+                case_key=self.keys[i],
+                modality=self.modalities[i],
+                view=self.views[i],
+                labels=list(self.labels[i]),
+                report_excerpt=excerpts[i],
+                embedding=self.embeddings[i].copy(),
+                code=self.codes[i].tobytes(),
+                ingested_at=float(times[i]),
+                num_images=int(nimg[i]),
+                model_version=versions[i],
             )
             for i in range(n)
         ]

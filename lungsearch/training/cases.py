@@ -32,7 +32,7 @@ from lungsearch.inference import study_radiomics  # one radiomics rule for train
 
 if TYPE_CHECKING:
     from lungsearch.config import ProfileConfig
-    from lungsearch.data.types import CaseRecord, Study
+    from lungsearch.data.types import CaseRecord
 
 __all__ = [
     "CaseTable",
@@ -92,10 +92,18 @@ class CaseTable:
         idx = np.asarray(index, dtype=np.int64)
         pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
         return CaseTable(
-            case_ids=pick(self.case_ids), groups=pick(self.groups), images=self.images[idx],
-            n_slices=self.n_slices[idx], labels=self.labels[idx], multi_hot=self.multi_hot[idx],
-            reports=pick(self.reports), radiomics=None if self.radiomics is None else self.radiomics[idx],
-            modality=self.modality, views=pick(self.views), synthetic=self.synthetic, targets=list(self.targets),
+            case_ids=pick(self.case_ids),
+            groups=pick(self.groups),
+            images=self.images[idx],
+            n_slices=self.n_slices[idx],
+            labels=self.labels[idx],
+            multi_hot=self.multi_hot[idx],
+            reports=pick(self.reports),
+            radiomics=None if self.radiomics is None else self.radiomics[idx],
+            modality=self.modality,
+            views=pick(self.views),
+            synthetic=self.synthetic,
+            targets=list(self.targets),
             label_sets=pick(self.label_sets) if self.label_sets else [],
         )
 
@@ -109,13 +117,18 @@ class CaseTable:
         imgs = [np.pad(t.images, ((0, 0), (0, s - t.images.shape[1]), (0, 0), (0, 0), (0, 0))) for t in tables]
         first = tables[0]
         return cls(
-            case_ids=[c for t in tables for c in t.case_ids], groups=[g for t in tables for g in t.groups],
-            images=np.concatenate(imgs), n_slices=np.concatenate([t.n_slices for t in tables]),
-            labels=np.concatenate([t.labels for t in tables]), multi_hot=np.concatenate([t.multi_hot for t in tables]),
+            case_ids=[c for t in tables for c in t.case_ids],
+            groups=[g for t in tables for g in t.groups],
+            images=np.concatenate(imgs),
+            n_slices=np.concatenate([t.n_slices for t in tables]),
+            labels=np.concatenate([t.labels for t in tables]),
+            multi_hot=np.concatenate([t.multi_hot for t in tables]),
             reports=[r for t in tables for r in t.reports],
             radiomics=None if first.radiomics is None else np.concatenate([t.radiomics for t in tables]),
-            modality=first.modality, views=[v for t in tables for v in t.views],
-            synthetic=all(t.synthetic for t in tables), targets=list(first.targets),
+            modality=first.modality,
+            views=[v for t in tables for v in t.views],
+            synthetic=all(t.synthetic for t in tables),
+            targets=list(first.targets),
             label_sets=[x for t in tables for x in t.label_sets],
         )
 
@@ -131,8 +144,13 @@ class CaseTable:
         """One dict per case for ``ray.data.from_items`` (arrays stay numpy, text stays str)."""
         out = []
         for i in range(len(self)):
-            row = {"index": i, "image": self.images[i], "n_slices": int(self.n_slices[i]),
-                   "label": self.labels[i], "report": self.reports[i]}
+            row = {
+                "index": i,
+                "image": self.images[i],
+                "n_slices": int(self.n_slices[i]),
+                "label": self.labels[i],
+                "report": self.reports[i],
+            }
             if self.radiomics is not None:
                 row["radiomics"] = self.radiomics[i]
             out.append(row)
@@ -145,12 +163,23 @@ def data_fingerprint(records: Sequence["CaseRecord"]) -> str:
     PHI-free: it is a hash, and case ids are themselves keyed hashes for real data."""
     h = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.case_id):
-        h.update(json.dumps([r.case_id, r.group, list(r.labels), [Path(p).name for p in r.image_paths],
-                             hashlib.sha256((r.report or "").encode()).hexdigest()[:16]]).encode())
+        h.update(
+            json.dumps(
+                [
+                    r.case_id,
+                    r.group,
+                    list(r.labels),
+                    [Path(p).name for p in r.image_paths],
+                    hashlib.sha256((r.report or "").encode()).hexdigest()[:16],
+                ]
+            ).encode()
+        )
     return h.hexdigest()[:16]
 
 
-def encode_labels(records: Sequence["CaseRecord"], targets: Sequence[str], multilabel: bool) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def encode_labels(
+    records: Sequence["CaseRecord"], targets: Sequence[str], multilabel: bool
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Labels as model targets.
 
     Single-label: the index of the record's first label that is a target (records whose labels
@@ -193,8 +222,11 @@ def radiomics_extractor(cfg: "ProfileConfig"):
     from lungsearch.models.radiomics import DEFAULT_CLASSES, RadiomicsExtractor
 
     p = comp.params
-    return RadiomicsExtractor(p.get("classes", list(DEFAULT_CLASSES)), bin_count=p.get("bin_count", 32),
-                              min_roi_pixels=p.get("min_roi_pixels", 16))
+    return RadiomicsExtractor(
+        p.get("classes", list(DEFAULT_CLASSES)),
+        bin_count=p.get("bin_count", 32),
+        min_roi_pixels=p.get("min_roi_pixels", 16),
+    )
 
 
 def _decode_cases(records: Sequence["CaseRecord"], cfg: "ProfileConfig", hmac_key: bytes | None) -> Callable:
@@ -214,8 +246,12 @@ def _decode_cases(records: Sequence["CaseRecord"], cfg: "ProfileConfig", hmac_ke
             out["image"].append(case.pixels)
             out["view"].append(study.view or records[int(i)].view or "")
             out["radiomics"].append(case.radiomics if case.radiomics is not None else np.zeros(0))
-        return {"i": np.asarray(out["i"]), "image": _obj(out["image"]), "radiomics": _obj(out["radiomics"]),
-                "view": np.asarray(out["view"], dtype=object)}
+        return {
+            "i": np.asarray(out["i"]),
+            "image": _obj(out["image"]),
+            "radiomics": _obj(out["radiomics"]),
+            "view": np.asarray(out["view"], dtype=object),
+        }
 
     return fn
 
@@ -238,12 +274,17 @@ def _cache_key(records: Sequence["CaseRecord"], cfg: "ProfileConfig") -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _decode_all(records: Sequence["CaseRecord"], cfg: "ProfileConfig", use_ray: bool, hmac_key: bytes | None) -> list[dict]:
+def _decode_all(
+    records: Sequence["CaseRecord"], cfg: "ProfileConfig", use_ray: bool, hmac_key: bytes | None
+) -> list[dict]:
     fn = _decode_cases(records, cfg, hmac_key)
     n = len(records)
     if not use_ray:
         got = fn({"i": np.arange(n)})
-        return [{"i": got["i"][k], "image": got["image"][k], "radiomics": got["radiomics"][k], "view": got["view"][k]} for k in range(n)]
+        return [
+            {"i": got["i"][k], "image": got["image"][k], "radiomics": got["radiomics"][k], "view": got["view"][k]}
+            for k in range(n)
+        ]
     import ray
 
     from lungsearch.runtime import init_ray
@@ -282,7 +323,9 @@ def prepare_cases(
     targets = list(cfg.data.targets)
     labels, multi_hot, kept = encode_labels(records, targets, cfg.data.multilabel)
     if len(kept) < len(records):
-        log.warning("%d of %d records have no label in data.targets and are left out", len(records) - len(kept), len(records))
+        log.warning(
+            "%d of %d records have no label in data.targets and are left out", len(records) - len(kept), len(records)
+        )
     records = [records[i] for i in kept]
     cache: Path | None = None
     if cache_dir != "":
@@ -299,7 +342,11 @@ def prepare_cases(
             img = np.asarray(r["image"], dtype=np.float32)
             images[k, : img.shape[0]] = img
             n_slices[k] = img.shape[0]
-        rad = np.stack([np.asarray(r["radiomics"], dtype=np.float64) for r in rows]) if cfg.model.radiomics is not None else None
+        rad = (
+            np.stack([np.asarray(r["radiomics"], dtype=np.float64) for r in rows])
+            if cfg.model.radiomics is not None
+            else None
+        )
         views = [str(r["view"]) for r in rows]
         arrays = {"images": images, "n_slices": n_slices, "views": np.asarray(views)}
         if rad is not None:
@@ -307,11 +354,18 @@ def prepare_cases(
         if cache is not None:
             _save_cache(cache, arrays)
     return CaseTable(
-        case_ids=[r.case_id for r in records], groups=[r.group for r in records], images=arrays["images"],
-        n_slices=arrays["n_slices"], labels=labels, multi_hot=multi_hot,
-        reports=[r.report or "" for r in records], radiomics=arrays.get("radiomics"),
-        modality=cfg.modality, views=[str(v) for v in arrays["views"]],
-        synthetic=all(r.synthetic for r in records), targets=targets,
+        case_ids=[r.case_id for r in records],
+        groups=[r.group for r in records],
+        images=arrays["images"],
+        n_slices=arrays["n_slices"],
+        labels=labels,
+        multi_hot=multi_hot,
+        reports=[r.report or "" for r in records],
+        radiomics=arrays.get("radiomics"),
+        modality=cfg.modality,
+        views=[str(v) for v in arrays["views"]],
+        synthetic=all(r.synthetic for r in records),
+        targets=targets,
         label_sets=[tuple(r.labels) for r in records],
     )
 

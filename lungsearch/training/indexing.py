@@ -29,13 +29,11 @@ from lungsearch.inference import EXCERPT_CHARS  # the excerpt rule every path us
 
 if TYPE_CHECKING:
     from lungsearch.config import ProfileConfig
-    from lungsearch.data.types import CaseRecord
-    from lungsearch.data.types import Study
+    from lungsearch.data.types import CaseRecord, Study
 
 __all__ = ["IndexReport", "build_index", "record_case_key", "EXCERPT_CHARS"]
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -97,8 +95,15 @@ class _Decode:
             n.append(case.num_slices)
             views.append(study.view or rec.view or "")
             rads.append(case.radiomics if case.radiomics is not None else np.zeros(0))
-        return {"i": np.asarray(batch["i"]), "image": _obj(images), "radiomics": _obj(rads), "n_slices": np.asarray(n),
-                "view": np.asarray(views, dtype=object), "key": np.asarray(keys, dtype=object), "text": batch["text"]}
+        return {
+            "i": np.asarray(batch["i"]),
+            "image": _obj(images),
+            "radiomics": _obj(rads),
+            "n_slices": np.asarray(n),
+            "view": np.asarray(views, dtype=object),
+            "key": np.asarray(keys, dtype=object),
+            "text": batch["text"],
+        }
 
 
 class _Embedder:
@@ -118,18 +123,29 @@ class _Embedder:
         from lungsearch.inference import PreparedCase, embed_cases
 
         has_rad = getattr(self.model, "radiomics", None) is not None
-        cases = [PreparedCase(pixels=np.asarray(x, dtype=np.float32), radiomics=np.asarray(r, dtype=np.float64) if has_rad else None)
-                 for x, r in zip(batch["image"], batch["radiomics"])]
+        cases = [
+            PreparedCase(
+                pixels=np.asarray(x, dtype=np.float32), radiomics=np.asarray(r, dtype=np.float64) if has_rad else None
+            )
+            for x, r in zip(batch["image"], batch["radiomics"])
+        ]
         outs = embed_cases(self.model, cases, texts=[str(t) for t in batch["text"]], device=self.device)
         if self.thumbnails:
             # the page draws retrieved cases and their heat maps on these (PHI-free pixels, keyed case key)
             from lungsearch.web.thumbs import record_thumbnail
 
             for key, case in zip(batch["key"], cases):
-                record_thumbnail(self.thumbnails, self.card.profile, str(key), case.pixels, model_version=self.card.version)
-        return {"i": batch["i"], "embedding": np.stack([o.embedding for o in outs]),
-                "code": np.asarray([o.code for o in outs], dtype=object), "n_slices": batch["n_slices"], "view": batch["view"],
-                "key": batch["key"]}
+                record_thumbnail(
+                    self.thumbnails, self.card.profile, str(key), case.pixels, model_version=self.card.version
+                )
+        return {
+            "i": batch["i"],
+            "embedding": np.stack([o.embedding for o in outs]),
+            "code": np.asarray([o.code for o in outs], dtype=object),
+            "n_slices": batch["n_slices"],
+            "view": batch["view"],
+            "key": batch["key"],
+        }
 
 
 def build_index(
@@ -179,7 +195,7 @@ def build_index(
     from lungsearch.data import load_records
     from lungsearch.data.deid import load_or_create_key
     from lungsearch.inference import deidentify_report, report_excerpt
-    from lungsearch.registry import resolve, parse_ref
+    from lungsearch.registry import parse_ref, resolve
     from lungsearch.runtime import init_ray
     from lungsearch.store import MilvusStore, StoredCase, collection_name
 
@@ -216,10 +232,15 @@ def build_index(
     ds = ds.map_batches(_Decode(cfg, key), batch_size=batch_size, batch_format="numpy", num_cpus=1)
     n_actors = max(1, int(actors) if actors else n_gpu)
     cpu_per_actor = 0 if use_gpu else (1 if n_actors == 1 else 0.5)
-    ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu),
-                                             thumbs_path),
-                        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
-                        num_gpus=1 if use_gpu else 0, num_cpus=cpu_per_actor)
+    ds = ds.map_batches(
+        _Embedder,
+        fn_constructor_args=(ref, str(registry_root) if registry_root else None, bool(use_gpu), thumbs_path),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=cpu_per_actor,
+    )
 
     store = (store_factory or MilvusStore)(milvus_uri, token=milvus_token)
     bar = None
@@ -231,8 +252,9 @@ def build_index(
     keys: set[str] = set()
     pending: list[Any] = []
     try:
-        store.ensure_collection(card.profile, card.version, embedding_dim=card.embedding_dim, code_bits=card.code_bits,
-                                index=cfg.index)
+        store.ensure_collection(
+            card.profile, card.version, embedding_dim=card.embedding_dim, code_bits=card.code_bits, index=cfg.index
+        )
 
         def flush_pending() -> None:
             nonlocal inserted, updated, pending
@@ -247,11 +269,20 @@ def build_index(
             i = int(row["i"])
             rec = records[i]
             keys.add(str(row["key"]))
-            pending.append(StoredCase(
-                case_key=str(row["key"]), modality=rec.modality or cfg.modality, view=str(row["view"] or ""), labels=list(rec.labels),
-                report_excerpt=report_excerpt(texts[i]), embedding=np.asarray(row["embedding"], dtype=np.float32),
-                code=bytes(row["code"]), ingested_at=now, num_images=int(row["n_slices"]), model_version=card.version,
-            ))
+            pending.append(
+                StoredCase(
+                    case_key=str(row["key"]),
+                    modality=rec.modality or cfg.modality,
+                    view=str(row["view"] or ""),
+                    labels=list(rec.labels),
+                    report_excerpt=report_excerpt(texts[i]),
+                    embedding=np.asarray(row["embedding"], dtype=np.float32),
+                    code=bytes(row["code"]),
+                    ingested_at=now,
+                    num_images=int(row["n_slices"]),
+                    model_version=card.version,
+                )
+            )
             if bar is not None:
                 bar.update(1)
             if len(pending) >= upsert_batch:
@@ -266,9 +297,20 @@ def build_index(
             close()
     secs = time.perf_counter() - t0
     unique = len(keys)
-    rep = IndexReport(profile=card.profile, version=card.version, collection=collection_name(card.profile, card.version),
-                      cases=unique, inserted=inserted, updated=updated, count_in_store=count, seconds=secs,
-                      cases_per_s=len(records) / max(secs, 1e-9), device="cuda" if use_gpu else "cpu")
+    rep = IndexReport(
+        profile=card.profile,
+        version=card.version,
+        collection=collection_name(card.profile, card.version),
+        cases=unique,
+        inserted=inserted,
+        updated=updated,
+        count_in_store=count,
+        seconds=secs,
+        cases_per_s=len(records) / max(secs, 1e-9),
+        device="cuda" if use_gpu else "cpu",
+    )
     if not rep.ok:
-        raise StoreUnavailableError(f"index count check failed: {count} rows in the store for {unique} cases", code="count_mismatch")
+        raise StoreUnavailableError(
+            f"index count check failed: {count} rows in the store for {unique} cases", code="count_mismatch"
+        )
     return rep

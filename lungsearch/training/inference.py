@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from lungsearch.models.base import LungModel
     from lungsearch.training.cases import CaseTable
 
-__all__ = ["CaseForward", "Predictions", "TextFeatureCache", "batch_to_torch", "forward_cases", "predict", "probabilities"]
+__all__ = [
+    "CaseForward",
+    "Predictions",
+    "TextFeatureCache",
+    "batch_to_torch",
+    "forward_cases",
+    "predict",
+    "probabilities",
+]
 
 _TEXT_KEYS = ("report_pooled", "report_tokens")
 
@@ -51,7 +59,7 @@ class TextFeatureCache:
             was = self.encoder.training
             self.encoder.eval()
             for k in range(0, len(missing), 64):
-                chunk = missing[k:k + 64]
+                chunk = missing[k : k + 64]
                 out = self.encoder(chunk)
                 valid = out["tokens"].abs().sum(-1) > 0
                 for j, t in enumerate(chunk):
@@ -157,8 +165,15 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: "LungModel", table: "CaseTable", *, batch_size: int = 32, device: str | torch.device = "cpu",
-            text_cache: TextFeatureCache | None = None, use_text: bool = True) -> Predictions:
+def predict(
+    model: "LungModel",
+    table: "CaseTable",
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    text_cache: TextFeatureCache | None = None,
+    use_text: bool = True,
+) -> Predictions:
     """Run the model over every case of ``table`` in eval mode."""
     import time
 
@@ -173,7 +188,9 @@ def predict(model: "LungModel", table: "CaseTable", *, batch_size: int = 32, dev
         images = torch.from_numpy(table.images[sl]).to(device)
         n = torch.from_numpy(table.n_slices[sl]).to(device)
         rad = torch.from_numpy(table.radiomics[sl]) if table.radiomics is not None else None
-        out = forward_cases(model, images, n, texts=table.reports[sl] if use_text else None, radiomics=rad, text_cache=text_cache)
+        out = forward_cases(
+            model, images, n, texts=table.reports[sl] if use_text else None, radiomics=rad, text_cache=text_cache
+        )
         embs.append(out["embedding"].float().cpu())
         if "logits" in out:
             probs.append(probabilities(out["logits"].float(), table.multilabel).cpu())

@@ -34,7 +34,14 @@ from lungsearch.config import ProfileConfig
 from lungsearch.training.inference import CaseForward, batch_to_torch, forward_cases, probabilities
 from lungsearch.training.recipes import Stage
 
-__all__ = ["train_loop_per_worker", "run_local", "seed_everything", "build_optimizer", "validation_metrics", "LocalContext"]
+__all__ = [
+    "train_loop_per_worker",
+    "run_local",
+    "seed_everything",
+    "build_optimizer",
+    "validation_metrics",
+    "LocalContext",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, stage: Stage, cfg: ProfileConfig, params: Iterable[tuple[str, nn.Parameter]] | None = None):
+def build_optimizer(
+    model: nn.Module, stage: Stage, cfg: ProfileConfig, params: Iterable[tuple[str, nn.Parameter]] | None = None
+):
     """The stage's optimizer over the trainable parameters, grouped by ``stage.lr_mult`` prefixes."""
     named = [(n, p) for n, p in (params if params is not None else model.named_parameters()) if p.requires_grad]
     groups: dict[float, list[nn.Parameter]] = {}
@@ -72,7 +81,9 @@ def _scheduler(opt, cfg: ProfileConfig, epochs: int):
     return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
 
 
-def validation_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray, cfg: ProfileConfig, stage: Stage) -> dict[str, float]:
+def validation_metrics(
+    outputs: dict[str, np.ndarray], labels: np.ndarray, cfg: ProfileConfig, stage: Stage
+) -> dict[str, float]:
     """Per-epoch validation numbers (beyond ``val_loss``) from outputs over the whole val set.
 
     Classification (``logits``): ``val_accuracy``, ``val_auc``, ``val_f1``. Retrieval (leave-one-out
@@ -198,9 +209,13 @@ def _iter_numpy(ds, *, batch_size: int, shuffle_seed: int | None) -> Iterable[di
         if shuffle_seed is not None:
             np.random.default_rng(shuffle_seed).shuffle(order)
         for k in range(0, len(order), batch_size):
-            rows = [ds[i] for i in order[k:k + batch_size]]
-            yield {key: np.asarray([r[key] for r in rows]) if key != "report" else np.asarray([r[key] for r in rows], dtype=object)
-                   for key in rows[0]}
+            rows = [ds[i] for i in order[k : k + batch_size]]
+            yield {
+                key: np.asarray([r[key] for r in rows])
+                if key != "report"
+                else np.asarray([r[key] for r in rows], dtype=object)
+                for key in rows[0]
+            }
         return
     kwargs: dict[str, Any] = {"batch_size": batch_size, "batch_format": "numpy", "prefetch_batches": 1}
     if shuffle_seed is not None:
@@ -230,12 +245,22 @@ def _append_progress(path: str, cfg: ProfileConfig, stages: list, si: int, epoch
     """One line for the person waiting (``lungsearch.training.progress``); never fails the run."""
     from lungsearch.training import progress
 
-    left_epochs = (stage.epochs - epoch - 1) + sum(s.epochs for s in stages[si + 1:])
+    left_epochs = (stage.epochs - epoch - 1) + sum(s.epochs for s in stages[si + 1 :])
     try:
-        progress.append(path, {"profile": cfg.profile, "stage": stage.name, "epoch": epoch + 1, "epochs": stage.epochs,
-                               "train_loss": metrics.get("train_loss"), "monitor": stage.monitor,
-                               "monitor_value": metrics.get(stage.monitor), "samples_per_s": metrics.get("samples_per_s"),
-                               "seconds_left": metrics["epoch_seconds"] * left_epochs})
+        progress.append(
+            path,
+            {
+                "profile": cfg.profile,
+                "stage": stage.name,
+                "epoch": epoch + 1,
+                "epochs": stage.epochs,
+                "train_loss": metrics.get("train_loss"),
+                "monitor": stage.monitor,
+                "monitor_value": metrics.get(stage.monitor),
+                "samples_per_s": metrics.get("samples_per_s"),
+                "seconds_left": metrics["epoch_seconds"] * left_epochs,
+            },
+        )
     except OSError:
         log.debug("could not write training progress", exc_info=True)
 
@@ -250,8 +275,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _run(config, _RayContext())
 
 
-def run_local(config: dict[str, Any], datasets: dict[str, list[dict]], checkpoint_dir: str | None = None,
-              resume_from: str | None = None, context: LocalContext | None = None, device: str = "cpu") -> LocalContext:
+def run_local(
+    config: dict[str, Any],
+    datasets: dict[str, list[dict]],
+    checkpoint_dir: str | None = None,
+    resume_from: str | None = None,
+    context: LocalContext | None = None,
+    device: str = "cpu",
+) -> LocalContext:
     """Run the same loop in-process over row lists (no Ray); returns the context with the reports.
 
     ``resume_from`` is a checkpoint folder written by an earlier local run (as Ray Train's
@@ -269,7 +300,7 @@ def _run(config: dict[str, Any], ctx) -> None:
 
     cfg = ProfileConfig.model_validate(config["cfg"])
     stages = [Stage(**s) for s in config["stages"]]
-    rank, world = ctx.rank(), ctx.world()
+    rank = ctx.rank()
     device = ctx.device()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -283,8 +314,15 @@ def _run(config: dict[str, Any], ctx) -> None:
     model.to(device)
     multilabel = cfg.data.multilabel
 
-    state: dict[str, Any] = {"stage": 0, "epoch": -1, "best_value": None, "best_epoch": -1, "bad_epochs": 0,
-                             "history": [], "done": False}
+    state: dict[str, Any] = {
+        "stage": 0,
+        "epoch": -1,
+        "best_value": None,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "history": [],
+        "done": False,
+    }
     best_weights: dict[str, torch.Tensor] | None = None
     resumed_opt = None
     ckpt_dir = ctx.get_checkpoint()
@@ -341,23 +379,42 @@ def _run(config: dict[str, Any], ctx) -> None:
             # continues exactly as the uninterrupted one would have.
             torch.manual_seed(seed)
             if cached is not None:
-                train_stats = _train_probe_epoch(probe_runner, cached["train"], loss_fn, opt, seed, cfg.train.batch_size, multilabel, device)
+                train_stats = _train_probe_epoch(
+                    probe_runner, cached["train"], loss_fn, opt, seed, cfg.train.batch_size, multilabel, device
+                )
                 val_out, val_labels, val_loss = _eval_probe(model, cached["val"], loss_fn, multilabel, device)
             else:
-                train_stats = _train_epoch(runner, model, train_shard, loss_fn, opt, scaler, amp_ctx, stage, cfg, seed, device)
+                train_stats = _train_epoch(
+                    runner, model, train_shard, loss_fn, opt, scaler, amp_ctx, stage, cfg, seed, device
+                )
                 val_out, val_labels, val_loss = _evaluate(model, val_shard, loss_fn, stage, cfg, device, runner)
             if sched is not None:
                 sched.step()
-            metrics = {"stage": float(si), "epoch": float(epoch), "train_loss": train_stats["loss"], "val_loss": val_loss,
-                       "samples": float(train_stats["samples"]), "epoch_seconds": time.perf_counter() - t0,
-                       # CPU seconds of this worker (all its threads): what the epoch costs on an idle machine
-                       "epoch_cpu_seconds": time.process_time() - cpu0,
-                       "samples_per_s": train_stats["samples"] / max(train_stats["seconds"], 1e-9)}
+            metrics = {
+                "stage": float(si),
+                "epoch": float(epoch),
+                "train_loss": train_stats["loss"],
+                "val_loss": val_loss,
+                "samples": float(train_stats["samples"]),
+                "epoch_seconds": time.perf_counter() - t0,
+                # CPU seconds of this worker (all its threads): what the epoch costs on an idle machine
+                "epoch_cpu_seconds": time.process_time() - cpu0,
+                "samples_per_s": train_stats["samples"] / max(train_stats["seconds"], 1e-9),
+            }
             metrics.update(validation_metrics(val_out, val_labels, cfg, stage))
             if rank == 0:
-                shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val_") or k == "train_loss")
-                log.info("stage %s epoch %d/%d: %s (%.1f s, %.1f samples/s)", stage.name, epoch + 1, stage.epochs, shown,
-                         metrics["epoch_seconds"], metrics["samples_per_s"])
+                shown = " ".join(
+                    f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val_") or k == "train_loss"
+                )
+                log.info(
+                    "stage %s epoch %d/%d: %s (%.1f s, %.1f samples/s)",
+                    stage.name,
+                    epoch + 1,
+                    stage.epochs,
+                    shown,
+                    metrics["epoch_seconds"],
+                    metrics["samples_per_s"],
+                )
                 if config.get("progress_file"):
                     _append_progress(config["progress_file"], cfg, stages, si, epoch, stage, metrics)
             value = metrics.get(stage.monitor, metrics["val_loss"])
@@ -383,7 +440,9 @@ def _run(config: dict[str, Any], ctx) -> None:
                 else:
                     state["done"] = True
                 metrics["done"] = float(state["done"])
-            _report(ctx, rank, model, opt if not last_epoch_of_stage else None, sched, scaler, state, best_weights, metrics)
+            _report(
+                ctx, rank, model, opt if not last_epoch_of_stage else None, sched, scaler, state, best_weights, metrics
+            )
             epochs_this_run += 1
             if fail_after is not None and epochs_this_run >= fail_after and not state["done"]:
                 raise RuntimeError(f"injected failure after {epochs_this_run} epochs (test hook)")
@@ -398,23 +457,37 @@ def _last_metrics(state: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in (hist[-1] if hist else {}).items() if isinstance(v, (int, float))}
 
 
-def _report(ctx, rank: int, model: nn.Module, opt, sched, scaler, state: dict[str, Any],
-            best_weights: dict[str, torch.Tensor] | None, metrics: dict[str, float]) -> None:
+def _report(
+    ctx,
+    rank: int,
+    model: nn.Module,
+    opt,
+    sched,
+    scaler,
+    state: dict[str, Any],
+    best_weights: dict[str, torch.Tensor] | None,
+    metrics: dict[str, float],
+) -> None:
     if rank != 0:
         ctx.report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="lungsearch-ckpt-") as tmp:
-        payload = {**{k: v for k, v in state.items() if k != "resumed_from"}, "model": _state_cpu(model),
-                   "optimizer": opt.state_dict() if opt is not None else None,
-                   "scheduler": sched.state_dict() if sched is not None else None,
-                   "scaler": scaler.state_dict() if scaler is not None else None}
+        payload = {
+            **{k: v for k, v in state.items() if k != "resumed_from"},
+            "model": _state_cpu(model),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
         torch.save(payload, Path(tmp) / "state.pt")
         if best_weights is not None:
             torch.save(best_weights, Path(tmp) / "best.pt")
         ctx.report(metrics, tmp)
 
 
-def _train_epoch(runner, model, shard, loss_fn, opt, scaler, amp_ctx, stage: Stage, cfg: ProfileConfig, seed: int, device) -> dict[str, float]:
+def _train_epoch(
+    runner, model, shard, loss_fn, opt, scaler, amp_ctx, stage: Stage, cfg: ProfileConfig, seed: int, device
+) -> dict[str, float]:
     from lungsearch.training.cases import augment_images
 
     model.train()
@@ -429,10 +502,17 @@ def _train_epoch(runner, model, shard, loss_fn, opt, scaler, amp_ctx, stage: Sta
         if n < 2:
             continue  # BatchNorm and pairwise losses need two samples
         if cfg.data.augment:
-            batch = dict(batch, image=augment_images(np.asarray(batch["image"], dtype=np.float32), batch["n_slices"], cfg.modality, rng))
+            batch = dict(
+                batch,
+                image=augment_images(
+                    np.asarray(batch["image"], dtype=np.float32), batch["n_slices"], cfg.modality, rng
+                ),
+            )
         tb = batch_to_torch(batch, device, cfg.data.multilabel)
         with amp_ctx:
-            out = runner(tb["images"], tb["n_slices"], texts=tb["texts"] if has_text else None, radiomics=tb.get("radiomics"))
+            out = runner(
+                tb["images"], tb["n_slices"], texts=tb["texts"] if has_text else None, radiomics=tb.get("radiomics")
+            )
             loss = loss_fn(out, tb["labels"] if stage.uses_labels else None)
             if reg is not None and stage.name in ("train",):
                 loss = loss + reg()
@@ -460,8 +540,14 @@ def _evaluate(model, shard, loss_fn, stage: Stage, cfg: ProfileConfig, device, r
     cache = getattr(runner, "text_cache", None) or getattr(getattr(runner, "module", None), "text_cache", None)
     for batch in _iter_numpy(shard, batch_size=max(cfg.train.batch_size, 32), shuffle_seed=None):
         tb = batch_to_torch(batch, device, cfg.data.multilabel)
-        out = forward_cases(model, tb["images"], tb["n_slices"], texts=tb["texts"] if has_text else None,
-                            radiomics=tb.get("radiomics"), text_cache=cache)
+        out = forward_cases(
+            model,
+            tb["images"],
+            tb["n_slices"],
+            texts=tb["texts"] if has_text else None,
+            radiomics=tb.get("radiomics"),
+            text_cache=cache,
+        )
         n = len(tb["index"])
         if n >= 2:
             total += float(loss_fn(out, tb["labels"] if stage.uses_labels else None)) * n
@@ -478,7 +564,9 @@ def _evaluate(model, shard, loss_fn, stage: Stage, cfg: ProfileConfig, device, r
 
 
 @torch.no_grad()
-def _frozen_features(model, train_shard, val_shard, cfg: ProfileConfig, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _frozen_features(
+    model, train_shard, val_shard, cfg: ProfileConfig, device
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Embeddings of the frozen model (eval mode) for the linear-probe stage, computed once."""
     out = {}
     model.eval()
@@ -487,7 +575,13 @@ def _frozen_features(model, train_shard, val_shard, cfg: ProfileConfig, device) 
         embs, labs = [], []
         for batch in _iter_numpy(shard, batch_size=64, shuffle_seed=None):
             tb = batch_to_torch(batch, device, cfg.data.multilabel)
-            o = forward_cases(model, tb["images"], tb["n_slices"], texts=tb["texts"] if has_text else None, radiomics=tb.get("radiomics"))
+            o = forward_cases(
+                model,
+                tb["images"],
+                tb["n_slices"],
+                texts=tb["texts"] if has_text else None,
+                radiomics=tb.get("radiomics"),
+            )
             embs.append(o["embedding"].float())
             labs.append(tb["labels"])
         out[name] = (torch.cat(embs), torch.cat(labs))
@@ -495,13 +589,15 @@ def _frozen_features(model, train_shard, val_shard, cfg: ProfileConfig, device) 
     return out
 
 
-def _train_probe_epoch(probe, data, loss_fn, opt, seed: int, batch_size: int, multilabel: bool, device) -> dict[str, float]:
+def _train_probe_epoch(
+    probe, data, loss_fn, opt, seed: int, batch_size: int, multilabel: bool, device
+) -> dict[str, float]:
     emb, lab = data
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(emb.shape[0], generator=g)
     total, count, t0 = 0.0, 0, time.perf_counter()
     for k in range(0, len(order), batch_size):
-        idx = order[k:k + batch_size]
+        idx = order[k : k + batch_size]
         if len(idx) < 2:
             continue
         loss = loss_fn({"logits": probe(emb[idx].to(device))}, lab[idx].to(device))
@@ -518,7 +614,11 @@ def _eval_probe(model, data, loss_fn, multilabel: bool, device):
     emb, lab = data
     logits = model.probe(emb.to(device))
     loss = float(loss_fn({"logits": logits}, lab.to(device)))
-    return {"embedding": emb.cpu().numpy(), "probs": probabilities(logits.float(), multilabel).cpu().numpy()}, lab.cpu().numpy(), loss
+    return (
+        {"embedding": emb.cpu().numpy(), "probs": probabilities(logits.float(), multilabel).cpu().numpy()},
+        lab.cpu().numpy(),
+        loss,
+    )
 
 
 def disable_attention(model: nn.Module) -> None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-
 import numpy as np
 
 from lungsearch import constants
@@ -106,12 +105,19 @@ def make_folds(cfg: ProfileConfig, ds: Dataset, k: int) -> list[Splits]:
     out = []
     for train_part, held_out in kfold_records(ds.records, k, seed=cfg.data.seed):
         inner = split_records(train_part, (0.8, 0.2, 0.0), seed=cfg.data.seed)
-        out.append(Splits(ds.table.select([r.case_id for r in inner["train"]]), ds.table.select([r.case_id for r in inner["val"]]),
-                          ds.table.select([r.case_id for r in held_out])))
+        out.append(
+            Splits(
+                ds.table.select([r.case_id for r in inner["train"]]),
+                ds.table.select([r.case_id for r in inner["val"]]),
+                ds.table.select([r.case_id for r in held_out]),
+            )
+        )
     return out
 
 
-def provenance(cfg: ProfileConfig, splits: Splits, *, run_name: str, model_version: str | None, n_cases: int | None = None) -> dict[str, Any]:
+def provenance(
+    cfg: ProfileConfig, splits: Splits, *, run_name: str, model_version: str | None, n_cases: int | None = None
+) -> dict[str, Any]:
     """What every report and card says about where its numbers come from."""
     from lungsearch.evaluation.core import dataset_label
     from lungsearch.registry import code_version
@@ -186,9 +192,17 @@ def train_and_evaluate(
     dataset = dataset or load_dataset(cfg)
     splits = splits or make_splits(cfg, dataset)
     run_name = run_name or default_run_name(cfg)
-    fitres = fit(cfg, splits.train, splits.val, run_name=run_name, storage_path=storage_path, resume=resume,
-                 max_failures=max_failures, disable_attention=bool(variant and variant.disable_attention),
-                 fail_after_epoch=fail_after_epoch)
+    fitres = fit(
+        cfg,
+        splits.train,
+        splits.val,
+        run_name=run_name,
+        storage_path=storage_path,
+        resume=resume,
+        max_failures=max_failures,
+        disable_attention=bool(variant and variant.disable_attention),
+        fail_after_epoch=fail_after_epoch,
+    )
     ev = evaluate_model(fitres.model, cfg, splits.test, splits.gallery)
     metrics = _card_metrics(fitres, ev)
     version = registry.new_version(cfg, registry_root) if register else None
@@ -197,22 +211,51 @@ def train_and_evaluate(
     if write:
         root = Path(constants.ARTIFACTS_DIR) / "reports" / cfg.profile
         out_dir = Path(report_dir) if report_dir else root / (version or run_name)
-        name = (variant.name if variant else "ours")
+        name = variant.name if variant else "ours"
         rows = {name: ev.metrics, **(extra_rows or {})}
         tables = {name: variant.table if variant else _main_table(cfg)}
-        write_report(out_dir, ReportInput(cfg=cfg, main=ev, rows=rows, row_tables=tables, provenance=prov,
-                                          test_labels=splits.test.labels, main_row=name))
+        write_report(
+            out_dir,
+            ReportInput(
+                cfg=cfg,
+                main=ev,
+                rows=rows,
+                row_tables=tables,
+                provenance=prov,
+                test_labels=splits.test.labels,
+                main_row=name,
+            ),
+        )
     card = None
     if register:
         card = registry.save_model(
-            fitres.model, cfg, metrics=metrics, data_fingerprint=dataset.fingerprint, synthetic_data=dataset.table.synthetic,
-            root=registry_root, version=version,
-            extra={"run_name": run_name, "checkpoint": fitres.checkpoint_path, "report_dir": str(out_dir) if out_dir else "",
-                   "split_sizes": splits.sizes(), "seed": {"data": cfg.data.seed, "train": cfg.train.seed},
-                   "epochs_trained": len(fitres.history), "resumed": fitres.resumed},
+            fitres.model,
+            cfg,
+            metrics=metrics,
+            data_fingerprint=dataset.fingerprint,
+            synthetic_data=dataset.table.synthetic,
+            root=registry_root,
+            version=version,
+            extra={
+                "run_name": run_name,
+                "checkpoint": fitres.checkpoint_path,
+                "report_dir": str(out_dir) if out_dir else "",
+                "split_sizes": splits.sizes(),
+                "seed": {"data": cfg.data.seed, "train": cfg.train.seed},
+                "epochs_trained": len(fitres.history),
+                "resumed": fitres.resumed,
+            },
         )
-    return TrainOutput(cfg=cfg, fit=fitres, evaluation=ev, metrics=metrics, card=card, report_dir=out_dir, splits=splits,
-                       seconds=time.perf_counter() - t0)
+    return TrainOutput(
+        cfg=cfg,
+        fit=fitres,
+        evaluation=ev,
+        metrics=metrics,
+        card=card,
+        report_dir=out_dir,
+        splits=splits,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _main_table(cfg: ProfileConfig) -> str:
@@ -230,8 +273,15 @@ class KFoldOutput:
     outputs: list[TrainOutput] = field(default_factory=list)
 
 
-def run_kfold(cfg: ProfileConfig, k: int, *, storage_path: str | None = None, resume: bool = True,
-              report_dir: str | Path | None = None, max_failures: int = 0) -> KFoldOutput:
+def run_kfold(
+    cfg: ProfileConfig,
+    k: int,
+    *,
+    storage_path: str | None = None,
+    resume: bool = True,
+    report_dir: str | Path | None = None,
+    max_failures: int = 0,
+) -> KFoldOutput:
     """K-fold cross-validation (patient-disjoint): one run per fold, test metrics per fold and the
     mean ± std table (paper 2 uses K = 4, paper 3 K = 5). Fold models are not registered."""
     from lungsearch.evaluation import ReportInput, kfold_summary, write_report
@@ -242,21 +292,46 @@ def run_kfold(cfg: ProfileConfig, k: int, *, storage_path: str | None = None, re
     folds = make_folds(cfg, ds, k)
     outs, per_fold = [], []
     for i, sp in enumerate(folds):
-        o = train_and_evaluate(cfg, dataset=ds, splits=sp, run_name=default_run_name(cfg, f"fold{i + 1}of{k}"),
-                               storage_path=storage_path, resume=resume, register=False, write=False, max_failures=max_failures)
+        o = train_and_evaluate(
+            cfg,
+            dataset=ds,
+            splits=sp,
+            run_name=default_run_name(cfg, f"fold{i + 1}of{k}"),
+            storage_path=storage_path,
+            resume=resume,
+            register=False,
+            write=False,
+            max_failures=max_failures,
+        )
         outs.append(o)
         per_fold.append(o.evaluation.metrics)
-        log.info("fold %d/%d: %s", i + 1, k, {m: round(v, 4) for m, v in o.evaluation.metrics.items() if m in ("accuracy", "f1", "map10")})
+        log.info(
+            "fold %d/%d: %s",
+            i + 1,
+            k,
+            {m: round(v, 4) for m, v in o.evaluation.metrics.items() if m in ("accuracy", "f1", "map10")},
+        )
     summary = kfold_summary(per_fold)
-    out_dir = Path(report_dir) if report_dir else Path(constants.ARTIFACTS_DIR) / "reports" / cfg.profile / f"{default_run_name(cfg)}-kfold{k}"
-    prov = provenance(cfg, folds[0], run_name=default_run_name(cfg, f"kfold{k}"), model_version=None, n_cases=len(ds.table))
+    out_dir = (
+        Path(report_dir)
+        if report_dir
+        else Path(constants.ARTIFACTS_DIR) / "reports" / cfg.profile / f"{default_run_name(cfg)}-kfold{k}"
+    )
+    prov = provenance(
+        cfg, folds[0], run_name=default_run_name(cfg, f"kfold{k}"), model_version=None, n_cases=len(ds.table)
+    )
     prov["folds"] = k
     write_report(out_dir, ReportInput(cfg=cfg, main=None, rows={}, kfold=per_fold, provenance=prov))
     return KFoldOutput(folds=per_fold, summary=summary, report_dir=out_dir, outputs=outs)
 
 
-def evaluate_registered(ref: str, *, registry_root: str | Path | None = None, report_dir: str | Path | None = None,
-                        overrides: Sequence[str] = ()) -> tuple["EvalResult", Path]:
+def evaluate_registered(
+    ref: str,
+    *,
+    registry_root: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple["EvalResult", Path]:
     """Re-evaluate a registered model on its profile's test split (same config + seed = same split)."""
     from lungsearch import registry
     from lungsearch.evaluation import ReportInput, evaluate_model, write_report
@@ -266,16 +341,36 @@ def evaluate_registered(ref: str, *, registry_root: str | Path | None = None, re
     ds = load_dataset(cfg)
     splits = make_splits(cfg, ds)
     ev = evaluate_model(model, cfg, splits.test, splits.gallery)
-    out_dir = Path(report_dir) if report_dir else card.path.parent.parent / "reports" / cfg.profile / f"{card.version}-eval"
-    prov = provenance(cfg, splits, run_name=str(card.extra.get("run_name", "")), model_version=card.version, n_cases=len(ds.table))
-    write_report(out_dir, ReportInput(cfg=cfg, main=ev, rows={"ours": ev.metrics}, row_tables={"ours": _main_table(cfg)},
-                                      provenance=prov, test_labels=splits.test.labels, main_row="ours"))
+    out_dir = (
+        Path(report_dir) if report_dir else card.path.parent.parent / "reports" / cfg.profile / f"{card.version}-eval"
+    )
+    prov = provenance(
+        cfg, splits, run_name=str(card.extra.get("run_name", "")), model_version=card.version, n_cases=len(ds.table)
+    )
+    write_report(
+        out_dir,
+        ReportInput(
+            cfg=cfg,
+            main=ev,
+            rows={"ours": ev.metrics},
+            row_tables={"ours": _main_table(cfg)},
+            provenance=prov,
+            test_labels=splits.test.labels,
+            main_row="ours",
+        ),
+    )
     return ev, out_dir
 
 
-def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, resume: bool = True,
-                      registry_root: str | Path | None = None, report_dir: str | Path | None = None,
-                      only: Sequence[str] = ()) -> dict[str, Any]:
+def reproduce_profile(
+    cfg: ProfileConfig,
+    *,
+    storage_path: str | None = None,
+    resume: bool = True,
+    registry_root: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    only: Sequence[str] = (),
+) -> dict[str, Any]:
     """Train every comparison variant of the profile's paper on the same splits, evaluate them and
     write one report with all the paper-style tables. The main variant is registered.
 
@@ -296,11 +391,24 @@ def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, re
         vcfg = cfg.with_overrides(list(v.overrides)) if v.overrides else cfg
         suffix = "" if v.main else "v-" + "".join(ch if ch.isalnum() else "-" for ch in v.name.lower()).strip("-")[:40]
         same = _same_data(cfg, vcfg)
-        o = train_and_evaluate(vcfg, dataset=ds if same else None, splits=splits if same else None,
-                               run_name=default_run_name(vcfg, suffix), storage_path=storage_path, resume=resume,
-                               register=v.main, registry_root=registry_root, write=v.main, variant=v)
-        rows[v.name] = {**o.evaluation.metrics, "train_seconds": o.fit.seconds, "resumed": o.fit.resumed,
-                        "epoch_seconds": sum(float(h.get("epoch_seconds", 0.0)) for h in o.fit.history)}
+        o = train_and_evaluate(
+            vcfg,
+            dataset=ds if same else None,
+            splits=splits if same else None,
+            run_name=default_run_name(vcfg, suffix),
+            storage_path=storage_path,
+            resume=resume,
+            register=v.main,
+            registry_root=registry_root,
+            write=v.main,
+            variant=v,
+        )
+        rows[v.name] = {
+            **o.evaluation.metrics,
+            "train_seconds": o.fit.seconds,
+            "resumed": o.fit.resumed,
+            "epoch_seconds": sum(float(h.get("epoch_seconds", 0.0)) for h in o.fit.history),
+        }
         outputs[v.name] = o
         tables[v.name] = v.table
         if v.main:
@@ -310,16 +418,41 @@ def reproduce_profile(cfg: ProfileConfig, *, storage_path: str | None = None, re
     if cfg.profile == "cxr-clip" and main_out is not None:
         probes = clip_probes(cfg, main_out, splits)
     assert main_out is not None
-    prov = provenance(cfg, splits, run_name=main_out.fit.run_name, model_version=main_out.card.version if main_out.card else None,
-                      n_cases=len(ds.table))
-    out_dir = Path(report_dir) if report_dir else Path(constants.ARTIFACTS_DIR) / "reports" / cfg.profile / f"{prov['model_version']}-reproduce"
-    write_report(out_dir, ReportInput(cfg=cfg, main=main_out.evaluation, rows=rows, row_tables=tables, probes=probes,
-                                      provenance=prov, test_labels=splits.test.labels, main_row=main_name))
+    prov = provenance(
+        cfg,
+        splits,
+        run_name=main_out.fit.run_name,
+        model_version=main_out.card.version if main_out.card else None,
+        n_cases=len(ds.table),
+    )
+    out_dir = (
+        Path(report_dir)
+        if report_dir
+        else Path(constants.ARTIFACTS_DIR) / "reports" / cfg.profile / f"{prov['model_version']}-reproduce"
+    )
+    write_report(
+        out_dir,
+        ReportInput(
+            cfg=cfg,
+            main=main_out.evaluation,
+            rows=rows,
+            row_tables=tables,
+            probes=probes,
+            provenance=prov,
+            test_labels=splits.test.labels,
+            main_row=main_name,
+        ),
+    )
     return {"rows": rows, "probes": probes, "report_dir": out_dir, "main": main_out, "provenance": prov}
 
 
-def _time_side_by_side(outputs: dict[str, "TrainOutput"], test: CaseTable, rows: dict[str, dict[str, float]],
-                       rounds: int = 3, batch_size: int = 32) -> None:
+def _time_side_by_side(
+    outputs: dict[str, "TrainOutput"],
+    test: CaseTable,
+    rows: dict[str, dict[str, float]],
+    rounds: int = 3,
+    batch_size: int = 32,
+) -> None:
     """``infer_ms_per_case`` of every variant measured interleaved on the same test cases (the
     per-variant evaluations ran minutes apart, under whatever load the machine had then): the
     median over ``rounds`` of the whole model's time per case, text features included."""

@@ -53,7 +53,10 @@ def append(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 def format_line(rec: dict[str, Any]) -> str:
     """``profile  stage e/E  loss x  <monitor> y  n samples/s  ~t min left``."""
-    parts = [f"{rec.get('profile', '')}", f"{rec.get('stage', '')} {int(rec.get('epoch', 0))}/{int(rec.get('epochs', 0))}"]
+    parts = [
+        f"{rec.get('profile', '')}",
+        f"{rec.get('stage', '')} {int(rec.get('epoch', 0))}/{int(rec.get('epochs', 0))}",
+    ]
     if rec.get("train_loss") is not None:
         parts.append(f"loss {rec['train_loss']:.4g}")
     if rec.get("monitor") and rec.get("monitor_value") is not None:
@@ -66,8 +69,9 @@ def format_line(rec: dict[str, Any]) -> str:
     return "  ".join(p for p in parts if p)
 
 
-def follow(path: str | os.PathLike, callback: Callable[[str], None], stop: threading.Event,
-           poll_s: float = 1.0) -> threading.Thread:
+def follow(
+    path: str | os.PathLike, callback: Callable[[str], None], stop: threading.Event, poll_s: float = 1.0
+) -> threading.Thread:
     """Start a daemon thread calling ``callback(format_line(record))`` for each line appended to
     ``path`` from now on (lines already there belong to an earlier attempt), until ``stop`` is set."""
     p = Path(path)

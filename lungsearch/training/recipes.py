@@ -83,15 +83,21 @@ def stages_for(cfg: "ProfileConfig") -> list[Stage]:
     for k, name in enumerate(names):
         last = k == len(names) - 1
         monitor, mode = (cfg.train.monitor, cfg.train.monitor_mode) if last else ("val_loss", "min")
-        out.append(Stage(
-            name=name, epochs=cfg.train.epochs, monitor=monitor, mode=mode, lr=cfg.train.lr,
-            lr_mult={"hasher.hash_global": 10.0, "hasher.hash_local": 10.0} if name == "hash" else {},
-            uses_labels=name != "pretrain",
-            frozen_features=name == "probe",
-            # Paper 5 trains its classifier (FCN) with Adam and the hash network with SGD: the
-            # classifier stage keeps Adam whatever train.optimizer says (which applies to the rest).
-            optimizer="adam" if name == "classifier" else cfg.train.optimizer,
-        ))
+        out.append(
+            Stage(
+                name=name,
+                epochs=cfg.train.epochs,
+                monitor=monitor,
+                mode=mode,
+                lr=cfg.train.lr,
+                lr_mult={"hasher.hash_global": 10.0, "hasher.hash_local": 10.0} if name == "hash" else {},
+                uses_labels=name != "pretrain",
+                frozen_features=name == "probe",
+                # Paper 5 trains its classifier (FCN) with Adam and the hash network with SGD: the
+                # classifier stage keeps Adam whatever train.optimizer says (which applies to the rest).
+                optimizer="adam" if name == "classifier" else cfg.train.optimizer,
+            )
+        )
     return out
 
 
@@ -126,20 +132,33 @@ def variants(cfg: "ProfileConfig", baseline_weights: Mapping[str, str] | None = 
         ablation = "Table 3: ablation (paper 1)"
         return [
             Variant("CMA+SG-Bi-LSTM (ours)", (), "Table 2: single modality vs fused (paper 1)", main=True),
-            Variant("ResNet (image only)", ("model.text_encoder=null", "model.fusion=null", "model.head={name: linear}"),
-                    "Table 2: single modality vs fused (paper 1)"),
+            Variant(
+                "ResNet (image only)",
+                ("model.text_encoder=null", "model.fusion=null", "model.head={name: linear}"),
+                "Table 2: single modality vs fused (paper 1)",
+            ),
             # frozen report features standardised before the linear head: without it the row
             # stayed a majority-class predictor (LinearHead's docstring)
-            Variant("Report only", ("model.image_encoder=null", "model.fusion=null", "model.head={name: linear, params: {norm: true}}"),
-                    "Table 2: single modality vs fused (paper 1)"),
-            Variant("Bi-LSTM", ("model.fusion={name: concat, params: {dim: 128}}", "model.head={name: bilstm, params: {hidden: 64}}"), ablation),
+            Variant(
+                "Report only",
+                ("model.image_encoder=null", "model.fusion=null", "model.head={name: linear, params: {norm: true}}"),
+                "Table 2: single modality vs fused (paper 1)",
+            ),
+            Variant(
+                "Bi-LSTM",
+                ("model.fusion={name: concat, params: {dim: 128}}", "model.head={name: bilstm, params: {hidden: 64}}"),
+                ablation,
+            ),
             Variant("SG+Bi-LSTM", ("model.fusion={name: concat, params: {dim: 128}}",), ablation),
             Variant("CMA+Bi-LSTM", ("model.head={name: bilstm, params: {hidden: 64}}",), ablation),
             # eq. 4's other reading (SparseGatedBiLSTM.gate_mode): the gate sparsifies the encoded
             # sequence, the cell keeps its state across a dropped step
             Variant("CMA+SG-Bi-LSTM, output gate", ("model.head.params.gate_mode=output",), ablation),
-            Variant("SG+Bi-LSTM, output gate", ("model.fusion={name: concat, params: {dim: 128}}", "model.head.params.gate_mode=output"),
-                    ablation),
+            Variant(
+                "SG+Bi-LSTM, output gate",
+                ("model.fusion={name: concat, params: {dim: 128}}", "model.head.params.gate_mode=output"),
+                ablation,
+            ),
             # the gate learning rate (gate_scale: Adam steps of the gates x gate_scale); 10 is the
             # default, 1 trains the gates at the base rate
             Variant("CMA+SG-Bi-LSTM, gate_scale 1", ("model.head.params.gate_scale=1",), ablation),
@@ -157,17 +176,31 @@ def variants(cfg: "ProfileConfig", baseline_weights: Mapping[str, str] | None = 
         bits = int(cfg.model.hashing.params.get("bits", 64)) if cfg.model.hashing else 64
         rows = []
         for b in (16, 32, 48, 64):
-            ov = () if b == bits else (f"model.hashing.params.bits={b}", f"model.embedding_dim={b}", f"index.code_bits={b}")
+            ov = (
+                ()
+                if b == bits
+                else (f"model.hashing.params.bits={b}", f"model.embedding_dim={b}", f"index.code_bits={b}")
+            )
             rows.append(Variant(f"ours, {b} bits", ov, "Table 2: mAP@10 vs code length (paper 5)", main=b == bits))
-        rows.append(Variant(f"ours-A (no attention), {bits} bits", (), "Tables 3-4: NDCG@ALL and attention ablation (paper 5)",
-                            disable_attention=True))
+        rows.append(
+            Variant(
+                f"ours-A (no attention), {bits} bits",
+                (),
+                "Tables 3-4: NDCG@ALL and attention ablation (paper 5)",
+                disable_attention=True,
+            )
+        )
         return rows
     if p == "cxr-clip":
         # Every row is one pretraining run; the 1/10/100 % probes (and the random-init baseline)
         # are fitted on each run's frozen image embeddings. The ablations are taken on eq. 12 as
         # printed (L1 + L2 + L3, the paper's model), as the paper's tables 6 and 9-11 are; the
         # main row adds the global InfoNCE that retrieval uses (SubgraphTotalLoss.global_weight).
-        t1, t6, tab = "Table 1: linear probe (paper 4)", "Table 6: matching ablation (paper 4)", "Tables 9-11: ablations of eq. 12 (paper 4)"
+        t1, t6, tab = (
+            "Table 1: linear probe (paper 4)",
+            "Table 6: matching ablation (paper 4)",
+            "Tables 9-11: ablations of eq. 12 (paper 4)",
+        )
         eq12 = "model.loss={name: subgraph_total, params: {global_weight: 0}}"
 
         def eq12_with(**w: float) -> str:
@@ -189,8 +222,13 @@ def variants(cfg: "ProfileConfig", baseline_weights: Mapping[str, str] | None = 
 
 #: Paper 2, Table 3: the row name -> registered image encoder (``lungsearch.models.baselines``;
 #: ResNet50 is the ``resnet50`` encoder). InceptionV5 is left out (no such published network).
-CNN_BASELINES: dict[str, str] = {"VGG16": "vgg16", "VGG19": "vgg19", "AlexNet": "alexnet", "ResNet50": "resnet50",
-                                 "MobileNetV2": "mobilenet_v2"}
+CNN_BASELINES: dict[str, str] = {
+    "VGG16": "vgg16",
+    "VGG19": "vgg19",
+    "AlexNet": "alexnet",
+    "ResNet50": "resnet50",
+    "MobileNetV2": "mobilenet_v2",
+}
 CNN_TABLE = "Table 3 (validation split) / Table 5: LDC-Model vs baselines (paper 2)"
 
 
@@ -201,14 +239,18 @@ def cnn_baselines(weights: Mapping[str, str] | None = None) -> list[Variant]:
     weights = dict(weights or {})
     unknown = sorted(set(weights) - set(CNN_BASELINES.values()))
     if unknown:
-        raise ConfigError(f"baseline weights for unknown architecture {unknown[0]!r}; known: {', '.join(CNN_BASELINES.values())}")
+        raise ConfigError(
+            f"baseline weights for unknown architecture {unknown[0]!r}; known: {', '.join(CNN_BASELINES.values())}"
+        )
     rows = [Variant("LDC-Model (ours)", (), CNN_TABLE, main=True)]
     for name, arch in CNN_BASELINES.items():
         path = weights.get(arch)
         init = "ImageNet weights" if path else "from scratch"
         # JSON is YAML: the path is quoted whatever characters it has
         params = "{pretrained: %s}" % (json.dumps(str(path)) if path else "null")
-        rows.append(Variant(f"{name} ({init})", (f"model.image_encoder={{name: {arch}, params: {params}}}",), CNN_TABLE))
+        rows.append(
+            Variant(f"{name} ({init})", (f"model.image_encoder={{name: {arch}, params: {params}}}",), CNN_TABLE)
+        )
     return rows
 
 

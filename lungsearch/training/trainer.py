@@ -133,13 +133,31 @@ def fit(
         if run_dir is None:
             raise TrainingError("the local training backend needs a local train.storage_path", code="local_storage")
         with _run_lock(run_dir, run_name):
-            return _fit_local(cfg, train, val, run_name=run_name, run_dir=run_dir, resume=resume,
-                              disable_attention=disable_attention, t0=t0)
+            return _fit_local(
+                cfg,
+                train,
+                val,
+                run_name=run_name,
+                run_dir=run_dir,
+                resume=resume,
+                disable_attention=disable_attention,
+                t0=t0,
+            )
     init_ray()
     with _run_lock(run_dir, run_name):
-        return _fit_locked(cfg, train, val, run_name=run_name, storage=storage, run_dir=run_dir, resume=resume,
-                           max_failures=max_failures, disable_attention=disable_attention,
-                           fail_after_epoch=fail_after_epoch, t0=t0)
+        return _fit_locked(
+            cfg,
+            train,
+            val,
+            run_name=run_name,
+            storage=storage,
+            run_dir=run_dir,
+            resume=resume,
+            max_failures=max_failures,
+            disable_attention=disable_attention,
+            fail_after_epoch=fail_after_epoch,
+            t0=t0,
+        )
 
 
 @contextmanager
@@ -156,16 +174,28 @@ def _run_lock(run_dir: Path | None, run_name: str) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise TrainingError(f"training run {run_name} is in progress in another process; wait for it, or give "
-                                "this one another --run-name / train.storage_path", code="run_in_progress") from None
+            raise TrainingError(
+                f"training run {run_name} is in progress in another process; wait for it, or give "
+                "this one another --run-name / train.storage_path",
+                code="run_in_progress",
+            ) from None
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _fit_local(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_name: str, run_dir: Path,
-               resume: bool, disable_attention: bool, t0: float) -> FitResult:
+def _fit_local(
+    cfg: ProfileConfig,
+    train: "CaseTable",
+    val: "CaseTable",
+    *,
+    run_name: str,
+    run_dir: Path,
+    resume: bool,
+    disable_attention: bool,
+    t0: float,
+) -> FitResult:
     """The same worker loop in this process (``LUNGSEARCH_TRAIN_BACKEND=local``): one worker, on the
     GPU when the recipe asks for one. For a single-GPU machine without Ray; checkpoints go to
     ``<run>/local/attempt_*/``, where a later run with ``resume`` continues as Ray Train's would."""
@@ -183,17 +213,26 @@ def _fit_local(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_
     attempt.mkdir()
     stages = stages_for(cfg)
     device = "cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu"
-    config = {"cfg": cfg.model_dump(mode="json"), "stages": [asdict(s) for s in stages],
-              "radiomics_fit": train.radiomics if train.radiomics is not None else None,
-              "disable_attention": disable_attention, "fail_after_epoch": None,
-              "progress_file": str(run_dir / progress.PROGRESS_FILE)}
+    config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "stages": [asdict(s) for s in stages],
+        "radiomics_fit": train.radiomics if train.radiomics is not None else None,
+        "disable_attention": disable_attention,
+        "fail_after_epoch": None,
+        "progress_file": str(run_dir / progress.PROGRESS_FILE),
+    }
     ctx = LocalContext({"train": train.rows(), "val": val.rows()}, str(attempt), device)
     stop = threading.Event()
     reporter = progress.current_reporter()
     follower = progress.follow(config["progress_file"], reporter, stop) if reporter else None
     try:
-        run_local(config, ctx.datasets, resume_from=str(previous[-1]) if previous and resume else None, context=ctx,
-                  device=device)
+        run_local(
+            config,
+            ctx.datasets,
+            resume_from=str(previous[-1]) if previous and resume else None,
+            context=ctx,
+            device=device,
+        )
     except LungsearchError:
         raise
     except Exception as exc:  # noqa: BLE001 - same contract as the Ray path
@@ -205,13 +244,32 @@ def _fit_local(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_
     if ctx.last_checkpoint is None:
         raise TrainingError(f"training run {run_name} reported no checkpoint")
     saved = torch.load(Path(ctx.last_checkpoint) / "state.pt", map_location="cpu", weights_only=False)
-    return _fit_result(cfg, saved, disable_attention, run_name=run_name, checkpoint_path=ctx.last_checkpoint,
-                       resumed=bool(previous and resume), t0=t0, stages=stages)
+    return _fit_result(
+        cfg,
+        saved,
+        disable_attention,
+        run_name=run_name,
+        checkpoint_path=ctx.last_checkpoint,
+        resumed=bool(previous and resume),
+        t0=t0,
+        stages=stages,
+    )
 
 
-def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run_name: str, storage: str,
-                run_dir: Path | None, resume: bool, max_failures: int, disable_attention: bool,
-                fail_after_epoch: int | None, t0: float) -> FitResult:
+def _fit_locked(
+    cfg: ProfileConfig,
+    train: "CaseTable",
+    val: "CaseTable",
+    *,
+    run_name: str,
+    storage: str,
+    run_dir: Path | None,
+    resume: bool,
+    max_failures: int,
+    disable_attention: bool,
+    fail_after_epoch: int | None,
+    t0: float,
+) -> FitResult:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -243,10 +301,15 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
-                                              placement_strategy=t.placement_strategy),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=t.placement_strategy,
+        ),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage,
+            name=run_name,
+            storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
@@ -256,7 +319,9 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
     )
     stop = threading.Event()
     reporter = progress.current_reporter()
-    follower = progress.follow(loop_config["progress_file"], reporter, stop) if reporter and run_dir is not None else None
+    follower = (
+        progress.follow(loop_config["progress_file"], reporter, stop) if reporter and run_dir is not None else None
+    )
     try:
         result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors in several types
@@ -271,12 +336,29 @@ def _fit_locked(cfg: ProfileConfig, train: "CaseTable", val: "CaseTable", *, run
         raise TrainingError(f"training run {run_name} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-    return _fit_result(cfg, saved, disable_attention, run_name=run_name, checkpoint_path=result.checkpoint.path,
-                       resumed=resumed, t0=t0, stages=stages)
+    return _fit_result(
+        cfg,
+        saved,
+        disable_attention,
+        run_name=run_name,
+        checkpoint_path=result.checkpoint.path,
+        resumed=resumed,
+        t0=t0,
+        stages=stages,
+    )
 
 
-def _fit_result(cfg: ProfileConfig, saved: dict, disable_attention: bool, *, run_name: str, checkpoint_path: str,
-                resumed: bool, t0: float, stages) -> FitResult:
+def _fit_result(
+    cfg: ProfileConfig,
+    saved: dict,
+    disable_attention: bool,
+    *,
+    run_name: str,
+    checkpoint_path: str,
+    resumed: bool,
+    t0: float,
+    stages,
+) -> FitResult:
     """The trained model of a final checkpoint's ``state.pt`` (either backend), eval mode, on CPU."""
     from lungsearch.models import create_model
 
@@ -287,5 +369,13 @@ def _fit_result(cfg: ProfileConfig, saved: dict, disable_attention: bool, *, run
 
         _disable(model)
     model.eval()
-    return FitResult(model=model, history=list(saved["history"]), best=saved.get("best_value"), run_name=run_name,
-                     checkpoint_path=checkpoint_path, resumed=resumed, seconds=time.perf_counter() - t0, stages=stages)
+    return FitResult(
+        model=model,
+        history=list(saved["history"]),
+        best=saved.get("best_value"),
+        run_name=run_name,
+        checkpoint_path=checkpoint_path,
+        resumed=resumed,
+        seconds=time.perf_counter() - t0,
+        stages=stages,
+    )

@@ -40,8 +40,15 @@ from lungsearch._proto.v1 import common_pb2, gateway_pb2
 from lungsearch.errors import InvalidRequestError, LimitExceededError, LungsearchError
 from lungsearch.serving.status import status_for
 
-__all__ = ["build_web_app", "STATIC_DIR", "HTTP_STATUS", "query_from_json", "filter_from_json", "case_json",
-           "MAX_BODY_BYTES"]
+__all__ = [
+    "build_web_app",
+    "STATIC_DIR",
+    "HTTP_STATUS",
+    "query_from_json",
+    "filter_from_json",
+    "case_json",
+    "MAX_BODY_BYTES",
+]
 
 log = logging.getLogger("lungsearch.web")
 
@@ -51,10 +58,14 @@ MAX_BODY_BYTES = 96 * 1024 * 1024
 
 #: gRPC status -> HTTP status of the JSON API.
 HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 _SECURITY_HEADERS = {
@@ -63,16 +74,26 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
 }
-_FORMATS = {"": common_pb2.IMAGE_FORMAT_UNSPECIFIED, "dicom": common_pb2.IMAGE_FORMAT_DICOM,
-            "png": common_pb2.IMAGE_FORMAT_PNG, "jpeg": common_pb2.IMAGE_FORMAT_JPEG}
+_FORMATS = {
+    "": common_pb2.IMAGE_FORMAT_UNSPECIFIED,
+    "dicom": common_pb2.IMAGE_FORMAT_DICOM,
+    "png": common_pb2.IMAGE_FORMAT_PNG,
+    "jpeg": common_pb2.IMAGE_FORMAT_JPEG,
+}
 _MODALITIES = {"": 0, "cxr": common_pb2.MODALITY_CXR, "ct": common_pb2.MODALITY_CT, "mr": common_pb2.MODALITY_MR}
-_VIEWS = {"": 0, "PA": common_pb2.VIEW_PA, "AP": common_pb2.VIEW_AP, "LATERAL": common_pb2.VIEW_LATERAL,
-          "AXIAL": common_pb2.VIEW_AXIAL}
+_VIEWS = {
+    "": 0,
+    "PA": common_pb2.VIEW_PA,
+    "AP": common_pb2.VIEW_AP,
+    "LATERAL": common_pb2.VIEW_LATERAL,
+    "AXIAL": common_pb2.VIEW_AXIAL,
+}
 
 
 # ----------------------------------------------------------------------------------- pure helpers
+
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii") if data else ""
@@ -96,10 +117,13 @@ def filter_from_json(doc: Any) -> common_pb2.Filter:
     modality, view = str(doc.get("modality") or "").lower(), str(doc.get("view") or "").upper()
     if modality not in _MODALITIES or view not in _VIEWS:
         raise InvalidRequestError("filter modality or view unknown", code="bad_filter", field="filter")
-    return common_pb2.Filter(modality=_MODALITIES[modality], view=_VIEWS[view],
-                             labels_any=_labels(doc.get("labels_any"), "filter.labels_any"),
-                             labels_all=_labels(doc.get("labels_all"), "filter.labels_all"),
-                             labels_none=_labels(doc.get("labels_none"), "filter.labels_none"))
+    return common_pb2.Filter(
+        modality=_MODALITIES[modality],
+        view=_VIEWS[view],
+        labels_any=_labels(doc.get("labels_any"), "filter.labels_any"),
+        labels_all=_labels(doc.get("labels_all"), "filter.labels_all"),
+        labels_none=_labels(doc.get("labels_none"), "filter.labels_none"),
+    )
 
 
 def query_from_json(doc: Any) -> tuple[common_pb2.ModelRef, list[common_pb2.Image], common_pb2.Report]:
@@ -135,19 +159,22 @@ def query_from_json(doc: Any) -> tuple[common_pb2.ModelRef, list[common_pb2.Imag
 
 def _enum_tail(value: str, prefix: str) -> str:
     """``MODALITY_CXR`` -> ``cxr``; ``*_UNSPECIFIED`` -> ""."""
-    tail = value[len(prefix):] if value.lower().startswith(prefix) else value
+    tail = value[len(prefix) :] if value.lower().startswith(prefix) else value
     return "" if tail.upper() == "UNSPECIFIED" else tail.lower()
 
 
 def case_json(case: common_pb2.Case) -> dict[str, Any]:
     """A stored case for the page (the same fields the gRPC ``Case`` carries)."""
-    return {"case_key": case.case_key,
-            "modality": _enum_tail(common_pb2.Modality.Name(case.modality), "modality_"),
-            "view": _enum_tail(common_pb2.View.Name(case.view), "view_").upper(),
-            "labels": list(case.labels), "report_excerpt": case.report_excerpt,
-            "model": {"profile": case.model.profile, "version": case.model.version},
-            "num_images": case.num_images,
-            "ingested_at": case.ingested_at.ToJsonString() if case.HasField("ingested_at") else ""}
+    return {
+        "case_key": case.case_key,
+        "modality": _enum_tail(common_pb2.Modality.Name(case.modality), "modality_"),
+        "view": _enum_tail(common_pb2.View.Name(case.view), "view_").upper(),
+        "labels": list(case.labels),
+        "report_excerpt": case.report_excerpt,
+        "model": {"profile": case.model.profile, "version": case.model.version},
+        "num_images": case.num_images,
+        "ingested_at": case.ingested_at.ToJsonString() if case.HasField("ingested_at") else "",
+    }
 
 
 def _spans(spans) -> list[list[int]]:
@@ -155,14 +182,23 @@ def _spans(spans) -> list[list[int]]:
 
 
 def explain_json(r: gateway_pb2.ExplainMatchResponse) -> dict[str, Any]:
-    return {"model": {"profile": r.model.profile, "version": r.model.version}, "label": r.label,
-            "shared_labels": list(r.shared_labels), "case": case_json(r.case), "query_excerpt": r.query_excerpt,
-            "query_labels": [{"label": x.label, "score": x.score} for x in r.query_labels],
-            "shared_phrases": [{"phrase": p.phrase, "query_spans": _spans(p.query_spans),
-                                "case_spans": _spans(p.case_spans)} for p in r.shared_phrases],
-            "query_heatmap_png": _b64(r.query_heatmap_png), "query_overlay_png": _b64(r.query_overlay_png),
-            "case_heatmap_png": _b64(r.case_heatmap_png), "case_overlay_png": _b64(r.case_overlay_png),
-            "case_image_available": r.case_image_available}
+    return {
+        "model": {"profile": r.model.profile, "version": r.model.version},
+        "label": r.label,
+        "shared_labels": list(r.shared_labels),
+        "case": case_json(r.case),
+        "query_excerpt": r.query_excerpt,
+        "query_labels": [{"label": x.label, "score": x.score} for x in r.query_labels],
+        "shared_phrases": [
+            {"phrase": p.phrase, "query_spans": _spans(p.query_spans), "case_spans": _spans(p.case_spans)}
+            for p in r.shared_phrases
+        ],
+        "query_heatmap_png": _b64(r.query_heatmap_png),
+        "query_overlay_png": _b64(r.query_overlay_png),
+        "case_heatmap_png": _b64(r.case_heatmap_png),
+        "case_overlay_png": _b64(r.case_overlay_png),
+        "case_image_available": r.case_image_available,
+    }
 
 
 def _peer(request) -> str:
@@ -174,6 +210,7 @@ def _peer(request) -> str:
 
 
 # ------------------------------------------------------------------------------------------ app
+
 
 def build_web_app(gateway: Any):
     """The FastAPI app over a live Gateway instance (called once per replica by Serve)."""
@@ -190,8 +227,10 @@ def build_web_app(gateway: Any):
         st = status_for(exc)  # PHI-free message; unknown exceptions get a generic one and a reference
         if not isinstance(exc, LungsearchError):
             log.error("web API failed: type=%s", type(exc).__name__)
-        return respond({"error": {"code": st.code_name, "reason": st.reason, "message": st.details,
-                                  "field": st.detail.field}}, HTTP_STATUS.get(st.code, 500))
+        return respond(
+            {"error": {"code": st.code_name, "reason": st.reason, "message": st.details, "field": st.detail.field}},
+            HTTP_STATUS.get(st.code, 500),
+        )
 
     def authorize(request: Request, method: str):
         header = request.headers.get("authorization")
@@ -258,11 +297,23 @@ def build_web_app(gateway: Any):
         try:
             authorize(request, "ListModels")
             r = await gateway.ListModels(gateway_pb2.ListModelsRequest())
-            return respond({"models": [{"profile": m.model.profile, "version": m.model.version, "live": m.live,
-                                        "modality": _enum_tail(common_pb2.Modality.Name(m.modality), "modality_"),
-                                        "targets": list(m.targets), "num_cases": m.num_cases,
-                                        "code_bits": m.code_bits, "synthetic_data": m.synthetic_data}
-                                       for m in r.models]})
+            return respond(
+                {
+                    "models": [
+                        {
+                            "profile": m.model.profile,
+                            "version": m.model.version,
+                            "live": m.live,
+                            "modality": _enum_tail(common_pb2.Modality.Name(m.modality), "modality_"),
+                            "targets": list(m.targets),
+                            "num_cases": m.num_cases,
+                            "code_bits": m.code_bits,
+                            "synthetic_data": m.synthetic_data,
+                        }
+                        for m in r.models
+                    ]
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - mapped like the gRPC API
             return fail(exc)
 
@@ -272,12 +323,29 @@ def build_web_app(gateway: Any):
             authorize(request, "Search")
             doc = await body(request)
             ref, images, report = query_from_json(doc)
-            req = gateway_pb2.SearchRequest(model=ref, images=images, report=report,
-                                            top_k=int_field(doc, "top_k", 5), filter=filter_from_json(doc.get("filter")))
+            req = gateway_pb2.SearchRequest(
+                model=ref,
+                images=images,
+                report=report,
+                top_k=int_field(doc, "top_k", 5),
+                filter=filter_from_json(doc.get("filter")),
+            )
             res, prev = await asyncio.gather(gateway.Search(req), preview(ref, images))
-            return respond({"model": {"profile": res.model.profile, "version": res.model.version}, "query": prev,
-                            "hits": [{"rank": h.rank, "score": h.score, "hamming_distance": h.hamming_distance,
-                                      "case": case_json(h.case)} for h in res.hits]})
+            return respond(
+                {
+                    "model": {"profile": res.model.profile, "version": res.model.version},
+                    "query": prev,
+                    "hits": [
+                        {
+                            "rank": h.rank,
+                            "score": h.score,
+                            "hamming_distance": h.hamming_distance,
+                            "case": case_json(h.case),
+                        }
+                        for h in res.hits
+                    ],
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - mapped like the gRPC API
             return fail(exc)
 
@@ -287,15 +355,23 @@ def build_web_app(gateway: Any):
             authorize(request, "Classify")
             doc = await body(request)
             ref, images, report = query_from_json(doc)
-            r = await gateway.Classify(gateway_pb2.ClassifyRequest(model=ref, images=images, report=report,
-                                                                   knn_k=int_field(doc, "knn_k", 10)))
-            return respond({"model": {"profile": r.model.profile, "version": r.model.version},
-                            "top_label": r.top_label,
-                            "probabilities": [{"label": p.label, "score": p.score} for p in r.probabilities],
-                            "knn_vote": [{"label": p.label, "score": p.score} for p in r.knn_vote],
-                            # the query's radiomics read the whole thorax (its lung mask failed): shown on the page
-                            "radiomics_roi": ({"reason": r.radiomics_roi.reason, "message": r.radiomics_roi.message}
-                                              if r.HasField("radiomics_roi") else None)})
+            r = await gateway.Classify(
+                gateway_pb2.ClassifyRequest(model=ref, images=images, report=report, knn_k=int_field(doc, "knn_k", 10))
+            )
+            return respond(
+                {
+                    "model": {"profile": r.model.profile, "version": r.model.version},
+                    "top_label": r.top_label,
+                    "probabilities": [{"label": p.label, "score": p.score} for p in r.probabilities],
+                    "knn_vote": [{"label": p.label, "score": p.score} for p in r.knn_vote],
+                    # the query's radiomics read the whole thorax (its lung mask failed): shown on the page
+                    "radiomics_roi": (
+                        {"reason": r.radiomics_roi.reason, "message": r.radiomics_roi.message}
+                        if r.HasField("radiomics_roi")
+                        else None
+                    ),
+                }
+            )
         except Exception as exc:  # noqa: BLE001 - mapped like the gRPC API
             return fail(exc)
 
@@ -308,8 +384,9 @@ def build_web_app(gateway: Any):
             key, label = doc.get("case_key"), doc.get("label") or ""
             if not isinstance(key, str) or not isinstance(label, str):
                 raise InvalidRequestError("case_key and label must be strings", code="bad_body", field="case_key")
-            r = await gateway.ExplainMatch(gateway_pb2.ExplainMatchRequest(model=ref, images=images, report=report,
-                                                                           case_key=key, label=label))
+            r = await gateway.ExplainMatch(
+                gateway_pb2.ExplainMatchRequest(model=ref, images=images, report=report, case_key=key, label=label)
+            )
             return respond(explain_json(r))
         except Exception as exc:  # noqa: BLE001 - mapped like the gRPC API
             return fail(exc)

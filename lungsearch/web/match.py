@@ -18,8 +18,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["Span", "SharedPhrase", "STOPWORDS", "NEGATIONS", "tokens", "shared_phrases", "predicted_labels", "shared_labels",
-           "choose_label", "MAX_NGRAM", "MAX_PHRASES"]
+__all__ = [
+    "Span",
+    "SharedPhrase",
+    "STOPWORDS",
+    "NEGATIONS",
+    "tokens",
+    "shared_phrases",
+    "predicted_labels",
+    "shared_labels",
+    "choose_label",
+    "MAX_NGRAM",
+    "MAX_PHRASES",
+]
 
 #: Longest phrase compared (words).
 MAX_NGRAM = 3
@@ -29,12 +40,14 @@ MAX_PHRASES = 20
 # Function words, section headers and report boilerplate that every report shares (a match on
 # "the", "seen" or IU X-ray's de-identification mark "XXXX" says nothing). Negations ("no", "without") stay out of this list on purpose: "no effusion" and
 # "effusion" are different findings, and keeping "no" lets the trigram tell them apart.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a an and are as at be been being by for from has have in is it its of on or that the there these this to was were
 with which while who will would than then into onto upon also both either each other such per via
 may might can could should seen noted identified demonstrated appear appears appearing
 findings impression comparison indication history technique xxxx
-""".split())
+""".split()
+)
 # Kept inside phrases ("no pneumothorax") but never a phrase on their own.
 NEGATIONS = frozenset({"no", "not", "without", "negative", "free"})
 
@@ -75,7 +88,7 @@ def _ngrams(text: str, max_n: int) -> dict[str, list[Span]]:
     sentence, current = [], 0
     bounds = sorted(breaks)
     bi = 0
-    for w, s, e in words:
+    for _w, s, _e in words:
         while bi < len(bounds) and bounds[bi] < s:
             current += 1
             bi += 1
@@ -85,7 +98,7 @@ def _ngrams(text: str, max_n: int) -> dict[str, list[Span]]:
         for n in range(1, max_n + 1):
             if a + n > len(content):
                 break
-            run = content[a:a + n]
+            run = content[a : a + n]
             if len({sentence[r[0]] for r in run}) != 1:
                 break
             if n == 1 and run[0][1] in NEGATIONS:
@@ -99,8 +112,9 @@ def _covered(span: Span, by: Iterable[Span]) -> bool:
     return any(b.start <= span.start and span.end <= b.end for b in by)
 
 
-def shared_phrases(query_text: str, case_text: str, *, max_n: int = MAX_NGRAM,
-                   max_phrases: int = MAX_PHRASES) -> list[SharedPhrase]:
+def shared_phrases(
+    query_text: str, case_text: str, *, max_n: int = MAX_NGRAM, max_phrases: int = MAX_PHRASES
+) -> list[SharedPhrase]:
     """Phrases (1..``max_n`` content words) that both texts contain, with their spans in each.
 
     Longest phrases first (then by first position in the case excerpt); a shorter phrase is left out
@@ -129,8 +143,9 @@ def shared_phrases(query_text: str, case_text: str, *, max_n: int = MAX_NGRAM,
     return kept
 
 
-def predicted_labels(scores: Mapping[str, float] | Sequence[tuple[str, float]], *, threshold: float = 0.5
-                     ) -> list[tuple[str, float]]:
+def predicted_labels(
+    scores: Mapping[str, float] | Sequence[tuple[str, float]], *, threshold: float = 0.5
+) -> list[tuple[str, float]]:
     """Labels the model gives a query: every score >= ``threshold``, else the single top one (a
     softmax over four classes may put none above 0.5); highest first. Empty scores -> []."""
     items = list(scores.items()) if isinstance(scores, Mapping) else list(scores)
@@ -149,8 +164,9 @@ def shared_labels(query_labels: Iterable[str], case_labels: Iterable[str]) -> li
     return [lab for lab in dict.fromkeys(query_labels) if lab in case]
 
 
-def choose_label(requested: str, shared: Sequence[str], case_labels: Sequence[str], targets: Sequence[str],
-                 query_top: str = "") -> str:
+def choose_label(
+    requested: str, shared: Sequence[str], case_labels: Sequence[str], targets: Sequence[str], query_top: str = ""
+) -> str:
     """The label both heat maps explain: the requested one, else the first shared label, else the
     case's first label the model knows, else the query's top label; "" when the model has no targets
     (its heat map then explains the retrieval embedding)."""

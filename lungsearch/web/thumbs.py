@@ -33,8 +33,18 @@ import numpy as np
 
 from lungsearch.errors import InvalidRequestError
 
-__all__ = ["MAX_SIDE", "MAX_SLICES", "Thumbnail", "ThumbnailStore", "quantize", "dequantize", "slice_png",
-           "default_path", "record_thumbnail", "pick_slices"]
+__all__ = [
+    "MAX_SIDE",
+    "MAX_SLICES",
+    "Thumbnail",
+    "ThumbnailStore",
+    "quantize",
+    "dequantize",
+    "slice_png",
+    "default_path",
+    "record_thumbnail",
+    "pick_slices",
+]
 
 #: Longest side of a stored slice (px).
 MAX_SIDE = 128
@@ -56,8 +66,9 @@ def quantize(pixels: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.size == 0:
-        raise InvalidRequestError(f"thumbnail pixels must be [S, (1,) H, W], got {tuple(np.shape(pixels))}",
-                                  code="thumbnail_shape")
+        raise InvalidRequestError(
+            f"thumbnail pixels must be [S, (1,) H, W], got {tuple(np.shape(pixels))}", code="thumbnail_shape"
+        )
     u = (np.clip(np.nan_to_num(x), -1.0, 1.0) + 1.0) * 127.5 + 0.5
     return u.astype(np.uint8)
 
@@ -114,7 +125,7 @@ class Thumbnail:
 
     def model_input(self, size: int) -> np.ndarray:
         """The middle slice as float32 ``[1, 1, size, size]`` (what Grad-CAM explains)."""
-        return dequantize(self.pixels[self.middle:self.middle + 1], size)
+        return dequantize(self.pixels[self.middle : self.middle + 1], size)
 
     def pngs(self) -> list[bytes]:
         return [slice_png(s) for s in self.pixels]
@@ -162,12 +173,21 @@ class ThumbnailStore:
         middle = kept.index(total // 2)
         blob = zlib.compress(np.ascontiguousarray(u8).tobytes(), 6)
         with self._conn() as c:
-            c.execute("INSERT OR REPLACE INTO thumbs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (profile, case_key, model_version, s, h, w, total, middle, blob, time.time()))
+            c.execute(
+                "INSERT OR REPLACE INTO thumbs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (profile, case_key, model_version, s, h, w, total, middle, blob, time.time()),
+            )
 
     def get(self, profile: str, case_key: str) -> Thumbnail | None:
-        row = self._conn().execute("SELECT model_version, slices, height, width, total_slices, middle, data FROM thumbs "
-                                   "WHERE profile=? AND case_key=?", (profile, case_key)).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT model_version, slices, height, width, total_slices, middle, data FROM thumbs "
+                "WHERE profile=? AND case_key=?",
+                (profile, case_key),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         version, s, h, w, total, middle, blob = row
@@ -179,7 +199,11 @@ class ThumbnailStore:
             return c.execute("DELETE FROM thumbs WHERE profile=? AND case_key=?", (profile, case_key)).rowcount > 0
 
     def count(self, profile: str | None = None) -> int:
-        q, a = ("SELECT COUNT(*) FROM thumbs WHERE profile=?", (profile,)) if profile else ("SELECT COUNT(*) FROM thumbs", ())
+        q, a = (
+            ("SELECT COUNT(*) FROM thumbs WHERE profile=?", (profile,))
+            if profile
+            else ("SELECT COUNT(*) FROM thumbs", ())
+        )
         return int(self._conn().execute(q, a).fetchone()[0])
 
     def close(self) -> None:
@@ -193,8 +217,9 @@ _STORES: dict[str, ThumbnailStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def record_thumbnail(path: str | os.PathLike, profile: str, case_key: str, pixels: np.ndarray, *,
-                     model_version: str = "") -> None:
+def record_thumbnail(
+    path: str | os.PathLike, profile: str, case_key: str, pixels: np.ndarray, *, model_version: str = ""
+) -> None:
     """The hook ``build_index`` calls once per indexed case with the preprocessed pixels it already
     has (``lungsearch.data.preprocess_study`` output, ``[S, 1, H, W]``), so retrieved dataset cases
     get heat maps and images on the page too. One store per path per process."""

@@ -68,5 +68,7 @@ def test_a_real_prometheus_scrapes_and_the_phi_check_can_fail(prometheus_binary,
 
 
 def test_label_findings_flags_identifier_like_values():
-    out = label_findings([{"__name__": "x", "case": "0123456789abcdef0123456789abcdef"}, {"__name__": "y", "uid": "1.2.3.4.5"}])
+    out = label_findings(
+        [{"__name__": "x", "case": "0123456789abcdef0123456789abcdef"}, {"__name__": "y", "uid": "1.2.3.4.5"}]
+    )
     assert out["labels_identifier_like"] == ["x:case", "y:uid"] and out["series"] == 2

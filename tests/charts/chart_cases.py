@@ -51,9 +51,14 @@ def script_flags(script: Path) -> set[str]:
     """Option strings and positional names a ray_jobs script's argparse parser defines (read, not run)."""
     import ast
 
-    return {node.args[0].value for node in ast.walk(ast.parse(script.read_text()))
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
-            and node.args and isinstance(node.args[0], ast.Constant)}
+    return {
+        node.args[0].value
+        for node in ast.walk(ast.parse(script.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", "") == "add_argument"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
 
 
 def entrypoint_errors(entrypoint: str) -> list[str]:
@@ -68,8 +73,11 @@ def entrypoint_errors(entrypoint: str) -> list[str]:
     if words[:1] != ["python"] or len(words) < 2 or not (REPO / words[1]).is_file():
         return [f"{entrypoint!r}: not `python ray_jobs/<script>.py ...` of this repository"]
     flags = script_flags(REPO / words[1])
-    errors = [f"{entrypoint!r}: {w} is not an option of {words[1]}" for w in words[2:]
-              if w.startswith("--") and w.split("=", 1)[0] not in flags]
+    errors = [
+        f"{entrypoint!r}: {w} is not an option of {words[1]}"
+        for w in words[2:]
+        if w.startswith("--") and w.split("=", 1)[0] not in flags
+    ]
     overrides = [w for w in words[2:] if "=" in w and not w.startswith("-")]
     if overrides and "overrides" not in flags:
         errors.append(f"{entrypoint!r}: {words[1]} takes no key=value overrides")

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-import pytest
-
 import k8s_checks
+import pytest
 from chart_cases import CHART_DIR, NAMESPACE, RELEASE
 
 

@@ -61,7 +61,11 @@ def _strict(node: Any) -> Any:
     """The CRD's OpenAPI schema as JSON Schema with unknown fields forbidden and int-or-string expanded."""
     if isinstance(node, dict):
         node = {k: _strict(v) for k, v in node.items()}
-        if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            node.get("type") == "object"
+            and "properties" in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
             node.setdefault("additionalProperties", False)
         if node.pop("x-kubernetes-int-or-string", False):
             node.pop("type", None)
@@ -111,7 +115,9 @@ def kuberay_schema_errors(doc: dict) -> list[str]:
 
 def _cluster_spec(doc: dict) -> dict | None:
     spec = doc.get("spec", {})
-    return {"RayCluster": spec, "RayService": spec.get("rayClusterConfig"), "RayJob": spec.get("rayClusterSpec")}[doc["kind"]]
+    return {"RayCluster": spec, "RayService": spec.get("rayClusterConfig"), "RayJob": spec.get("rayClusterSpec")}[
+        doc["kind"]
+    ]
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -144,7 +150,12 @@ def _cluster_rules(cluster: dict, where: str) -> list[str]:
             errs.append(f"{where}: worker group {name} has minReplicas {lo} > maxReplicas {hi}")
         if any(x is not None and x < 0 for x in (lo, hi, group.get("replicas"))):
             errs.append(f"{where}: worker group {name} has a negative replica count")
-        if group.get("replicas") is not None and lo is not None and hi is not None and not lo <= group["replicas"] <= hi:
+        if (
+            group.get("replicas") is not None
+            and lo is not None
+            and hi is not None
+            and not lo <= group["replicas"] <= hi
+        ):
             errs.append(f"{where}: worker group {name}: replicas outside [minReplicas, maxReplicas]")
     names = [g.get("groupName") for g in cluster.get("workerGroupSpecs", [])]
     if len(names) != len(set(names)):
@@ -264,14 +275,23 @@ def core_errors(doc: dict, kube_version: str) -> list[str]:
     api = doc.get("apiVersion", "")
     if doc.get("kind") in KUBERAY_KINDS:
         for where, template in pod_templates(doc):
-            candidates.append((where, {"apiVersion": "v1", "kind": "PodTemplate",
-                                       "metadata": {"name": "embedded"}, "template": template}))
+            candidates.append(
+                (
+                    where,
+                    {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "embedded"}, "template": template},
+                )
+            )
         serve_svc = doc.get("spec", {}).get("serveService") if doc["kind"] == "RayService" else None
         if serve_svc:
-            svc = {"apiVersion": "v1", "kind": "Service", **{k: v for k, v in serve_svc.items() if k not in ("apiVersion", "kind")}}
+            svc = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                **{k: v for k, v in serve_svc.items() if k not in ("apiVersion", "kind")},
+            }
             candidates.append((f"{_where(doc)} serveService", svc))
-    elif "." in api.split("/")[0] and not api.startswith(("apps/", "batch/", "policy/", "networking.k8s.io/",
-                                                           "rbac.authorization.k8s.io/", "autoscaling/")):
+    elif "." in api.split("/")[0] and not api.startswith(
+        ("apps/", "batch/", "policy/", "networking.k8s.io/", "rbac.authorization.k8s.io/", "autoscaling/")
+    ):
         return []  # another CRD (ServiceMonitor, PodMonitor): checked by the tests field by field
     else:
         candidates.append((_where(doc), doc))
@@ -283,7 +303,9 @@ def core_errors(doc: dict, kube_version: str) -> list[str]:
             path = ".".join(map(str, exc.path))
             errs.append(f"{where}: {exc.message[:240]} at {path} (Kubernetes {kube_version})")
         except kubernetes_validate.SchemaNotFoundError:
-            errs.append(f"{where}: no schema for {obj.get('apiVersion')}/{obj.get('kind')} in Kubernetes {kube_version}")
+            errs.append(
+                f"{where}: no schema for {obj.get('apiVersion')}/{obj.get('kind')} in Kubernetes {kube_version}"
+            )
     return errs
 
 
@@ -294,7 +316,9 @@ def label_errors(doc: dict) -> list[str]:
     name = meta.get("name", "")
     if not name or len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
         errs.append(f"{_where(doc)}: invalid object name {name!r}")
-    label_sets = [meta.get("labels") or {}] + [(t.get("metadata") or {}).get("labels") or {} for _, t in pod_templates(doc)]
+    label_sets = [meta.get("labels") or {}] + [
+        (t.get("metadata") or {}).get("labels") or {} for _, t in pod_templates(doc)
+    ]
     for labels in label_sets:
         for key, value in labels.items():
             prefix, _, short = key.rpartition("/")

@@ -10,11 +10,21 @@ import re
 import shutil
 import tomllib
 
+import k8s_checks
 import pytest
 import yaml
-
-import k8s_checks
-from chart_cases import CASES, CHART_DIR, CI_VALUES, NAMESPACE, RELEASE, REPO, by_kind, case_values, entrypoint_errors, one
+from chart_cases import (
+    CASES,
+    CHART_DIR,
+    CI_VALUES,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    by_kind,
+    case_values,
+    entrypoint_errors,
+    one,
+)
 
 helm = pytest.importorskip("helm_python")
 
@@ -120,8 +130,13 @@ def _values_key_tree(lines: list[str]) -> list[dict]:
         j = i - 1
         while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
             j -= 1  # continuation lines of a multi-line `# --` comment
-        node = {"indent": len(m.group(1)), "line": i + 1, "key": m.group(2), "children": [],
-                "doc": j >= 0 and lines[j].strip().startswith("# --")}
+        node = {
+            "indent": len(m.group(1)),
+            "line": i + 1,
+            "key": m.group(2),
+            "children": [],
+            "doc": j >= 0 and lines[j].strip().startswith("# --"),
+        }
         while stack[-1]["indent"] >= node["indent"]:
             stack.pop()
         stack[-1]["children"].append(node)
@@ -147,18 +162,36 @@ def test_values_are_documented_line_by_line():
 # ---- bad values are rejected with a clear message ------------------------------------------------------
 
 BAD_VALUES = {
-    "negative worker replicas": ({"ray": {"workers": {"cpu": {"replicas": -1}}}}, "/ray/workers/cpu/replicas", "minimum"),
+    "negative worker replicas": (
+        {"ray": {"workers": {"cpu": {"replicas": -1}}}},
+        "/ray/workers/cpu/replicas",
+        "minimum",
+    ),
     "negative serve replicas": (
         {"serve": {"applications": {"lungsearch": {"deployments": {"Gateway": {"num_replicas": -2}}}}}},
-        "/serve/applications/lungsearch/deployments/Gateway/num_replicas", "minimum: got -2, want 1"),
-    "GPU count as a string": ({"ray": {"workers": {"gpu": {"gpus": "1"}}}}, "/ray/workers/gpu/gpus", "got string, want integer"),
+        "/serve/applications/lungsearch/deployments/Gateway/num_replicas",
+        "minimum: got -2, want 1",
+    ),
+    "GPU count as a string": (
+        {"ray": {"workers": {"gpu": {"gpus": "1"}}}},
+        "/ray/workers/gpu/gpus",
+        "got string, want integer",
+    ),
     "replica GPUs as a string": (
-        {"serve": {"applications": {"lungsearch": {"deployments": {"Encoding": {"ray_actor_options": {"num_gpus": "1"}}}}}}},
-        "/serve/applications/lungsearch/deployments/Encoding/ray_actor_options/num_gpus", "got string, want number"),
+        {
+            "serve": {
+                "applications": {"lungsearch": {"deployments": {"Encoding": {"ray_actor_options": {"num_gpus": "1"}}}}}
+            }
+        },
+        "/serve/applications/lungsearch/deployments/Encoding/ray_actor_options/num_gpus",
+        "got string, want number",
+    ),
     "unknown top-level key": ({"replicaCount": 3}, "at ''", "additional properties 'replicaCount' not allowed"),
     "misspelt deployment option": (
         {"serve": {"applications": {"lungsearch": {"deployments": {"Ranking": {"num_replica": 2}}}}}},
-        "/serve/applications/lungsearch/deployments/Ranking", "additional properties 'num_replica' not allowed"),
+        "/serve/applications/lungsearch/deployments/Ranking",
+        "additional properties 'num_replica' not allowed",
+    ),
     "unknown TLS mode": ({"tls": {"mode": "plaintext"}}, "/tls/mode", "value must be one of"),
     "auth mode typo": ({"ray": {"authMode": "tokens"}}, "/ray/authMode", "value must be one of"),
     "run id with a capital": ({"jobs": {"runId": "Run1"}}, "/jobs/runId", "does not match pattern"),
@@ -200,7 +233,13 @@ def test_rayservice_defaults(render):
     head_c = _ray_container(head["template"])
     assert head_c["name"] == "ray-head" and head_c["image"] == "ghcr.io/lungsearch/lungsearch:0.1.0"
     assert {p["name"]: p["containerPort"] for p in head_c["ports"]} == {
-        "gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "grpc": 9000, "metrics": 8080}
+        "gcs-server": 6379,
+        "dashboard": 8265,
+        "client": 10001,
+        "serve": 8000,
+        "grpc": 9000,
+        "metrics": 8080,
+    }
     assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["cpu"]
     cpu = cluster["workerGroupSpecs"][0]
     assert (cpu["replicas"], cpu["minReplicas"], cpu["maxReplicas"]) == (2, 1, 4)
@@ -248,7 +287,9 @@ def test_gpu_values(render):
     c = _ray_container(gpu["template"])
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["template"]["spec"]["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["template"]["spec"][
+        "tolerations"
+    ]
     cfg = yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
     deps = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
     assert deps["Encoding"]["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}
@@ -258,7 +299,8 @@ def test_gpu_values(render):
     assert entrypoint_errors(job["spec"]["entrypoint"]) == []
     assert job["metadata"]["name"] == "lungsearch-train-gpu1"
     assert job["spec"]["entrypoint"] == (
-        "python ray_jobs/train.py --config configs/cxr-report.yaml train.num_workers=2 train.use_gpu=true train.gpus_per_worker=1")
+        "python ray_jobs/train.py --config configs/cxr-report.yaml train.num_workers=2 train.use_gpu=true train.gpus_per_worker=1"
+    )
     (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert (group["groupName"], group["replicas"], group["minReplicas"], group["maxReplicas"]) == ("gpu", 2, 2, 2)
     assert _ray_container(group["template"])["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -268,9 +310,11 @@ def test_rayjobs_for_every_entrypoint(render):
     docs = render(case_values("jobs"))
     jobs = {j["metadata"]["labels"]["lungsearch.io/job"]: j for j in by_kind(docs, "RayJob")}
     assert set(jobs) == {"train", "evaluate", "build-index"}
-    expected = {"train": "python ray_jobs/train.py --config configs/ct-ild.yaml",
-                "evaluate": "python ray_jobs/evaluate.py --config configs/ct-ild.yaml --model ct-ild",
-                "build-index": "python ray_jobs/build_index.py --config configs/ct-ild.yaml"}
+    expected = {
+        "train": "python ray_jobs/train.py --config configs/ct-ild.yaml",
+        "evaluate": "python ray_jobs/evaluate.py --config configs/ct-ild.yaml --model ct-ild",
+        "build-index": "python ray_jobs/build_index.py --config configs/ct-ild.yaml",
+    }
     for key, job in jobs.items():
         spec = job["spec"]
         assert job["metadata"]["name"] == f"lungsearch-{key}-20260101"
@@ -284,7 +328,8 @@ def test_rayjobs_for_every_entrypoint(render):
         head_env = _env(_ray_container(spec["rayClusterSpec"]["headGroupSpec"]["template"]))
         assert head_env["LUNGSEARCH_ARTIFACTS_DIR"]["value"] == "s3://lungsearch-models/prod"
         assert _ray_container(spec["rayClusterSpec"]["headGroupSpec"]["template"])["envFrom"] == [
-            {"secretRef": {"name": "lungsearch-s3"}}]
+            {"secretRef": {"name": "lungsearch-s3"}}
+        ]
         for _, template in k8s_checks.pod_templates(job):
             assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "ray-job"
     assert jobs["build-index"]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
@@ -316,7 +361,9 @@ def test_kuberay_rules_catch_broken_objects(render):
     bad["metadata"]["name"] = "x" * 48
     assert any("longer than 47" in e for e in k8s_checks.kuberay_semantic_errors(bad))
     bad = copy.deepcopy(svc)
-    bad["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"] = "root"
+    bad["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["securityContext"][
+        "runAsUser"
+    ] = "root"
     assert k8s_checks.kuberay_schema_errors(bad) and k8s_checks.core_errors(bad, "1.30.0")
 
 
@@ -333,8 +380,9 @@ def test_in_cluster_milvus(render):
         assert "LUNGSEARCH_MILVUS_TOKEN" not in _env(_ray_container(template))
     egress = one(docs, "NetworkPolicy", "lungsearch-ray")["spec"]["egress"]
     milvus_rule = next(r for r in egress if r.get("ports") == [{"port": 19530, "protocol": "TCP"}])
-    assert milvus_rule["to"] == [{"podSelector": {"matchLabels": {
-        "app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/name": "milvus"}}}]
+    assert milvus_rule["to"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/name": "milvus"}}}
+    ]
 
 
 def test_milvus_name_follows_the_release(render):
@@ -349,8 +397,10 @@ def test_external_milvus_and_secret_references(render):
         c = _ray_container(template)
         env = _env(c)
         assert env["LUNGSEARCH_MILVUS_URI"]["value"] == "http://milvus.vectors.svc.cluster.local:19530"
-        assert env["LUNGSEARCH_MILVUS_TOKEN"] == {"name": "LUNGSEARCH_MILVUS_TOKEN", "valueFrom": {
-            "secretKeyRef": {"name": "lungsearch-milvus", "key": "token"}}}
+        assert env["LUNGSEARCH_MILVUS_TOKEN"] == {
+            "name": "LUNGSEARCH_MILVUS_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "lungsearch-milvus", "key": "token"}},
+        }
         assert env["LUNGSEARCH_TOKENS_FILE"]["value"] == "/etc/lungsearch/auth/tokens.yaml"
         assert env["LUNGSEARCH_HMAC_KEY_FILE"]["value"] == "/etc/lungsearch/hmac/hmac.key"
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
@@ -418,8 +468,12 @@ def test_envoy_terminates_tls_in_front_of_serve(render):
     (cluster,) = config["static_resources"]["clusters"]
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert address == {"address": "lungsearch-serve.lungsearch.svc", "port_value": 9000}
-    assert "http2_protocol_options" in cluster["typed_extension_protocol_options"][
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+    assert (
+        "http2_protocol_options"
+        in cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+            "explicit_http_config"
+        ]
+    )
     deploy = one(docs, "Deployment", "lungsearch-envoy")
     volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "lungsearch-tls"
@@ -437,16 +491,28 @@ def test_network_policy_lets_only_grpc_in(render):
     docs = render()
     policy = one(docs, "NetworkPolicy", "lungsearch-ray")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    ray_pods = {"matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In", "values": ["ray", "ray-job"]}],
-                "matchLabels": {"app.kubernetes.io/name": "lungsearch", "app.kubernetes.io/instance": RELEASE}}
+    ray_pods = {
+        "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In", "values": ["ray", "ray-job"]}],
+        "matchLabels": {"app.kubernetes.io/name": "lungsearch", "app.kubernetes.io/instance": RELEASE},
+    }
     assert policy["podSelector"] == ray_pods
     external = [r for r in policy["ingress"] if r.get("from") != [{"podSelector": ray_pods}]]
     by_port = {tuple(p["port"] for p in r["ports"]): r["from"] for r in external}
     assert set(by_port) == {(9000,), (8265, 52365, 8000), (8080,)}
-    assert by_port[(9000,)] == [{"podSelector": {"matchLabels": {
-        "app.kubernetes.io/name": "lungsearch", "app.kubernetes.io/instance": RELEASE,
-        "app.kubernetes.io/component": "tls-proxy"}}}]
-    assert by_port[(8265, 52365, 8000)] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}]
+    assert by_port[(9000,)] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "lungsearch",
+                    "app.kubernetes.io/instance": RELEASE,
+                    "app.kubernetes.io/component": "tls-proxy",
+                }
+            }
+        }
+    ]
+    assert by_port[(8265, 52365, 8000)] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}
+    ]
     envoy = one(docs, "NetworkPolicy", "lungsearch-envoy")["spec"]
     assert envoy["ingress"] == [{"ports": [{"port": 8443, "protocol": "TCP"}]}]
     assert {"port": 9000, "protocol": "TCP"} in envoy["egress"][1]["ports"]
@@ -557,7 +623,9 @@ def test_chart_default_serve_values_follow_services_serve_config(chart):
             node = node[key]
         assert path[-1] in node, f"services/serve_config.yaml no longer has {'.'.join(path)}: update CLUSTER_OVERRIDES"
         node[path[-1]] = value
-    assert chart.values["serve"] == expected, "re-align charts/lungsearch/values.yaml `serve:` with services/serve_config.yaml"
+    assert chart.values["serve"] == expected, (
+        "re-align charts/lungsearch/values.yaml `serve:` with services/serve_config.yaml"
+    )
 
 
 def test_cluster_args_are_filled_in(render):
@@ -589,10 +657,13 @@ def test_a_changed_profile_rolls_the_ray_cluster(tmp_path):
 
     def checksums() -> set[str]:
         with helm.Chart.load(copy_dir) as chart:
-            docs = k8s_checks.load_docs([chart.render(values={}, name=RELEASE, namespace=NAMESPACE)[
-                "lungsearch/templates/rayservice.yaml"]])
-        return {t["metadata"]["annotations"]["lungsearch.io/profiles-checksum"]
-                for _, t in k8s_checks.pod_templates(one(docs, "RayService"))}
+            docs = k8s_checks.load_docs(
+                [chart.render(values={}, name=RELEASE, namespace=NAMESPACE)["lungsearch/templates/rayservice.yaml"]]
+            )
+        return {
+            t["metadata"]["annotations"]["lungsearch.io/profiles-checksum"]
+            for _, t in k8s_checks.pod_templates(one(docs, "RayService"))
+        }
 
     before = checksums()
     assert len(before) == 1 and re.fullmatch(r"[0-9a-f]{16}", next(iter(before)))

@@ -21,10 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import k8s_checks
 import pytest
 import yaml
-
-import k8s_checks
 from chart_cases import REPO, entrypoint_errors, one
 
 KF_DIR = REPO / "k8s" / "kubeflow"
@@ -61,7 +60,9 @@ def _source_digest() -> str:  # the same digest as pipeline.source_digest(), wit
 def test_compiled_pipeline_is_current():
     text, spec, _ = _compiled()
     header = dict(line[2:].split(": ", 1) for line in text.splitlines()[:3] if ": " in line)
-    assert header.get("source-sha256") == _source_digest(), "k8s/kubeflow changed: run `make kubeflow` and commit pipeline.yaml"
+    assert header.get("source-sha256") == _source_digest(), (
+        "k8s/kubeflow changed: run `make kubeflow` and commit pipeline.yaml"
+    )
     assert spec["sdkVersion"] == "kfp-2.17.3"
     assert "kfp==2.17.3" in (REPO / "tools" / "ensure-kfp-venv.sh").read_text()
 
@@ -105,17 +106,29 @@ def test_compiled_pipeline_structure():
         if name.startswith("rayjob-manifest"):
             step_of[name] = task["inputs"]["parameters"]["step"]["runtimeValue"]["constant"]
     assert sorted(step_of.values()) == ["evaluate", "prepare", "train"]
-    runs = {step: next(n for n, t in tasks.items() if t["componentRef"]["name"].startswith("comp-run-rayjob")
-                       and t["inputs"]["parameters"]["manifest"]["taskOutputParameter"]["producerTask"] == m)
-            for m, step in step_of.items()}
+    runs = {
+        step: next(
+            n
+            for n, t in tasks.items()
+            if t["componentRef"]["name"].startswith("comp-run-rayjob")
+            and t["inputs"]["parameters"]["manifest"]["taskOutputParameter"]["producerTask"] == m
+        )
+        for m, step in step_of.items()
+    }
     train_manifest = next(m for m, s in step_of.items() if s == "train")
     assert runs["prepare"] in tasks[train_manifest]["dependentTasks"]
     assert runs["evaluate"] in tasks["collect-metrics"]["dependentTasks"]
     gate = tasks["condition-1"]
-    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--collect-metrics-Output'] == 'pass'"
+    assert (
+        gate["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--collect-metrics-Output'] == 'pass'"
+    )
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    inner_steps = {t["inputs"]["parameters"]["step"]["runtimeValue"]["constant"] for n, t in inner.items()
-                   if n.startswith("rayjob-manifest")}
+    inner_steps = {
+        t["inputs"]["parameters"]["step"]["runtimeValue"]["constant"]
+        for n, t in inner.items()
+        if n.startswith("rayjob-manifest")
+    }
     assert inner_steps == {"build-index"}
     rollout = next(t for n, t in inner.items() if n.startswith("rollout-rayservice"))
     assert any(d.startswith("run-rayjob") for d in rollout["dependentTasks"])
@@ -137,8 +150,13 @@ def test_recompiling_reproduces_the_committed_yaml(tmp_path):
             pytest.fail("no .venv-kfp in CI: `make test` should have built it (tools/ensure-kfp-venv.sh)")
         pytest.skip("no .venv-kfp (`make kfp-venv` creates it; `make test` does too)")
     out = tmp_path / "pipeline.yaml"
-    subprocess.run([str(KFP_PYTHON), "-m", "k8s.kubeflow.pipeline", "--out", str(out)], cwd=REPO, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [str(KFP_PYTHON), "-m", "k8s.kubeflow.pipeline", "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert out.read_text() == COMPILED.read_text(), "run `make kubeflow` and commit k8s/kubeflow/pipeline.yaml"
 
 
@@ -158,8 +176,17 @@ TRAIN_RESULT = json.dumps({"step": "train", "profile": "ct-ild", "version": "202
 @pytest.mark.parametrize("gpus", [0, 1])
 @pytest.mark.parametrize("step", C.STEPS)
 def test_rayjob_manifest_validates_against_kuberay(step, gpus):
-    manifest = json.loads(C.rayjob_manifest(step, "ct-ild", "ild-ct:/mnt/lungsearch/datasets/ild", 2, gpus,
-                                            "3F2A9C1D-77aa", upstream_result=TRAIN_RESULT))
+    manifest = json.loads(
+        C.rayjob_manifest(
+            step,
+            "ct-ild",
+            "ild-ct:/mnt/lungsearch/datasets/ild",
+            2,
+            gpus,
+            "3F2A9C1D-77aa",
+            upstream_result=TRAIN_RESULT,
+        )
+    )
     errors = k8s_checks.all_errors([manifest])
     assert errors == [], "\n".join(errors)
     assert manifest["metadata"]["name"] == f"lungsearch-{step}-3f2a9c1d"
@@ -190,30 +217,50 @@ def _driver_argv(entrypoint: str) -> list[str]:
 
 def test_entrypoints_survive_kuberay_and_ray_shells():
     for step in C.STEPS:
-        manifest = json.loads(C.rayjob_manifest(step, "cxr-hash", "nih:/mnt/data/nih chest (2024)", 3, 1, "r1",
-                                                upstream_result=TRAIN_RESULT))
+        manifest = json.loads(
+            C.rayjob_manifest(
+                step, "cxr-hash", "nih:/mnt/data/nih chest (2024)", 3, 1, "r1", upstream_result=TRAIN_RESULT
+            )
+        )
         argv = _driver_argv(manifest["spec"]["entrypoint"])
         assert argv[:2] == ["python", "-c"] and argv[2] == C._step_runner_code()
         assert argv[3:5] == [step, "cxr-hash"]
         data = ["data.source=nih", "data.root=/mnt/data/nih chest (2024)"]
         if step == "train":
-            assert argv[6:] == ["python", "ray_jobs/train.py", "--config", "configs/cxr-hash.yaml", *data,
-                                "train.num_workers=3", "train.use_gpu=true", "train.gpus_per_worker=1"]
+            assert argv[6:] == [
+                "python",
+                "ray_jobs/train.py",
+                "--config",
+                "configs/cxr-hash.yaml",
+                *data,
+                "train.num_workers=3",
+                "train.use_gpu=true",
+                "train.gpus_per_worker=1",
+            ]
         elif step == "prepare":
             assert argv[6:] == data
         else:  # the model card carries the training data config: no dataset overrides after training
             script = {"evaluate": "ray_jobs/evaluate.py", "build-index": "ray_jobs/build_index.py"}[step]
             assert argv[5] == "20260101-120000-abc123"
-            assert argv[6:] == ["python", script, "--config", "configs/cxr-hash.yaml", "--model",
-                                "cxr-hash@20260101-120000-abc123"]
+            assert argv[6:] == [
+                "python",
+                script,
+                "--config",
+                "configs/cxr-hash.yaml",
+                "--model",
+                "cxr-hash@20260101-120000-abc123",
+            ]
 
 
 def test_default_commands_match_the_ray_jobs_scripts():
     """The scripts, flags and overrides the pipeline passes exist (argparse of ray_jobs/, lungsearch.config)."""
     for step in ("train", "evaluate", "build-index"):
         for gpus in (0, 1):
-            manifest = json.loads(C.rayjob_manifest(step, "ct-ild", "ild-ct:/mnt/lungsearch/datasets/ild", 2, gpus,
-                                                    "r", upstream_result=TRAIN_RESULT))
+            manifest = json.loads(
+                C.rayjob_manifest(
+                    step, "ct-ild", "ild-ct:/mnt/lungsearch/datasets/ild", 2, gpus, "r", upstream_result=TRAIN_RESULT
+                )
+            )
             command = _driver_argv(manifest["spec"]["entrypoint"])[6:]
             assert entrypoint_errors(shlex.join(command)) == []
 
@@ -269,10 +316,24 @@ class FakeArtifact:
 
 
 def test_collect_metrics(tmp_path):
-    result = json.dumps({"step": "evaluate", "profile": "cxr-hash", "version": "v1", "synthetic_data": True,
-                         "metrics": {"test_accuracy": 0.875, "map@10": {"16": 0.5, "64": 0.75}, "n": 40,
-                                     "seed": 0, "note": "phantom", "ok": True, "auc": float("nan")},
-                         "report": "## Table 2\n| bits | mAP@10 |"})
+    result = json.dumps(
+        {
+            "step": "evaluate",
+            "profile": "cxr-hash",
+            "version": "v1",
+            "synthetic_data": True,
+            "metrics": {
+                "test_accuracy": 0.875,
+                "map@10": {"16": 0.5, "64": 0.75},
+                "n": 40,
+                "seed": 0,
+                "note": "phantom",
+                "ok": True,
+                "auc": float("nan"),
+            },
+            "report": "## Table 2\n| bits | mAP@10 |",
+        }
+    )
     metrics, report = FakeMetrics(), FakeArtifact(tmp_path / "report.md")
     assert C.collect_metrics(result, "test_accuracy", 0.8, metrics, report) == "pass"
     assert metrics.logged == {"test_accuracy": 0.875, "map@10.16": 0.5, "map@10.64": 0.75, "n": 40.0, "seed": 0.0}
@@ -286,14 +347,16 @@ def test_collect_metrics(tmp_path):
 
 
 def test_parse_result_takes_the_last_marker_line():
-    log = "INFO starting\nLUNGSEARCH_RESULT {\"version\": \"a\"}\nnoise\nLUNGSEARCH_RESULT {\"version\": \"b\"}\n"
+    log = 'INFO starting\nLUNGSEARCH_RESULT {"version": "a"}\nnoise\nLUNGSEARCH_RESULT {"version": "b"}\n'
     assert C._parse_result(log) == {"version": "b"}
     with pytest.raises(RuntimeError, match="no LUNGSEARCH_RESULT"):
         C._parse_result("Traceback ...\n")
 
 
 def test_pin_profile():
-    cfg = yaml.safe_dump({"applications": [{"name": "lungsearch", "args": {"profiles": ["cxr-hash", "ct-ild@old", "ct-ild"]}}]})
+    cfg = yaml.safe_dump(
+        {"applications": [{"name": "lungsearch", "args": {"profiles": ["cxr-hash", "ct-ild@old", "ct-ild"]}}]}
+    )
     out = yaml.safe_load(C._pin_profile(cfg, "lungsearch", "ct-ild", "v2"))
     assert out["applications"][0]["args"]["profiles"] == ["cxr-hash", "ct-ild@v2"]
     out = yaml.safe_load(C._pin_profile(cfg, "lungsearch", "cxr-cnn", "v3"))
@@ -344,7 +407,7 @@ class FakeKube:
                     return self._send(422, {"message": "; ".join(errors)})
                 name = obj["metadata"]["name"]
                 if name in kube.rayjobs:
-                    return self._send(409, {"message": f"rayjobs.ray.io \"{name}\" already exists"})
+                    return self._send(409, {"message": f'rayjobs.ray.io "{name}" already exists'})
                 kube.rayjobs[name] = obj
                 kube.final[name], kube.logs[name] = kube.operator(obj)
                 return self._send(201, obj)
@@ -358,16 +421,25 @@ class FakeKube:
                     kube.polls[name] = kube.polls.get(name, 0) + 1
                     job = copy.deepcopy(kube.rayjobs[name])
                     n = kube.polls[name]
-                    job["status"] = ({"jobDeploymentStatus": "Initializing"} if n == 1 else
-                                     {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"} if n == 2 else
-                                     {"jobDeploymentStatus": "Complete" if kube.final[name] == "SUCCEEDED" else "Failed",
-                                      "jobStatus": kube.final[name], "message": f"job {kube.final[name].lower()}"})
+                    job["status"] = (
+                        {"jobDeploymentStatus": "Initializing"}
+                        if n == 1
+                        else {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+                        if n == 2
+                        else {
+                            "jobDeploymentStatus": "Complete" if kube.final[name] == "SUCCEEDED" else "Failed",
+                            "jobStatus": kube.final[name],
+                            "message": f"job {kube.final[name].lower()}",
+                        }
+                    )
                     return self._send(200, job)
                 if parts[:2] == ["apis", "ray.io"] and parts[5] == "rayservices":
                     return self._send(200, kube.rayservice_view(parts[6]))
                 if parts[:2] == ["api", "v1"] and parts[4] == "pods" and len(parts) == 5:
                     name = parse_qs(url.query)["labelSelector"][0].removeprefix("job-name=")
-                    items = [{"metadata": {"name": f"{name}-submitter-x1", "creationTimestamp": "2026-01-01T00:00:00Z"}}]
+                    items = [
+                        {"metadata": {"name": f"{name}-submitter-x1", "creationTimestamp": "2026-01-01T00:00:00Z"}}
+                    ]
                     return self._send(200, {"items": items if name in kube.logs else []})
                 if parts[:2] == ["api", "v1"] and parts[-1] == "log":
                     return self._send(200, kube.logs[parts[5].removesuffix("-submitter-x1")], raw=True)
@@ -395,8 +467,7 @@ class FakeKube:
         app_status = self.app_status_after_patch if settled else "DEPLOYING"
         svc["status"] = {
             "observedGeneration": gen if settled else gen - 1,
-            "conditions": [{"type": "Ready", "status": "True"},
-                           {"type": "UpgradeInProgress", "status": "False"}],
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "UpgradeInProgress", "status": "False"}],
             "activeServiceStatus": {"applicationStatuses": {"lungsearch": {"status": app_status, "message": "x"}}},
         }
         return svc
@@ -414,6 +485,7 @@ def _scripted(final: str, result: dict | None):
     def operator(job):
         log = "submitting\n" + (f"LUNGSEARCH_RESULT {json.dumps(result)}\n" if result else "")
         return final, log
+
     return operator
 
 
@@ -432,16 +504,28 @@ def test_run_rayjob_succeeds_and_returns_the_result():
 def test_run_rayjob_failures():
     with FakeKube(_scripted("FAILED", None)) as kube:
         with pytest.raises(RuntimeError, match="ended FAILED: job failed"):
-            C.run_rayjob(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f1"), timeout_s=30, poll_s=0,
-                         api_server=kube.url)
+            C.run_rayjob(
+                C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f1"),
+                timeout_s=30,
+                poll_s=0,
+                api_server=kube.url,
+            )
     with FakeKube(_scripted("SUCCEEDED", None)) as kube:
         with pytest.raises(RuntimeError, match="no LUNGSEARCH_RESULT"):
-            C.run_rayjob(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f2"), timeout_s=30, poll_s=0,
-                         api_server=kube.url)
+            C.run_rayjob(
+                C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f2"),
+                timeout_s=30,
+                poll_s=0,
+                api_server=kube.url,
+            )
     with FakeKube(_scripted("RUNNING", None)) as kube:
         with pytest.raises(TimeoutError):
-            C.run_rayjob(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f3"), timeout_s=0, poll_s=0,
-                         api_server=kube.url)
+            C.run_rayjob(
+                C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f3"),
+                timeout_s=0,
+                poll_s=0,
+                api_server=kube.url,
+            )
     bad = json.loads(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f4"))
     bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replica"] = 1  # the API server rejects unknown fields
     with FakeKube(_scripted("SUCCEEDED", None)) as kube:
@@ -486,13 +570,18 @@ print(json.dumps({"profile": sys.argv[1], "report_dir": str(out), "metrics": {"t
 def _run_entrypoint(manifest: str, env: dict) -> subprocess.CompletedProcess:
     """Run a RayJob's entry point the way KubeRay + `ray job submit` would (two shells), in the repo."""
     argv = _driver_argv(json.loads(manifest)["spec"]["entrypoint"])
-    return subprocess.run(["bash", "-c", shlex.join(argv)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        ["bash", "-c", shlex.join(argv)], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def _local_env(tmp_path: Path) -> dict:
-    return {**os.environ, "LUNGSEARCH_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "REPORTS": str(tmp_path / "reports"),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "LUNGSEARCH_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        "REPORTS": str(tmp_path / "reports"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def _fake_script(code: str) -> str:
@@ -511,23 +600,57 @@ def test_step_runner_reads_the_scripts_summaries(tmp_path):
     run = _run_entrypoint(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "t", command_template=train), env)
     assert run.returncode == 0, run.stderr
     assert "epoch 1 loss 0.9" in run.stdout  # the job's own output passes through
-    assert C._parse_result(run.stdout) == {"step": "train", "profile": "cxr-hash", "version": "20260102-030405-abcdef",
-                                           "synthetic_data": True, "metrics": {"test_map10": 0.61}}
+    assert C._parse_result(run.stdout) == {
+        "step": "train",
+        "profile": "cxr-hash",
+        "version": "20260102-030405-abcdef",
+        "synthetic_data": True,
+        "metrics": {"test_map10": 0.61},
+    }
     kfold = _fake_script('import json; print(json.dumps({"profile": "cxr-hash", "folds": 4}))')
     run = _run_entrypoint(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "k", command_template=kfold), env)
     assert run.returncode != 0 and "K-fold" in run.stderr and "LUNGSEARCH_RESULT" not in run.stdout
-    index = _fake_script('import json; print(json.dumps({"profile": "cxr-hash", "version": "v1", "collection": "c_v1", '
-                         '"cases": 40, "inserted": 40, "updated": 0, "count_in_store": 40, "device": "cpu"}, indent=2))')
-    run = _run_entrypoint(C.rayjob_manifest("build-index", "cxr-hash", "phantom", 1, 0, "i", upstream_result=json.dumps(
-        {"version": "v1"}), command_template=index), env)
-    assert C._parse_result(run.stdout)["index"] == {"collection": "c_v1", "cases": 40, "inserted": 40, "updated": 0,
-                                                     "count_in_store": 40}
+    index = _fake_script(
+        'import json; print(json.dumps({"profile": "cxr-hash", "version": "v1", "collection": "c_v1", '
+        '"cases": 40, "inserted": 40, "updated": 0, "count_in_store": 40, "device": "cpu"}, indent=2))'
+    )
+    run = _run_entrypoint(
+        C.rayjob_manifest(
+            "build-index",
+            "cxr-hash",
+            "phantom",
+            1,
+            0,
+            "i",
+            upstream_result=json.dumps({"version": "v1"}),
+            command_template=index,
+        ),
+        env,
+    )
+    assert C._parse_result(run.stdout)["index"] == {
+        "collection": "c_v1",
+        "cases": 40,
+        "inserted": 40,
+        "updated": 0,
+        "count_in_store": 40,
+    }
     # No summary: evaluate falls back to evaluate.py's default report folder.
     default_dir = tmp_path / "artifacts" / "reports" / "cxr-hash" / "v1-eval"
     default_dir.mkdir(parents=True)
     (default_dir / "metrics.json").write_text(json.dumps({"test_f1": 0.5}))
-    run = _run_entrypoint(C.rayjob_manifest("evaluate", "cxr-hash", "phantom", 1, 0, "e", upstream_result=json.dumps(
-        {"version": "v1"}), command_template="true"), env)
+    run = _run_entrypoint(
+        C.rayjob_manifest(
+            "evaluate",
+            "cxr-hash",
+            "phantom",
+            1,
+            0,
+            "e",
+            upstream_result=json.dumps({"version": "v1"}),
+            command_template="true",
+        ),
+        env,
+    )
     assert C._parse_result(run.stdout)["metrics"] == {"test_f1": 0.5}
     failing = _fake_script("import sys; sys.exit(3)")
     run = _run_entrypoint(C.rayjob_manifest("train", "cxr-hash", "phantom", 1, 0, "f", command_template=failing), env)
@@ -547,10 +670,12 @@ def test_pipeline_steps_against_a_local_ray(ray_cluster, tmp_path):
         return ("SUCCEEDED" if run.returncode == 0 else "FAILED"), run.stdout + run.stderr
 
     template = f"python -c {shlex.quote(TINY_EVALUATION)} {{profile}} {{version}}"
-    train_result = json.dumps({"step": "train", "profile": "cxr-hash", "version": "20260101-000000-aaaaaa",
-                               "synthetic_data": True})
-    manifest = C.rayjob_manifest("evaluate", "cxr-hash", "phantom", 1, 0, "local1", upstream_result=train_result,
-                                 command_template=template)
+    train_result = json.dumps(
+        {"step": "train", "profile": "cxr-hash", "version": "20260101-000000-aaaaaa", "synthetic_data": True}
+    )
+    manifest = C.rayjob_manifest(
+        "evaluate", "cxr-hash", "phantom", 1, 0, "local1", upstream_result=train_result, command_template=template
+    )
     with FakeKube(operator) as kube:
         result = C.run_rayjob(manifest, timeout_s=240, poll_s=0, api_server=kube.url)
     data = json.loads(result)

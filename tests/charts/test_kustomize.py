@@ -8,9 +8,8 @@ import importlib.util
 import shutil
 import subprocess
 
-import pytest
-
 import k8s_checks
+import pytest
 from chart_cases import REPO, by_kind, entrypoint_errors, one, ray_job_scripts
 
 KUBECTL = shutil.which("kubectl")
@@ -28,8 +27,9 @@ def _load_gen():
 
 
 def build(target: str) -> list[dict]:
-    out = subprocess.run([KUBECTL, "kustomize", str(REPO / TARGETS[target])], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(REPO / TARGETS[target])], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return k8s_checks.load_docs([out.stdout])
 
@@ -85,7 +85,9 @@ def test_submission_rbac(built):
     assert "patch" in rules[(("ray.io",), "rayservices")]
     assert all("secrets" not in res for (_, res) in rules)
     binding = one(docs, "RoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lungsearch-submitter", "namespace": "lungsearch-dev"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "lungsearch-submitter", "namespace": "lungsearch-dev"}
+    ]
     sa_names = {sa["metadata"]["name"] for sa in by_kind(docs, "ServiceAccount")}
     assert {"lungsearch-submitter", "lungsearch-ray"} <= sa_names
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chart_cases import by_kind, case_values, one
 
-from chart_cases import case_values, by_kind, one
 from lungsearch.serving.metrics import SCHEMA
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -30,8 +30,10 @@ def _promtool() -> str:
 def _declared(name: str) -> bool:
     """A series name exported for a SCHEMA metric (histograms add _bucket/_sum/_count)."""
     base = name.removeprefix(RAY_PREFIX)
-    return any(base == m or (s.kind == "histogram" and base in (f"{m}_bucket", f"{m}_sum", f"{m}_count"))
-               for m, s in SCHEMA.items())
+    return any(
+        base == m or (s.kind == "histogram" and base in (f"{m}_bucket", f"{m}_sum", f"{m}_count"))
+        for m, s in SCHEMA.items()
+    )
 
 
 def _groups(render, values=None) -> list[dict]:
@@ -46,12 +48,19 @@ def _rules_file(tmp_path: Path, groups: list[dict]) -> Path:
 
 def test_promtool_checks_the_rendered_rules(render, tmp_path):
     groups = _groups(render)
-    out = subprocess.run([_promtool(), "check", "rules", str(_rules_file(tmp_path, groups))],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [_promtool(), "check", "rules", str(_rules_file(tmp_path, groups))], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     alerts = {r["alert"] for g in groups for r in g["rules"] if "alert" in r}
-    assert {"LungsearchEmbeddingDrift", "LungsearchLowSimilarityQueries", "LungsearchCodeBitsUnstable",
-            "LungsearchBestSimilarityDropped", "LungsearchHighErrorRatio", "LungsearchHighLatency"} <= alerts
+    assert {
+        "LungsearchEmbeddingDrift",
+        "LungsearchLowSimilarityQueries",
+        "LungsearchCodeBitsUnstable",
+        "LungsearchBestSimilarityDropped",
+        "LungsearchHighErrorRatio",
+        "LungsearchHighLatency",
+    } <= alerts
 
 
 def test_rules_name_only_declared_metrics_and_their_own_records(render):
@@ -67,8 +76,12 @@ def test_thresholds_come_from_values(render):
     groups = _groups(render, {"metrics": {"prometheusRule": {"driftCosine": 0.35, "labels": {"release": "kps"}}}})
     drift = next(r for g in groups for r in g["rules"] if r.get("alert") == "LungsearchEmbeddingDrift")
     assert drift["expr"].strip().endswith("> 0.35")
-    assert one(render({"metrics": {"prometheusRule": {"labels": {"release": "kps"}}}}),
-               "PrometheusRule")["metadata"]["labels"]["release"] == "kps"
+    assert (
+        one(render({"metrics": {"prometheusRule": {"labels": {"release": "kps"}}}}), "PrometheusRule")["metadata"][
+            "labels"
+        ]["release"]
+        == "kps"
+    )
     assert by_kind(render(case_values("monitors-off")), "PrometheusRule") == []
 
 
@@ -98,18 +111,31 @@ def test_quality_alerts_fire_on_drift_and_low_similarity_and_stay_quiet_otherwis
         _series("ray_lungsearch_quality_low_similarity_queries_total", drifted, "0x30 0+6x90"),
         _series("ray_lungsearch_quality_low_similarity_queries_total", stable, "0+0.5x120"),
     ]
-    alert = lambda name, labels: {"eval_time": "120m", "alertname": name, "exp_alerts": [
-        {"exp_labels": {"severity": "warning", **labels}}] if labels else []}
-    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m", "input_series": series,
-        "alert_rule_test": [
-            alert("LungsearchEmbeddingDrift", drifted),
-            alert("LungsearchCodeBitsUnstable", drifted),
-            alert("LungsearchLowSimilarityQueries", drifted),
-            {"eval_time": "25m", "alertname": "LungsearchEmbeddingDrift", "exp_alerts": []},
-            {"eval_time": "50m", "alertname": "LungsearchEmbeddingDrift", "exp_alerts": []},  # for: 30m not yet
+
+    def alert(name, labels):
+        return {
+            "eval_time": "120m",
+            "alertname": name,
+            "exp_alerts": [{"exp_labels": {"severity": "warning", **labels}}] if labels else [],
+        }
+
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    alert("LungsearchEmbeddingDrift", drifted),
+                    alert("LungsearchCodeBitsUnstable", drifted),
+                    alert("LungsearchLowSimilarityQueries", drifted),
+                    {"eval_time": "25m", "alertname": "LungsearchEmbeddingDrift", "exp_alerts": []},
+                    {"eval_time": "50m", "alertname": "LungsearchEmbeddingDrift", "exp_alerts": []},  # for: 30m not yet
+                ],
+            }
         ],
-    }]}
+    }
     path = tmp_path / "tests.yaml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False))
     out = subprocess.run([_promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
@@ -118,9 +144,10 @@ def test_quality_alerts_fire_on_drift_and_low_similarity_and_stay_quiet_otherwis
 
 # ---- the dashboard ------------------------------------------------------------------------------------------
 
+
 def _dashboard(render) -> tuple[dict, dict]:
     cm = one(render(), "ConfigMap", "lungsearch-dashboards")
-    (name, text), = cm["data"].items()
+    ((name, text),) = cm["data"].items()
     assert name.endswith(".json")
     return cm, json.loads(text)
 
@@ -131,7 +158,9 @@ def test_dashboard_configmap_is_picked_up_by_the_grafana_sidecar(render):
     assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 30
     off = render({"metrics": {"grafanaDashboard": {"enabled": False}}})
     assert [c for c in by_kind(off, "ConfigMap") if c["metadata"]["name"] == "lungsearch-dashboards"] == []
-    moved = one(render({"metrics": {"grafanaDashboard": {"namespace": "monitoring"}}}), "ConfigMap", "lungsearch-dashboards")
+    moved = one(
+        render({"metrics": {"grafanaDashboard": {"namespace": "monitoring"}}}), "ConfigMap", "lungsearch-dashboards"
+    )
     assert moved["metadata"]["namespace"] == "monitoring"
 
 

@@ -11,10 +11,9 @@ import json
 import subprocess
 import sys
 
+import k8s_checks
 import pytest
 import yaml
-
-import k8s_checks
 from chart_cases import REPO, by_kind, case_values, entrypoint_errors, one, ray_job_scripts
 
 GEN = REPO / "tools" / "gen_rayjobs.py"
@@ -51,8 +50,12 @@ def test_check_notices_a_changed_spec():
     changed["workerGroups"]["gpu"]["shmSize"] = "15Gi"
     before, after = G.outputs(SPEC), G.outputs(changed)
     differ = {p.relative_to(REPO).as_posix() for p in before if before[p] != after[p]}
-    assert differ == {*(f"k8s/base/rayjob-{name}.yaml" for name in SPEC["jobs"]), "k8s/kubeflow/components.py",
-                      "k8s/overlays/gpu-prod/gpu-workers.yaml", "k8s/overlays/gpu-prod/interactive-gpu-group.yaml"}
+    assert differ == {
+        *(f"k8s/base/rayjob-{name}.yaml" for name in SPEC["jobs"]),
+        "k8s/kubeflow/components.py",
+        "k8s/overlays/gpu-prod/gpu-workers.yaml",
+        "k8s/overlays/gpu-prod/interactive-gpu-group.yaml",
+    }
     assert all(p.read_text() == text for p, text in before.items())  # the committed files are these
 
 
@@ -68,10 +71,14 @@ def test_a_job_for_every_entrypoint():
 
 
 def test_generated_manifests_validate_against_kuberay():
-    docs = k8s_checks.load_docs([(G.BASE / f"rayjob-{name}.yaml").read_text() for name in SPEC["jobs"]]
-                                + [(G.BASE / "raycluster-interactive.yaml").read_text()])
+    docs = k8s_checks.load_docs(
+        [(G.BASE / f"rayjob-{name}.yaml").read_text() for name in SPEC["jobs"]]
+        + [(G.BASE / "raycluster-interactive.yaml").read_text()]
+    )
     gpu_jobs = [_job(name, "gpu") for name in SPEC["jobs"]]
-    interactive = _apply(one(docs, "RayCluster"), yaml.safe_load((G.GPU_OVERLAY / "interactive-gpu-group.yaml").read_text()))
+    interactive = _apply(
+        one(docs, "RayCluster"), yaml.safe_load((G.GPU_OVERLAY / "interactive-gpu-group.yaml").read_text())
+    )
     assert [g["groupName"] for g in interactive["spec"]["workerGroupSpecs"]] == ["cpu", "gpu"]
     errors = k8s_checks.all_errors(docs + gpu_jobs + [interactive])
     assert errors == [], "\n".join(errors)
@@ -111,8 +118,10 @@ def test_gpu_patch_turns_a_job_into_the_gpu_group():
 def test_json_patch_is_not_vacuous():
     assert G.json_patch({"a": 1}, {"a": 1}) == []
     assert G.json_patch({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "d/e": 3}) == [
-        {"op": "replace", "path": "/a/b", "value": 2}, {"op": "remove", "path": "/c"},
-        {"op": "add", "path": "/d~1e", "value": 3}]
+        {"op": "replace", "path": "/a/b", "value": 2},
+        {"op": "remove", "path": "/c"},
+        {"op": "add", "path": "/d~1e", "value": 3},
+    ]
 
 
 # ---- the Helm chart's RayJobs ------------------------------------------------------------------------
@@ -190,9 +199,19 @@ def test_chart_rayjobs_follow_the_spec(render):
 
 
 def test_chart_gpu_job_follows_the_spec_gpu_group(render):
-    docs = render(_merged(_aligned_values(), {**case_values("gpu"), "jobs": {**case_values("gpu")["jobs"],
-                                                                            "evaluate": {"enabled": False},
-                                                                            "buildIndex": {"enabled": False}}}))
+    docs = render(
+        _merged(
+            _aligned_values(),
+            {
+                **case_values("gpu"),
+                "jobs": {
+                    **case_values("gpu")["jobs"],
+                    "evaluate": {"enabled": False},
+                    "buildIndex": {"enabled": False},
+                },
+            },
+        )
+    )
     (group,) = one(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     want = copy.deepcopy(_job("train", "gpu")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0])
     for volume in want["template"]["spec"]["volumes"]:  # CHART_ONLY: one /dev/shm size for every group
@@ -200,10 +219,12 @@ def test_chart_gpu_job_follows_the_spec_gpu_group(render):
             volume["emptyDir"]["sizeLimit"] = SPEC["pod"]["shmSize"]
     for key in ("replicas", "minReplicas", "maxReplicas"):
         want[key] = group[key]  # the values file's 2-worker training
-    got = _normalised({"kind": "RayJob", "metadata": {}, "spec": {"rayClusterSpec": {"workerGroupSpecs": [group]}}},
-                      chart=True)
-    expected = _normalised({"kind": "RayJob", "metadata": {}, "spec": {"rayClusterSpec": {"workerGroupSpecs": [want]}}},
-                           chart=False)
+    got = _normalised(
+        {"kind": "RayJob", "metadata": {}, "spec": {"rayClusterSpec": {"workerGroupSpecs": [group]}}}, chart=True
+    )
+    expected = _normalised(
+        {"kind": "RayJob", "metadata": {}, "spec": {"rayClusterSpec": {"workerGroupSpecs": [want]}}}, chart=False
+    )
     assert got == expected
 
 
@@ -221,11 +242,16 @@ KUBEFLOW_ONLY = {
 @pytest.mark.parametrize("gpus", [0, 1])
 @pytest.mark.parametrize("step", ["train", "evaluate", "build-index"])
 def test_kubeflow_rayjobs_follow_the_spec(step, gpus):
-    pipeline_defaults = {"worker_cpus": int(SPEC["workerGroups"]["cpu"]["resources"]["requests"]["cpu"]),
-                         "worker_memory": SPEC["workerGroups"]["cpu"]["resources"]["requests"]["memory"]}
+    pipeline_defaults = {
+        "worker_cpus": int(SPEC["workerGroups"]["cpu"]["resources"]["requests"]["cpu"]),
+        "worker_memory": SPEC["workerGroups"]["cpu"]["resources"]["requests"]["memory"],
+    }
     for params in ({}, pipeline_defaults):  # the component's defaults and the pipeline's parameter defaults
-        got = json.loads(C.rayjob_manifest(step, "cxr-report", "phantom", 2, gpus, "run1",
-                                           upstream_result=json.dumps({"version": "v1"}), **params))
+        got = json.loads(
+            C.rayjob_manifest(
+                step, "cxr-report", "phantom", 2, gpus, "run1", upstream_result=json.dumps({"version": "v1"}), **params
+            )
+        )
         want = _job(step, "gpu" if gpus else "")
         spec = copy.deepcopy(got["spec"])
         spec["entrypoint"] = want["spec"]["entrypoint"]
@@ -237,4 +263,3 @@ def test_kubeflow_rayjobs_follow_the_spec(step, gpus):
         group.update(replicas=1, minReplicas=1, maxReplicas=1)
         assert spec == want["spec"], f"kubeflow RayJob {step} (gpus={gpus}) drifted from the spec"
         assert got["metadata"]["labels"]["lungsearch.io/job"] == step
-

@@ -28,8 +28,14 @@ def _args(**kw):
 
 
 def test_overrides_are_applied(tmp_path):
-    doc = _serve.build_config(_args(profile=["ct-ild", "cxr-hash@v1"], grpc_port=9555,
-                                    milvus_uri=str(tmp_path / "s.db"), artifacts_dir=str(tmp_path)))
+    doc = _serve.build_config(
+        _args(
+            profile=["ct-ild", "cxr-hash@v1"],
+            grpc_port=9555,
+            milvus_uri=str(tmp_path / "s.db"),
+            artifacts_dir=str(tmp_path),
+        )
+    )
     a = doc["applications"][0]["args"]
     assert a["profiles"] == ["ct-ild", "cxr-hash@v1"] and a["milvus_uri"].endswith("s.db")
     assert doc["grpc_options"]["port"] == 9555 and a["insecure_local"]  # the shipped config is local-demo

@@ -8,8 +8,15 @@ import time
 import grpc
 import pytest
 
-from lungsearch.client import (AsyncLungSearchClient, DeadlineExceeded, InvalidArgument, NotFound, RetryPolicy,
-                               Unauthenticated, Unavailable)
+from lungsearch.client import (
+    AsyncLungSearchClient,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RetryPolicy,
+    Unauthenticated,
+    Unavailable,
+)
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.02, max_backoff=0.05, seed=0)
 

@@ -23,9 +23,13 @@ def tree(tmp_path, png, dicom):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNX-not-really")
     (tmp_path / "manifest.jsonl").write_text(
-        json.dumps({"case_id": "m1", "image_paths": ["cases/b.png"], "labels": ["Normal"], "report": "clear"}) + "\n"
-        + json.dumps({"case_id": "m2", "image_paths": [f"cases/ct-0001/{i:03d}.dcm" for i in range(3)],
-                      "labels": ["ggo"]}) + "\n")
+        json.dumps({"case_id": "m1", "image_paths": ["cases/b.png"], "labels": ["Normal"], "report": "clear"})
+        + "\n"
+        + json.dumps(
+            {"case_id": "m2", "image_paths": [f"cases/ct-0001/{i:03d}.dcm" for i in range(3)], "labels": ["ggo"]}
+        )
+        + "\n"
+    )
     return tmp_path
 
 
@@ -34,8 +38,11 @@ def test_ingest_folder_search_get_delete(cli, server, servicer, tree):
     r = cli("ingest", str(tree / "cases"), "--labels", "Effusion", "--json", *t)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert [(row["ok"], row["series"], row["images"]) for row in rows] == [(True, False, 1), (True, False, 1),
-                                                                           (True, True, 3)]
+    assert [(row["ok"], row["series"], row["images"]) for row in rows] == [
+        (True, False, 1),
+        (True, False, 1),
+        (True, True, 3),
+    ]
     assert servicer.calls["IngestStream"] == 1 and servicer.calls["Ingest"] == 2
     series = servicer.store[rows[2]["case_key"]]
     assert series.report == "ground-glass opacities" and len(series.images) == 3
@@ -84,7 +91,9 @@ def test_classify_explain_models_health(cli, server, tree, png, make_server):
     assert "top label: Effusion" in r.stdout and "KNN VOTE" in r.stdout
 
     out = tree / "heat.png"
-    r = cli("explain", "--image", str(tree / "cases" / "a.png"), "--out", str(out), "--overlay", str(tree / "o.png"), *t)
+    r = cli(
+        "explain", "--image", str(tree / "cases" / "a.png"), "--out", str(out), "--overlay", str(tree / "o.png"), *t
+    )
     assert r.returncode == 0, r.stderr
     assert out.read_bytes().startswith(b"\x89PNG") and (tree / "o.png").read_bytes().startswith(b"\x89PNG")
 

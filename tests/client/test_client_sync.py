@@ -12,9 +12,26 @@ from datetime import datetime
 import grpc
 import pytest
 
-from lungsearch.client import (Case, Classification, DeadlineExceeded, ExplainResult, Filter, Image, IngestResult,
-                               InvalidArgument, LungSearchClient, LungSearchError, ModelInfo, ModelRef, NotFound,
-                               ResourceExhausted, RetryPolicy, SearchResult, Unauthenticated, Unavailable)
+from lungsearch.client import (
+    Case,
+    Classification,
+    DeadlineExceeded,
+    ExplainResult,
+    Filter,
+    Image,
+    IngestResult,
+    InvalidArgument,
+    LungSearchClient,
+    LungSearchError,
+    ModelInfo,
+    ModelRef,
+    NotFound,
+    ResourceExhausted,
+    RetryPolicy,
+    SearchResult,
+    Unauthenticated,
+    Unavailable,
+)
 from lungsearch.errors import LungsearchError
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.02, max_backoff=0.05, seed=0)
@@ -27,6 +44,7 @@ def client(server):
 
 
 # ---- every method ------------------------------------------------------------------------------
+
 
 def test_ingest_is_idempotent_and_get_delete_round_trip(client, servicer, png):
     img = png(seed=1)
@@ -105,8 +123,11 @@ def test_large_ingest_streams_automatically(client, servicer, png):
 def test_ingest_series_streams_and_reassembles_bytes(client, servicer, dicom, tmp_path):
     folder = tmp_path / "ct-0001"
     folder.mkdir()
-    slices = {"s01.dcm": dicom(b"\x01" * (2_500_000)), "s02.dcm": dicom(b"\x02" * 10),
-              "s03.dcm": dicom(b"\x03" * ((1 << 20) - 132))}  # exactly 1 MiB: one chunk
+    slices = {
+        "s01.dcm": dicom(b"\x01" * (2_500_000)),
+        "s02.dcm": dicom(b"\x02" * 10),
+        "s03.dcm": dicom(b"\x03" * ((1 << 20) - 132)),
+    }  # exactly 1 MiB: one chunk
     for name, data in slices.items():
         (folder / name).write_bytes(data)
     (folder / "report.txt").write_text("sidecar, not an image")
@@ -128,9 +149,11 @@ def test_ingest_series_streams_and_reassembles_bytes(client, servicer, dicom, tm
 
 def _populate(client, png):
     keys = {}
-    for seed, labels, report in [(10, ["Effusion"], "bilateral pleural effusion"),
-                                 (11, ["Opacity", "Nodule"], "right upper lobe opacity and nodule"),
-                                 (12, ["Normal"], "no acute cardiopulmonary process")]:
+    for seed, labels, report in [
+        (10, ["Effusion"], "bilateral pleural effusion"),
+        (11, ["Opacity", "Nodule"], "right upper lobe opacity and nodule"),
+        (12, ["Normal"], "no acute cardiopulmonary process"),
+    ]:
         keys[seed] = client.ingest(png(seed=seed), report=report, labels=labels).case_key
     return keys
 
@@ -217,6 +240,7 @@ def test_health_falls_back_to_ray_serve_healthz(make_server):
 
 # ---- deadlines ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("timeout", [0.5, 1.0])
 def test_deadline_is_honoured(server, servicer, timeout, png):
     servicer.behaviour.delay = 5.0
@@ -242,21 +266,24 @@ def test_client_default_timeout_applies(server, servicer):
 
 # ---- retries -----------------------------------------------------------------------------------
 
-U, R, I = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT
+U, R, INV = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize("failures, calls, error", [
-    ([(U, True, None)] * 2, 3, None),                 # transient: retried until it works
-    ([(U, None, None)] * 3, 4, None),                 # no ErrorDetail: the status alone decides
-    ([(R, True, None)], 2, None),                     # overloaded (retriable)
-    ([(R, False, None)], 1, ResourceExhausted),       # a size limit: never retried
-    ([(R, None, None)], 2, None),
-    ([(I, None, None)], 1, InvalidArgument),          # never on INVALID_ARGUMENT
-    ([(grpc.StatusCode.INTERNAL, None, None)], 2, None),         # bare INTERNAL (a replica died mid-call): retried
-    ([(grpc.StatusCode.INTERNAL, False, None)], 1, LungSearchError),  # the server's own INTERNAL (with detail): not
-    ([(U, True, -1)], 1, Unavailable),                # server pushback < 0: do not retry
-    ([(U, True, None)] * 4, 4, Unavailable),          # max_attempts
-])
+@pytest.mark.parametrize(
+    "failures, calls, error",
+    [
+        ([(U, True, None)] * 2, 3, None),  # transient: retried until it works
+        ([(U, None, None)] * 3, 4, None),  # no ErrorDetail: the status alone decides
+        ([(R, True, None)], 2, None),  # overloaded (retriable)
+        ([(R, False, None)], 1, ResourceExhausted),  # a size limit: never retried
+        ([(R, None, None)], 2, None),
+        ([(INV, None, None)], 1, InvalidArgument),  # never on INVALID_ARGUMENT
+        ([(grpc.StatusCode.INTERNAL, None, None)], 2, None),  # bare INTERNAL (a replica died mid-call): retried
+        ([(grpc.StatusCode.INTERNAL, False, None)], 1, LungSearchError),  # the server's own INTERNAL (with detail): not
+        ([(U, True, -1)], 1, Unavailable),  # server pushback < 0: do not retry
+        ([(U, True, None)] * 4, 4, Unavailable),  # max_attempts
+    ],
+)
 def test_retry_only_on_transient_codes(server, servicer, failures, calls, error):
     servicer.behaviour.failures = list(failures)
     with LungSearchClient(server.target, timeout=5, retries=FAST) as c:
@@ -321,6 +348,7 @@ def test_unreachable_server_is_unavailable_within_deadline():
 
 # ---- auth and TLS ------------------------------------------------------------------------------
 
+
 def test_token_protected_server(server, servicer):
     servicer.behaviour.token = "s3cret"
     with LungSearchClient(server.target, timeout=5, retries=FAST) as anon:
@@ -348,7 +376,9 @@ def test_token_without_tls_to_a_remote_host_warns():
 
 
 def test_tls_with_ca_file(make_server, tls_files):
-    creds = grpc.ssl_server_credentials([((tls_files / "server.key").read_bytes(), (tls_files / "server.pem").read_bytes())])
+    creds = grpc.ssl_server_credentials(
+        [((tls_files / "server.key").read_bytes(), (tls_files / "server.pem").read_bytes())]
+    )
     srv = make_server(credentials=creds)
     with LungSearchClient(srv.target, ca_file=tls_files / "ca.pem", timeout=5, retries=FAST) as c:
         assert c.tls and c.health().serving and c.models()
@@ -361,6 +391,7 @@ def test_tls_with_ca_file(make_server, tls_files):
 
 
 # ---- construction and errors ------------------------------------------------------------------
+
 
 def test_constructor_validation():
     for bad in (0, -1, None):

@@ -9,15 +9,37 @@ import grpc
 import pytest
 
 from lungsearch._proto.v1 import common_pb2, gateway_pb2
-from lungsearch.client import (Case, DeadlineExceeded, Filter, Internal, InvalidArgument, LungSearchError, ModelInfo,
-                               ModelRef, NotFound, PermissionDenied, ResourceExhausted, RetryPolicy, SearchResult,
-                               Unauthenticated, Unavailable, error_from_rpc)
+from lungsearch.client import (
+    Case,
+    DeadlineExceeded,
+    Filter,
+    Internal,
+    InvalidArgument,
+    LungSearchError,
+    ModelInfo,
+    ModelRef,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    RetryPolicy,
+    SearchResult,
+    Unauthenticated,
+    Unavailable,
+    error_from_rpc,
+)
 from lungsearch.client import _requests as rq
 from lungsearch.client._retry import Attempts
 
 
-@pytest.mark.parametrize("text, ref", [("cxr-report", ModelRef("cxr-report")), ("ct-ild@v3", ModelRef("ct-ild", "v3")),
-                                       ("", ModelRef()), (None, ModelRef())])
+@pytest.mark.parametrize(
+    "text, ref",
+    [
+        ("cxr-report", ModelRef("cxr-report")),
+        ("ct-ild@v3", ModelRef("ct-ild", "v3")),
+        ("", ModelRef()),
+        (None, ModelRef()),
+    ],
+)
 def test_model_ref_parse(text, ref):
     assert ModelRef.parse(text) == ref
     assert ModelRef.parse(str(ref)) == ref
@@ -30,8 +52,9 @@ def test_model_ref_rejects_malformed(bad):
 
 
 def test_filter_parse_and_proto():
-    f = Filter.parse(["modality=ct", "view=axial", "label=ggo, reticular", "labels_all=a", "label!=normal",
-                      "labels_none=x"])
+    f = Filter.parse(
+        ["modality=ct", "view=axial", "label=ggo, reticular", "labels_all=a", "label!=normal", "labels_none=x"]
+    )
     assert f == Filter("ct", "AXIAL", ("ggo", "reticular"), ("a",), ("normal", "x"))
     p = f.to_proto()
     assert (p.modality, p.view) == (common_pb2.MODALITY_CT, common_pb2.VIEW_AXIAL)
@@ -46,10 +69,23 @@ def test_filter_parse_and_proto():
 
 
 def test_results_from_proto_and_to_dict_are_json_ready():
-    msg = gateway_pb2.SearchResponse(model=common_pb2.ModelRef(profile="cxr-hash", version="v1"), hits=[
-        gateway_pb2.SearchHit(case=common_pb2.Case(case_key="k1", modality=common_pb2.MODALITY_CXR,
-                                                   view=common_pb2.VIEW_LATERAL, labels=["A"], num_images=1),
-                              score=0.5, rank=1, hamming_distance=3)])
+    msg = gateway_pb2.SearchResponse(
+        model=common_pb2.ModelRef(profile="cxr-hash", version="v1"),
+        hits=[
+            gateway_pb2.SearchHit(
+                case=common_pb2.Case(
+                    case_key="k1",
+                    modality=common_pb2.MODALITY_CXR,
+                    view=common_pb2.VIEW_LATERAL,
+                    labels=["A"],
+                    num_images=1,
+                ),
+                score=0.5,
+                rank=1,
+                hamming_distance=3,
+            )
+        ],
+    )
     res = SearchResult.from_proto(msg)
     assert res.hits[0].hamming_distance == 3 and res.hits[0].case.view == "LATERAL"
     assert res.hits[0].case.ingested_at is None
@@ -66,8 +102,12 @@ def test_stream_messages_chunking():
     msgs = list(rq.stream_messages(head, srcs, chunk_bytes=100))
     assert msgs[0].WhichOneof("part") == "header" and msgs[0].header.labels == ["x"]
     chunks = [m.chunk for m in msgs[1:]]
-    assert [(c.image_index, len(c.data), c.last) for c in chunks] == [(0, 100, False), (0, 100, False), (0, 28, True),
-                                                                      (1, 10, True)]
+    assert [(c.image_index, len(c.data), c.last) for c in chunks] == [
+        (0, 100, False),
+        (0, 100, False),
+        (0, 28, True),
+        (1, 10, True),
+    ]
     assert chunks[0].format == common_pb2.IMAGE_FORMAT_DICOM and chunks[1].format == 0
     assert b"".join(c.data for c in chunks[:3]) == srcs[0].data
 
@@ -119,25 +159,38 @@ class _FakeRpcError(grpc.RpcError):
         return self._t
 
 
-@pytest.mark.parametrize("code, cls", [
-    (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument), (grpc.StatusCode.NOT_FOUND, NotFound),
-    (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated), (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted), (grpc.StatusCode.UNAVAILABLE, Unavailable),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded), (grpc.StatusCode.INTERNAL, Internal),
-    (grpc.StatusCode.UNKNOWN, Internal), (grpc.StatusCode.FAILED_PRECONDITION, LungSearchError)])
+@pytest.mark.parametrize(
+    "code, cls",
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.NOT_FOUND, NotFound),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted),
+        (grpc.StatusCode.UNAVAILABLE, Unavailable),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
+        (grpc.StatusCode.INTERNAL, Internal),
+        (grpc.StatusCode.UNKNOWN, Internal),
+        (grpc.StatusCode.FAILED_PRECONDITION, LungSearchError),
+    ],
+)
 def test_status_to_exception(code, cls):
-    detail = common_pb2.ErrorDetail(reason=common_pb2.ERROR_REASON_STORE_UNAVAILABLE, message="m", retriable=True,
-                                    field="f", code="c")
-    err = error_from_rpc(_FakeRpcError(code, "server says why", (("lungsearch-error-bin", detail.SerializeToString()),)),
-                         "Search")
+    detail = common_pb2.ErrorDetail(
+        reason=common_pb2.ERROR_REASON_STORE_UNAVAILABLE, message="m", retriable=True, field="f", code="c"
+    )
+    err = error_from_rpc(
+        _FakeRpcError(code, "server says why", (("lungsearch-error-bin", detail.SerializeToString()),)), "Search"
+    )
     assert type(err) is cls and err.status == code and err.details == "server says why"
     assert (err.reason, err.field, err.code, err.retriable) == ("STORE_UNAVAILABLE", "f", "c", True)
     bare = error_from_rpc(_FakeRpcError(code, "", (("lungsearch-error-bin", b"\xff\xff"),)))  # malformed detail
     assert type(bare) is cls and bare.detail is None and bare.reason == code.name
 
 
-@pytest.mark.parametrize("module", ["lungsearch.client._types", "lungsearch.client._retry",
-                                    "lungsearch.client._sync", "lungsearch.client._async"])
+@pytest.mark.parametrize(
+    "module",
+    ["lungsearch.client._types", "lungsearch.client._retry", "lungsearch.client._sync", "lungsearch.client._async"],
+)
 def test_docstring_examples_run(module):
     """The runnable docstring examples (network ones are marked +SKIP) are correct."""
     import doctest

@@ -19,8 +19,8 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,9 +46,15 @@ def _free_port() -> int:
 def _env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "LUNGSEARCH_RAY_ADDRESS")}
     # PATH: the job's entrypoint runs `python`, which must be this environment's
-    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-               RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               LUNGSEARCH_DATA_DIR=str(tmp / "data"), LUNGSEARCH_ARTIFACTS_DIR=str(tmp / "art"))
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        LUNGSEARCH_DATA_DIR=str(tmp / "data"),
+        LUNGSEARCH_ARTIFACTS_DIR=str(tmp / "art"),
+    )
     return env
 
 
@@ -66,8 +72,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _alive_nodes(dash: int) -> list[dict]:
     from ray.util.state import list_nodes
 
-    return [n for n in list_nodes(address=f"http://127.0.0.1:{dash}", raise_on_missing_output=False)
-            if n.state == "ALIVE"]
+    return [
+        n for n in list_nodes(address=f"http://127.0.0.1:{dash}", raise_on_missing_output=False) if n.state == "ALIVE"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +95,37 @@ def cluster(tmp_path_factory):
         # Each node its own agent ports: Ray's defaults (e.g. 52365) would collide between the two
         # nodes (and the session's other Ray), and a node whose job agent cannot bind makes the head
         # answer "No available agent to submit job".
-        return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"]
+        return [
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--node-manager-port={_free_port()}",
+            f"--object-manager-port={_free_port()}",
+        ]
 
     logs = {name: open(tmp / f"{name}.log", "w") for name in ("head", "second")}
     # --block: each node is one process group of ours, so killing it kills exactly that node.
-    head = subprocess.Popen([RAY, "start", "--head", f"--port={gcs}", "--num-cpus=2", '--resources={"head_node": 1}',
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             f"--temp-dir={ray_tmp}", *own_ports(), *common], env=env, stdout=logs["head"], stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    head = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            '--resources={"head_node": 1}',
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={ray_tmp}",
+            *own_ports(),
+            *common,
+        ],
+        env=env,
+        stdout=logs["head"],
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     second = None
     try:
         deadline = time.monotonic() + 240
@@ -113,17 +141,31 @@ def cluster(tmp_path_factory):
         for attempt in range(3):
             # On a loaded 2-core machine a raylet can miss Ray's fixed 30 s registration window
             # ("The current node timed out during startup"): start the node again, as init_ray does.
-            second = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
-                                       '--resources={"second_node": 1}', f"--temp-dir={second_tmp}", *own_ports(),
-                                       *common], env=env,
-                                      stdout=logs["second"], stderr=subprocess.STDOUT, start_new_session=True)
+            second = subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    f"--address=127.0.0.1:{gcs}",
+                    "--num-cpus=2",
+                    '--resources={"second_node": 1}',
+                    f"--temp-dir={second_tmp}",
+                    *own_ports(),
+                    *common,
+                ],
+                env=env,
+                stdout=logs["second"],
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             while len(_alive_nodes(dash)) < 2 and second.poll() is None:
                 assert time.monotonic() < deadline + 120 * attempt, "second node did not join"
                 time.sleep(1)
             if second.poll() is None:
                 break
             _kill_group(second)  # whatever the failed attempt left
-            assert "timed out during startup" in (tmp / "second.log").read_text(), (tmp / "second.log").read_text()[-3000:]
+            assert "timed out during startup" in (tmp / "second.log").read_text(), (tmp / "second.log").read_text()[
+                -3000:
+            ]
         assert second.poll() is None and len(_alive_nodes(dash)) == 2, (tmp / "second.log").read_text()[-3000:]
         yield {"tmp": tmp, "env": env, "gcs": gcs, "dash": dash, "head": head, "second": second}
     finally:
@@ -145,20 +187,48 @@ def test_two_nodes_with_their_own_resources(cluster):
 def test_a_two_worker_train_job_spans_both_nodes(cluster):
     """STRICT_SPREAD: the job can only succeed with one rank on each node."""
     tmp, env = cluster["tmp"], cluster["env"]
-    tiny = ["data.phantom.n=32", "data.phantom.size=64", "data.image_size=32", "train.epochs=1", "train.batch_size=8",
-            "train.torch_threads=1", "train.num_workers=2", "train.cpus_per_worker=0.5",
-            "train.placement_strategy=STRICT_SPREAD", f"train.storage_path={tmp / 'runs'}"]
-    cmd = [LUNGSEARCH, "jobs", "submit", "train", "--address", f"http://127.0.0.1:{cluster['dash']}", "--auth-mode",
-           "disabled", "--config", "configs/cxr-cnn.yaml", *tiny,
-           "--env", f"LUNGSEARCH_DATA_DIR={tmp / 'data'}", "--env", f"LUNGSEARCH_ARTIFACTS_DIR={tmp / 'art'}", "--follow"]
+    tiny = [
+        "data.phantom.n=32",
+        "data.phantom.size=64",
+        "data.image_size=32",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.torch_threads=1",
+        "train.num_workers=2",
+        "train.cpus_per_worker=0.5",
+        "train.placement_strategy=STRICT_SPREAD",
+        f"train.storage_path={tmp / 'runs'}",
+    ]
+    cmd = [
+        LUNGSEARCH,
+        "jobs",
+        "submit",
+        "train",
+        "--address",
+        f"http://127.0.0.1:{cluster['dash']}",
+        "--auth-mode",
+        "disabled",
+        "--config",
+        "configs/cxr-cnn.yaml",
+        *tiny,
+        "--env",
+        f"LUNGSEARCH_DATA_DIR={tmp / 'data'}",
+        "--env",
+        f"LUNGSEARCH_ARTIFACTS_DIR={tmp / 'art'}",
+        "--follow",
+    ]
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
     assert list((tmp / "art" / "cxr-cnn").glob("*/model_card.yaml")), "the job registered no model"
     from ray.util.state import list_actors
 
-    workers = [a for a in list_actors(address=f"http://127.0.0.1:{cluster['dash']}", limit=10000,
-                                      raise_on_missing_output=False, detail=True)
-               if "RayTrainWorker" in (a.class_name or "")]
+    workers = [
+        a
+        for a in list_actors(
+            address=f"http://127.0.0.1:{cluster['dash']}", limit=10000, raise_on_missing_output=False, detail=True
+        )
+        if "RayTrainWorker" in (a.class_name or "")
+    ]
     assert len({a.node_id for a in workers}) == 2, [(a.class_name, a.node_id) for a in workers]
 
 
@@ -189,8 +259,15 @@ def _registry(tmp: Path) -> str:
 
     cfg = load_profile("cxr-hash", ["data.image_size=64"])
     torch.manual_seed(0)
-    card = save_model(create_model(cfg).eval(), cfg, metrics={}, data_fingerprint="none", synthetic_data=True,
-                      root=tmp / "art", version="20260101-000000-multi")
+    card = save_model(
+        create_model(cfg).eval(),
+        cfg,
+        metrics={},
+        data_fingerprint="none",
+        synthetic_data=True,
+        root=tmp / "art",
+        version="20260101-000000-multi",
+    )
     return card.ref
 
 
@@ -207,10 +284,27 @@ def served(cluster):
     tmp, env = cluster["tmp"], cluster["env"]
     ref = _registry(tmp)
     port = _free_port()
-    cmd = [LUNGSEARCH, "serve", "--ray-address", f"127.0.0.1:{cluster['gcs']}", "--config", str(_serve_config(tmp)),
-           "--profile", ref, "--grpc-port", str(port), "--insecure-local", "--metrics-port", "0",
-           "--milvus-uri", str(tmp / "store.db"), "--hmac-key-file", str(tmp / "hmac.key"),
-           "--artifacts-dir", str(tmp / "art")]
+    cmd = [
+        LUNGSEARCH,
+        "serve",
+        "--ray-address",
+        f"127.0.0.1:{cluster['gcs']}",
+        "--config",
+        str(_serve_config(tmp)),
+        "--profile",
+        ref,
+        "--grpc-port",
+        str(port),
+        "--insecure-local",
+        "--metrics-port",
+        "0",
+        "--milvus-uri",
+        str(tmp / "store.db"),
+        "--hmac-key-file",
+        str(tmp / "hmac.key"),
+        "--artifacts-dir",
+        str(tmp / "art"),
+    ]
     log = open(tmp / "serve.log", "w")
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -251,8 +345,10 @@ def test_replicas_on_both_nodes_and_losing_one_gives_no_wrong_answer(cluster, se
         for k, img in enumerate(images):
             c.ingest(img, labels=["Normal"], source_id=f"multinode-{k}", model=served["ref"])
         queries = images[:4]
-        expected = [[(h.case.case_key, round(h.score, 4)) for h in c.search(image=q, top_k=5, model=served["ref"]).hits]
-                    for q in queries]
+        expected = [
+            [(h.case.case_key, round(h.score, 4)) for h in c.search(image=q, top_k=5, model=served["ref"]).hits]
+            for q in queries
+        ]
     assert all(e and len(e) == 5 for e in expected)
     nodes = _replica_nodes(cluster["dash"])
     for stage in ("Encoding", "Fusion", "Hashing"):

@@ -22,17 +22,27 @@ PHI = {
 }
 
 
-def make_dicom(pixels: np.ndarray, *, modality: str = "CT", photometric: str = "MONOCHROME2",
-               slope: float = 1.0, intercept: float = -1024.0, position: float | None = 0.0,
-               instance: int = 1, series_uid: str | None = None, extra: dict | None = None,
-               ts: str = "1.2.840.10008.1.2.1") -> bytes:
+def make_dicom(
+    pixels: np.ndarray,
+    *,
+    modality: str = "CT",
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    position: float | None = 0.0,
+    instance: int = 1,
+    series_uid: str | None = None,
+    extra: dict | None = None,
+    ts: str = "1.2.840.10008.1.2.1",
+) -> bytes:
     """Bytes of a minimal but valid single-frame DICOM image (uint16 stored values)."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import UID
 
     meta = FileMetaDataset()
-    sop_class = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}.get(modality, "1.2.840.10008.5.1.4.1.1.1.1")
+    sop_class = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}.get(
+        modality, "1.2.840.10008.5.1.4.1.1.1.1"
+    )
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(PHI["SOPInstanceUID"] + f".{instance}")
     meta.TransferSyntaxUID = UID(ts)

@@ -56,11 +56,22 @@ def test_walk_pydicom_test_files():
         outcomes[path.name] = "ok"
     # Specific, known outcomes (they pin the reason codes, not just "some error").
     expect = {
-        "CT_small.dcm": "ok", "MR_small.dcm": "ok", "MR_small_RLE.dcm": "ok", "MR_small_jp2klossless.dcm": "ok",
-        "MR_small_jpeg_ls_lossless.dcm": "ok", "MR_small_bigendian.dcm": "ok", "JPEGLSNearLossless_16.dcm": "ok",
-        "SC_rgb_jpeg_gdcm.dcm": "ok", "image_dfl.dcm": "ok", "693_J2KI.dcm": "ok",
-        "MR_truncated.dcm": "truncated_pixel_data", "rtplan.dcm": "not_image", "test-SR.dcm": "not_image",
-        "waveform_ecg.dcm": "not_image", "rtdose.dcm": "unsupported_modality", "README.txt": "unsupported_format",
+        "CT_small.dcm": "ok",
+        "MR_small.dcm": "ok",
+        "MR_small_RLE.dcm": "ok",
+        "MR_small_jp2klossless.dcm": "ok",
+        "MR_small_jpeg_ls_lossless.dcm": "ok",
+        "MR_small_bigendian.dcm": "ok",
+        "JPEGLSNearLossless_16.dcm": "ok",
+        "SC_rgb_jpeg_gdcm.dcm": "ok",
+        "image_dfl.dcm": "ok",
+        "693_J2KI.dcm": "ok",
+        "MR_truncated.dcm": "truncated_pixel_data",
+        "rtplan.dcm": "not_image",
+        "test-SR.dcm": "not_image",
+        "waveform_ecg.dcm": "not_image",
+        "rtdose.dcm": "unsupported_modality",
+        "README.txt": "unsupported_format",
         "examples_palette.dcm": "unsupported_modality",
     }
     for name, want in expect.items():
@@ -73,8 +84,14 @@ def test_lossless_codecs_agree():
     """Every lossless encoding of MR_small decodes to the same pixels (orientation included)."""
     from lungsearch.data import read_image
 
-    names = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-             "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
+    names = [
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ]
     by = {p.name: p for p in FILES}
     ref = read_image(by[names[0]].read_bytes()).pixels
     for n in names[1:]:

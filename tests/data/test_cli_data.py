@@ -9,8 +9,26 @@ from lungsearch.cli import main
 
 def test_data_phantoms_and_inspect(tmp_path, capsys):
     out = tmp_path / "ct"
-    assert main(["data", "phantoms", "--kind", "ct", "--n", "2", "--out", str(out), "--size", "48", "--slices", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "phantoms",
+                "--kind",
+                "ct",
+                "--n",
+                "2",
+                "--out",
+                str(out),
+                "--size",
+                "48",
+                "--slices",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["synthetic"] is True and (out / "manifest.jsonl").is_file()
     files = sorted(out.rglob("*.dcm"))

@@ -4,7 +4,6 @@ and load_study."""
 from __future__ import annotations
 
 import gzip
-import io
 import tarfile
 from pathlib import Path
 
@@ -48,29 +47,41 @@ def test_registry_names_match_the_config_sources():
         get_adapter("chexpart")
 
 
-@pytest.mark.parametrize("raw,want", [
-    (["No Finding"], ("Normal",)),
-    (["Cardiomegaly", "Effusion"], ("Effusion", "Cardiomegaly")),
-    (["Lung Opacity", "Mass"], ("Nodule", "Opacity")),
-    (["Hernia"], None),
-    ([], ("Normal",)),
-])
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        (["No Finding"], ("Normal",)),
+        (["Cardiomegaly", "Effusion"], ("Effusion", "Cardiomegaly")),
+        (["Lung Opacity", "Mass"], ("Nodule", "Opacity")),
+        (["Hernia"], None),
+        ([], ("Normal",)),
+    ],
+)
 def test_map_labels(raw, want):
     assert map_labels(raw, CXR) == want
 
 
 def test_map_labels_other_vocabularies():
-    assert map_labels(["Viral Pneumonia"], ["COVID", "Lung_Opacity", "Viral_Pneumonia", "Normal"]) == ("Viral_Pneumonia",)
+    assert map_labels(["Viral Pneumonia"], ["COVID", "Lung_Opacity", "Viral_Pneumonia", "Normal"]) == (
+        "Viral_Pneumonia",
+    )
     assert map_labels(["lung opacity"], ["COVID", "Lung_Opacity", "Viral_Pneumonia", "Normal"]) == ("Lung_Opacity",)
     assert map_labels(["Hernia"], []) == ("Hernia",)
 
 
 def test_nih(tmp_path):
-    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-            "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
-    spec = [("00000001_000.png", "Cardiomegaly", 1, "PA"), ("00000001_001.png", "Cardiomegaly|Effusion", 1, "PA"),
-            ("00000002_000.png", "No Finding", 2, "AP"), ("00000003_000.png", "Hernia", 3, "PA"),
-            ("00000004_000.png", "Mass", 4, "LL"), ("00000005_000.png", "No Finding", 5, "PA")]
+    rows = [
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    ]
+    spec = [
+        ("00000001_000.png", "Cardiomegaly", 1, "PA"),
+        ("00000001_001.png", "Cardiomegaly|Effusion", 1, "PA"),
+        ("00000002_000.png", "No Finding", 2, "AP"),
+        ("00000003_000.png", "Hernia", 3, "PA"),
+        ("00000004_000.png", "Mass", 4, "LL"),
+        ("00000005_000.png", "No Finding", 5, "PA"),
+    ]
     for name, lab, pid, view in spec:
         rows.append(f"{name},{lab},0,{pid},50,M,{view},100,100,0.1,0.1")
         if pid != 5:  # one listed image missing on disk
@@ -85,13 +96,17 @@ def test_nih(tmp_path):
 
 
 def test_chexpert(tmp_path):
-    header = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
-              "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices")
-    rows = [header,
-            "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0",
-            "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Male,40,Frontal,PA,,,1.0,-1.0,,,,,,,1.0,,,",
-            "CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Male,40,Lateral,,,,1.0,,,,,,,,,,,",
-            "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Male,40,Frontal,PA,,,,-1.0,,,,,,,,,,"]
+    header = (
+        "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
+        "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+    )
+    rows = [
+        header,
+        "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0",
+        "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Male,40,Frontal,PA,,,1.0,-1.0,,,,,,,1.0,,,",
+        "CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Male,40,Lateral,,,,1.0,,,,,,,,,,,",
+        "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Male,40,Frontal,PA,,,,-1.0,,,,,,,,,,",
+    ]
     base = tmp_path / "CheXpert-v1.0-small"
     base.mkdir()
     (base / "train.csv").write_text("\n".join(rows) + "\n")
@@ -108,7 +123,9 @@ def test_chexpert(tmp_path):
 def test_mimic_cxr_with_reports(tmp_path):
     chex = "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices\n"
     chex += "10000032,50414267,,,,,,,,,1.0,,,,,\n10000033,50414268,1.0,,,,,,,,,,,,,\n"
-    meta = "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime\n"
+    meta = (
+        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime\n"
+    )
     meta += "aaa-1,10000032,50414267,CHEST,PA,10,10,21800506,213014\nbbb-2,10000033,50414268,CHEST,AP,10,10,21800507,213014\n"
     for name, text in (("mimic-cxr-2.0.0-chexpert.csv.gz", chex), ("mimic-cxr-2.0.0-metadata.csv.gz", meta)):
         with gzip.open(tmp_path / name, "wt") as fh:
@@ -116,7 +133,8 @@ def test_mimic_cxr_with_reports(tmp_path):
     _jpg(tmp_path / "files/p10/p10000032/s50414267/aaa-1.jpg")
     _jpg(tmp_path / "files/p10/p10000033/s50414268/bbb-2.jpg")
     (tmp_path / "files/p10/p10000032/s50414267.txt").write_text(
-        "FINAL REPORT\n EXAMINATION: CHEST\n FINDINGS: Lungs are clear.\n IMPRESSION: No acute process.\n")
+        "FINAL REPORT\n EXAMINATION: CHEST\n FINDINGS: Lungs are clear.\n IMPRESSION: No acute process.\n"
+    )
     recs = {r.case_id: r for r in load_records(_cfg("mimic-cxr", tmp_path))}
     assert recs["aaa-1"].labels == ("Normal",) and recs["bbb-2"].labels == ("Atelectasis",)
     assert recs["aaa-1"].report == "FINDINGS: Lungs are clear. IMPRESSION: No acute process."
@@ -128,7 +146,10 @@ def test_openi_with_report_text(tmp_path):
 
     # two real report XMLs from the bundled tarball, re-packed as the user's NLMCXR_reports.tgz
     keep = {"ecgen-radiology/1.xml", "ecgen-radiology/10.xml"}
-    with tarfile.open(txv_data_file("NLMCXR_reports.tgz")) as src, tarfile.open(tmp_path / "NLMCXR_reports.tgz", "w:gz") as dst:
+    with (
+        tarfile.open(txv_data_file("NLMCXR_reports.tgz")) as src,
+        tarfile.open(tmp_path / "NLMCXR_reports.tgz", "w:gz") as dst,
+    ):
         for m in src.getmembers():
             if m.name in keep:
                 dst.addfile(m, src.extractfile(m))
@@ -162,8 +183,11 @@ def test_ild_ct_and_load_study(tmp_path, dicom_factory):
         d.mkdir(parents=True)
         for z in range(3):
             name = f"IM{z:04d}" + (".dcm" if z else "")
-            (d / name).write_bytes(dicom_factory(np.full((8, 8), 1024 + z, np.uint16), position=float(z),
-                                                 instance=z + 1, series_uid=series))
+            (d / name).write_bytes(
+                dicom_factory(
+                    np.full((8, 8), 1024 + z, np.uint16), position=float(z), instance=z + 1, series_uid=series
+                )
+            )
         (d / "notes.txt").write_text("not an image")
     recs = load_records(_cfg("ild-ct", tmp_path, ["normal", "ggo", "reticular", "consolidation"], window="lung"))
     assert sorted(r.labels[0] for r in recs) == ["normal", "reticular"]
@@ -196,8 +220,12 @@ def test_missing_root_and_empty_dataset(tmp_path):
 
 
 def test_phantom_source_generates_once_and_caches(tmp_path, monkeypatch):
-    cfg = DataConfig(source="phantom", root=str(tmp_path), phantom=PhantomConfig(kind="cxr4", n=6, size=32, seed=2),
-                     targets=["COVID", "Lung_Opacity", "Viral_Pneumonia", "Normal"])
+    cfg = DataConfig(
+        source="phantom",
+        root=str(tmp_path),
+        phantom=PhantomConfig(kind="cxr4", n=6, size=32, seed=2),
+        targets=["COVID", "Lung_Opacity", "Viral_Pneumonia", "Normal"],
+    )
     recs = load_records(cfg)
     assert len(recs) == 6 and all(r.synthetic for r in recs)
     folders = [p for p in tmp_path.iterdir() if p.is_dir()]

@@ -50,8 +50,13 @@ def test_case_key_properties():
 
 
 def test_no_phi_in_deidentified_dataset_or_logs(dicom_factory, phi_values, caplog):
-    extra = {"OtherPatientIDs": "OTHER-4242", "PatientAddress": "12 Example Street", "StationName": "CT-ROOM-7",
-             "OperatorsName": "Tech^Tina", "StudyDescription": "CT CHEST for Jane Doe"}
+    extra = {
+        "OtherPatientIDs": "OTHER-4242",
+        "PatientAddress": "12 Example Street",
+        "StationName": "CT-ROOM-7",
+        "OperatorsName": "Tech^Tina",
+        "StudyDescription": "CT CHEST for Jane Doe",
+    }
     ds = pydicom.dcmread(io.BytesIO(dicom_factory(np.zeros((8, 8), np.uint16), extra=extra)))
     # A private tag and a nested sequence carrying a name and a UID.
     block = ds.private_block(0x0011, "ACME", create=True)
@@ -82,8 +87,12 @@ def test_no_phi_in_deidentified_dataset_or_logs(dicom_factory, phi_values, caplo
 
 def test_uids_and_dates_consistent_across_a_series(dicom_factory):
     uid = "1.2.826.0.1.3680043.99.5.5"
-    a = deidentify(pydicom.dcmread(io.BytesIO(dicom_factory(np.zeros((2, 2), np.uint16), series_uid=uid, instance=1))), KEY)
-    b = deidentify(pydicom.dcmread(io.BytesIO(dicom_factory(np.zeros((2, 2), np.uint16), series_uid=uid, instance=2))), KEY)
+    a = deidentify(
+        pydicom.dcmread(io.BytesIO(dicom_factory(np.zeros((2, 2), np.uint16), series_uid=uid, instance=1))), KEY
+    )
+    b = deidentify(
+        pydicom.dcmread(io.BytesIO(dicom_factory(np.zeros((2, 2), np.uint16), series_uid=uid, instance=2))), KEY
+    )
     assert a.SeriesInstanceUID == b.SeriesInstanceUID != uid
     assert a.StudyInstanceUID == b.StudyInstanceUID
     assert a.SOPInstanceUID != b.SOPInstanceUID
@@ -94,8 +103,16 @@ def test_deidentified_series_still_reads(dicom_factory):
     uid = "1.2.826.0.1.3680043.99.6.6"
     files = []
     for z in range(3):
-        ds = deidentify(pydicom.dcmread(io.BytesIO(dicom_factory(np.full((4, 4), 1000 + z, np.uint16), series_uid=uid,
-                                                                 position=float(2 - z), instance=z + 1))), KEY)
+        ds = deidentify(
+            pydicom.dcmread(
+                io.BytesIO(
+                    dicom_factory(
+                        np.full((4, 4), 1000 + z, np.uint16), series_uid=uid, position=float(2 - z), instance=z + 1
+                    )
+                )
+            ),
+            KEY,
+        )
         buf = io.BytesIO()
         ds.save_as(buf)
         files.append(buf.getvalue())

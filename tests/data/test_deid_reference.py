@@ -26,8 +26,10 @@ KEY = b"0123456789abcdef-secret"
 
 #: keyword -> (why lungsearch does not do what dicognito does, when it applies).
 ALLOWED: dict[str, tuple[str, object]] = {
-    "PatientID": ("an empty PatientID identifies nobody; lungsearch leaves it empty, dicognito invents one",
-                  lambda value: not str(value).strip()),
+    "PatientID": (
+        "an empty PatientID identifies nobody; lungsearch leaves it empty, dicognito invents one",
+        lambda value: not str(value).strip(),
+    ),
 }
 
 
@@ -99,7 +101,7 @@ def test_everything_dicognito_changes_in_the_corpus_lungsearch_handles(tmp_path_
             except Exception:  # noqa: BLE001 - truncated/odd corpus files that pydicom itself cannot read
                 continue
             checked += 1
-            for kw, action in _gaps(ds):
+            for kw, _action in _gaps(ds):
                 gaps.setdefault(kw, set()).add(f.name)
             touched |= {el.keyword for _, el in _leaves(ds)}
     finally:
@@ -114,9 +116,20 @@ def test_every_identity_bearing_dictionary_attribute_dicognito_changes_lungsearc
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
 
-    values = {"PN": "Doe^Jane", "LO": "X1234567", "SH": "X1234567", "LT": "free text", "ST": "free text",
-              "UT": "free text", "DA": "20190412", "DT": "20190412101530", "TM": "101530",
-              "UI": "1.2.826.0.1.3680043.99.7", "AS": "045Y", "AE": "AETITLE"}
+    values = {
+        "PN": "Doe^Jane",
+        "LO": "X1234567",
+        "SH": "X1234567",
+        "LT": "free text",
+        "ST": "free text",
+        "UT": "free text",
+        "DA": "20190412",
+        "DT": "20190412101530",
+        "TM": "101530",
+        "UI": "1.2.826.0.1.3680043.99.7",
+        "AS": "045Y",
+        "AE": "AETITLE",
+    }
     ds = Dataset()
     for tag, (vr, _vm, _name, _retired, keyword) in DicomDictionary.items():
         if not keyword or tag >> 16 == 0x0002 or tag > 0x7FE00000:

@@ -112,7 +112,7 @@ def test_png_8_16_bit_and_rgb(caplog):
     img = read_image(_png(a8))
     assert img.meta.source_format == "png" and img.study_key is None
     np.testing.assert_allclose(img.pixels, a8 / 255.0, atol=1e-6)
-    a16 = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 16)  # 12-bit data, max 4080
+    a16 = np.arange(256, dtype=np.uint16).reshape(16, 16) * 16  # 12-bit data, max 4080
     img16 = read_image(_png(a16))
     np.testing.assert_allclose(img16.pixels.max(), 4080 / 4095, atol=1e-4)
     rgb = np.stack([a8, a8, a8], axis=-1)
@@ -131,14 +131,17 @@ def test_jpeg():
     assert img.pixels.shape == (20, 30) and abs(float(img.pixels.mean()) - 128 / 255) < 0.02
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"", "empty"),
-    (b"hello world, not an image at all" * 10, "unsupported_format"),
-    (b"GIF89a" + b"\0" * 100, "unsupported_format"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "decode_failed"),
-    (b"\xff\xd8\xff\xe0" + b"\0" * 50, "decode_failed"),
-    (b"\0" * 128 + b"DICM" + b"\xff" * 64, "malformed_dicom"),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"", "empty"),
+        (b"hello world, not an image at all" * 10, "unsupported_format"),
+        (b"GIF89a" + b"\0" * 100, "unsupported_format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "decode_failed"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 50, "decode_failed"),
+        (b"\0" * 128 + b"DICM" + b"\xff" * 64, "malformed_dicom"),
+    ],
+)
 def test_bad_bytes_have_reason_codes(data, code):
     with pytest.raises(InvalidImageError) as e:
         read_image(data)
@@ -170,8 +173,10 @@ def test_missing_pixel_data(dicom_factory):
 
 def test_study_sorted_by_position(dicom_factory):
     uid = "1.2.826.0.1.3680043.99.7.7"
-    files = [dicom_factory(np.full((4, 4), 1024 + 10 * z, np.uint16), position=float(z), instance=10 - z, series_uid=uid)
-             for z in (3, 0, 2, 1)]
+    files = [
+        dicom_factory(np.full((4, 4), 1024 + 10 * z, np.uint16), position=float(z), instance=10 - z, series_uid=uid)
+        for z in (3, 0, 2, 1)
+    ]
     study = read_study(files, hmac_key=KEY)
     assert [im.meta.slice_position for im in study.images] == [0.0, 1.0, 2.0, 3.0]
     vol = study.volume()

@@ -26,7 +26,7 @@ def _chest(rng, shape=(128, 128)):
     for _ in range(30):
         y, x = rng.integers(0, shape[0], 2)
         if lungs[y, x]:
-            hu[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = 30.0
+            hu[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = 30.0
     return hu, lungs
 
 
@@ -50,7 +50,7 @@ def test_ct_mask_recovers_lungs_with_vessels_and_pleural_lesion():
 def test_ct_outside_air_trachea_and_bowel_gas_excluded():
     rng = np.random.default_rng(1)
     hu, lungs = _chest(rng)
-    trachea = _ellipse(hu.shape, 40, 64, 4, 4)      # pure air in the mediastinum
+    trachea = _ellipse(hu.shape, 40, 64, 4, 4)  # pure air in the mediastinum
     gas = _ellipse(hu.shape, 100, 60, 5, 8) & ~lungs  # a gas pocket under the diaphragm
     hu[trachea] = -1000.0
     hu[gas] = -1000.0
@@ -151,6 +151,8 @@ def test_layout_ncc_equals_skimage_match_template(shape, tshape):
     ref = match_template(img, t)
     np.testing.assert_allclose(_ncc(img, t), ref, atol=1e-5)
     big = np.pad(img.astype(np.float64), ((3, 5), (4, 2)), mode="edge")
-    np.testing.assert_allclose(_ncc(big[3:3 + shape[0], 4:4 + shape[1]], t, _integrals(big), (3, 4)), ref, atol=1e-5)
+    np.testing.assert_allclose(
+        _ncc(big[3 : 3 + shape[0], 4 : 4 + shape[1]], t, _integrals(big), (3, 4)), ref, atol=1e-5
+    )
     flat = np.full(shape, 0.5, np.float32)
     assert not _ncc(flat, t).any()

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from lungsearch.data.masks import (EmptyLungMask, ImplausibleLungMask, LungMaskResult, roi_masks)
+from lungsearch.data.masks import EmptyLungMask, ImplausibleLungMask, LungMaskResult, roi_masks
 from lungsearch.data.masks._checks import LEARNED_RANGES, cxr_reasons
 from lungsearch.errors import LungsearchError
 
@@ -21,13 +21,16 @@ S = (200, 200)
 TWO_LUNGS = _ellipse(S, 90, 60, 55, 30) | _ellipse(S, 90, 140, 55, 30)
 
 
-@pytest.mark.parametrize("mask, reason", [
-    (np.zeros(S, bool), "empty"),
-    (_ellipse(S, 90, 100, 60, 70), "components"),                        # one blob across the midline
-    (_ellipse(S, 90, 60, 25, 14) | _ellipse(S, 90, 140, 25, 14), "area"),  # two small blobs
-    (_ellipse(S, 40, 30, 35, 22) | _ellipse(S, 40, 170, 35, 22), "position"),  # two lungs in the top corners
-    (_ellipse(S, 90, 60, 55, 30) | _ellipse(S, 90, 140, 22, 14), "balance"),
-])
+@pytest.mark.parametrize(
+    "mask, reason",
+    [
+        (np.zeros(S, bool), "empty"),
+        (_ellipse(S, 90, 100, 60, 70), "components"),  # one blob across the midline
+        (_ellipse(S, 90, 60, 25, 14) | _ellipse(S, 90, 140, 25, 14), "area"),  # two small blobs
+        (_ellipse(S, 40, 30, 35, 22) | _ellipse(S, 40, 170, 35, 22), "position"),  # two lungs in the top corners
+        (_ellipse(S, 90, 60, 55, 30) | _ellipse(S, 90, 140, 22, 14), "balance"),
+    ],
+)
 def test_each_check_fails_on_its_case(mask, reason):
     reasons, _ = cxr_reasons(mask)
     assert reason in reasons, reasons

@@ -46,7 +46,9 @@ def test_atlas_is_small_and_disjoint_from_the_held_out_outlines(bank):
 
 
 def test_phantom_dice(bank):
-    scores = [dice(lung_mask_checked(_phantom(bank, s)[0], modality="cxr").mask, _phantom(bank, s)[1]) for s in range(6)]
+    scores = [
+        dice(lung_mask_checked(_phantom(bank, s)[0], modality="cxr").mask, _phantom(bank, s)[1]) for s in range(6)
+    ]
     assert np.median(scores) >= 0.88 and min(scores) >= 0.8, scores
 
 
@@ -60,8 +62,8 @@ def _collimate(x):
 def _marker(x):
     y = x.copy()
     s = y.shape[0]
-    y[int(0.86 * s):int(0.94 * s), int(0.06 * s):int(0.12 * s)] = 1.0   # burned-in "R"
-    y[int(0.04 * s):int(0.07 * s), int(0.55 * s):int(0.9 * s)] = 1.0    # burned-in text line
+    y[int(0.86 * s) : int(0.94 * s), int(0.06 * s) : int(0.12 * s)] = 1.0  # burned-in "R"
+    y[int(0.04 * s) : int(0.07 * s), int(0.55 * s) : int(0.9 * s)] = 1.0  # burned-in text line
     return y
 
 
@@ -70,8 +72,8 @@ MODES = {
     "burned_in_marker": _marker,
     "monochrome1_not_inverted": lambda x: 1.0 - x,
     "16_bit": lambda x: np.round(x * 52000 + 900).astype(np.uint16),
-    "under_exposed": lambda x: 0.25 * x ** 2.2,
-    "over_exposed": lambda x: 0.75 + 0.25 * x ** 0.35,
+    "under_exposed": lambda x: 0.25 * x**2.2,
+    "over_exposed": lambda x: 0.75 + 0.25 * x**0.35,
 }
 
 
@@ -99,11 +101,14 @@ def test_large_effusion_gives_a_plausible_field(bank):
     assert dice(res.mask, truth) >= 0.8
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (docs/masks.md): the box and the fused atlas prior are both "
-                   "chosen by correlation with lung darkness, so the fluid reads as 'no lung' and the prior itself "
-                   "stops at the fluid's upper edge (34 % of the lower third covered here; 3-46 % over six seeds, "
-                   "4-51 % even with no penalty on bright pixels). Needs a cue that does not come from lung darkness: "
-                   "the lateral chest wall and costophrenic angles, or meniscus (fluid) vs dome (diaphragm) shape")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (docs/masks.md): the box and the fused atlas prior are both "
+    "chosen by correlation with lung darkness, so the fluid reads as 'no lung' and the prior itself "
+    "stops at the fluid's upper edge (34 % of the lower third covered here; 3-46 % over six seeds, "
+    "4-51 % even with no penalty on bright pixels). Needs a cue that does not come from lung darkness: "
+    "the lateral chest wall and costophrenic angles, or meniscus (fluid) vs dome (diaphragm) shape",
+)
 def test_large_effusion_is_lung_field_not_just_air(bank):
     x, truth = _large_effusion(bank)
     res = lung_mask_checked(x, modality="cxr")

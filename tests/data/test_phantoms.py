@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungsearch.data import lung_mask, read_study
-from lungsearch.data import phantoms
+from lungsearch.data import lung_mask, phantoms, read_study
 from lungsearch.data.phantoms._checks import check_phantoms, simple_image_stats
 from lungsearch.data.phantoms._reports import load_reports, parse_mesh
 from lungsearch.errors import ConfigError

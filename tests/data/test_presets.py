@@ -11,27 +11,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_datasets import _jpg, _png  # the fixture-image helpers of the adapter tests
 
 from lungsearch.data import kfold_records, load_records, load_study, split_records
 from lungsearch.errors import ConfigError
 from lungsearch.presets import list_presets, load_preset
 
 
-from test_datasets import _jpg, _png  # the fixture-image helpers of the adapter tests
-
-
 def _split_holds(records, fractions, seed):
     """Patient-disjoint split; each stratum cut at the fractions (rounded)."""
     parts = split_records(records, tuple(fractions), seed=seed)
     groups = {k: {r.group for r in v} for k, v in parts.items()}
-    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    assert (
+        not (groups["train"] & groups["val"])
+        and not (groups["train"] & groups["test"])
+        and not (groups["val"] & groups["test"])
+    )
     assert sum(len(v) for v in parts.values()) == len(records)
     return parts
 
 
 def test_every_paper_has_one_preset():
     names = list_presets()
-    assert names == ["paper/1-nlmcxr", "paper/2-covid19-radiography", "paper/3-ild-ct", "paper/4-mimic-cxr", "paper/5-chestxray14"]
+    assert names == [
+        "paper/1-nlmcxr",
+        "paper/2-covid19-radiography",
+        "paper/3-ild-ct",
+        "paper/4-mimic-cxr",
+        "paper/5-chestxray14",
+    ]
     papers = sorted(load_preset(n, ["data.root=/"]).cfg.paper for n in names)
     assert papers == [1, 2, 3, 4, 5]
 
@@ -47,20 +55,39 @@ def test_preset_needs_root_and_names_it():
 
 # ----------------------------------------------------------------- paper 5: ChestX-ray14 (NIH)
 
-NIH14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-         "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+NIH14 = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+]
 
 
 def test_chestxray14_preset(tmp_path):
-    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,"
-            "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"]
+    rows = [
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    ]
     # 35 patients with one normal image each, 14 patients with one finding each (two images),
     # one multi-label image, one lateral view (left out)
     spec = [(f"{pid:08d}_000.png", "No Finding", pid, "PA") for pid in range(1, 36)]
     for i, lab in enumerate(NIH14):
         pid = 100 + i
         spec += [(f"{pid:08d}_000.png", lab, pid, "PA"), (f"{pid:08d}_001.png", lab, pid, "AP")]
-    spec += [("00000200_000.png", "Cardiomegaly|Effusion|Pleural_Thickening", 200, "PA"), ("00000201_000.png", "Mass", 201, "LL")]
+    spec += [
+        ("00000200_000.png", "Cardiomegaly|Effusion|Pleural_Thickening", 200, "PA"),
+        ("00000201_000.png", "Mass", 201, "LL"),
+    ]
     for name, lab, pid, view in spec:
         rows.append(f"{name},{lab},0,{pid},50,M,{view},100,100,0.1,0.1")
         _png(tmp_path / "images_001" / "images" / name)
@@ -69,7 +96,9 @@ def test_chestxray14_preset(tmp_path):
     preset = load_preset("paper/5-chestxray14", [f"data.root={tmp_path}"])
     cfg = preset.cfg
     assert cfg.profile == "cxr-hash" and cfg.data.source == "nih" and cfg.data.multilabel
-    assert cfg.data.targets[0] == "No Finding" and sorted(cfg.data.targets[1:]) == sorted(NIH14)  # 14 labels + No Finding
+    assert cfg.data.targets[0] == "No Finding" and sorted(cfg.data.targets[1:]) == sorted(
+        NIH14
+    )  # 14 labels + No Finding
     recs = load_records(cfg.data)
     by = {r.case_id: r for r in recs}
     assert len(recs) == 35 + 28 + 1  # the lateral is not a frontal view
@@ -79,7 +108,11 @@ def test_chestxray14_preset(tmp_path):
     assert by["00000100_000"].group == by["00000100_001"].group
     # query / train / database 1 : 3 : 3 as test / train / val, by patient
     fr = cfg.data.split
-    assert fr[2] == pytest.approx(1 / 7, abs=1e-5) and fr[0] == pytest.approx(3 / 7, abs=1e-5) and fr[1] == pytest.approx(3 / 7, abs=1e-5)
+    assert (
+        fr[2] == pytest.approx(1 / 7, abs=1e-5)
+        and fr[0] == pytest.approx(3 / 7, abs=1e-5)
+        and fr[1] == pytest.approx(3 / 7, abs=1e-5)
+    )
     parts = _split_holds(recs, fr, cfg.data.seed)
     normal_groups = {k: len({r.group for r in v if r.labels == ("No Finding",)}) for k, v in parts.items()}
     assert normal_groups == {"train": 15, "val": 15, "test": 5}
@@ -117,8 +150,14 @@ def test_covid19_radiography_preset(tmp_path):
 
     assert preset.eval_split == "val" and preset.baseline_weights == {}
     names = [v.name for v in variants(cfg, preset.baseline_weights)]
-    assert names == ["LDC-Model (ours)", "VGG16 (from scratch)", "VGG19 (from scratch)", "AlexNet (from scratch)",
-                     "ResNet50 (from scratch)", "MobileNetV2 (from scratch)"]
+    assert names == [
+        "LDC-Model (ours)",
+        "VGG16 (from scratch)",
+        "VGG19 (from scratch)",
+        "AlexNet (from scratch)",
+        "ResNet50 (from scratch)",
+        "MobileNetV2 (from scratch)",
+    ]
 
 
 def test_covid19_radiography_preset_weights_dir(tmp_path):
@@ -130,14 +169,18 @@ def test_covid19_radiography_preset_weights_dir(tmp_path):
     with pytest.raises(ConfigError, match="mobilenet_v2-b0353104.pth"):  # a named file missing is an error, not scratch
         load_preset("paper/2-covid19-radiography", [f"data.root={tmp_path / 'data'}", f"preset.weights_dir={wdir}"])
     (wdir / "mobilenet_v2-b0353104.pth").write_bytes(b"x")
-    preset = load_preset("paper/2-covid19-radiography", [f"data.root={tmp_path / 'data'}", f"preset.weights_dir={wdir}"])
+    preset = load_preset(
+        "paper/2-covid19-radiography", [f"data.root={tmp_path / 'data'}", f"preset.weights_dir={wdir}"]
+    )
     from lungsearch.training.recipes import variants
 
     vs = {v.name: v for v in variants(preset.cfg, preset.baseline_weights)}
     assert "VGG16 (ImageNet weights)" in vs and "MobileNetV2 (ImageNet weights)" in vs
     vcfg = preset.cfg.with_overrides(list(vs["VGG16 (ImageNet weights)"].overrides))
     assert vcfg.model.image_encoder.name == "vgg16"
-    assert vcfg.model.image_encoder.params["pretrained"] == str(wdir / "vgg16-397923af.pth")  # a path with a space survives
+    assert vcfg.model.image_encoder.params["pretrained"] == str(
+        wdir / "vgg16-397923af.pth"
+    )  # a path with a space survives
 
 
 # ----------------------------------------------------------------- paper 1: NLMCXR (IU X-ray)
@@ -148,7 +191,10 @@ def test_nlmcxr_preset(tmp_path):
     from lungsearch.data.phantoms._txv import txv_data_file
 
     # 40 real report XMLs from the bundled NLMCXR tarball, re-packed as the user's NLMCXR_reports.tgz
-    with tarfile.open(txv_data_file("NLMCXR_reports.tgz")) as src, tarfile.open(tmp_path / "NLMCXR_reports.tgz", "w:gz") as dst:
+    with (
+        tarfile.open(txv_data_file("NLMCXR_reports.tgz")) as src,
+        tarfile.open(tmp_path / "NLMCXR_reports.tgz", "w:gz") as dst,
+    ):
         kept = 0
         for m in src.getmembers():
             if m.isfile() and m.name.endswith(".xml"):
@@ -179,8 +225,14 @@ def test_ild_ct_preset(tmp_path, dicom_factory):
             d = tmp_path / cls / f"patient {p}" / "series1"
             d.mkdir(parents=True)
             for z in range(2):
-                (d / f"IM{z:04d}").write_bytes(dicom_factory(np.full((8, 8), 1024 + z, np.uint16), position=float(z),
-                                                             instance=z + 1, series_uid=f"1.2.3.{c + 1}.{p + 1}"))
+                (d / f"IM{z:04d}").write_bytes(
+                    dicom_factory(
+                        np.full((8, 8), 1024 + z, np.uint16),
+                        position=float(z),
+                        instance=z + 1,
+                        series_uid=f"1.2.3.{c + 1}.{p + 1}",
+                    )
+                )
     preset = load_preset("paper/3-ild-ct", [f"data.root={tmp_path}"])
     cfg = preset.cfg
     assert cfg.profile == "ct-ild" and cfg.data.window == "lung" and cfg.data.image_size == 512
@@ -200,14 +252,18 @@ def test_ild_ct_preset(tmp_path, dicom_factory):
 
 # ----------------------------------------------------------------- paper 4: MIMIC-CXR + probes
 
-MIMIC_LABELS = ("Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,"
-                "No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices")
+MIMIC_LABELS = (
+    "Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,"
+    "No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices"
+)
 
 
 def _mimic_tree(root: Path, n: int = 20) -> None:
     cols = MIMIC_LABELS.split(",")
     chex = ["subject_id,study_id," + MIMIC_LABELS]
-    meta = ["dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime"]
+    meta = [
+        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime"
+    ]
     for i in range(n):
         subject, study = 10000000 + i, 50000000 + i
         lab = "No Finding" if i % 2 else "Cardiomegaly"
@@ -215,15 +271,18 @@ def _mimic_tree(root: Path, n: int = 20) -> None:
         meta.append(f"d-{i},{subject},{study},CHEST,PA,10,10,21800506,213014")
         _jpg(root / f"files/p{str(subject)[:2]}/p{subject}/s{study}/d-{i}.jpg")
         (root / f"files/p{str(subject)[:2]}/p{subject}/s{study}.txt").write_text(
-            f"FINAL REPORT\n FINDINGS: {'Heart is enlarged.' if lab == 'Cardiomegaly' else 'Lungs are clear.'}\n IMPRESSION: none.\n")
+            f"FINAL REPORT\n FINDINGS: {'Heart is enlarged.' if lab == 'Cardiomegaly' else 'Lungs are clear.'}\n IMPRESSION: none.\n"
+        )
     for name, text in (("mimic-cxr-2.0.0-chexpert.csv.gz", chex), ("mimic-cxr-2.0.0-metadata.csv.gz", meta)):
         with gzip.open(root / name, "wt") as fh:
             fh.write("\n".join(text) + "\n")
 
 
 def _chexpert_tree(root: Path) -> None:
-    header = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
-              "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices")
+    header = (
+        "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
+        "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+    )
     base = root / "CheXpert-v1.0-small"
     rows = [header]
     for i in range(12):
@@ -231,11 +290,13 @@ def _chexpert_tree(root: Path) -> None:
         if i % 3 == 0:
             rows.append(f"{rel},Female,60,Frontal,PA,1.0,,,,,,,,,,,,,")
         elif i % 3 == 1:
-            rows.append(f"{rel},Female,60,Frontal,PA,,,,,,1.0,,,,,,,,")          # Edema
+            rows.append(f"{rel},Female,60,Frontal,PA,,,,,,1.0,,,,,,,,")  # Edema
         else:
-            rows.append(f"{rel},Female,60,Frontal,PA,,,,,,,,,,,1.0,,,")          # Pleural Effusion
+            rows.append(f"{rel},Female,60,Frontal,PA,,,,,,,,,,,1.0,,,")  # Pleural Effusion
         _jpg(base / rel.replace("CheXpert-v1.0-small/", ""))
-    rows.append("CheXpert-v1.0-small/train/patient00099/study1/view1_frontal.jpg,Male,40,Frontal,PA,,,,,,,,,,1.0,,,,")  # Pneumothorax only
+    rows.append(
+        "CheXpert-v1.0-small/train/patient00099/study1/view1_frontal.jpg,Male,40,Frontal,PA,,,,,,,,,,1.0,,,,"
+    )  # Pneumothorax only
     _jpg(base / "train/patient00099/study1/view1_frontal.jpg")
     (base / "train.csv").write_text("\n".join(rows) + "\n")
 
@@ -276,10 +337,21 @@ def test_mimic_cxr_preset_with_probe_datasets(tmp_path, dicom_factory):
     _covidx_tree(tmp_path / "covidx")
     bare = load_preset("paper/4-mimic-cxr", [f"data.root={tmp_path / 'mimic'}"])
     assert bare.probes == {} and bare.skipped_probes == ["chexpert", "rsna", "covidx"]
-    preset = load_preset("paper/4-mimic-cxr", [f"data.root={tmp_path / 'mimic'}", f"preset.probes.chexpert.root={tmp_path / 'chexpert'}",
-                                               f"preset.probes.rsna.root={tmp_path / 'rsna'}", f"preset.probes.covidx.root={tmp_path / 'covidx'}"])
+    preset = load_preset(
+        "paper/4-mimic-cxr",
+        [
+            f"data.root={tmp_path / 'mimic'}",
+            f"preset.probes.chexpert.root={tmp_path / 'chexpert'}",
+            f"preset.probes.rsna.root={tmp_path / 'rsna'}",
+            f"preset.probes.covidx.root={tmp_path / 'covidx'}",
+        ],
+    )
     cfg = preset.cfg
-    assert cfg.profile == "cxr-clip" and cfg.train.stages == ["pretrain", "probe"] and cfg.model.image_encoder.name == "vit_b_16"
+    assert (
+        cfg.profile == "cxr-clip"
+        and cfg.train.stages == ["pretrain", "probe"]
+        and cfg.model.image_encoder.name == "vit_b_16"
+    )
     recs = load_records(cfg.data)
     assert len(recs) == 20 and all(r.report and r.report.startswith("FINDINGS") for r in recs)
     assert Counter(r.labels[0] for r in recs) == {"Normal": 10, "Cardiomegaly": 10}
@@ -289,7 +361,11 @@ def test_mimic_cxr_preset_with_probe_datasets(tmp_path, dicom_factory):
     for p in preset.probes.values():  # the probes see the images as the pretraining did
         assert p.image_size == cfg.data.image_size and p.phantom is None
     chex = load_records(preset.probes["chexpert"])
-    assert Counter(r.labels[0] for r in chex) == {"No Finding": 4, "Edema": 4, "Effusion": 4}  # pneumothorax-only dropped
+    assert Counter(r.labels[0] for r in chex) == {
+        "No Finding": 4,
+        "Edema": 4,
+        "Effusion": 4,
+    }  # pneumothorax-only dropped
     by_patient = {r.group: r.labels for r in chex}
     assert by_patient["chexpert-00000"] == ("No Finding",) and by_patient["chexpert-00001"] == ("Edema",)
     assert by_patient["chexpert-00002"] == ("Effusion",)
@@ -303,7 +379,11 @@ def test_mimic_cxr_preset_with_probe_datasets(tmp_path, dicom_factory):
     assert len(cx) == 18 and Counter(r.labels[0] for r in cx) == {"COVID-19": 6, "Pneumonia": 6, "Normal": 6}
     assert {r.extra["split"] for r in cx} == {"train", "test"} and any(" " in Path(r.image_paths[0]).name for r in cx)
     by_name = {r.case_id: r.labels for r in cx}
-    assert by_name["train-img 0"] == ("COVID-19",) and by_name["train-img1"] == ("Pneumonia",) and by_name["train-img2"] == ("Normal",)
+    assert (
+        by_name["train-img 0"] == ("COVID-19",)
+        and by_name["train-img1"] == ("Pneumonia",)
+        and by_name["train-img2"] == ("Normal",)
+    )
     for name, recs_p in (("rsna", rsna), ("covidx", cx)):
         parts = _split_holds(recs_p, preset.probes[name].split, 0)
         assert parts["train"] and parts["test"]

@@ -18,12 +18,21 @@ pytest.importorskip("presidio_analyzer")
 
 KEY = b"0123456789abcdef-secret"
 #: A report carrying a name, an MRN, a date, a phone number (the acceptance case) and more.
-NEEDLES = {"name": ["Henrike", "Brzezinski", "Okonkwo"], "identifier": ["40917733"], "accession": ["RAD77120431"],
-           "date": ["03/14/2019"], "phone": ["317-555-0143"], "address": ["1420 Hawthorne Lane"], "age": ["94"]}
-REPORT = ("INDICATION: 94-year-old female, cough. Patient: Henrike Brzezinski, MRN: 40917733. "
-          "Accession number: RAD77120431. COMPARISON: 03/14/2019. FINDINGS: No focal consolidation. "
-          "There are no XXXX of a pleural effusion. Heart size normal. IMPRESSION: No acute disease. "
-          "Findings called to Dr. Okonkwo at 317-555-0143. Patient resides at 1420 Hawthorne Lane, Carmel, IN 46032.")
+NEEDLES = {
+    "name": ["Henrike", "Brzezinski", "Okonkwo"],
+    "identifier": ["40917733"],
+    "accession": ["RAD77120431"],
+    "date": ["03/14/2019"],
+    "phone": ["317-555-0143"],
+    "address": ["1420 Hawthorne Lane"],
+    "age": ["94"],
+}
+REPORT = (
+    "INDICATION: 94-year-old female, cough. Patient: Henrike Brzezinski, MRN: 40917733. "
+    "Accession number: RAD77120431. COMPARISON: 03/14/2019. FINDINGS: No focal consolidation. "
+    "There are no XXXX of a pleural effusion. Heart size normal. IMPRESSION: No acute disease. "
+    "Findings called to Dr. Okonkwo at 317-555-0143. Patient resides at 1420 Hawthorne Lane, Carmel, IN 46032."
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +54,11 @@ def test_every_needle_is_removed_and_counted():
     for cat in ("name", "identifier", "accession", "date", "phone", "address", "age"):
         assert res.counts.get(cat, 0) >= 1, cat
     # Clinical text and the collection's own XXXX marks stay.
-    for keep in ("No focal consolidation.", "There are no XXXX of a pleural effusion.", "IMPRESSION: No acute disease."):
+    for keep in (
+        "No focal consolidation.",
+        "There are no XXXX of a pleural effusion.",
+        "IMPRESSION: No acute disease.",
+    ):
         assert keep in res.text
 
 

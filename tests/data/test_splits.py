@@ -16,8 +16,14 @@ def _records(n_patients: int, per_patient: int = 2, classes=("A", "B", "C")) -> 
     out = []
     for p in range(n_patients):
         for j in range(per_patient if p % 3 else 1):
-            out.append(CaseRecord(case_id=f"c{p}-{j}", image_paths=(f"/x/{p}-{j}.png",), labels=(classes[p % len(classes)],),
-                                  group=f"p{p}"))
+            out.append(
+                CaseRecord(
+                    case_id=f"c{p}-{j}",
+                    image_paths=(f"/x/{p}-{j}.png",),
+                    labels=(classes[p % len(classes)],),
+                    group=f"p{p}",
+                )
+            )
     return out
 
 
@@ -25,7 +31,11 @@ def test_split_is_patient_disjoint_stratified_and_seeded():
     recs = _records(150)
     parts = split_records(recs, (0.6, 0.2, 0.2), seed=1)
     groups = {k: {r.group for r in v} for k, v in parts.items()}
-    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    assert (
+        not (groups["train"] & groups["val"])
+        and not (groups["train"] & groups["test"])
+        and not (groups["val"] & groups["test"])
+    )
     assert sum(len(v) for v in parts.values()) == len(recs)
     for k, frac in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
         per_class = Counter(r.labels[0] for r in parts[k] if r.group in groups[k])

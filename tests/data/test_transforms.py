@@ -11,7 +11,9 @@ from lungsearch.data.transforms import NORM_MEAN, NORM_STD, apply_window
 
 
 def _cfg(**kw) -> DataConfig:
-    return DataConfig(source="phantom", phantom=PhantomConfig(kind="cxr", n=4), image_size=kw.pop("image_size", 32), **kw)
+    return DataConfig(
+        source="phantom", phantom=PhantomConfig(kind="cxr", n=4), image_size=kw.pop("image_size", 32), **kw
+    )
 
 
 def _img(pixels, hu=False, modality="cxr"):

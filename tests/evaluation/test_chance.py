@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from lungsearch import metrics as M
-from lungsearch.evaluation.chance import (chance_map_at_k, chance_ndcg, chance_p_at_k, majority_class, per_query_chance,
-                                          permutation_chance)
+from lungsearch.evaluation.chance import (
+    chance_map_at_k,
+    chance_ndcg,
+    chance_p_at_k,
+    majority_class,
+    per_query_chance,
+    permutation_chance,
+)
 
 
 def _rel_single(seed=0, q=40, n=150, c=5):
@@ -26,7 +32,7 @@ def _rel_multi(seed=1, q=40, n=150, c=6):
 def test_exact_chance_matches_permutation(rel):
     for k in (1, 5, 10):
         exact = chance_map_at_k(rel, k)
-        est, _ = permutation_chance(rel, lambda r: M.map_at_k(r, k), n_perm=300, seed=k)
+        est, _ = permutation_chance(rel, lambda r, k=k: M.map_at_k(r, k), n_perm=300, seed=k)
         assert abs(exact - est) < 0.01, (k, exact, est)
     est, _ = permutation_chance(rel, lambda r: M.ndcg_at_k(r, None), n_perm=300)
     assert abs(chance_ndcg(rel) - est) < 0.01

@@ -30,8 +30,22 @@ def test_evaluate_classifier_profile(cnn):
     cfg, model, test, gallery = cnn
     res = evaluate_model(model, cfg, test, gallery)
     m = res.metrics
-    for key in ("accuracy", "auc", "f1", "precision", "recall", "map10", "map10_cosine", "ndcg_all", "p_at_1",
-                "top1_f1", "silhouette", "intra", "inter", "infer_ms_per_case"):
+    for key in (
+        "accuracy",
+        "auc",
+        "f1",
+        "precision",
+        "recall",
+        "map10",
+        "map10_cosine",
+        "ndcg_all",
+        "p_at_1",
+        "top1_f1",
+        "silhouette",
+        "intra",
+        "inter",
+        "infer_ms_per_case",
+    ):
         assert key in m, key
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["map10"] <= 1 and m["n_test"] == 12
     assert res.predictions.embedding.shape == (12, cfg.model.embedding_dim)
@@ -55,7 +69,9 @@ def test_hash_profile_ranks_by_hamming():
     codes_g = np.array([[-1, -1, 1, 1] * 16, [1, 1, -1, -1] * 16, [1, 1, -1, 1] * 16], dtype=np.float32)
     # Embeddings disagree with the codes: the ranking must follow the codes.
     q = Predictions(embedding=np.array([[1.0, 0]]), probs=None, codes=codes_q, text_embedding=None, seconds=0)
-    g = Predictions(embedding=np.array([[1.0, 0], [0, 1.0], [0, 1.0]]), probs=None, codes=codes_g, text_embedding=None, seconds=0)
+    g = Predictions(
+        embedding=np.array([[1.0, 0], [0, 1.0], [0, 1.0]]), probs=None, codes=codes_g, text_embedding=None, seconds=0
+    )
     assert rank_gallery(cfg, q, g)[0].tolist() == [1, 2, 0]
 
 
@@ -67,7 +83,9 @@ def test_probes_subset_and_scores():
     assert len(idx) == 4 and set(y[idx]) == {0, 1, 2, 3}
     assert len(label_subset(y, 0.1, seed=0)) == 10
     full = linear_probe(emb, y, emb, y, ["a", "b", "c", "d"], fraction=1.0)
-    noise = linear_probe(rng.normal(size=(100, 16)), y, rng.normal(size=(100, 16)), y, ["a", "b", "c", "d"], fraction=1.0)
+    noise = linear_probe(
+        rng.normal(size=(100, 16)), y, rng.normal(size=(100, 16)), y, ["a", "b", "c", "d"], fraction=1.0
+    )
     assert full["auc"] > 0.95 and full["n_labelled"] == 100 and noise["auc"] < 0.75
 
 
@@ -79,12 +97,27 @@ def test_kfold_summary():
 def test_write_report_folder(cnn, tmp_path):
     cfg, model, test, gallery = cnn
     res = evaluate_model(model, cfg, test, gallery)
-    prov = {"dataset": dataset_label(cfg, 32), "model_version": "v1", "config_fingerprint": cfg.fingerprint(), "seed": {"train": 0}}
+    prov = {
+        "dataset": dataset_label(cfg, 32),
+        "model_version": "v1",
+        "config_fingerprint": cfg.fingerprint(),
+        "seed": {"train": 0},
+    }
     rows = {"LDC-Model (ours)": res.metrics, "ResNet18": {**res.metrics, "accuracy": 0.1}}
     tables = {k: "Table 3/5: CNN vs baselines (paper 2)" for k in rows}
-    files = write_report(tmp_path, ReportInput(cfg=cfg, main=res, rows=rows, row_tables=tables, provenance=prov,
-                                               test_labels=test.labels, main_row="LDC-Model (ours)",
-                                               kfold=[res.metrics, res.metrics]))
+    files = write_report(
+        tmp_path,
+        ReportInput(
+            cfg=cfg,
+            main=res,
+            rows=rows,
+            row_tables=tables,
+            provenance=prov,
+            test_labels=test.labels,
+            main_row="LDC-Model (ours)",
+            kfold=[res.metrics, res.metrics],
+        ),
+    )
     for name in ("metrics.json", "report.md", "roc.png", "pr.png", "confusion.png", "retrieval.png"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,14 +133,15 @@ def test_write_report_folder(cnn, tmp_path):
     assert page.count("<table>") == md.count("\n|---") >= 3
     assert "<td>ResNet18</td>" in page and "Synthetic phantom data" in page
     assert all(f'id="fig-{k}"' in page for k in ("roc", "pr", "confusion", "retrieval"))
-    assert page.count("src=\"data:image/png;base64,") == 4 and "src=\"roc.png" not in page
+    assert page.count('src="data:image/png;base64,') == 4 and 'src="roc.png' not in page
 
 
 def test_report_page_renders_no_markup_from_names(tmp_path):
     """Row names and profile text are data: a '<script>' in them comes out escaped."""
     from lungsearch.evaluation.html import render_report_html
 
-    page = render_report_html("t <b>x</b>", "| method | v |\n| --- | --- |\n| <script>alert(1)</script> | 1 |\n", {},
-                              synthetic=False)
+    page = render_report_html(
+        "t <b>x</b>", "| method | v |\n| --- | --- |\n| <script>alert(1)</script> | 1 |\n", {}, synthetic=False
+    )
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>x</b>" not in page
     assert "Synthetic phantom data" not in page

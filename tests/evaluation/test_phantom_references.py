@@ -82,7 +82,15 @@ def test_oracle_and_references_on_phantoms(kind, profile, tmp_path):
     rel = M.label_relevance(test.labels, gallery.labels)
     chance = {"ap10": per_query_chance(rel, 10)["ap"]}
     oracle = refs["oracle (generator ground truth)"]
-    c = compare("oracle beats chance", "map10", "oracle", "chance", [scorer(oracle, "map10")], [scorer(chance, "map10")], len(test))
+    c = compare(
+        "oracle beats chance",
+        "map10",
+        "oracle",
+        "chance",
+        [scorer(oracle, "map10")],
+        [scorer(chance, "map10")],
+        len(test),
+    )
     assert c.verdict == "yes", c.numbers()
     acc = scorer(oracle, "accuracy")(np.arange(len(test)))
     majority = np.bincount(train.labels).max() / len(train)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungsearch.evaluation.probes import DRAWS, draw_seed, label_subset, linear_probe, over_draws, probe_draws, probe_table
+from lungsearch.evaluation.probes import (
+    DRAWS,
+    draw_seed,
+    label_subset,
+    linear_probe,
+    over_draws,
+    probe_draws,
+    probe_table,
+)
 
 TARGETS = ["a", "b", "c", "d"]
 
@@ -59,5 +67,7 @@ def test_linear_probe_reports_mean_and_interval_over_draws():
     table = probe_table({"enc": (x, xt)}, y, yt, TARGETS, fractions=(0.02, 1.0))
     assert table["enc"]["2%"]["draws"] == DRAWS and "draws" not in table["enc"]["100%"]
     # a signal-free encoder's interval sits around chance, the informative one's above it
-    noise = linear_probe(np.random.default_rng(5).normal(size=x.shape), y, xt, yt, TARGETS, fraction=0.02, seed=0, draws=5)
+    noise = linear_probe(
+        np.random.default_rng(5).normal(size=x.shape), y, xt, yt, TARGETS, fraction=0.02, seed=0, draws=5
+    )
     assert noise["auc_lo"] < 0.6 < many["auc_lo"]

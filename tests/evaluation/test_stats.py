@@ -92,7 +92,7 @@ def test_fast_scorers_match_scikit_learn():
 def test_hash_models_are_judged_by_their_codes():
     rng = np.random.default_rng(5)
     tight = np.ones((30, 16)) + 1e-4 * rng.normal(size=(30, 16))  # float outputs nearly equal ...
-    codes = np.where(rng.random((30, 16)) < 0.5, 1, -1)              # ... but the codes differ
+    codes = np.where(rng.random((30, 16)) < 0.5, 1, -1)  # ... but the codes differ
     assert collapse_reasons(embedding=tight, codes=codes, metrics={"intra": 0.001, "inter": 0.001}) == []
     near = np.ones((30, 16))
     near[0, 0] = -1

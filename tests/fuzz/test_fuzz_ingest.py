@@ -76,11 +76,21 @@ def test_fuzz_ingest_bounded(tmp_path):
     pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"
     _seed_corpus(corpus)
-    cmd = [sys.executable, str(HERE / "fuzz_ingest.py"), f"-max_total_time={SECONDS}", "-timeout=20",
-           "-rss_limit_mb=3072", "-malloc_limit_mb=2560", "-seed=1", "-print_final_stats=1",
-           f"-artifact_prefix={tmp_path}/", str(corpus)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 240,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        str(HERE / "fuzz_ingest.py"),
+        f"-max_total_time={SECONDS}",
+        "-timeout=20",
+        "-rss_limit_mb=3072",
+        "-malloc_limit_mb=2560",
+        "-seed=1",
+        "-print_final_stats=1",
+        f"-artifact_prefix={tmp_path}/",
+        str(corpus),
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=SECONDS + 240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     tail = (r.stdout + r.stderr)[-3000:]
     crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("timeout-*")) + list(tmp_path.glob("oom-*"))
     assert r.returncode == 0 and not crashes, f"fuzzer found an input that escapes the error model:\n{tail}"

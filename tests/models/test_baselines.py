@@ -68,14 +68,23 @@ def test_local_pretrained_state_dict(tmp_path):
 def test_cxr_cnn_variants_name_their_initialisation(tmp_path):
     cfg = load_profile("cxr-cnn")
     rows = variants(cfg)
-    assert [v.name for v in rows] == ["LDC-Model (ours)", "VGG16 (from scratch)", "VGG19 (from scratch)", "AlexNet (from scratch)",
-                                      "ResNet50 (from scratch)", "MobileNetV2 (from scratch)"]
+    assert [v.name for v in rows] == [
+        "LDC-Model (ours)",
+        "VGG16 (from scratch)",
+        "VGG19 (from scratch)",
+        "AlexNet (from scratch)",
+        "ResNet50 (from scratch)",
+        "MobileNetV2 (from scratch)",
+    ]
     assert rows[0].main and not any(v.main for v in rows[1:])
     w = {"mobilenet_v2": str(tmp_path / "mn.pth")}
     named = {v.name: v for v in variants(cfg, w)}
     assert "MobileNetV2 (ImageNet weights)" in named and "VGG16 (from scratch)" in named
     vcfg = cfg.with_overrides(list(named["MobileNetV2 (ImageNet weights)"].overrides))
-    assert vcfg.model.image_encoder.name == "mobilenet_v2" and vcfg.model.image_encoder.params["pretrained"] == w["mobilenet_v2"]
+    assert (
+        vcfg.model.image_encoder.name == "mobilenet_v2"
+        and vcfg.model.image_encoder.params["pretrained"] == w["mobilenet_v2"]
+    )
     assert vcfg.model.head == cfg.model.head and vcfg.model.loss == cfg.model.loss and vcfg.train == cfg.train
     with pytest.raises(ConfigError, match="unknown architecture 'vgg11'"):
         cnn_baselines({"vgg11": "x.pth"})

@@ -1,5 +1,6 @@
 """Paper 3's objective: the margin contrastive loss (margin 0.7, Euclidean distance) is what the
 shipped ct-ild profile trains with; SupCon is a variant by config."""
+
 import pytest
 import torch
 

@@ -3,7 +3,15 @@ import torch
 import torch.nn.functional as F
 
 from lungsearch.errors import ConfigError
-from lungsearch.models.encoders import GeM, HashedTextEncoder, HFTextEncoder, LDCEncoder, ResNetEncoder, ViTEncoder, token_mask
+from lungsearch.models.encoders import (
+    GeM,
+    HashedTextEncoder,
+    HFTextEncoder,
+    LDCEncoder,
+    ResNetEncoder,
+    ViTEncoder,
+    token_mask,
+)
 
 
 def test_gem_with_p_one_equals_average_pooling():
@@ -21,8 +29,10 @@ def test_gem_p_is_learnable_and_large_p_tends_to_max():
     assert torch.allclose(big(x), x.amax(dim=(-2, -1)), rtol=0.05)
 
 
-@pytest.mark.parametrize("arch,dim,pool", [("resnet18", 512, "avg"), ("resnet18", 512, "gem"),
-                                           ("resnet34", 512, "avg"), ("resnet50", 2048, "gem")])
+@pytest.mark.parametrize(
+    "arch,dim,pool",
+    [("resnet18", 512, "avg"), ("resnet18", 512, "gem"), ("resnet34", 512, "avg"), ("resnet50", 2048, "gem")],
+)
 @pytest.mark.parametrize("size", [64, 96])
 def test_resnet_shapes(arch, dim, pool, size):
     enc = ResNetEncoder(arch, pool=pool)

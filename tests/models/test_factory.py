@@ -83,7 +83,16 @@ def test_state_dict_round_trip_rebuilds_exactly(models, name):
 
 def test_list_models_names_every_kind():
     names = list_models()
-    assert set(names) == {"image_encoder", "text_encoder", "radiomics", "fusion", "head", "hashing", "pretraining", "loss"}
+    assert set(names) == {
+        "image_encoder",
+        "text_encoder",
+        "radiomics",
+        "fusion",
+        "head",
+        "hashing",
+        "pretraining",
+        "loss",
+    }
     assert {"resnet18", "resnet50", "ldc", "vit_b_16"} <= set(names["image_encoder"])
     assert {"cma", "concat", "outer_product"} <= set(names["fusion"])
     assert {"sg_bilstm", "bilstm", "linear"} <= set(names["head"])
@@ -144,7 +153,9 @@ def test_gradients_reach_every_trainable_parameter(name):
             assert {n.split(".")[0] for n, _ in trainable} == {"probe"}
 
 
-@pytest.mark.parametrize("name", [n for n in CPU if load_profile(CONFIG_DIR / n).model.image_encoder.name not in FIXED_SIZE_ENCODERS])
+@pytest.mark.parametrize(
+    "name", [n for n in CPU if load_profile(CONFIG_DIR / n).model.image_encoder.name not in FIXED_SIZE_ENCODERS]
+)
 @pytest.mark.parametrize("size", [64, 96])
 def test_profiles_accept_other_input_sizes(models, name, size):
     model = models[name]

@@ -1,5 +1,6 @@
 """Tie policy of Hamming rankings (lungsearch.evaluation.ties): equal distances must not be ranked
 in gallery order, which would let the order of the gallery decide mAP@k."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """LSH and ITQ baselines for paper 5 at the same code lengths, with their query time."""
+
 import numpy as np
 import pytest
 
@@ -53,7 +54,9 @@ def test_query_time_and_faiss_search_match_numpy():
     assert np.array_equal(dist, np.sort(ref, axis=1)[:, :5])
     assert np.array_equal(np.take_along_axis(ref, idx.astype(np.int64), 1), dist)
     t = query_time(base, x[:20], g, k=10, repeats=2)
-    assert t["total_ms"] == pytest.approx(t["encode_ms"] + t["search_ms"]) and t["search_ms"] > 0 and t["gallery"] == 300
+    assert (
+        t["total_ms"] == pytest.approx(t["encode_ms"] + t["search_ms"]) and t["search_ms"] > 0 and t["gallery"] == 300
+    )
 
 
 def test_baseline_config_errors():

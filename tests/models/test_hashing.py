@@ -5,7 +5,16 @@ import torch.nn.functional as F
 
 from lungsearch.errors import InvalidRequestError
 from lungsearch.models.encoders import ResNetEncoder
-from lungsearch.models.hashing import LSH, AttentionHash, CamClassifier, grad_cam, hamming_distance, otsu_threshold, pack_codes, unpack_codes
+from lungsearch.models.hashing import (
+    LSH,
+    AttentionHash,
+    CamClassifier,
+    grad_cam,
+    hamming_distance,
+    otsu_threshold,
+    pack_codes,
+    unpack_codes,
+)
 
 
 @pytest.mark.parametrize("bits", [16, 32, 48, 64, 12])
@@ -71,8 +80,8 @@ def test_otsu_separates_two_modes():
 @pytest.fixture()
 def hasher():
     torch.manual_seed(0)
-    g, l = ResNetEncoder("resnet18"), ResNetEncoder("resnet18")
-    return AttentionHash(g, l, num_classes=3, bits=16, beta_schedule=[1, 4], cam=CamClassifier(3)).eval()
+    g, loc = ResNetEncoder("resnet18"), ResNetEncoder("resnet18")
+    return AttentionHash(g, loc, num_classes=3, bits=16, beta_schedule=[1, 4], cam=CamClassifier(3)).eval()
 
 
 def test_grad_cam_closed_form_equals_autograd(hasher):
@@ -85,7 +94,9 @@ def test_grad_cam_closed_form_equals_autograd(hasher):
     cam = grad_cam(f, logits.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)).detach()
     cam = F.interpolate(cam[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     flat = cam.flatten(1)
-    cam = (cam - flat.min(1).values[:, None, None]) / (flat.max(1).values - flat.min(1).values).clamp_min(1e-12)[:, None, None]
+    cam = (cam - flat.min(1).values[:, None, None]) / (flat.max(1).values - flat.min(1).values).clamp_min(1e-12)[
+        :, None, None
+    ]
     assert torch.allclose(fast, cam, atol=1e-4)
 
 
@@ -250,7 +261,11 @@ def test_hash_stage_total_loss_keeps_l_cls():
     out = model(images=x)
     total = loss_fn(out, y)
     assert loss_fn.parts["bce"] > 0
-    expected = loss_fn.parts["pairwise"] + loss_fn.quantization * loss_fn.parts["quantization"] + loss_fn.classification * loss_fn.parts["bce"]
+    expected = (
+        loss_fn.parts["pairwise"]
+        + loss_fn.quantization * loss_fn.parts["quantization"]
+        + loss_fn.classification * loss_fn.parts["bce"]
+    )
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     total.backward()
     assert model.hasher.classifier.weight.grad is not None and model.hasher.classifier.weight.grad.abs().sum() > 0

@@ -23,7 +23,12 @@ def test_sequence_heads_shapes_two_lengths(cls, t):
 
 def test_vector_heads_and_sequence_heads_accept_a_plain_vector():
     fused = {"fused": torch.randn(2, 16)}
-    for head in (LinearHead(16, 3), MLPHead(16, 3, hidden=8), BiLSTMHead(16, 3, hidden=4), SparseGatedBiLSTM(16, 3, hidden=4)):
+    for head in (
+        LinearHead(16, 3),
+        MLPHead(16, 3, hidden=8),
+        BiLSTMHead(16, 3, hidden=4),
+        SparseGatedBiLSTM(16, 3, hidden=4),
+    ):
         assert head(fused)["logits"].shape == (2, 3)
 
 
@@ -198,8 +203,8 @@ def test_output_gate_keeps_the_cell_state_on_a_dropped_step():
         logit = head.step_logit(plain)
         z = keep_at_least_one((logit > 0) & mask, logit, mask)
     # a row where a dropped step is followed by a kept one (so the carried state matters)
-    row = next(r for r in range(4) if any(not z[r, t] and z[r, t + 1:].any() and mask[r, t] for t in range(10)))
-    t_drop = next(t for t in range(10) if not z[row, t] and z[row, t + 1:].any() and mask[row, t])
+    row = next(r for r in range(4) if any(not z[r, t] and z[r, t + 1 :].any() and mask[r, t] for t in range(10)))
+    t_drop = next(t for t in range(10) if not z[row, t] and z[row, t + 1 :].any() and mask[row, t])
     expect = (plain * z[..., None]).sum(1) / z.sum(1, keepdim=True)
     with torch.enable_grad():
         slow = head.gated_encode(seq, mask)
@@ -278,5 +283,7 @@ def test_linear_head_norm_standardises_features():
     head = LinearHead(8, 3, norm=True).train()
     x = 5.0 + 0.1 * torch.randn(32, 8)  # a large shared part, small differences
     h = head({"fused": x})["hidden"]
-    assert torch.allclose(h.mean(0), torch.zeros(8), atol=1e-3) and torch.allclose(h.std(0, unbiased=False), torch.ones(8), atol=1e-2)
+    assert torch.allclose(h.mean(0), torch.zeros(8), atol=1e-3) and torch.allclose(
+        h.std(0, unbiased=False), torch.ones(8), atol=1e-2
+    )
     assert LinearHead(8, 3)({"fused": x})["hidden"] is x  # default: unchanged

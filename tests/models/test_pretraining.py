@@ -9,8 +9,12 @@ def _feats(b=5, n=9, t=7, di=24, dt=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     txt = torch.randn(b, t, dt, generator=g)
     txt[0, 4:] = 0  # a shorter report
-    return {"image_pooled": torch.randn(b, di, generator=g), "image_tokens": torch.randn(b, n, di, generator=g),
-            "report_pooled": torch.randn(b, dt, generator=g), "report_tokens": txt}
+    return {
+        "image_pooled": torch.randn(b, di, generator=g),
+        "image_tokens": torch.randn(b, n, di, generator=g),
+        "report_pooled": torch.randn(b, dt, generator=g),
+        "report_tokens": txt,
+    }
 
 
 def test_reweight_edges_keeps_shape_and_shrinks_noisy_far_edges():
@@ -74,10 +78,14 @@ def test_clip_baseline_infonce():
     torch.manual_seed(0)
     head = CLIPHead(24, 16, 12)
     out = head(_feats())
-    l = InfoNCELoss()(out)
-    l.backward()
+    loss = InfoNCELoss()(out)
+    loss.backward()
     assert head.logit_scale.grad is not None and head.img.weight.grad is not None
-    aligned = {"image_embedding": out["image_embedding"].detach(), "text_embedding": out["image_embedding"].detach(), "logit_scale": torch.tensor(10.0)}
+    aligned = {
+        "image_embedding": out["image_embedding"].detach(),
+        "text_embedding": out["image_embedding"].detach(),
+        "logit_scale": torch.tensor(10.0),
+    }
     assert InfoNCELoss()(aligned) < InfoNCELoss()(dict(aligned, text_embedding=aligned["text_embedding"].roll(1, 0)))
 
 

@@ -18,13 +18,26 @@ from lungsearch.training.recipes import variants
 
 #: What every report of a set shares (IU X-ray reports repeat such sentences) dominates a mean-
 #: pooled report vector; the label lives in one short impression.
-PREAMBLE = ("FINDINGS: Frontal and lateral views of the chest. The cardiomediastinal silhouette and pulmonary vasculature "
-            "are within normal limits. There is no pneumothorax. The visualized osseous structures are intact. Degenerative "
-            "changes of the spine. IMPRESSION: ")
+PREAMBLE = (
+    "FINDINGS: Frontal and lateral views of the chest. The cardiomediastinal silhouette and pulmonary vasculature "
+    "are within normal limits. There is no pneumothorax. The visualized osseous structures are intact. Degenerative "
+    "changes of the spine. IMPRESSION: "
+)
 IMPRESSIONS = {
-    "Normal": ["No acute cardiopulmonary abnormality.", "No acute disease.", "Normal chest.", "Lungs are clear.",
-               "No active disease.", "Clear lungs.", "No acute findings.", "Unremarkable chest.", "No abnormality.",
-               "Normal heart and lungs.", "No acute process.", "Stable normal chest."],
+    "Normal": [
+        "No acute cardiopulmonary abnormality.",
+        "No acute disease.",
+        "Normal chest.",
+        "Lungs are clear.",
+        "No active disease.",
+        "Clear lungs.",
+        "No acute findings.",
+        "Unremarkable chest.",
+        "No abnormality.",
+        "Normal heart and lungs.",
+        "No acute process.",
+        "Stable normal chest.",
+    ],
     "Effusion": ["Small left pleural effusion.", "Right pleural effusion.", "Bilateral pleural effusions."],
     "Cardiomegaly": ["Cardiomegaly.", "The heart is enlarged.", "Mild cardiomegaly."],
     "Nodule": ["Right upper lobe nodule.", "Calcified granuloma.", "Pulmonary nodule in the left lung."],

@@ -107,8 +107,9 @@ class Orthanc:
     def start(self, timeout: float = 60.0) -> "Orthanc":
         cfg = self.write_config()
         log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=str(self.root),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=str(self.root), start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -147,7 +148,9 @@ class Orthanc:
 
     def post(self, path: str, payload: Any) -> Any:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        return self._request("POST", path, body, "application/dicom" if isinstance(payload, bytes) else "application/json")
+        return self._request(
+            "POST", path, body, "application/dicom" if isinstance(payload, bytes) else "application/json"
+        )
 
     def delete(self, path: str) -> Any:
         return self._request("DELETE", path)
@@ -158,8 +161,11 @@ class Orthanc:
 
     def push(self, resources: list[str], *, modality: str = "lungsearch", timeout: float = 120.0) -> dict:
         """Orthanc C-STOREs these resources (Orthanc ids) to a registered modality (synchronously)."""
-        return self._request("POST", f"/modalities/{modality}/store",
-                             json.dumps({"Resources": resources, "Synchronous": True, "Timeout": int(timeout)}).encode())
+        return self._request(
+            "POST",
+            f"/modalities/{modality}/store",
+            json.dumps({"Resources": resources, "Synchronous": True, "Timeout": int(timeout)}).encode(),
+        )
 
     def clear(self) -> None:
         for pid in self.get("/patients"):
@@ -167,6 +173,7 @@ class Orthanc:
 
 
 # ---------------------------------------------------------------------------------- fake platform
+
 
 def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
@@ -179,7 +186,8 @@ def _load(name: str, path: Path):
 def fake_platform_module():
     """tests/client/conftest.py, loaded by path: its ``Server`` is an in-memory LungSearch servicer on a real socket."""
     return sys.modules.get("lungsearch_tests_client_conftest") or _load(
-        "lungsearch_tests_client_conftest", REPO / "tests" / "client" / "conftest.py")
+        "lungsearch_tests_client_conftest", REPO / "tests" / "client" / "conftest.py"
+    )
 
 
 def reliability_module():
@@ -188,6 +196,7 @@ def reliability_module():
 
 
 # ---------------------------------------------------------------------------------- DICOM objects
+
 
 def ct_series(root: Path, *, n: int = 1, slices: int = 4, size: int = 64, seed: int = 0) -> list[list[bytes]]:
     """``n`` phantom CT series (synthetic), DICOM bytes per slice."""
@@ -206,8 +215,15 @@ def to_bytes(ds) -> bytes:
     return buf.getvalue()
 
 
-def cxr_dicom(*, photometric: str = "MONOCHROME2", bits: int = 12, size: int = 64, voi: str = "window",
-              seed: int = 0, study_uid: str | None = None) -> bytes:
+def cxr_dicom(
+    *,
+    photometric: str = "MONOCHROME2",
+    bits: int = 12,
+    size: int = 64,
+    voi: str = "window",
+    seed: int = 0,
+    study_uid: str | None = None,
+) -> bytes:
     """A synthetic DX radiograph: dark lungs (two ellipses), bright mediastinum and ribs-like bands.
 
     ``photometric="MONOCHROME1"`` stores the *inverted* values (high = dark), as many real CR/DX
@@ -265,8 +281,16 @@ def pydicom_test_file(name: str) -> bytes:
     return Path(get_testdata_file(name)).read_bytes()
 
 
-def scu_store(port: int, items: list[bytes], *, calling: str = ORTHANC_AET, called: str = LUNGSEARCH_AET,
-              release: bool = True, contexts: list[str] | None = None, ssl_context=None) -> list[int | None]:
+def scu_store(
+    port: int,
+    items: list[bytes],
+    *,
+    calling: str = ORTHANC_AET,
+    called: str = LUNGSEARCH_AET,
+    release: bool = True,
+    contexts: list[str] | None = None,
+    ssl_context=None,
+) -> list[int | None]:
     """C-STORE ``items`` with pynetdicom; returns each status (None when no context was accepted)."""
     from pynetdicom import AE
 
@@ -275,7 +299,9 @@ def scu_store(port: int, items: list[bytes], *, calling: str = ORTHANC_AET, call
     classes = contexts or sorted({str(dataset(b).SOPClassUID) for b in items})
     for uid in classes:
         ae.add_requested_context(uid)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=(ssl_context, "localhost") if ssl_context else None)
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title=called, tls_args=(ssl_context, "localhost") if ssl_context else None
+    )
     if not assoc.is_established:
         raise ConnectionRefusedError("association rejected or aborted")
     out: list[int | None] = []

@@ -82,11 +82,22 @@ def make_receiver(tmp_path, scp_port, fresh_platform):
     started: list[Receiver] = []
 
     def make(*, ingestor=None, on_ingested=None, **over) -> Receiver:
-        doc = {"port": scp_port, "spool_dir": str(tmp_path / "spool"), "audit_log": str(tmp_path / "audit.jsonl"),
-               "settle_s": 0.5, "target": fresh_platform.target, "network_timeout_s": 30,
-               "callers": [{"ae_title": _pacs.ORTHANC_AET, "site": "site-a",
-                            # the fake platform serves ct-ild and cxr-report
-                            "profiles": {"ct": "ct-ild", "cxr": "cxr-report"}}]}
+        doc = {
+            "port": scp_port,
+            "spool_dir": str(tmp_path / "spool"),
+            "audit_log": str(tmp_path / "audit.jsonl"),
+            "settle_s": 0.5,
+            "target": fresh_platform.target,
+            "network_timeout_s": 30,
+            "callers": [
+                {
+                    "ae_title": _pacs.ORTHANC_AET,
+                    "site": "site-a",
+                    # the fake platform serves ct-ild and cxr-report
+                    "profiles": {"ct": "ct-ild", "cxr": "cxr-report"},
+                }
+            ],
+        }
         doc.update(over)
         r = Receiver(load_receiver_config(None, **doc), ingestor=ingestor, on_ingested=on_ingested).start()
         started.append(r)

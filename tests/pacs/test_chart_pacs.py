@@ -53,8 +53,11 @@ def test_on_renders_a_receiver_lungsearch_accepts(tmp_path):
     assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["ports"][0]["port"] == 11112
     assert [p["name"] for p in svc["spec"]["ports"]] == ["dicom", "metrics", "stow"]
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
-    assert any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "dicom-receiver"
-               for rule in policy["spec"]["ingress"] for p in rule.get("from", []))
+    assert any(
+        p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "dicom-receiver"
+        for rule in policy["spec"]["ingress"]
+        for p in rule.get("from", [])
+    )
 
 
 def test_stow_without_tokens_fails_with_a_clear_message():

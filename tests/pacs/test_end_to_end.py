@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import _pacs
+import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -24,9 +23,14 @@ def live(ray_cluster, tmp_path_factory):
     R = _pacs.reliability_module()
     work = tmp_path_factory.mktemp("pacs-app")
     cards = R.build_registry(work / "artifacts")
-    args = {"profiles": ["ct-ild", "cxr-hash"], "artifacts_dir": str(work / "artifacts"),
-            "milvus_uri": str(work / "store.db"), "hmac_key_file": str(work / "hmac.key"), "insecure_local": True,
-            "torch_threads": 1}
+    args = {
+        "profiles": ["ct-ild", "cxr-hash"],
+        "artifacts_dir": str(work / "artifacts"),
+        "milvus_uri": str(work / "store.db"),
+        "hmac_key_file": str(work / "hmac.key"),
+        "insecure_local": True,
+        "torch_threads": 1,
+    }
     t0 = time.perf_counter()
     try:
         app = R.start_serve_app(work, args, cards)
@@ -47,15 +51,24 @@ def test_orthanc_push_becomes_searchable_and_results_come_back(live, orthanc, tm
 
     def back(series, profile, case_key, model):
         with LungSearchClient(live.target, timeout=120) as c:
-            sent[profile] = report_back(c, series.files, profile,
-                                        Destination(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port,
-                                                    ae_title=_pacs.ORTHANC_AET), exclude_key=case_key)
+            sent[profile] = report_back(
+                c,
+                series.files,
+                profile,
+                Destination(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port, ae_title=_pacs.ORTHANC_AET),
+                exclude_key=case_key,
+            )
 
-    cfg = load_receiver_config(None, port=scp_port, spool_dir=str(tmp_path / "spool"),
-                               audit_log=str(tmp_path / "audit.jsonl"), settle_s=1.0, target=live.target,
-                               ingest_timeout_s=180,
-                               callers=[{"ae_title": _pacs.ORTHANC_AET, "site": "site-a",
-                                         "profiles": {"ct": "ct-ild", "cxr": "cxr-hash"}}])
+    cfg = load_receiver_config(
+        None,
+        port=scp_port,
+        spool_dir=str(tmp_path / "spool"),
+        audit_log=str(tmp_path / "audit.jsonl"),
+        settle_s=1.0,
+        target=live.target,
+        ingest_timeout_s=180,
+        callers=[{"ae_title": _pacs.ORTHANC_AET, "site": "site-a", "profiles": {"ct": "ct-ild", "cxr": "cxr-hash"}}],
+    )
     R = _pacs.reliability_module()
     ct = R.with_phi(_pacs.ct_series(tmp_path / "ct", slices=4, size=64, seed=31)[0])  # known PHI in every header
     cxr = _pacs.cxr_dicom(photometric="MONOCHROME1", bits=12, seed=32)

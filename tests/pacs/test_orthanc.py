@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import io
 
+import _pacs
 import pytest
 
-import _pacs
 from lungsearch.client import LungSearchClient
 from lungsearch.pacs import dicomweb, results
 
@@ -35,7 +35,9 @@ def test_orthanc_pushes_a_ct_series_and_a_radiograph(clean_orthanc, make_receive
     ct_study = _study_id(_upload(orthanc, ct))
     cxr_study = _study_id(_upload(orthanc, [cxr]))
     orthanc.push([ct_study, cxr_study])
-    cases = _pacs.wait_for(lambda: len(fresh_platform.servicer.store) == 2 and list(fresh_platform.servicer.store.values()), 30)
+    cases = _pacs.wait_for(
+        lambda: len(fresh_platform.servicer.store) == 2 and list(fresh_platform.servicer.store.values()), 30
+    )
     by_n = sorted(c.case.num_images for c in cases)
     assert by_n == [1, 5]
     profiles = sorted(c.case.model.profile for c in cases)
@@ -72,8 +74,20 @@ def test_cli_ingest_dicomweb(clean_orthanc, fresh_platform, tmp_path, capsys):
     cxr = _pacs.cxr_dicom(seed=5)
     study_uid = str(_pacs.dataset(cxr).StudyInstanceUID)
     _upload(clean_orthanc, [cxr])
-    code = main(["ingest", "--target", fresh_platform.target, "--dicomweb", clean_orthanc.dicomweb_url,
-                 "--study", study_uid, "--model", "cxr-report", "--json"])
+    code = main(
+        [
+            "ingest",
+            "--target",
+            fresh_platform.target,
+            "--dicomweb",
+            clean_orthanc.dicomweb_url,
+            "--study",
+            study_uid,
+            "--model",
+            "cxr-report",
+            "--json",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     assert [c.case.num_images for c in fresh_platform.servicer.store.values()] == [1]
     assert '"model": "cxr-report@v1"' in capsys.readouterr().out
@@ -121,8 +135,9 @@ def test_sr_and_secondary_capture_land_in_the_study(clean_orthanc, fresh_platfor
         study_id = _study_id(_upload(orthanc, query))
         query_key = [k for k, v in fresh_platform.servicer.store.items() if v.case.labels == ["reticular"]][0]
         analysis = results.analyse(client, folders[2], "ct-ild", top_k=2, exclude_key=query_key)
-    objs = results.build_results([pydicom.dcmread(f) for f in folders[2]], analysis,
-                                 accession_for=lambda key: "ACC-" + key[:6])
+    objs = results.build_results(
+        [pydicom.dcmread(f) for f in folders[2]], analysis, accession_for=lambda key: "ACC-" + key[:6]
+    )
     if via == "dimse":
         statuses = results.send_dimse(objs, host="127.0.0.1", port=orthanc.dicom_port, ae_title=_pacs.ORTHANC_AET)
         assert statuses == [0, 0]
@@ -138,16 +153,29 @@ def test_sr_and_secondary_capture_land_in_the_study(clean_orthanc, fresh_platfor
     assert names[:3] == ["Algorithm Name", "Algorithm Version", "Data provenance"]
     assert names.count("Similar case") == 2 and names.count("Case key") == 2 and "Grad-CAM overlay" in names
     similar = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Similar cases")
-    case_keys = [str(x.TextValue) for c in similar.ContentSequence for x in c.ContentSequence
-                 if x.ConceptNameCodeSequence[0].CodeMeaning == "Case key"]
+    case_keys = [
+        str(x.TextValue)
+        for c in similar.ContentSequence
+        for x in c.ContentSequence
+        if x.ConceptNameCodeSequence[0].CodeMeaning == "Case key"
+    ]
     assert query_key not in case_keys and len(case_keys) == 2  # the query itself is not a prior case
-    accessions = [str(x.TextValue) for c in similar.ContentSequence for x in c.ContentSequence
-                  if x.ConceptNameCodeSequence[0].CodeMeaning == "Accession Number"]
+    accessions = [
+        str(x.TextValue)
+        for c in similar.ContentSequence
+        for x in c.ContentSequence
+        if x.ConceptNameCodeSequence[0].CodeMeaning == "Accession Number"
+    ]
     assert accessions == ["ACC-" + k[:6] for k in case_keys]
-    probs = [float(x.MeasuredValueSequence[0].NumericValue) for x in sr.ContentSequence
-             if x.ConceptNameCodeSequence[0].CodeMeaning == "Classification"
-             for c in x.ContentSequence if c.ConceptNameCodeSequence[0].CodeMeaning == "Class probability"
-             for x in c.ContentSequence if x.ValueType == "NUM"]
+    probs = [
+        float(x.MeasuredValueSequence[0].NumericValue)
+        for x in sr.ContentSequence
+        if x.ConceptNameCodeSequence[0].CodeMeaning == "Classification"
+        for c in x.ContentSequence
+        if c.ConceptNameCodeSequence[0].CodeMeaning == "Class probability"
+        for x in c.ContentSequence
+        if x.ValueType == "NUM"
+    ]
     assert probs and abs(sum(probs) - 1.0) < 1e-3
     sc_modality = next(m for m in found if m not in ("CT", "SR"))
     sc = found[sc_modality][0]
@@ -155,7 +183,9 @@ def test_sr_and_secondary_capture_land_in_the_study(clean_orthanc, fresh_platfor
     assert sc.StudyInstanceUID == found["CT"][0].StudyInstanceUID and sc.PatientID == found["CT"][0].PatientID
     assert sc.pixel_array.shape[-1] == 3
     # Orthanc's own REST view of the SR names its series
-    tags = orthanc.get(f"/instances/{[i for s in orthanc.get(f'/studies/{study_id}/series') for i in s['Instances'] if s['MainDicomTags'].get('Modality') == 'SR'][0]}/simplified-tags")
+    tags = orthanc.get(
+        f"/instances/{[i for s in orthanc.get(f'/studies/{study_id}/series') for i in s['Instances'] if s['MainDicomTags'].get('Modality') == 'SR'][0]}/simplified-tags"
+    )
     assert tags["SeriesDescription"] == "lungsearch similar cases" and tags["CompletionFlag"] == "COMPLETE"
 
 
@@ -171,9 +201,14 @@ def test_receiver_sends_results_back_after_a_push(clean_orthanc, make_receiver, 
 
     def hook(series, profile, case_key, model):
         holder["objs"] = results.report_back(
-            LungSearchClient(fresh_platform.target, timeout=30), series.files, profile,
+            LungSearchClient(fresh_platform.target, timeout=30),
+            series.files,
+            profile,
             Destination(kind="dimse", host="127.0.0.1", port=orthanc.dicom_port, ae_title=_pacs.ORTHANC_AET),
-            exclude_key=case_key, audit=holder["r"].audit, who="ae:ORTHANC")
+            exclude_key=case_key,
+            audit=holder["r"].audit,
+            who="ae:ORTHANC",
+        )
 
     holder["r"] = make_receiver(on_ingested=hook)
     ct = _pacs.ct_series(tmp_path, slices=4, seed=22)[0]

@@ -4,10 +4,10 @@ the platform receives must decode (lungsearch.data.io, unchanged here) with the 
 
 from __future__ import annotations
 
+import _pacs
 import numpy as np
 import pytest
 
-import _pacs
 from lungsearch.client import LungSearchClient
 from lungsearch.data.io import read_image
 from lungsearch.pacs import dicomweb
@@ -40,8 +40,9 @@ def test_monochrome1_decodes_like_monochrome2(bits, voi):
     assert np.abs(m1 - m2).max() < 0.05
 
 
-def test_monochrome1_through_the_scp_through_orthanc_and_over_dicomweb(clean_orthanc_for_cxr, make_receiver,
-                                                                        fresh_platform):
+def test_monochrome1_through_the_scp_through_orthanc_and_over_dicomweb(
+    clean_orthanc_for_cxr, make_receiver, fresh_platform
+):
     orthanc = clean_orthanc_for_cxr
     r = make_receiver(settle_s=0.3)
     direct = _pacs.cxr_dicom(photometric="MONOCHROME1", bits=12, voi="window", seed=1)
@@ -52,8 +53,9 @@ def test_monochrome1_through_the_scp_through_orthanc_and_over_dicomweb(clean_ort
     pulled = _pacs.cxr_dicom(photometric="MONOCHROME1", bits=14, voi="window", seed=3)
     orthanc.upload(pulled)
     with LungSearchClient(fresh_platform.target, timeout=30) as client:
-        dicomweb.ingest_study(client, orthanc.dicomweb_url, str(_pacs.dataset(pulled).StudyInstanceUID),
-                              profiles={"cxr": "cxr-report"})
+        dicomweb.ingest_study(
+            client, orthanc.dicomweb_url, str(_pacs.dataset(pulled).StudyInstanceUID), profiles={"cxr": "cxr-report"}
+        )
     stored = [s.images[0] for s in fresh_platform.servicer.store.values()]
     assert len(stored) == 3
     for data in stored:

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import _pacs
 import pytest
 
-import _pacs
 from lungsearch.pacs import scp
 
 
@@ -60,7 +60,6 @@ def test_ct_series_is_ingested_whole_on_release(make_receiver, fresh_platform, t
 
 
 def test_settle_time_groups_a_series_sent_over_two_associations(make_receiver, fresh_platform, tmp_path):
-    from lungsearch.pacs.config import load_receiver_config
 
     r = make_receiver(settle_s=1.0, linger_s=60)
     series = _pacs.ct_series(tmp_path, slices=4)[0]
@@ -127,7 +126,9 @@ def test_sop_class_mismatch_is_refused_a900(make_receiver, fresh_platform, tmp_p
         req.Priority = 2
         ds_copy = ds.copy()
         del ds_copy.file_meta
-        req.DataSet = io.BytesIO(encode(ds_copy, ctx.transfer_syntax[0].is_implicit_VR, ctx.transfer_syntax[0].is_little_endian))
+        req.DataSet = io.BytesIO(
+            encode(ds_copy, ctx.transfer_syntax[0].is_implicit_VR, ctx.transfer_syntax[0].is_little_endian)
+        )
         assoc.dimse.send_msg(req, ctx.context_id)
         rsp, deadline = None, time.monotonic() + 60
         while rsp is None and time.monotonic() < deadline and assoc.is_established:
@@ -162,10 +163,14 @@ def test_garbage_pdus_leave_the_server_up(make_receiver, fresh_platform, tmp_pat
     import random
 
     rng = random.Random(17)
-    payloads = [b"", b"\x00" * 10, bytes(rng.randrange(256) for _ in range(4096)),
-                b"\x01\x00\xff\xff\xff\xff" + b"A" * 64,  # A-ASSOCIATE-RQ claiming a 4 GiB PDU
-                b"\x04\x00\x00\x00\x00\x10" + b"\x00" * 16,  # P-DATA before any association
-                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]
+    payloads = [
+        b"",
+        b"\x00" * 10,
+        bytes(rng.randrange(256) for _ in range(4096)),
+        b"\x01\x00\xff\xff\xff\xff" + b"A" * 64,  # A-ASSOCIATE-RQ claiming a 4 GiB PDU
+        b"\x04\x00\x00\x00\x00\x10" + b"\x00" * 16,  # P-DATA before any association
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
     for p in payloads:
         with socket.create_connection(("127.0.0.1", r.port), 5) as s:
             s.sendall(p)
@@ -246,33 +251,50 @@ def test_no_phi_in_any_log_line_audit_line_or_spool_path(make_receiver, fresh_pl
     with pytest.raises(ConnectionRefusedError):
         _pacs.scu_store(r.port, series[:1], calling="STRANGER")
     _pacs.wait_for(lambda: _stored(fresh_platform), 10)
-    text = "\n".join(all_logs.lines) + "\n" + r.audit.path.read_text() + "\n" + "\n".join(
-        str(p) for p in r.spool.root.rglob("*"))
+    text = (
+        "\n".join(all_logs.lines)
+        + "\n"
+        + r.audit.path.read_text()
+        + "\n"
+        + "\n".join(str(p) for p in r.spool.root.rglob("*"))
+    )
     assert "ingested" in text  # the receiver did log
     leaks = [n for n in rel.phi_needles() if n in text]
     assert not leaks, f"PHI in logs: {leaks}"
 
 
 def test_dicom_tls(make_receiver, fresh_platform, tmp_path):
+    import datetime as dt
     import ssl
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import datetime as dt
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                           critical=False).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "scp.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "scp.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    (tmp_path / "scp.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     r = make_receiver(tls={"cert_file": str(tmp_path / "scp.crt"), "key_file": str(tmp_path / "scp.key")})
     client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tmp_path / "scp.crt"))
     series = _pacs.ct_series(tmp_path)[0]
@@ -283,9 +305,13 @@ def test_dicom_tls(make_receiver, fresh_platform, tmp_path):
 
 
 def _start_process(cfg_path: Path, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "lungsearch.pacs", "--config", str(cfg_path)],
-                            stdout=subprocess.PIPE, stderr=open(log, "ab"), cwd=str(_pacs.REPO),
-                            env={**os.environ, "PYTHONPATH": str(_pacs.REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lungsearch.pacs", "--config", str(cfg_path)],
+        stdout=subprocess.PIPE,
+        stderr=open(log, "ab"),
+        cwd=str(_pacs.REPO),
+        env={**os.environ, "PYTHONPATH": str(_pacs.REPO)},
+    )
     line = proc.stdout.readline().decode()
     assert line.startswith("ready"), line
     return proc
@@ -295,9 +321,14 @@ def test_restart_mid_association_loses_no_acknowledged_instance(tmp_path, scp_po
     """SIGKILL the receiver process after 3 acknowledged instances; the restarted one ingests all 3."""
     import yaml
 
-    cfg = {"port": scp_port, "spool_dir": str(tmp_path / "spool"), "audit_log": str(tmp_path / "audit.jsonl"),
-           "settle_s": 1.0, "target": fresh_platform.target,
-           "callers": [{"ae_title": _pacs.ORTHANC_AET, "site": "site-a"}]}
+    cfg = {
+        "port": scp_port,
+        "spool_dir": str(tmp_path / "spool"),
+        "audit_log": str(tmp_path / "audit.jsonl"),
+        "settle_s": 1.0,
+        "target": fresh_platform.target,
+        "callers": [{"ae_title": _pacs.ORTHANC_AET, "site": "site-a"}],
+    }
     (tmp_path / "rx.yaml").write_text(yaml.safe_dump(cfg))
     series = _pacs.ct_series(tmp_path, slices=6)[0]
     proc = _start_process(tmp_path / "rx.yaml", tmp_path / "rx.log")
@@ -335,11 +366,18 @@ def test_serve_flag_starts_the_receiver_process(tmp_path, scp_port, fresh_platfo
     args = build_parser().parse_args(["serve", "--dicom-port", "11112", "--dicom-config", "rx.yaml"])
     assert (args.dicom_port, args.dicom_config) == (11112, "rx.yaml")
     assert build_parser().parse_args(["serve"]).dicom_port == 0  # off by default
-    (tmp_path / "rx.yaml").write_text(yaml.safe_dump({
-        "spool_dir": str(tmp_path / "spool"), "audit_log": str(tmp_path / "audit.jsonl"),
-        "callers": [{"ae_title": _pacs.ORTHANC_AET}]}))
-    proc = start_receiver_process(port=scp_port, target=fresh_platform.target, config=str(tmp_path / "rx.yaml"),
-                                  log_file=tmp_path / "rx.log")
+    (tmp_path / "rx.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "spool_dir": str(tmp_path / "spool"),
+                "audit_log": str(tmp_path / "audit.jsonl"),
+                "callers": [{"ae_title": _pacs.ORTHANC_AET}],
+            }
+        )
+    )
+    proc = start_receiver_process(
+        port=scp_port, target=fresh_platform.target, config=str(tmp_path / "rx.yaml"), log_file=tmp_path / "rx.log"
+    )
     try:
         _pacs.wait_port(scp_port, 30)
         assert _echo(scp_port) == 0
@@ -360,8 +398,9 @@ def test_stow_rs_endpoint_stores_and_answers_per_instance(make_receiver, fresh_p
     try:
         series = _pacs.ct_series(tmp_path, slices=3)[0]
         sr = _pacs.dataset(_pacs.pydicom_test_file("reportsi.dcm"))
-        web = DICOMwebClient(f"http://127.0.0.1:{stow.port}", headers={"Authorization": "Bearer stow-secret"},
-                             chunk_size=chunk)
+        web = DICOMwebClient(
+            f"http://127.0.0.1:{stow.port}", headers={"Authorization": "Bearer stow-secret"}, chunk_size=chunk
+        )
         answer = web.store_instances([_pacs.dataset(b) for b in series] + [sr])
         stored = [str(x.ReferencedSOPInstanceUID) for x in answer.ReferencedSOPSequence]
         assert sorted(stored) == sorted(str(_pacs.dataset(b).SOPInstanceUID) for b in series)
@@ -383,10 +422,19 @@ def test_stow_rs_in_the_receiver_process(tmp_path, scp_port, fresh_platform):
 
     stow_port = _pacs.free_port()
     (tmp_path / "tokens.yaml").write_text(yaml.safe_dump({"t0ken": _pacs.ORTHANC_AET}))
-    (tmp_path / "rx.yaml").write_text(yaml.safe_dump({
-        "port": scp_port, "spool_dir": str(tmp_path / "spool"), "audit_log": str(tmp_path / "audit.jsonl"),
-        "target": fresh_platform.target, "stow_port": stow_port, "stow_tokens_file": str(tmp_path / "tokens.yaml"),
-        "callers": [{"ae_title": _pacs.ORTHANC_AET, "profiles": {"ct": "ct-ild"}}]}))
+    (tmp_path / "rx.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "port": scp_port,
+                "spool_dir": str(tmp_path / "spool"),
+                "audit_log": str(tmp_path / "audit.jsonl"),
+                "target": fresh_platform.target,
+                "stow_port": stow_port,
+                "stow_tokens_file": str(tmp_path / "tokens.yaml"),
+                "callers": [{"ae_title": _pacs.ORTHANC_AET, "profiles": {"ct": "ct-ild"}}],
+            }
+        )
+    )
     proc = _start_process(tmp_path / "rx.yaml", tmp_path / "rx.log")
     try:
         series = _pacs.ct_series(tmp_path, slices=2)[0]

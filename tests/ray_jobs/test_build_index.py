@@ -20,13 +20,20 @@ def test_build_index_is_idempotent(ray_cluster, tmp_path):
     from lungsearch.store import MilvusStore
     from lungsearch.training.inference import forward_cases
 
-    cfg = load_profile("cxr-hash", ["data.phantom.n=12", "data.phantom.size=64", "data.image_size=32", f"data.root={tmp_path / 'data'}"])
+    cfg = load_profile(
+        "cxr-hash",
+        ["data.phantom.n=12", "data.phantom.size=64", "data.image_size=32", f"data.root={tmp_path / 'data'}"],
+    )
     torch.manual_seed(0)
-    card = registry.save_model(create_model(cfg), cfg, metrics={}, data_fingerprint="test", synthetic_data=True, root=tmp_path / "art")
+    card = registry.save_model(
+        create_model(cfg), cfg, metrics={}, data_fingerprint="test", synthetic_data=True, root=tmp_path / "art"
+    )
     key = b"k" * 32
     uri = str(tmp_path / "index.db")
 
-    first = build_index(card.ref, registry_root=tmp_path / "art", milvus_uri=uri, hmac_key=key, batch_size=5, progress=False)
+    first = build_index(
+        card.ref, registry_root=tmp_path / "art", milvus_uri=uri, hmac_key=key, batch_size=5, progress=False
+    )
     assert (first.cases, first.inserted, first.updated, first.count_in_store) == (12, 12, 0, 12) and first.ok
     again = build_index("cxr-hash", registry_root=tmp_path / "art", milvus_uri=uri, hmac_key=key, progress=False)
     assert (again.inserted, again.updated, again.count_in_store) == (0, 12, 12)

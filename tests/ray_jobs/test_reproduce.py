@@ -19,8 +19,13 @@ def _retrieval(p_hit: float, seed: int) -> dict:
 
 
 def _refs() -> dict:
-    return {"chance (random ranking, exact; majority class; AUC 0.5)": {"ap10": np.full(N, 0.45), "ndcg_all": np.full(N, 0.6),
-                                                                        "p_at_1": np.full(N, 0.45)}}
+    return {
+        "chance (random ranking, exact; majority class; AUC 0.5)": {
+            "ap10": np.full(N, 0.45),
+            "ndcg_all": np.full(N, 0.6),
+            "p_at_1": np.full(N, 0.45),
+        }
+    }
 
 
 def _by_name(claims):
@@ -28,8 +33,10 @@ def _by_name(claims):
 
 
 def test_hash_claims_are_bootstrap_verdicts():
-    runs = {f"ours, {b} bits": [{"outcome": _retrieval(p, 10 * b + s)} for s in range(3)]
-            for b, p in ((16, 0.50), (32, 0.51), (48, 0.52), (64, 0.90))}
+    runs = {
+        f"ours, {b} bits": [{"outcome": _retrieval(p, 10 * b + s)} for s in range(3)]
+        for b, p in ((16, 0.50), (32, 0.51), (48, 0.52), (64, 0.90))
+    }
     runs["ours-A (no attention), 64 bits"] = [{"outcome": _retrieval(0.5, 900 + s)} for s in range(3)]
     got = _by_name(_claims("cxr-hash", runs, _refs(), {}, N, 500, [], main="ours, 64 bits"))
     near = got["paper 5 Table 2: mAP@10 rises with code length (32 bits vs 16 bits)"]
@@ -44,8 +51,10 @@ def test_hash_claims_are_bootstrap_verdicts():
 
 
 def test_collapsed_variant_is_inconclusive_not_won():
-    runs = {"ours, 64 bits": [{"outcome": _retrieval(0.9, s)} for s in range(3)],
-            "ours-A (no attention), 64 bits": [{"outcome": _retrieval(0.1, 50 + s)} for s in range(3)]}
+    runs = {
+        "ours, 64 bits": [{"outcome": _retrieval(0.9, s)} for s in range(3)],
+        "ours-A (no attention), 64 bits": [{"outcome": _retrieval(0.1, 50 + s)} for s in range(3)],
+    }
     got = _by_name(_claims("cxr-hash", runs, _refs(), {}, N, 500, ["ours-A (no attention), 64 bits"]))
     c = got["paper 5 Table 4: the attention branch improves mAP@10 (64 bits vs -A)"]
     assert c["lo"] > 0 and c["verdict"] == "inconclusive" and "collapsed" in c["numbers"]
@@ -54,11 +63,24 @@ def test_collapsed_variant_is_inconclusive_not_won():
 
 def _section(kind: str) -> dict:
     runs = {"ours, 64 bits": [to_json(_retrieval(0.9, s)) for s in range(3)]}
-    return {"profile": "cxr-hash", "paper": 5, "data_kind": kind, "n_test": N, "n_gallery": 400, "dataset": "some data",
-            "command": "python ray_jobs/reproduce.py --quick", "seconds": 12.0, "config": "configs/cxr-hash.yaml",
-            "overrides": [], "outcomes": runs, "references": {k: to_json(v) for k, v in _refs().items()},
-            "collapsed": {"ours, 64 bits": []}, "claims": [{"claim": "c", "verdict": "yes", "numbers": "n"}], "notes": [],
-            "complete": True}
+    return {
+        "profile": "cxr-hash",
+        "paper": 5,
+        "data_kind": kind,
+        "n_test": N,
+        "n_gallery": 400,
+        "dataset": "some data",
+        "command": "python ray_jobs/reproduce.py --quick",
+        "seconds": 12.0,
+        "config": "configs/cxr-hash.yaml",
+        "overrides": [],
+        "outcomes": runs,
+        "references": {k: to_json(v) for k, v in _refs().items()},
+        "collapsed": {"ours, 64 bits": []},
+        "claims": [{"claim": "c", "verdict": "yes", "numbers": "n"}],
+        "notes": [],
+        "complete": True,
+    }
 
 
 def test_page_names_the_data_kind_and_the_published_numbers(tmp_path):
@@ -73,20 +95,53 @@ def test_page_names_the_data_kind_and_the_published_numbers(tmp_path):
 def test_run_folder_and_no_silent_publish(tmp_path):
     import argparse
 
-    docs = (tmp_path / "docs_results_untouched")
-    meta = {"written": "now", "command": "cmd", "run_dir": str(tmp_path / "run"), "seeds": 3, "machine": "m", "status": "s"}
+    docs = tmp_path / "docs_results_untouched"
+    meta = {
+        "written": "now",
+        "command": "cmd",
+        "run_dir": str(tmp_path / "run"),
+        "seeds": 3,
+        "machine": "m",
+        "status": "s",
+    }
     _write(tmp_path / "run", [_section("PHANTOM (synthetic)")], meta, argparse.Namespace(boot=100))
     assert {p.name for p in (tmp_path / "run").iterdir()} == {"results.md", "results.json", "cxr-hash.outcomes.json"}
     assert not docs.exists()
 
 
 def test_calibration_section():
-    cal = {"cxr": {"n": 400, "size": 128, "seed": 2, "by_signal": {"1": {
-        "chance": {"majority_accuracy": 0.485, "balanced_accuracy": 0.1667},
-        "image_stats_logreg": {"accuracy": 0.32, "balanced_accuracy": 0.33, "macro_auc_ovr": 0.66},
-        "report_tfidf_logreg": {"accuracy": 0.87, "balanced_accuracy": 0.78, "macro_auc_ovr": 0.97}}}},
-        "ct": {"n": 120, "size": 64, "slices": 4, "signal": 1.0, "features": "9 HU stats", "accuracy": 0.9, "chance_majority": 0.25}}
-    meta = {"written": "now", "command": "cmd", "run_dir": "r", "seeds": 3, "machine": "m", "status": "s", "calibration": cal}
+    cal = {
+        "cxr": {
+            "n": 400,
+            "size": 128,
+            "seed": 2,
+            "by_signal": {
+                "1": {
+                    "chance": {"majority_accuracy": 0.485, "balanced_accuracy": 0.1667},
+                    "image_stats_logreg": {"accuracy": 0.32, "balanced_accuracy": 0.33, "macro_auc_ovr": 0.66},
+                    "report_tfidf_logreg": {"accuracy": 0.87, "balanced_accuracy": 0.78, "macro_auc_ovr": 0.97},
+                }
+            },
+        },
+        "ct": {
+            "n": 120,
+            "size": 64,
+            "slices": 4,
+            "signal": 1.0,
+            "features": "9 HU stats",
+            "accuracy": 0.9,
+            "chance_majority": 0.25,
+        },
+    }
+    meta = {
+        "written": "now",
+        "command": "cmd",
+        "run_dir": "r",
+        "seeds": 3,
+        "machine": "m",
+        "status": "s",
+        "calibration": cal,
+    }
     page = _page([], meta, 100)
     assert "| 1 | 0.485 / 0.167 / 0.5 | 0.320 / 0.330 / 0.660 | 0.870 / 0.780 / 0.970 |" in page
     assert "accuracy **0.900** (majority class 0.250)" in page

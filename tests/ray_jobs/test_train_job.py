@@ -18,13 +18,27 @@ import yaml
 from lungsearch.jobs import job_summary
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["data.phantom.n=32", "data.phantom.size=64", "data.image_size=32", "train.epochs=4", "train.batch_size=8",
-        "train.early_stopping_patience=0", "train.torch_threads=1"]
+TINY = [
+    "data.phantom.n=32",
+    "data.phantom.size=64",
+    "data.image_size=32",
+    "train.epochs=4",
+    "train.batch_size=8",
+    "train.early_stopping_patience=0",
+    "train.torch_threads=1",
+]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ, LUNGSEARCH_DATA_DIR=str(tmp_path / "data"), LUNGSEARCH_ARTIFACTS_DIR=str(tmp_path / "art"),
-               LUNGSEARCH_RAY_NUM_CPUS="2", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        LUNGSEARCH_DATA_DIR=str(tmp_path / "data"),
+        LUNGSEARCH_ARTIFACTS_DIR=str(tmp_path / "art"),
+        LUNGSEARCH_RAY_NUM_CPUS="2",
+        RAY_USAGE_STATS_ENABLED="0",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("LUNGSEARCH_RAY_ADDRESS", None)
     env.pop("RAY_ADDRESS", None)
     return env
@@ -42,8 +56,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
 @pytest.mark.ray
 def test_train_job_killed_then_resumed(tmp_path):
     runs = tmp_path / "runs"
-    cmd = [sys.executable, str(REPO / "ray_jobs" / "train.py"), "--config", str(REPO / "configs" / "cxr-cnn.yaml"), *TINY,
-           f"train.storage_path={runs}", "--max-failures", "0"]
+    cmd = [
+        sys.executable,
+        str(REPO / "ray_jobs" / "train.py"),
+        "--config",
+        str(REPO / "configs" / "cxr-cnn.yaml"),
+        *TINY,
+        f"train.storage_path={runs}",
+        "--max-failures",
+        "0",
+    ]
     env = _env(tmp_path)
     log = open(tmp_path / "first.log", "w")
     # Own session: the kill reaches the driver and the Ray processes it started, nothing else.
@@ -79,8 +101,16 @@ def test_train_job_killed_then_resumed(tmp_path):
         assert (report / name).is_file(), name
     assert "PHANTOM (synthetic)" in (report / "report.md").read_text()
 
-    ev = subprocess.run([sys.executable, str(REPO / "ray_jobs" / "evaluate.py"), "--config", "cxr-cnn", "--model", out["model"]],
-                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    ev = subprocess.run(
+        [sys.executable, str(REPO / "ray_jobs" / "evaluate.py"), "--config", "cxr-cnn", "--model", out["model"]],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     again = job_summary(ev.stdout)
-    assert again["metrics"]["accuracy"] == pytest.approx(out["metrics"]["test_accuracy"], abs=1e-6)  # same split, same model
+    assert again["metrics"]["accuracy"] == pytest.approx(
+        out["metrics"]["test_accuracy"], abs=1e-6
+    )  # same split, same model

@@ -101,8 +101,12 @@ class MilvusServerProcess:
 
     def start(self, timeout: float = 60.0) -> "MilvusServerProcess":
         log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER_CODE, str(self.data_dir), str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=log, cwd=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_CODE, str(self.data_dir), str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=str(REPO),
+        )
         line = self.proc.stdout.readline().decode()
         if not line.startswith("ready"):
             self.stop(kill=True)
@@ -135,15 +139,27 @@ def precreate_collections(db_path: Path, cards: Iterable[Any]) -> None:
 
     with MilvusStore(str(db_path)) as store:
         for card in cards:
-            store.ensure_collection(card.profile, card.version, embedding_dim=card.embedding_dim,
-                                    code_bits=card.code_bits, index=card.config.index)
+            store.ensure_collection(
+                card.profile,
+                card.version,
+                embedding_dim=card.embedding_dim,
+                code_bits=card.code_bits,
+                index=card.config.index,
+            )
 
 
 # ------------------------------------------------------------------------------------ models, data
 
 #: Tight limits so each limit check is cheap to trip (applied to the test models' serve config).
-LIMITS = {"max_message_bytes": 2 * 1024 * 1024, "max_image_bytes": 1024 * 1024, "max_image_side": 1024,
-          "max_decoded_bytes": 16 * 1024 * 1024, "max_series_images": 12, "max_report_chars": 4000, "max_top_k": 50}
+LIMITS = {
+    "max_message_bytes": 2 * 1024 * 1024,
+    "max_image_bytes": 1024 * 1024,
+    "max_image_side": 1024,
+    "max_decoded_bytes": 16 * 1024 * 1024,
+    "max_series_images": 12,
+    "max_report_chars": 4000,
+    "max_top_k": 50,
+}
 
 
 #: Profiles the reliability app serves: ct-ild (CT DICOM + radiomics + LSH codes) and cxr-hash
@@ -170,7 +186,9 @@ def build_registry(root: Path, profiles: dict[str, list[str]] | None = None) -> 
     """Untrained tiny models for ``profiles`` (default :data:`PROFILES`) plus :data:`LIMITS`;
     returns the cards. The serving tests' own limits are applied after ours where both set one:
     tests read the effective limits from the cards."""
-    over = {p: list(o) + [f"serve.limits.{k}={v}" for k, v in LIMITS.items()] for p, o in (profiles or PROFILES).items()}
+    over = {
+        p: list(o) + [f"serve.limits.{k}={v}" for k, v in LIMITS.items()] for p, o in (profiles or PROFILES).items()
+    }
     return list(_services_fixtures().build_registry(root, over).values())
 
 
@@ -246,8 +264,10 @@ class ServeApp:
     def channel(self):
         import grpc
 
-        return grpc.insecure_channel(self.target, options=[("grpc.max_send_message_length", 64 << 20),
-                                                           ("grpc.max_receive_message_length", 64 << 20)])
+        return grpc.insecure_channel(
+            self.target,
+            options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)],
+        )
 
     def metrics_text(self) -> str:
         """Every replica's exposition merged once (what ``/metrics`` of ``lungsearch serve`` serves)."""
@@ -259,28 +279,43 @@ class ServeApp:
         return next(c for c in self.cards if c.profile == profile)
 
 
-def start_serve_app(workdir: Path, args: dict[str, Any], cards: list[Any], *, gateway_replicas: int = 1,
-                    timeout_s: float = 300.0) -> ServeApp:
+def start_serve_app(
+    workdir: Path, args: dict[str, Any], cards: list[Any], *, gateway_replicas: int = 1, timeout_s: float = 300.0
+) -> ServeApp:
     """``serve.start`` (gRPC on a free loopback port) + ``serve.run(services.gateway.app(args))``;
     with ``gateway_replicas`` > 1 the same app through Serve's config path (as ``lungsearch serve``
     deploys it), whose per-deployment override sets the Gateway's replicas."""
     from ray import serve
-    from ray.serve.config import gRPCOptions, HTTPOptions
+    from ray.serve.config import HTTPOptions, gRPCOptions
 
     from services.gateway import app
 
     port = free_port()
     if gateway_replicas == 1:
-        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
-                    grpc_options=gRPCOptions(port=port, grpc_servicer_functions=GRPC_SERVICERS))
+        serve.start(
+            http_options=HTTPOptions(host="127.0.0.1", port=free_port()),
+            grpc_options=gRPCOptions(port=port, grpc_servicer_functions=GRPC_SERVICERS),
+        )
         serve.run(app(args), name=APP_NAME, route_prefix="/" + APP_NAME, blocking=False)
     else:
         from lungsearch.cli._serve import deploy
 
-        deploy({"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": free_port()},
+        deploy(
+            {
+                "proxy_location": "HeadOnly",
+                "http_options": {"host": "127.0.0.1", "port": free_port()},
                 "grpc_options": {"port": port, "grpc_servicer_functions": GRPC_SERVICERS},
-                "applications": [{"name": APP_NAME, "route_prefix": "/" + APP_NAME, "import_path": "services.gateway:app",
-                                  "args": args, "deployments": [{"name": "Gateway", "num_replicas": gateway_replicas}]}]})
+                "applications": [
+                    {
+                        "name": APP_NAME,
+                        "route_prefix": "/" + APP_NAME,
+                        "import_path": "services.gateway:app",
+                        "args": args,
+                        "deployments": [{"name": "Gateway", "num_replicas": gateway_replicas}],
+                    }
+                ],
+            }
+        )
     deadline = time.monotonic() + timeout_s
     while True:
         status = serve.status().applications.get(APP_NAME)
@@ -304,8 +339,11 @@ def replica_pids(deployment: str) -> list[int]:
     from ray._private import state
 
     name = f"ServeReplica:{APP_NAME}:{deployment}"
-    return sorted(int(a["Pid"]) for a in state.actors().values()
-                  if a.get("ActorClassName") == name and a.get("State") == "ALIVE" and a.get("Pid"))
+    return sorted(
+        int(a["Pid"])
+        for a in state.actors().values()
+        if a.get("ActorClassName") == name and a.get("State") == "ALIVE" and a.get("Pid")
+    )
 
 
 def ray_session_dir() -> Path:

@@ -28,11 +28,10 @@ import threading
 import time
 from pathlib import Path
 
+import _reliability as R
 import numpy as np
 import pytest
 import yaml
-
-import _reliability as R
 
 pytestmark = [pytest.mark.slow]
 
@@ -49,13 +48,33 @@ class ServeProcess:
         cfg["http_options"]["port"] = R.free_port()  # Serve's HTTP proxy: a free port, not 8000
         self.config = work / "serve_config.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
-        self.argv = [sys.executable, "-m", "lungsearch.cli", "serve", "--config", str(self.config), "--profile", PROFILE,
-                     "--artifacts-dir", str(artifacts), "--milvus-uri", str(work / "lungsearch.db"),
-                     "--hmac-key-file", str(work / "hmac.key"), "--insecure-local", "--grpc-port", str(grpc_port),
-                     "--metrics-port", str(R.free_port()), "--num-cpus", "2",
-                     # one Gateway: the whole app is killed here, a second replica only slows each start
-                     # (measured 132 s for this test with one, 157 s with two, loaded 2 cores)
-                     "--replicas", "1"]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "lungsearch.cli",
+            "serve",
+            "--config",
+            str(self.config),
+            "--profile",
+            PROFILE,
+            "--artifacts-dir",
+            str(artifacts),
+            "--milvus-uri",
+            str(work / "lungsearch.db"),
+            "--hmac-key-file",
+            str(work / "hmac.key"),
+            "--insecure-local",
+            "--grpc-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(R.free_port()),
+            "--num-cpus",
+            "2",
+            # one Gateway: the whole app is killed here, a second replica only slows each start
+            # (measured 132 s for this test with one, 157 s with two, loaded 2 cores)
+            "--replicas",
+            "1",
+        ]
         self.log = work / "serve.log"
         self.grpc_port = grpc_port
         self.metrics_port = int(self.argv[self.argv.index("--metrics-port") + 1])
@@ -66,13 +85,21 @@ class ServeProcess:
         env.pop("RAY_ADDRESS", None)
         env.pop("LUNGSEARCH_RAY_ADDRESS", None)
         offset = self.log.stat().st_size if self.log.exists() else 0
-        self.proc = subprocess.Popen(self.argv + list(extra), cwd=str(R.REPO), env=env, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv + list(extra),
+            cwd=str(R.REPO),
+            env=env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while b"ready; Ctrl-C stops" not in self.log.read_bytes()[offset:]:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"lungsearch serve exited ({self.proc.returncode}): "
-                                   f"{self.log.read_bytes()[-2000:].decode(errors='replace')}")
+                raise RuntimeError(
+                    f"lungsearch serve exited ({self.proc.returncode}): "
+                    f"{self.log.read_bytes()[-2000:].decode(errors='replace')}"
+                )
             if time.monotonic() > deadline:
                 self.kill()
                 raise TimeoutError("lungsearch serve did not get ready")
@@ -122,8 +149,8 @@ def test_kill9_during_ingest_stream_loses_no_acknowledged_case(tmp_path):
     print(f"\nlungsearch serve up in {time.monotonic() - t0:.1f} s")
     try:
         # ---- the ingest stream, killed mid-way ------------------------------------------------
-        acked: dict[int, str] = {}   # case index -> case key (the server said OK)
-        sent: set[int] = set()       # every case index a request was sent for
+        acked: dict[int, str] = {}  # case index -> case key (the server said OK)
+        sent: set[int] = set()  # every case index a request was sent for
         lock = threading.Lock()
         stop = threading.Event()
 
@@ -159,8 +186,10 @@ def test_kill9_during_ingest_stream_loses_no_acknowledged_case(tmp_path):
         assert len(acked_now) >= KILL_AFTER_ACKS and len(sent_now) < N_CASES, "the kill did not land mid-stream"
         time.sleep(1.0)
         assert not [p for p in killed if _alive(p)], "some process of the app survived the kill"
-        print(f"killed {len(killed)} processes after {len(acked_now)} acknowledged ingests "
-              f"({len(sent_now) - len(acked_now)} in flight)")
+        print(
+            f"killed {len(killed)} processes after {len(acked_now)} acknowledged ingests "
+            f"({len(sent_now) - len(acked_now)} in flight)"
+        )
 
         # ---- what the store holds after the crash ----------------------------------------------
         with MilvusStore(str(tmp_path / "lungsearch.db")) as store:
@@ -169,7 +198,7 @@ def test_kill9_during_ingest_stream_loses_no_acknowledged_case(tmp_path):
             assert key in rows, f"acknowledged case {i} lost"
             assert list(rows[key].labels) == labels[i]
         bits = card.code_bits
-        for key, c in rows.items():  # complete rows only: metadata, embedding and code together
+        for c in rows.values():  # complete rows only: metadata, embedding and code together
             assert c.modality == "cxr" and c.num_images == 1 and c.model_version == card.version and c.labels
             emb = np.asarray(c.embedding, dtype=np.float64)
             assert emb.shape == (card.embedding_dim,) and np.isfinite(emb).all()
@@ -186,16 +215,27 @@ def test_kill9_during_ingest_stream_loses_no_acknowledged_case(tmp_path):
         if tls:
             pki = _pki(tmp_path / "pki")
             tls_port = R.free_port()
-            extra += ["--tls-cert", str(pki["server.crt"]), "--tls-key", str(pki["server.key"]),
-                      "--tls-client-ca", str(pki["ca.crt"]), "--tls-port", str(tls_port)]
+            extra += [
+                "--tls-cert",
+                str(pki["server.crt"]),
+                "--tls-key",
+                str(pki["server.key"]),
+                "--tls-client-ca",
+                str(pki["ca.crt"]),
+                "--tls-port",
+                str(tls_port),
+            ]
         t1 = time.monotonic()
         app.start(extra)
-        print(f"restarted{' behind mTLS' if tls else ''} in {time.monotonic() - t1:.1f} s; "
-              f"{len(rows)} rows in Milvus, {len(acked_now)} acknowledged")
+        print(
+            f"restarted{' behind mTLS' if tls else ''} in {time.monotonic() - t1:.1f} s; "
+            f"{len(rows)} rows in Milvus, {len(acked_now)} acknowledged"
+        )
         if tls:
             creds = {"ca_file": pki["ca.crt"], "cert_file": pki["client.crt"], "key_file": pki["client.key"]}
-            client = LungSearchClient(f"127.0.0.1:{tls_port}", token=ADMIN, timeout=60,
-                                      retries=RetryPolicy(max_attempts=6, seed=0), **creds)
+            client = LungSearchClient(
+                f"127.0.0.1:{tls_port}", token=ADMIN, timeout=60, retries=RetryPolicy(max_attempts=6, seed=0), **creds
+            )
         else:
             client = LungSearchClient(target, token=ADMIN, timeout=60, retries=RetryPolicy(max_attempts=6, seed=0))
         for i, key in acked_now.items():
@@ -208,8 +248,9 @@ def test_kill9_during_ingest_stream_loses_no_acknowledged_case(tmp_path):
         import grpc
 
         if tls:
-            creds = grpc.ssl_channel_credentials(pki["ca.crt"].read_bytes(), pki["client.key"].read_bytes(),
-                                                 pki["client.crt"].read_bytes())
+            creds = grpc.ssl_channel_credentials(
+                pki["ca.crt"].read_bytes(), pki["client.key"].read_bytes(), pki["client.crt"].read_bytes()
+            )
             channel = grpc.secure_channel(f"127.0.0.1:{tls_port}", creds)
         else:
             channel = grpc.insecure_channel(target)
@@ -232,8 +273,11 @@ def _gateway_ok(port: int) -> dict[str, float]:
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    return {s.labels["method"]: s.value for s in fams["lungsearch_serve_requests"].samples
-            if s.labels["deployment"] == "gateway" and s.labels["code"] == "OK"}
+    return {
+        s.labels["method"]: s.value
+        for s in fams["lungsearch_serve_requests"].samples
+        if s.labels["deployment"] == "gateway" and s.labels["code"] == "OK"
+    }
 
 
 def _tokens(work: Path) -> Path:
@@ -249,19 +293,22 @@ def _pki(d: Path) -> dict[str, Path]:
 
     from cryptography.hazmat.primitives import serialization
 
-    spec = importlib.util.spec_from_file_location("lungsearch_tests_security_pki",
-                                                  R.REPO / "tests" / "security" / "conftest.py")
+    spec = importlib.util.spec_from_file_location(
+        "lungsearch_tests_security_pki", R.REPO / "tests" / "security" / "conftest.py"
+    )
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     d.mkdir(parents=True, exist_ok=True)
     ca_key, srv_key, cli_key = m._key(), m._key(), m._key()
     ca = m._cert("lungsearch-test-ca", ca_key, ca=True)
     pem = serialization.Encoding.PEM
-    files = {"ca.crt": ca.public_bytes(pem),
-             "server.crt": m._cert("localhost", srv_key, ca, ca_key, server=True).public_bytes(pem),
-             "server.key": m._pem_key(srv_key),
-             "client.crt": m._cert("test-client", cli_key, ca, ca_key).public_bytes(pem),
-             "client.key": m._pem_key(cli_key)}
+    files = {
+        "ca.crt": ca.public_bytes(pem),
+        "server.crt": m._cert("localhost", srv_key, ca, ca_key, server=True).public_bytes(pem),
+        "server.key": m._pem_key(srv_key),
+        "client.crt": m._cert("test-client", cli_key, ca, ca_key).public_bytes(pem),
+        "client.key": m._pem_key(cli_key),
+    }
     out = {}
     for name, data in files.items():
         (d / name).write_bytes(data)
@@ -280,8 +327,9 @@ def _check_index_matches_store(channel, card, rows: dict) -> None:
     stats = ranking.Stats(ranking_pb2.StatsRequest(model=ref), timeout=60, metadata=md)
     assert stats.num_cases == len(rows)
     for key, c in rows.items():
-        req = ranking_pb2.RankRequest(model=ref, top_k=1,
-                                      embedding=convert.tensor_to_proto(np.asarray(c.embedding, np.float32)))
+        req = ranking_pb2.RankRequest(
+            model=ref, top_k=1, embedding=convert.tensor_to_proto(np.asarray(c.embedding, np.float32))
+        )
         req.code.CopyFrom(common_pb2.HashCode(packed=c.code, bits=card.code_bits))
         top = ranking.Rank(req, timeout=60, metadata=md).results[0]
         assert top.case.case_key == key and top.hamming_distance == 0, key

@@ -28,16 +28,14 @@ import signal
 import threading
 import time
 
+import _reliability as R
 import grpc
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lungsearch._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from lungsearch.serving.status import ERROR_METADATA_KEY
-
-import _reliability as R
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -58,8 +56,15 @@ def live(ray_cluster, tmp_path_factory, driver_logs):
     cards = R.build_registry(work / "artifacts")
     R.precreate_collections(work / "store.db", cards)
     store = R.MilvusServerProcess(work / "store.db").start()
-    args = {"profiles": ["ct-ild", "cxr-hash"], "artifacts_dir": str(work / "artifacts"), "milvus_uri": store.uri,
-            "hmac_key_file": str(work / "hmac.key"), "insecure_local": True, "store_timeout": 5.0, "torch_threads": 1}
+    args = {
+        "profiles": ["ct-ild", "cxr-hash"],
+        "artifacts_dir": str(work / "artifacts"),
+        "milvus_uri": store.uri,
+        "hmac_key_file": str(work / "hmac.key"),
+        "insecure_local": True,
+        "store_timeout": 5.0,
+        "torch_threads": 1,
+    }
     t0 = time.perf_counter()
     try:
         app = R.start_serve_app(work, args, cards, gateway_replicas=2)  # the shipped default: two Gateways
@@ -81,8 +86,10 @@ def stub(live):
 @pytest.fixture(scope="module")
 def data(live):
     """Phantom inputs: CT series (DICOM) and radiographs (PNG)."""
-    return {"ct": R.phantom_series(live.workdir / "ct", 3, size=64, slices=4),
-            "png": R.phantom_pngs(live.workdir / "cxr", 8, size=64)}
+    return {
+        "ct": R.phantom_series(live.workdir / "ct", 3, size=64, slices=4),
+        "png": R.phantom_pngs(live.workdir / "cxr", 8, size=64),
+    }
 
 
 def _ref(profile: str) -> common_pb2.ModelRef:
@@ -163,8 +170,8 @@ def _hostile_phi_studies(phi: list[bytes], other: list[bytes]) -> dict[str, list
 
     def bad_values(ds):
         ds.PatientBirthDate = "1945-03-17!" + R.PHI["PatientID"]  # not a DA value: pydicom warns
-        ds.PatientSex = R.PHI["OtherPatientIDs"]                  # not a CS value
-        ds.PatientAge = "Quagmire"                                # not an AS value
+        ds.PatientSex = R.PHI["OtherPatientIDs"]  # not a CS value
+        ds.PatientAge = "Quagmire"  # not an AS value
 
     def not_image(ds):
         ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
@@ -187,7 +194,9 @@ def _hostile_phi_studies(phi: list[bytes], other: list[bytes]) -> dict[str, list
 def test_phi_dicom_is_ingested_searchable_and_keyed(live, stub, data):
     phi = R.with_phi(data["ct"][0])
     STATE["phi_series"] = phi
-    resp, err = _call(stub, "Ingest", gateway_pb2.IngestRequest(model=_ref("ct-ild"), images=_imgs(phi), labels=["ggo"]))
+    resp, err = _call(
+        stub, "Ingest", gateway_pb2.IngestRequest(model=_ref("ct-ild"), images=_imgs(phi), labels=["ggo"])
+    )
     assert err is None, err.details()
     assert len(resp.case_key) == 32 and resp.created
     STATE["phi_key"] = resp.case_key
@@ -205,8 +214,11 @@ def test_phi_dicom_is_ingested_searchable_and_keyed(live, stub, data):
     parts = [gateway_pb2.IngestStreamRequest(header=gateway_pb2.IngestRequest(model=_ref("ct-ild"), labels=["ggo"]))]
     for i, b in enumerate(phi):
         for off in range(0, len(b), 4096):
-            parts.append(gateway_pb2.IngestStreamRequest(chunk=gateway_pb2.ImageChunk(
-                image_index=i, data=b[off:off + 4096], last=off + 4096 >= len(b))))
+            parts.append(
+                gateway_pb2.IngestStreamRequest(
+                    chunk=gateway_pb2.ImageChunk(image_index=i, data=b[off : off + 4096], last=off + 4096 >= len(b))
+                )
+            )
     try:
         streamed = stub.IngestStream(iter(parts), timeout=120)
     except grpc.RpcError as e:  # pragma: no cover - reported with the status
@@ -228,8 +240,10 @@ def test_phi_dicom_rejections_are_typed_and_quote_nothing(live, stub):
         "invalid_vr_values": None,
     }
     for name, blobs in STATE["hostile"].items():
-        for method, req in (("Ingest", gateway_pb2.IngestRequest(model=_ref("ct-ild"), images=_imgs(blobs), labels=["ggo"])),
-                            ("Search", gateway_pb2.SearchRequest(model=_ref("ct-ild"), images=_imgs(blobs)))):
+        for method, req in (
+            ("Ingest", gateway_pb2.IngestRequest(model=_ref("ct-ild"), images=_imgs(blobs), labels=["ggo"])),
+            ("Search", gateway_pb2.SearchRequest(model=_ref("ct-ild"), images=_imgs(blobs))),
+        ):
             resp, err = _call(stub, method, req)
             want = expected[name]
             if want is None:
@@ -284,40 +298,142 @@ def test_request_limits_are_rejected_with_a_reason(live, stub, data):
     lim = limits.model_dump()
     ct, png = data["ct"][1], data["png"][0]
     # 1024 x 1024 x 10 frames: each within the side and series limits, 40 MiB of float32 in total
-    big_frames = _variant(ct[:1], lambda ds: (setattr(ds, "Rows", 1024), setattr(ds, "Columns", 1024),
-                                                setattr(ds, "NumberOfFrames", 10)))
+    big_frames = _variant(
+        ct[:1], lambda ds: (setattr(ds, "Rows", 1024), setattr(ds, "Columns", 1024), setattr(ds, "NumberOfFrames", 10))
+    )
     cases = [  # (name, method, request, status, reason, component code)
-        ("message size", "Search", gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([b"\x89PNG" + b"\0" * 900_000] * 3)),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "message_bytes"),
-        ("image bytes", "Ingest", gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([b"\0" * (lim["max_image_bytes"] + 1)])),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "image_bytes"),
-        ("image side (PNG)", "Search", gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([_png(lim["max_image_side"] + 1, 8)])),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "image_too_large"),
-        ("image side (DICOM rows)", "Search", gateway_pb2.SearchRequest(model=_ref("ct-ild"), images=_imgs(
-            _variant(ct[:1], lambda ds: setattr(ds, "Rows", 60000)))), "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "image_too_large"),
-        ("decoded size", "Search", gateway_pb2.SearchRequest(model=_ref("ct-ild"), images=_imgs(big_frames)),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "decoded_too_large"),
-        ("series length", "Ingest", gateway_pb2.IngestRequest(model=_ref("ct-ild"), images=_imgs([ct[0]] * (lim["max_series_images"] + 1))),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "series_images"),
-        ("report length", "Search", gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([png]),
-                                                              report=common_pb2.Report(text="x" * (lim["max_report_chars"] + 1))),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "report_chars"),
-        ("report sections length", "Ingest", gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([png]), report=common_pb2.Report(
-            findings="f" * 3000, impression="i" * 3000)), "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "report_chars"),
-        ("top_k cap", "Search", gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([png]), top_k=lim["max_top_k"] + 1),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "top_k"),
-        ("negative top_k", "Search", gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([png]), top_k=-1),
-         "INVALID_ARGUMENT", "INVALID_REQUEST", "top_k"),
-        ("knn_k cap", "Classify", gateway_pb2.ClassifyRequest(model=_ref("cxr-hash"), images=_imgs([png]), knn_k=10_000),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", None),
-        ("source_id length", "Ingest", gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([png]), source_id="s" * 5000),
-         "RESOURCE_EXHAUSTED", "LIMIT_EXCEEDED", "source_id"),
-        ("label count", "Ingest", gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([png]), labels=[f"l{i}" for i in range(500)]),
-         None, None, None),
-        ("label length", "Ingest", gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([png]), labels=["a" * 10_000]),
-         "INVALID_ARGUMENT", "INVALID_REQUEST", "label"),
-        ("empty image", "Search", gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=[common_pb2.Image(data=b"")]),
-         "INVALID_ARGUMENT", "INVALID_REQUEST", "empty_image"),
+        (
+            "message size",
+            "Search",
+            gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([b"\x89PNG" + b"\0" * 900_000] * 3)),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "message_bytes",
+        ),
+        (
+            "image bytes",
+            "Ingest",
+            gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([b"\0" * (lim["max_image_bytes"] + 1)])),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "image_bytes",
+        ),
+        (
+            "image side (PNG)",
+            "Search",
+            gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([_png(lim["max_image_side"] + 1, 8)])),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "image_too_large",
+        ),
+        (
+            "image side (DICOM rows)",
+            "Search",
+            gateway_pb2.SearchRequest(
+                model=_ref("ct-ild"), images=_imgs(_variant(ct[:1], lambda ds: setattr(ds, "Rows", 60000)))
+            ),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "image_too_large",
+        ),
+        (
+            "decoded size",
+            "Search",
+            gateway_pb2.SearchRequest(model=_ref("ct-ild"), images=_imgs(big_frames)),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "decoded_too_large",
+        ),
+        (
+            "series length",
+            "Ingest",
+            gateway_pb2.IngestRequest(model=_ref("ct-ild"), images=_imgs([ct[0]] * (lim["max_series_images"] + 1))),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "series_images",
+        ),
+        (
+            "report length",
+            "Search",
+            gateway_pb2.SearchRequest(
+                model=_ref("cxr-hash"),
+                images=_imgs([png]),
+                report=common_pb2.Report(text="x" * (lim["max_report_chars"] + 1)),
+            ),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "report_chars",
+        ),
+        (
+            "report sections length",
+            "Ingest",
+            gateway_pb2.IngestRequest(
+                model=_ref("cxr-hash"),
+                images=_imgs([png]),
+                report=common_pb2.Report(findings="f" * 3000, impression="i" * 3000),
+            ),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "report_chars",
+        ),
+        (
+            "top_k cap",
+            "Search",
+            gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([png]), top_k=lim["max_top_k"] + 1),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "top_k",
+        ),
+        (
+            "negative top_k",
+            "Search",
+            gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=_imgs([png]), top_k=-1),
+            "INVALID_ARGUMENT",
+            "INVALID_REQUEST",
+            "top_k",
+        ),
+        (
+            "knn_k cap",
+            "Classify",
+            gateway_pb2.ClassifyRequest(model=_ref("cxr-hash"), images=_imgs([png]), knn_k=10_000),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            None,
+        ),
+        (
+            "source_id length",
+            "Ingest",
+            gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([png]), source_id="s" * 5000),
+            "RESOURCE_EXHAUSTED",
+            "LIMIT_EXCEEDED",
+            "source_id",
+        ),
+        (
+            "label count",
+            "Ingest",
+            gateway_pb2.IngestRequest(
+                model=_ref("cxr-hash"), images=_imgs([png]), labels=[f"l{i}" for i in range(500)]
+            ),
+            None,
+            None,
+            None,
+        ),
+        (
+            "label length",
+            "Ingest",
+            gateway_pb2.IngestRequest(model=_ref("cxr-hash"), images=_imgs([png]), labels=["a" * 10_000]),
+            "INVALID_ARGUMENT",
+            "INVALID_REQUEST",
+            "label",
+        ),
+        (
+            "empty image",
+            "Search",
+            gateway_pb2.SearchRequest(model=_ref("cxr-hash"), images=[common_pb2.Image(data=b"")]),
+            "INVALID_ARGUMENT",
+            "INVALID_REQUEST",
+            "empty_image",
+        ),
     ]
     before = _num_cases(stub, "cxr-hash")
     for name, method, req, status, reason, code in cases:
@@ -341,8 +457,10 @@ def test_request_limits_are_rejected_with_a_reason(live, stub, data):
 def test_stream_over_the_message_limit_is_refused(live, stub, data):
     chunk = b"\0" * 512 * 1024
     parts = [gateway_pb2.IngestStreamRequest(header=gateway_pb2.IngestRequest(model=_ref("cxr-hash")))]
-    parts += [gateway_pb2.IngestStreamRequest(chunk=gateway_pb2.ImageChunk(image_index=i, data=chunk, last=True))
-              for i in range(8)]  # 4 MiB in total, 2 MiB allowed
+    parts += [
+        gateway_pb2.IngestStreamRequest(chunk=gateway_pb2.ImageChunk(image_index=i, data=chunk, last=True))
+        for i in range(8)
+    ]  # 4 MiB in total, 2 MiB allowed
     with pytest.raises(grpc.RpcError) as e:
         stub.IngestStream(iter(parts), timeout=120)
     _assert_well_formed(e.value, allowed={"RESOURCE_EXHAUSTED"})
@@ -386,25 +504,49 @@ def _num_cases(stub, profile: str) -> int:
 # ----------------------------------------------------------------------- 3. random/malformed messages
 
 #: Statuses a client may get for a random request; INTERNAL/UNKNOWN would mean an unmapped failure.
-CLIENT_ERRORS = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
-                 "UNAUTHENTICATED", "PERMISSION_DENIED"}
-_METHODS = {"Ingest": gateway_pb2.IngestRequest, "Search": gateway_pb2.SearchRequest,
-            "Classify": gateway_pb2.ClassifyRequest, "Explain": gateway_pb2.ExplainRequest,
-            "GetCase": gateway_pb2.GetCaseRequest, "DeleteCase": gateway_pb2.DeleteCaseRequest,
-            "ListModels": gateway_pb2.ListModelsRequest, "ActivateModel": gateway_pb2.ActivateModelRequest}
+CLIENT_ERRORS = {
+    "INVALID_ARGUMENT",
+    "RESOURCE_EXHAUSTED",
+    "NOT_FOUND",
+    "FAILED_PRECONDITION",
+    "OUT_OF_RANGE",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+}
+_METHODS = {
+    "Ingest": gateway_pb2.IngestRequest,
+    "Search": gateway_pb2.SearchRequest,
+    "Classify": gateway_pb2.ClassifyRequest,
+    "Explain": gateway_pb2.ExplainRequest,
+    "GetCase": gateway_pb2.GetCaseRequest,
+    "DeleteCase": gateway_pb2.DeleteCaseRequest,
+    "ListModels": gateway_pb2.ListModelsRequest,
+    "ActivateModel": gateway_pb2.ActivateModelRequest,
+}
 
-_text = st.one_of(st.just(""), st.sampled_from(["ct-ild", "cxr-hash", "ggo", "Normal", "0" * 32, "PA", "lsh"]),
-                  st.text(max_size=40),
-                  # huge strings: a short random piece repeated (hypothesis draws at most ~8k characters)
-                  st.builds(lambda piece, n: piece * n, st.text(alphabet="ab\x00\u202e肺^", min_size=1, max_size=6),
-                            st.integers(5_000, 40_000)))
+_text = st.one_of(
+    st.just(""),
+    st.sampled_from(["ct-ild", "cxr-hash", "ggo", "Normal", "0" * 32, "PA", "lsh"]),
+    st.text(max_size=40),
+    # huge strings: a short random piece repeated (hypothesis draws at most ~8k characters)
+    st.builds(
+        lambda piece, n: piece * n,
+        st.text(alphabet="ab\x00\u202e肺^", min_size=1, max_size=6),
+        st.integers(5_000, 40_000),
+    ),
+)
 
 
 def _bytes_field(draw):
-    return draw(st.one_of(st.binary(max_size=64),
-                          st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\0" * 128 + b"DICM"]).map(
-                              lambda head: head + bytes(range(256)) * 4),
-                          st.builds(lambda n: b"\x89PNG\r\n\x1a\n" + b"\0" * n, st.integers(0, 300_000))))
+    return draw(
+        st.one_of(
+            st.binary(max_size=64),
+            st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\0" * 128 + b"DICM"]).map(
+                lambda head: head + bytes(range(256)) * 4
+            ),
+            st.builds(lambda n: b"\x89PNG\r\n\x1a\n" + b"\0" * n, st.integers(0, 300_000)),
+        )
+    )
 
 
 @st.composite
@@ -458,8 +600,7 @@ def messages(draw, cls, depth=0):
     return msg
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_random_messages_get_well_formed_statuses(live, stub, data):
     method = data.draw(st.sampled_from(sorted(_METHODS)))
@@ -491,8 +632,9 @@ def test_undecodable_bytes_get_a_status_without_traceback(live, blob):
     Serve's answer, not ours (documented in SECURITY.md); it quotes no input and has no traceback."""
     channel = live.channel()
     try:
-        raw = channel.unary_unary("/lungsearch.v1.LungSearch/Search", request_serializer=lambda b: b,
-                                  response_deserializer=lambda b: b)
+        raw = channel.unary_unary(
+            "/lungsearch.v1.LungSearch/Search", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         try:
             raw(blob, timeout=30)
         except grpc.RpcError as err:
@@ -521,12 +663,16 @@ def test_store_outage_is_unavailable_with_reason_and_recovers_without_restart(li
 
     live.store.stop(kill=True)
     down = time.monotonic()
-    for name, call in (("search", lambda: once.search(image=png[0], top_k=3, model="cxr-hash")),
-                       ("ingest", lambda: once.ingest(png[1], labels=["Normal"], model="cxr-hash", source_id="during-outage")),
-                       ("get", lambda: once.get_case(keys[0], model="cxr-hash"))):
+    for name, call in (
+        ("search", lambda: once.search(image=png[0], top_k=3, model="cxr-hash")),
+        ("ingest", lambda: once.ingest(png[1], labels=["Normal"], model="cxr-hash", source_id="during-outage")),
+        ("get", lambda: once.get_case(keys[0], model="cxr-hash")),
+    ):
         with pytest.raises(Unavailable) as e:
             call()
-        assert e.value.detail is not None and e.value.detail.reason == "STORE_UNAVAILABLE" and e.value.detail.retriable, name
+        assert (
+            e.value.detail is not None and e.value.detail.reason == "STORE_UNAVAILABLE" and e.value.detail.retriable
+        ), name
         assert "vector store" in str(e.value), name
         SEEN[f"outage {name}"] = str(e.value)
     assert once.health().status == "NOT_SERVING"
@@ -541,7 +687,9 @@ def test_store_outage_is_unavailable_with_reason_and_recovers_without_restart(li
         assert time.monotonic() < deadline, "health did not return to SERVING"
         time.sleep(0.25)
     healthy_after = time.monotonic() - back
-    retrying = LungSearchClient(live.target, timeout=60, retries=RetryPolicy(max_attempts=8, initial_backoff=0.1, seed=0))
+    retrying = LungSearchClient(
+        live.target, timeout=60, retries=RetryPolicy(max_attempts=8, initial_backoff=0.1, seed=0)
+    )
     hits = retrying.search(image=png[0], top_k=3, model="cxr-hash").hits
     assert hits[0].case.case_key == keys[0]
     served_after = time.monotonic() - back
@@ -549,16 +697,27 @@ def test_store_outage_is_unavailable_with_reason_and_recovers_without_restart(li
     assert extra.created and retrying.get_case(extra.case_key, model="cxr-hash").labels == ("Normal",)
     # Recovered in place: the same gateway (no replica was restarted to get here).
     assert R.replica_pids("Gateway") == gateway_pids
-    print(f"\nstore outage: health SERVING {healthy_after:.2f} s and first search answered {served_after:.2f} s "
-          f"after the Milvus server returned")
+    print(
+        f"\nstore outage: health SERVING {healthy_after:.2f} s and first search answered {served_after:.2f} s "
+        f"after the Milvus server returned"
+    )
     STATE["outage"] = {"healthy_after_s": healthy_after, "search_after_s": served_after}
 
 
 # ---------------------------------------------------------------------------------- 5. replica kill
 
 
-def _load_until_recovered(live, deployment: str, queries: list[bytes], expected: list[str], *, threads: int = 4,
-                          warm_s: float = 1.5, settle_s: float = 1.0, max_s: float = 60.0) -> dict:
+def _load_until_recovered(
+    live,
+    deployment: str,
+    queries: list[bytes],
+    expected: list[str],
+    *,
+    threads: int = 4,
+    warm_s: float = 1.5,
+    settle_s: float = 1.0,
+    max_s: float = 60.0,
+) -> dict:
     """Search from ``threads`` SDK clients (retries on) while one ``deployment`` replica is
     SIGKILLed; runs until a call that started after the new replica was up succeeded, plus
     ``settle_s``. Returns counts and timings."""
@@ -576,8 +735,9 @@ def _load_until_recovered(live, deployment: str, queries: list[bytes], expected:
             return super().should_retry(error)
 
     def worker(i: int) -> None:
-        client = LungSearchClient(live.target, timeout=45,
-                                  retries=Recording(max_attempts=10, initial_backoff=0.2, max_backoff=2.0, seed=i))
+        client = LungSearchClient(
+            live.target, timeout=45, retries=Recording(max_attempts=10, initial_backoff=0.2, max_backoff=2.0, seed=i)
+        )
         j = i
         while not stop.is_set():
             q = j % len(queries)
@@ -619,8 +779,11 @@ def _load_until_recovered(live, deployment: str, queries: list[bytes], expected:
     after = [c for c in calls if c[1] >= killed]
     first_ok = min((e for s, e, o in calls if s >= killed and o == "ok"), default=float("nan"))
     return {
-        "deployment": deployment, "victim": victim, "replicas": len(before),
-        "calls": len(calls), "calls_after_kill": len(after),
+        "deployment": deployment,
+        "victim": victim,
+        "replicas": len(before),
+        "calls": len(calls),
+        "calls_after_kill": len(after),
         "errors": [o for _, _, o in calls if o not in ("ok", "wrong")],
         "wrong": sum(o == "wrong" for _, _, o in calls),
         "failed_attempts": sorted(retried),
@@ -655,8 +818,11 @@ def _gateway_searches(replicas: dict[str, dict]) -> dict[str, float]:
         if r["deployment"] != "Gateway":
             continue
         fams = {f.name: f for f in text_string_to_metric_families(r["text"])}
-        out[rid] = sum(s.value for s in fams["lungsearch_serve_requests"].samples
-                       if s.labels == {"deployment": "gateway", "method": "Search", "code": "OK"})
+        out[rid] = sum(
+            s.value
+            for s in fams["lungsearch_serve_requests"].samples
+            if s.labels == {"deployment": "gateway", "method": "Search", "code": "OK"}
+        )
     return out
 
 
@@ -685,8 +851,11 @@ def test_metrics_count_every_gateway_replica_once(live, data):
 
     def total() -> float:
         fams = {f.name: f for f in text_string_to_metric_families(live.metrics_text())}
-        return sum(s.value for s in fams["lungsearch_serve_requests"].samples
-                   if s.labels == {"deployment": "gateway", "method": "Search", "code": "OK"})
+        return sum(
+            s.value
+            for s in fams["lungsearch_serve_requests"].samples
+            if s.labels == {"deployment": "gateway", "method": "Search", "code": "OK"}
+        )
 
     gateways = R.replica_pids("Gateway")
     assert len(gateways) == 2
@@ -725,8 +894,10 @@ def test_gateway_replica_crash_under_load_reaches_no_client(live, data):
     pids = R.replica_pids("Gateway")
     assert len(pids) == 2 and r["victim"] not in pids
     with live.channel() as ch:
-        assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     deadline = time.monotonic() + STALE_AFTER_S + 20
     while True:
         published = sorted(m["pid"] for m in replica_texts(R.APP_NAME).values() if m["deployment"] == "Gateway")

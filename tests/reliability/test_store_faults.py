@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import _reliability as R
 import numpy as np
 import pytest
 
 from lungsearch._proto.v1 import common_pb2, ranking_pb2
 from lungsearch.errors import StoreUnavailableError
-
-import _reliability as R
 
 
 def _ranking_cls():
@@ -34,11 +33,15 @@ def _record(card, i: int) -> ranking_pb2.CaseRecord:
     rng = np.random.default_rng(i)
     emb = rng.standard_normal(card.embedding_dim).astype(np.float32)
     emb /= np.linalg.norm(emb)
-    case = common_pb2.Case(case_key=f"{i:032x}", modality=common_pb2.MODALITY_CT, view=common_pb2.VIEW_AXIAL,
-                           labels=["ggo"], num_images=3)
+    case = common_pb2.Case(
+        case_key=f"{i:032x}", modality=common_pb2.MODALITY_CT, view=common_pb2.VIEW_AXIAL, labels=["ggo"], num_images=3
+    )
     rec = ranking_pb2.CaseRecord(case=case, embedding=convert.tensor_to_proto(emb))
-    rec.code.CopyFrom(common_pb2.HashCode(packed=rng.integers(0, 256, card.code_bits // 8, dtype=np.uint8).tobytes(),
-                                          bits=card.code_bits))
+    rec.code.CopyFrom(
+        common_pb2.HashCode(
+            packed=rng.integers(0, 256, card.code_bits // 8, dtype=np.uint8).tobytes(), bits=card.code_bits
+        )
+    )
     return rec
 
 

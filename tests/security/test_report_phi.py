@@ -16,8 +16,10 @@ from lungsearch.serving import pipeline  # noqa: E402
 from lungsearch.serving.metrics import ServingMetrics  # noqa: E402
 
 NEEDLES = ("Thaddeus", "Kirkpatrick", "77120431", "11/02/2018", "(317) 555-0187")
-REPORT = ("FINDINGS: No pneumothorax. Heart size normal. IMPRESSION: Stable since 11/02/2018. "
-          "Discussed with Dr. Thaddeus Kirkpatrick at (317) 555-0187. MRN 77120431.")
+REPORT = (
+    "FINDINGS: No pneumothorax. Heart size normal. IMPRESSION: Stable since 11/02/2018. "
+    "Discussed with Dr. Thaddeus Kirkpatrick at (317) 555-0187. MRN 77120431."
+)
 
 
 def _clean(text: str) -> bool:

@@ -50,16 +50,23 @@ def test_tls_round_trip(pki, upstream):
 
 def test_mtls_requires_client_certificate(pki, upstream):
     port = _free_port()
-    with TLSProxy(listen_port=port, upstream=upstream, cert_file=pki["server.crt"], key_file=pki["server.key"],
-                  client_ca_file=pki["ca.crt"]):
+    with TLSProxy(
+        listen_port=port,
+        upstream=upstream,
+        cert_file=pki["server.crt"],
+        key_file=pki["server.key"],
+        client_ca_file=pki["ca.crt"],
+    ):
         anon = grpc.ssl_channel_credentials(root_certificates=pki["ca.crt"].read_bytes())
         with grpc.secure_channel(f"localhost:{port}", anon) as ch, pytest.raises(grpc.RpcError) as err:
             _check(ch)
         # Not INTERNAL (nginx's bare 400): the caller learns it is an authentication problem.
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        mutual = grpc.ssl_channel_credentials(root_certificates=pki["ca.crt"].read_bytes(),
-                                              private_key=pki["client.key"].read_bytes(),
-                                              certificate_chain=pki["client.crt"].read_bytes())
+        mutual = grpc.ssl_channel_credentials(
+            root_certificates=pki["ca.crt"].read_bytes(),
+            private_key=pki["client.key"].read_bytes(),
+            certificate_chain=pki["client.crt"].read_bytes(),
+        )
         with grpc.secure_channel(f"localhost:{port}", mutual) as ch:
             assert _check(ch) == health_pb2.HealthCheckResponse.SERVING
 
@@ -71,7 +78,9 @@ def test_missing_cert_is_a_config_error(tmp_path):
 
 def test_stop_is_clean(pki, upstream):
     port = _free_port()
-    proxy = TLSProxy(listen_port=port, upstream=upstream, cert_file=pki["server.crt"], key_file=pki["server.key"]).start()
+    proxy = TLSProxy(
+        listen_port=port, upstream=upstream, cert_file=pki["server.crt"], key_file=pki["server.key"]
+    ).start()
     assert proxy.running
     proxy.stop()
     assert not proxy.running

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from services_fixtures import ADMIN, N_CT, N_CXR, READ, WRITE, build_registry
 
 
@@ -36,7 +35,15 @@ def phantom_sets(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory):
     p = tmp_path_factory.mktemp("auth") / "tokens.yaml"
-    p.write_text(yaml.safe_dump({"tokens": [{"name": "viewer", "role": "read", "token": READ},
-                                            {"name": "bridge", "role": "write", "token": WRITE},
-                                            {"name": "ops", "role": "admin", "token": ADMIN}]}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "tokens": [
+                    {"name": "viewer", "role": "read", "token": READ},
+                    {"name": "bridge", "role": "write", "token": WRITE},
+                    {"name": "ops", "role": "admin", "token": ADMIN},
+                ]
+            }
+        )
+    )
     return p

@@ -17,8 +17,12 @@ from pathlib import Path
 #: Cases generated per phantom kind (ingested minus the held-out queries).
 N_CXR = 200
 N_CT = 60
-TINY_LIMITS = ["serve.limits.max_image_bytes=1048576", "serve.limits.max_top_k=50",
-               "serve.limits.max_report_chars=4000", "serve.limits.max_series_images=16"]
+TINY_LIMITS = [
+    "serve.limits.max_image_bytes=1048576",
+    "serve.limits.max_top_k=50",
+    "serve.limits.max_report_chars=4000",
+    "serve.limits.max_series_images=16",
+]
 PROFILES = {
     "cxr-report": ["data.image_size=64", "data.phantom.size=64"],
     "ct-ild": ["data.image_size=64", "data.phantom.size=64", "data.phantom.slices=3"],
@@ -49,8 +53,13 @@ def build_registry(root: Path, profiles: dict[str, list[str]] = PROFILES, *, ver
         torch.manual_seed(0)
         model = create_model(cfg).eval()
         version = f"20260101-000000-{cfg.fingerprint()[:6]}{version_suffix}"
-        cards[profile] = save_model(model, cfg, metrics={"untrained": 1.0}, data_fingerprint="none",
-                                    synthetic_data=True, root=root, version=version)
+        cards[profile] = save_model(
+            model,
+            cfg,
+            metrics={"untrained": 1.0},
+            data_fingerprint="none",
+            synthetic_data=True,
+            root=root,
+            version=version,
+        )
     return cards
-
-

@@ -8,12 +8,11 @@ import asyncio
 
 import numpy as np
 import pytest
+from services_fixtures import PROFILES, build_registry
 
-from lungsearch._proto.v1 import common_pb2, encoding_pb2, fusion_pb2, hashing_pb2, ranking_pb2
+from lungsearch._proto.v1 import common_pb2, encoding_pb2, hashing_pb2, ranking_pb2
 from lungsearch.errors import ModelNotReadyError, StoreUnavailableError
 from lungsearch.serving import convert, pipeline
-
-from services_fixtures import PROFILES, build_registry
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,12 @@ def _cls(name):
     import services.hashing
     import services.ranking
 
-    mod = {"Encoding": services.encoding, "Fusion": services.fusion, "Hashing": services.hashing,
-           "Ranking": services.ranking}[name]
+    mod = {
+        "Encoding": services.encoding,
+        "Fusion": services.fusion,
+        "Hashing": services.hashing,
+        "Ranking": services.ranking,
+    }[name]
     return getattr(mod, name).func_or_class
 
 
@@ -40,11 +43,14 @@ def _study(seed=0):
     yy, xx = np.mgrid[:64, :64]
     imgs = []
     for s in range(3):
-        body = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 28 ** 2, 40.0, -1000.0)
+        body = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 28**2, 40.0, -1000.0)
         lungs = ((yy - 32) ** 2 + (xx - 20) ** 2 < 90) | ((yy - 32) ** 2 + (xx - 44) ** 2 < 90)
         px = np.where(lungs, -850.0, body) + rng.normal(0, 30, (64, 64))
-        imgs.append(DecodedImage(px.astype(np.float32), ImageMeta(modality="ct", view="AXIAL", slice_position=float(s),
-                                                                  hu=True)))
+        imgs.append(
+            DecodedImage(
+                px.astype(np.float32), ImageMeta(modality="ct", view="AXIAL", slice_position=float(s), hu=True)
+            )
+        )
     return Study(images=imgs)
 
 
@@ -83,7 +89,6 @@ def test_stages_match_the_library(registry):
         asyncio.run(hsh_d.Hash(hashing_pb2.HashRequest(model=ref)))
 
 
-
 def test_a_lone_encode_runs_at_once_without_the_batch_queue(registry):
     """Nothing else in flight: Encode does not enter ``@serve.batch`` (which would wait
     batch_wait_timeout_s; outside a replica it could not run at all), and its features are the
@@ -102,9 +107,11 @@ def test_a_lone_encode_runs_at_once_without_the_batch_queue(registry):
     assert _time.perf_counter() - t0 < 20.0 and enc_d._in_flight == 0
     model = served.model
     alone = pipeline.encode_batch(model, [pipeline.prepare_study(study, None, card.config, model)])[0]
-    np.testing.assert_allclose(convert.features_from_proto(resp.features)["image_pooled"], alone["image_pooled"],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        convert.features_from_proto(resp.features)["image_pooled"], alone["image_pooled"], rtol=1e-4, atol=1e-5
+    )
     assert 'lungsearch_encoding_batch_size_items_count{profile="ct-ild"} 1.0' in enc_d.metrics_text()
+
 
 def test_ranking_writes_store_first_and_a_failed_write_changes_nothing(registry, tmp_path):
     root, cards = registry
@@ -116,11 +123,16 @@ def test_ranking_writes_store_first_and_a_failed_write_changes_nothing(registry,
     def record(key, label):
         case = common_pb2.Case(case_key=key, modality=common_pb2.MODALITY_CT, labels=[label], model=ref, num_images=3)
         emb = rng.standard_normal(card.embedding_dim).astype(np.float32)
-        return ranking_pb2.CaseRecord(case=case, embedding=convert.tensor_to_proto(emb),
-                                      code=convert.code_to_proto(rng.integers(0, 256, 8, dtype=np.uint8).tobytes(), 64))
+        return ranking_pb2.CaseRecord(
+            case=case,
+            embedding=convert.tensor_to_proto(emb),
+            code=convert.code_to_proto(rng.integers(0, 256, 8, dtype=np.uint8).tobytes(), 64),
+        )
 
     async def go():
-        up = await rk.Upsert(ranking_pb2.UpsertRequest(model=ref, records=[record("a" * 32, "ggo"), record("b" * 32, "normal")]))
+        up = await rk.Upsert(
+            ranking_pb2.UpsertRequest(model=ref, records=[record("a" * 32, "ggo"), record("b" * 32, "normal")])
+        )
         assert (up.inserted, up.updated) == (2, 0)
         real = rk._store.upsert
 
@@ -133,9 +145,13 @@ def test_ranking_writes_store_first_and_a_failed_write_changes_nothing(registry,
         rk._store.upsert = real
         stats = await rk.Stats(ranking_pb2.StatsRequest(model=ref))
         assert stats.num_cases == 2 and stats.backend == "milvus-lite"
-        q = ranking_pb2.RankRequest(model=ref, embedding=convert.tensor_to_proto(np.ones(card.embedding_dim, np.float32)),
-                                    code=convert.code_to_proto(b"\0" * 8, 64), top_k=5,
-                                    filter=common_pb2.Filter(labels_any=["ggo"]))
+        q = ranking_pb2.RankRequest(
+            model=ref,
+            embedding=convert.tensor_to_proto(np.ones(card.embedding_dim, np.float32)),
+            code=convert.code_to_proto(b"\0" * 8, 64),
+            top_k=5,
+            filter=common_pb2.Filter(labels_any=["ggo"]),
+        )
         hits = (await rk.Rank(q)).results
         assert [h.case.case_key for h in hits] == ["a" * 32] and hits[0].hamming_distance >= 0
         assert (await rk.Delete(ranking_pb2.DeleteRequest(model=ref, case_key="a" * 32))).deleted

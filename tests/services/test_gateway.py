@@ -21,11 +21,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from services_fixtures import ADMIN, N_CXR, PROFILES, READ, WRITE, build_registry, free_port
 
 from lungsearch._proto.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from lungsearch.serving.status import ERROR_METADATA_KEY
-
-from services_fixtures import ADMIN, N_CXR, PROFILES, READ, WRITE, build_registry, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -72,8 +71,19 @@ def _deploy(args: dict, port: int) -> None:
 
     parser = argparse.ArgumentParser()
     _serve.register(parser.add_subparsers())
-    argv = ["serve", "--artifacts-dir", args["artifacts_dir"], "--milvus-uri", args["milvus_uri"],
-            "--hmac-key-file", args["hmac_key_file"], "--tokens-file", args["tokens_file"], "--grpc-port", str(port)]
+    argv = [
+        "serve",
+        "--artifacts-dir",
+        args["artifacts_dir"],
+        "--milvus-uri",
+        args["milvus_uri"],
+        "--hmac-key-file",
+        args["hmac_key_file"],
+        "--tokens-file",
+        args["tokens_file"],
+        "--grpc-port",
+        str(port),
+    ]
     for p in args["profiles"]:
         argv += ["--profile", p]
     doc = _serve.build_config(parser.parse_args(argv))
@@ -87,9 +97,13 @@ def served(ray_cluster, serving_registry, tokens, tmp_path_factory):
 
     root, cards = serving_registry
     work = tmp_path_factory.mktemp("serve")
-    args = {"profiles": ["cxr-report", "ct-ild", "cxr-clip"], "artifacts_dir": str(root),
-            "milvus_uri": str(work / "lungsearch.db"), "hmac_key_file": str(work / "hmac.key"),
-            "tokens_file": str(tokens)}
+    args = {
+        "profiles": ["cxr-report", "ct-ild", "cxr-clip"],
+        "artifacts_dir": str(root),
+        "milvus_uri": str(work / "lungsearch.db"),
+        "hmac_key_file": str(work / "hmac.key"),
+        "tokens_file": str(tokens),
+    }
     port = free_port()
     t0 = time.perf_counter()
     _deploy(args, port)
@@ -103,18 +117,22 @@ def ingested(served, phantom_sets):
     """Ingest the phantom cases (minus held-out queries) concurrently; returns what was acknowledged."""
     c = served["client"]
     jobs = []
-    for rec in phantom_sets["cxr"][HELD_OUT["cxr"]:]:
+    for rec in phantom_sets["cxr"][HELD_OUT["cxr"] :]:
         jobs.append(("cxr-report", rec))
-    for rec in phantom_sets["cxr"][HELD_OUT["cxr"]:HELD_OUT["cxr"] + CLIP_CASES]:
+    for rec in phantom_sets["cxr"][HELD_OUT["cxr"] : HELD_OUT["cxr"] + CLIP_CASES]:
         jobs.append(("cxr-clip", rec))
-    for rec in phantom_sets["ct"][HELD_OUT["ct"]:]:
+    for rec in phantom_sets["ct"][HELD_OUT["ct"] :]:
         jobs.append(("ct-ild", rec))
 
     def ingest(job):
         profile, rec = job
-        req = gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile=profile), images=_images(rec),
-                                        labels=rec["labels"], source_id=rec["case_id"],
-                                        report=common_pb2.Report(text=rec.get("report") or ""))
+        req = gateway_pb2.IngestRequest(
+            model=common_pb2.ModelRef(profile=profile),
+            images=_images(rec),
+            labels=rec["labels"],
+            source_id=rec["case_id"],
+            report=common_pb2.Report(text=rec.get("report") or ""),
+        )
         return profile, rec, c("Ingest", req, token=WRITE)
 
     t0 = time.perf_counter()
@@ -174,53 +192,85 @@ def test_search_by_image_and_report_is_relevant(served, ingested, phantom_sets):
     queries = phantom_sets["cxr"][: HELD_OUT["cxr"]]
     got = _overlap(served["client"], "cxr-report", queries, with_report=True)
     chance = _chance(list(ingested["cxr-report"].values()), queries)
-    print(f"cxr-report image+report search: top-10 label overlap {got:.2f} vs chance {chance:.2f} (untrained, phantoms)")
+    print(
+        f"cxr-report image+report search: top-10 label overlap {got:.2f} vs chance {chance:.2f} (untrained, phantoms)"
+    )
     assert got > chance + 0.1
 
 
 def test_search_by_image_only_and_by_text_only(served, ingested, phantom_sets):
     c = served["client"]
     rec = phantom_sets["cxr"][0]
-    hits = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
-                                                 images=_images(rec), top_k=5)).hits
+    hits = c(
+        "Search",
+        gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"), images=_images(rec), top_k=5),
+    ).hits
     assert len(hits) == 5 and all(h.hamming_distance == -1 for h in hits)  # float index
-    text = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"),
-                                     report=common_pb2.Report(text="There is a small nodule in the left lower lobe."),
-                                     top_k=7)
+    text = gateway_pb2.SearchRequest(
+        model=common_pb2.ModelRef(profile="cxr-clip"),
+        report=common_pb2.Report(text="There is a small nodule in the left lower lobe."),
+        top_k=7,
+    )
     hits = c("Search", text).hits
     assert len(hits) == 7 and all(h.case.case_key in ingested["cxr-clip"] for h in hits)
     assert all(h.case.report_excerpt and "\n" not in h.case.report_excerpt for h in hits)
     # self-retrieval by image on cxr-clip: an ingested case finds itself first
     key, stored = next(iter(ingested["cxr-clip"].items()))
-    top = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"),
-                                                images=_images(stored), top_k=1)).hits[0]
+    top = c(
+        "Search",
+        gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"), images=_images(stored), top_k=1),
+    ).hits[0]
     assert top.case.case_key == key and top.score > 0.999
-    both = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"), images=_images(stored),
-                                                 report=common_pb2.Report(text=stored["report"] or ""), top_k=3))
+    both = c(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="cxr-clip"),
+            images=_images(stored),
+            report=common_pb2.Report(text=stored["report"] or ""),
+            top_k=3,
+        ),
+    )
     assert len(both.hits) == 3
     # cxr-report fuses image and report by cross-attention: a report alone is not a query for it
-    err = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
-                                                      report=common_pb2.Report(text="nodule")))
+    err = c.error(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"), report=common_pb2.Report(text="nodule")
+        ),
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_filters_and_hamming(served, ingested, phantom_sets):
     c = served["client"]
     q = phantom_sets["ct"][0]
-    flt = common_pb2.Filter(labels_any=["ggo", "reticular"], labels_none=["reticular"],
-                            modality=common_pb2.MODALITY_CT)
-    hits = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(q),
-                                                 top_k=50, filter=flt)).hits
+    flt = common_pb2.Filter(labels_any=["ggo", "reticular"], labels_none=["reticular"], modality=common_pb2.MODALITY_CT)
+    hits = c(
+        "Search",
+        gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(q), top_k=50, filter=flt),
+    ).hits
     n_ggo = sum("ggo" in r["labels"] for r in ingested["ct-ild"].values())
     assert len(hits) == n_ggo > 0 and all(list(h.case.labels) == ["ggo"] for h in hits)
     assert all(h.hamming_distance >= 0 for h in hits)  # LSH codes with cosine re-rank
-    none = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(q),
-                                                 filter=common_pb2.Filter(modality=common_pb2.MODALITY_CXR))).hits
+    none = c(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="ct-ild"),
+            images=_images(q),
+            filter=common_pb2.Filter(modality=common_pb2.MODALITY_CXR),
+        ),
+    ).hits
     assert len(none) == 0
-    cxr = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
-                                                images=_images(phantom_sets["cxr"][1]),
-                                                report=common_pb2.Report(text="normal chest"), top_k=50,
-                                                filter=common_pb2.Filter(labels_all=["Normal"]))).hits
+    cxr = c(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"),
+            images=_images(phantom_sets["cxr"][1]),
+            report=common_pb2.Report(text="normal chest"),
+            top_k=50,
+            filter=common_pb2.Filter(labels_all=["Normal"]),
+        ),
+    ).hits
     assert cxr and all("Normal" in h.case.labels for h in cxr)
 
 
@@ -229,27 +279,52 @@ def test_classify_and_explain(served, ingested, phantom_sets):
 
     c = served["client"]
     rec = phantom_sets["cxr"][2]
-    cl = c("Classify", gateway_pb2.ClassifyRequest(model=common_pb2.ModelRef(profile="cxr-report"), images=_images(rec),
-                                                   report=common_pb2.Report(text=rec["report"] or ""), knn_k=10))
+    cl = c(
+        "Classify",
+        gateway_pb2.ClassifyRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"),
+            images=_images(rec),
+            report=common_pb2.Report(text=rec["report"] or ""),
+            knn_k=10,
+        ),
+    )
     targets = served["cards"]["cxr-report"].targets
     assert [p.label for p in cl.probabilities] == targets
     assert abs(sum(p.score for p in cl.probabilities) - 1) < 1e-4 and cl.top_label in targets
     assert max(v.score for v in cl.knn_vote) >= 0.1 and all(0 <= v.score <= 1 for v in cl.knn_vote)
-    ct = c("Classify", gateway_pb2.ClassifyRequest(model=common_pb2.ModelRef(profile="ct-ild"),
-                                                   images=_images(phantom_sets["ct"][1])))
+    ct = c(
+        "Classify",
+        gateway_pb2.ClassifyRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(phantom_sets["ct"][1])),
+    )
     assert not ct.probabilities and ct.top_label in ("normal", "ggo", "reticular", "consolidation")
-    ex = c("Explain", gateway_pb2.ExplainRequest(model=common_pb2.ModelRef(profile="cxr-report"), images=_images(rec),
-                                                 report=common_pb2.Report(text=rec["report"] or "")))
+    ex = c(
+        "Explain",
+        gateway_pb2.ExplainRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"),
+            images=_images(rec),
+            report=common_pb2.Report(text=rec["report"] or ""),
+        ),
+    )
     assert ex.label in targets and 0 <= ex.score <= 1
     heat = Image.open(io.BytesIO(ex.heatmap_png))
     over = Image.open(io.BytesIO(ex.overlay_png))
     assert (heat.mode, heat.size, over.mode, over.size) == ("L", (64, 64), "RGB", (64, 64))
-    named = c("Explain", gateway_pb2.ExplainRequest(model=common_pb2.ModelRef(profile="cxr-report"),
-                                                    images=_images(rec), report=common_pb2.Report(text="x"),
-                                                    label="Effusion"))
+    named = c(
+        "Explain",
+        gateway_pb2.ExplainRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"),
+            images=_images(rec),
+            report=common_pb2.Report(text="x"),
+            label="Effusion",
+        ),
+    )
     assert named.label == "Effusion"
-    err = c.error("Explain", gateway_pb2.ExplainRequest(model=common_pb2.ModelRef(profile="cxr-report"),
-                                                        images=_images(rec), label="Fracture"))
+    err = c.error(
+        "Explain",
+        gateway_pb2.ExplainRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"), images=_images(rec), label="Fracture"
+        ),
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -260,10 +335,17 @@ def _no_lung_series(folder) -> list[bytes]:
 
     rng = np.random.default_rng(11)
     yy, xx = np.mgrid[:64, :64]
-    body = (yy - 32) ** 2 / 0.9 + (xx - 32) ** 2 < 29 ** 2
+    body = (yy - 32) ** 2 / 0.9 + (xx - 32) ** 2 < 29**2
     hu = np.stack([np.where(body, 40.0, -1000.0) + rng.normal(0, 10, body.shape) for _ in range(3)])
-    names = write_ct_series(folder, hu.astype(np.float32), patient_id="NOLUNG1", patient_name="PHANTOM^NOLUNG",
-                            study_uid="2.25.1101", series_uid="2.25.1102", sop_uids=[f"2.25.1103{i}" for i in range(3)])
+    names = write_ct_series(
+        folder,
+        hu.astype(np.float32),
+        patient_id="NOLUNG1",
+        patient_name="PHANTOM^NOLUNG",
+        study_uid="2.25.1101",
+        series_uid="2.25.1102",
+        sop_uids=[f"2.25.1103{i}" for i in range(3)],
+    )
     return [(folder / n).read_bytes() for n in names]
 
 
@@ -276,26 +358,41 @@ def test_radiomics_fallback_reaches_every_answer(served, phantom_sets, tmp_path)
     ref = common_pb2.ModelRef(profile="ct-ild")
     bad = [common_pb2.Image(data=d) for d in _no_lung_series(tmp_path)]
     msg = "radiomics read the whole thorax: lung mask empty"
-    ing = c("Ingest", gateway_pb2.IngestRequest(model=ref, images=bad, labels=["normal"], source_id="no-lung-1"), token=WRITE)
+    ing = c(
+        "Ingest",
+        gateway_pb2.IngestRequest(model=ref, images=bad, labels=["normal"], source_id="no-lung-1"),
+        token=WRITE,
+    )
     try:
-        answers = {"Ingest": ing,
-                   "Search": c("Search", gateway_pb2.SearchRequest(model=ref, images=bad, top_k=3)),
-                   "Classify": c("Classify", gateway_pb2.ClassifyRequest(model=ref, images=bad)),
-                   "Explain": c("Explain", gateway_pb2.ExplainRequest(model=ref, images=bad))}
+        answers = {
+            "Ingest": ing,
+            "Search": c("Search", gateway_pb2.SearchRequest(model=ref, images=bad, top_k=3)),
+            "Classify": c("Classify", gateway_pb2.ClassifyRequest(model=ref, images=bad)),
+            "Explain": c("Explain", gateway_pb2.ExplainRequest(model=ref, images=bad)),
+        }
         for name, resp in answers.items():
             assert resp.HasField("radiomics_roi"), name
-            assert (resp.radiomics_roi.whole_thorax, resp.radiomics_roi.reason, resp.radiomics_roi.message) == \
-                (True, "empty", msg), name
+            assert (resp.radiomics_roi.whole_thorax, resp.radiomics_roi.reason, resp.radiomics_roi.message) == (
+                True,
+                "empty",
+                msg,
+            ), name
         good = _images(phantom_sets["ct"][0])
-        for method, req in (("Search", gateway_pb2.SearchRequest(model=ref, images=good, top_k=3)),
-                            ("Classify", gateway_pb2.ClassifyRequest(model=ref, images=good))):
+        for method, req in (
+            ("Search", gateway_pb2.SearchRequest(model=ref, images=good, top_k=3)),
+            ("Classify", gateway_pb2.ClassifyRequest(model=ref, images=good)),
+        ):
             assert not c(method, req).HasField("radiomics_roi"), method
-        cxr = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-report"),
-                                        images=_images(phantom_sets["cxr"][0]), top_k=3)
+        cxr = gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"), images=_images(phantom_sets["cxr"][0]), top_k=3
+        )
         assert not c("Search", cxr).HasField("radiomics_roi")  # no radiomics branch: never set
         with LungSearchClient(f"127.0.0.1:{served['port']}", token=READ, timeout=120) as sdk:
             res = sdk.search(images=[im.data for im in bad], model="ct-ild", top_k=3)
-            assert res.radiomics_roi is not None and (res.radiomics_roi.reason, res.radiomics_roi.message) == ("empty", msg)
+            assert res.radiomics_roi is not None and (res.radiomics_roi.reason, res.radiomics_roi.message) == (
+                "empty",
+                msg,
+            )
             assert sdk.classify(images=[im.data for im in good], model="ct-ild").radiomics_roi is None
     finally:
         c("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=ing.case_key), token=WRITE)
@@ -307,29 +404,60 @@ def test_bad_input_is_rejected_and_stores_nothing(served, ingested, phantom_sets
     ct = phantom_sets["ct"][0]
     slices = _read(ct["image_paths"])
     bad = [slices[0], slices[1][: len(slices[1]) // 2], slices[2]]  # a truncated slice inside the series
-    err = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"),
-                                                      images=[common_pb2.Image(data=d) for d in bad], labels=["ggo"],
-                                                      source_id="corrupt-1"), token=WRITE)
+    err = c.error(
+        "Ingest",
+        gateway_pb2.IngestRequest(
+            model=common_pb2.ModelRef(profile="ct-ild"),
+            images=[common_pb2.Image(data=d) for d in bad],
+            labels=["ggo"],
+            source_id="corrupt-1",
+        ),
+        token=WRITE,
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     d = _detail(err)
     assert d.reason == common_pb2.ERROR_REASON_INVALID_IMAGE and d.code
     assert "Traceback" not in err.details() and ".py" not in err.details()
-    garbage = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"),
-                                                          images=[common_pb2.Image(data=b"DICM" + b"\0" * 400)]),
-                      token=WRITE)
+    garbage = c.error(
+        "Ingest",
+        gateway_pb2.IngestRequest(
+            model=common_pb2.ModelRef(profile="ct-ild"), images=[common_pb2.Image(data=b"DICM" + b"\0" * 400)]
+        ),
+        token=WRITE,
+    )
     assert garbage.code() == grpc.StatusCode.INVALID_ARGUMENT
-    wrong = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="cxr-report"),
-                                                        images=[common_pb2.Image(data=s) for s in slices]),
-                    token=WRITE)  # CT into a CXR profile
+    wrong = c.error(
+        "Ingest",
+        gateway_pb2.IngestRequest(
+            model=common_pb2.ModelRef(profile="cxr-report"), images=[common_pb2.Image(data=s) for s in slices]
+        ),
+        token=WRITE,
+    )  # CT into a CXR profile
     assert wrong.code() == grpc.StatusCode.INVALID_ARGUMENT and _detail(wrong).code == "modality_mismatch"
-    big = c.error("Ingest", gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"),
-                                                      images=[common_pb2.Image(data=b"x" * 1_100_000)]), token=WRITE)
-    assert big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _detail(big).reason == common_pb2.ERROR_REASON_LIMIT_EXCEEDED
-    topk = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"),
-                                                       images=[common_pb2.Image(data=slices[0])], top_k=51))
+    big = c.error(
+        "Ingest",
+        gateway_pb2.IngestRequest(
+            model=common_pb2.ModelRef(profile="ct-ild"), images=[common_pb2.Image(data=b"x" * 1_100_000)]
+        ),
+        token=WRITE,
+    )
+    assert (
+        big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and _detail(big).reason == common_pb2.ERROR_REASON_LIMIT_EXCEEDED
+    )
+    topk = c.error(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="ct-ild"), images=[common_pb2.Image(data=slices[0])], top_k=51
+        ),
+    )
     assert topk.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    unknown = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-hash"),
-                                                          images=[common_pb2.Image(data=slices[0])]))
+    unknown = c.error(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="cxr-hash"), images=[common_pb2.Image(data=slices[0])]
+        ),
+    )
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     assert _count(c, "ct-ild") == before
 
@@ -342,16 +470,27 @@ def test_case_lifecycle_and_idempotence(served, ingested, phantom_sets):
     assert case.case_key == key and list(case.labels) == rec["labels"] and case.num_images == 3
     assert case.modality == common_pb2.MODALITY_CT and case.ingested_at.seconds > 0
     before = _count(c, "ct-ild")
-    again = c("Ingest", gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"],
-                                                  source_id=rec["case_id"]), token=WRITE)
+    again = c(
+        "Ingest",
+        gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"], source_id=rec["case_id"]),
+        token=WRITE,
+    )
     assert again.case_key == key and not again.created and _count(c, "ct-ild") == before
     # a study too large for one message: streamed in chunks, same key
-    parts = [gateway_pb2.IngestStreamRequest(header=gateway_pb2.IngestRequest(model=ref, labels=rec["labels"],
-                                                                              source_id=rec["case_id"]))]
+    parts = [
+        gateway_pb2.IngestStreamRequest(
+            header=gateway_pb2.IngestRequest(model=ref, labels=rec["labels"], source_id=rec["case_id"])
+        )
+    ]
     for i, data in enumerate(_read(rec["image_paths"])):
         for off in range(0, len(data), 4096):
-            parts.append(gateway_pb2.IngestStreamRequest(chunk=gateway_pb2.ImageChunk(
-                image_index=i, data=data[off:off + 4096], last=off + 4096 >= len(data))))
+            parts.append(
+                gateway_pb2.IngestStreamRequest(
+                    chunk=gateway_pb2.ImageChunk(
+                        image_index=i, data=data[off : off + 4096], last=off + 4096 >= len(data)
+                    )
+                )
+            )
     streamed = c.stub.IngestStream(iter(parts), metadata=[("authorization", f"Bearer {WRITE}")], timeout=120)
     assert streamed.case_key == key and not streamed.created
     err = c.error("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=key), token=READ)
@@ -359,8 +498,11 @@ def test_case_lifecycle_and_idempotence(served, ingested, phantom_sets):
     assert c("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=key), token=WRITE).deleted
     assert c.error("GetCase", gateway_pb2.GetCaseRequest(model=ref, case_key=key)).code() == grpc.StatusCode.NOT_FOUND
     assert _count(c, "ct-ild") == before - 1
-    assert c("Ingest", gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"],
-                                                 source_id=rec["case_id"]), token=WRITE).created
+    assert c(
+        "Ingest",
+        gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"], source_id=rec["case_id"]),
+        token=WRITE,
+    ).created
     bad_key = c.error("GetCase", gateway_pb2.GetCaseRequest(model=ref, case_key="Patient DOE^JOHN"))
     assert bad_key.code() == grpc.StatusCode.INVALID_ARGUMENT and "DOE" not in bad_key.details()
 
@@ -370,9 +512,13 @@ def test_auth(served):
     req = gateway_pb2.ListModelsRequest()
     assert c.error("ListModels", req, token=None).code() == grpc.StatusCode.UNAUTHENTICATED
     err = c.error("ListModels", req, token="wrong-token-" + "x" * 20)
-    assert err.code() == grpc.StatusCode.UNAUTHENTICATED and _detail(err).reason == common_pb2.ERROR_REASON_UNAUTHENTICATED
-    assert c.error("ActivateModel", gateway_pb2.ActivateModelRequest(), token=WRITE).code() == \
-        grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        err.code() == grpc.StatusCode.UNAUTHENTICATED and _detail(err).reason == common_pb2.ERROR_REASON_UNAUTHENTICATED
+    )
+    assert (
+        c.error("ActivateModel", gateway_pb2.ActivateModelRequest(), token=WRITE).code()
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
     assert c.error("Ingest", gateway_pb2.IngestRequest(), token=READ).code() == grpc.StatusCode.PERMISSION_DENIED
     assert len(c("ListModels", req, token=READ).models) == 3
 
@@ -383,13 +529,20 @@ def test_health_and_deadline(served, ingested):
     c = served["client"]
     health = health_pb2_grpc.HealthStub(c.channel)
     for service in ("", "lungsearch.v1.LungSearch", "lungsearch.v1.Ranking"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == \
-            health_pb2.HealthCheckResponse.SERVING  # no token: health stays open
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )  # no token: health stays open
     with pytest.raises(grpc.RpcError) as e:
         health.Check(health_pb2.HealthCheckRequest(service="nope.Service"), timeout=30)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
-    slow = c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"),
-                                                       report=common_pb2.Report(text="nodule")), timeout=0.001)
+    slow = c.error(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="cxr-clip"), report=common_pb2.Report(text="nodule")
+        ),
+        timeout=0.001,
+    )
     assert slow.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -406,10 +559,14 @@ def test_reflection_only_client(served, ingested):
     method = pool.FindServiceByName("lungsearch.v1.LungSearch").FindMethodByName("Search")
     req_cls = message_factory.GetMessageClass(method.input_type)
     resp_cls = message_factory.GetMessageClass(method.output_type)
-    req = json_format.ParseDict({"model": {"profile": "cxr-clip"}, "report": {"text": "cardiomegaly"}, "topK": 3},
-                                req_cls())
-    call = channel.unary_unary("/lungsearch.v1.LungSearch/Search", request_serializer=req_cls.SerializeToString,
-                               response_deserializer=resp_cls.FromString)
+    req = json_format.ParseDict(
+        {"model": {"profile": "cxr-clip"}, "report": {"text": "cardiomegaly"}, "topK": 3}, req_cls()
+    )
+    call = channel.unary_unary(
+        "/lungsearch.v1.LungSearch/Search",
+        request_serializer=req_cls.SerializeToString,
+        response_deserializer=resp_cls.FromString,
+    )
     resp = call(req, metadata=[("authorization", f"Bearer {READ}")], timeout=60)
     hits = json_format.MessageToDict(resp)["hits"]
     assert len(hits) == 3 and all(len(h["case"]["caseKey"]) == 32 for h in hits)
@@ -438,7 +595,9 @@ def test_metrics_exposition(served, ingested, tmp_path):
         assert not any(k in text for k in keys)
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (apt-get install prometheus): exposition checked with prometheus_client only")
+        pytest.skip(
+            "promtool not installed (apt-get install prometheus): exposition checked with prometheus_client only"
+        )
     res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -458,7 +617,9 @@ def test_fused_stages_match_the_graph(served, phantom_sets):
     enc, fus, code = h["Encoding"].encode_fused.remote(encoding_pb2.EncodeRequest(model=ref), study=study).result()
     fus2 = h["Fusion"].Fuse.remote(fusion_pb2.FuseRequest(model=ref, features=enc.features)).result()
     code2 = h["Hashing"].Hash.remote(hashing_pb2.HashRequest(model=ref, embedding=fus2.embedding)).result().code
-    np.testing.assert_allclose(tensor_from_proto(fus.embedding), tensor_from_proto(fus2.embedding), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tensor_from_proto(fus.embedding), tensor_from_proto(fus2.embedding), rtol=1e-5, atol=1e-6
+    )
     assert code.packed == code2.packed and code.bits == 64
 
 
@@ -470,10 +631,17 @@ def test_activate_model_switches_atomically(served, ingested, phantom_sets):
     old = served["cards"]["ct-ild"].version
     new = build_registry(root, {"ct-ild": PROFILES["ct-ild"]}, version_suffix="-b")["ct-ild"]
     ref = common_pb2.ModelRef(profile="ct-ild", version=new.version)
-    assert c.error("ActivateModel", gateway_pb2.ActivateModelRequest(model=ref), token=WRITE).code() == \
-        grpc.StatusCode.PERMISSION_DENIED
-    missing = c.error("ActivateModel", gateway_pb2.ActivateModelRequest(
-        model=common_pb2.ModelRef(profile="ct-ild", version="20990101-000000-nothere")), token=ADMIN)
+    assert (
+        c.error("ActivateModel", gateway_pb2.ActivateModelRequest(model=ref), token=WRITE).code()
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    missing = c.error(
+        "ActivateModel",
+        gateway_pb2.ActivateModelRequest(
+            model=common_pb2.ModelRef(profile="ct-ild", version="20990101-000000-nothere")
+        ),
+        token=ADMIN,
+    )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     resp = c("ActivateModel", gateway_pb2.ActivateModelRequest(model=ref), token=ADMIN, timeout=300)
     assert (resp.previous.version, resp.live.version) == (old, new.version)
@@ -483,22 +651,35 @@ def test_activate_model_switches_atomically(served, ingested, phantom_sets):
     afters = [c("Search", q) for _ in range(6)]
     assert {a.model.version for a in afters} == {new.version}
     assert all(len(a.hits) == 0 for a in afters)  # the new version's collection is empty
-    pinned = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild", version=old),
-                                                   images=_images(phantom_sets["ct"][0])))
+    pinned = c(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="ct-ild", version=old), images=_images(phantom_sets["ct"][0])
+        ),
+    )
     assert len(pinned.hits) == 10  # the old version stays searchable by name
-    back = c("ActivateModel", gateway_pb2.ActivateModelRequest(model=common_pb2.ModelRef(profile="ct-ild", version=old)),
-             token=ADMIN, timeout=300)
+    back = c(
+        "ActivateModel",
+        gateway_pb2.ActivateModelRequest(model=common_pb2.ModelRef(profile="ct-ild", version=old)),
+        token=ADMIN,
+        timeout=300,
+    )
     assert back.live.version == old
     backs = [c("Search", q) for _ in range(6)]
     assert {b.model.version for b in backs} == {old} and all(len(b.hits) == 10 for b in backs)
 
 
-
 def _case_record(rec: dict):
     from lungsearch.data.types import CaseRecord
 
-    return CaseRecord(case_id=rec["case_id"], image_paths=tuple(rec["image_paths"]), labels=tuple(rec["labels"]),
-                      group=rec.get("group") or rec["case_id"], report=rec.get("report"), modality="ct")
+    return CaseRecord(
+        case_id=rec["case_id"],
+        image_paths=tuple(rec["image_paths"]),
+        labels=tuple(rec["labels"]),
+        group=rec.get("group") or rec["case_id"],
+        report=rec.get("report"),
+        modality="ct",
+    )
 
 
 def test_gated_reindex_writes_ingests_to_both_switches_and_rolls_back(served, ingested, phantom_sets, tmp_path):
@@ -514,16 +695,17 @@ def test_gated_reindex_writes_ingests_to_both_switches_and_rolls_back(served, in
 
     c, root = served["client"], Path(served["args"]["artifacts_dir"])
     old = served["cards"]["ct-ild"].version
-    probes = [_case_record(r) for r in phantom_sets["ct"][:HELD_OUT["ct"]]]
-    source = [_case_record(r) for r in phantom_sets["ct"][HELD_OUT["ct"]:]]
+    probes = [_case_record(r) for r in phantom_sets["ct"][: HELD_OUT["ct"]]]
+    source = [_case_record(r) for r in phantom_sets["ct"][HELD_OUT["ct"] :]]
     same = build_registry(root, {"ct-ild": PROFILES["ct-ild"]}, version_suffix="-r")["ct-ild"]
     extra = phantoms.generate("ct", 1, tmp_path / "extra", seed=99, size=64, slices=3)
     extra_rec = [json.loads(x) for x in (Path(extra) / "manifest.jsonl").read_text().splitlines() if x][0]
     extra_images = [common_pb2.Image(data=open(Path(extra) / q, "rb").read()) for q in extra_rec["image_paths"]]
 
     def top(version: str, k: int = 10) -> list[str]:
-        req = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild", version=version),
-                                        images=_images(phantom_sets["ct"][0]), top_k=k)
+        req = gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="ct-ild", version=version), images=_images(phantom_sets["ct"][0]), top_k=k
+        )
         return [h.case.case_key for h in c("Search", req).hits]
 
     before = top(old)
@@ -531,26 +713,44 @@ def test_gated_reindex_writes_ingests_to_both_switches_and_rolls_back(served, in
 
     def ingest_during_reindex(line: str) -> None:
         if line.startswith("[reindex] staged"):
+
             def go():
                 time.sleep(STAGE_SETTLE_S)  # the gateways have read STAGED by now
-                req = gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=extra_images,
-                                                labels=extra_rec["labels"], source_id="during-reindex")
+                req = gateway_pb2.IngestRequest(
+                    model=common_pb2.ModelRef(profile="ct-ild"),
+                    images=extra_images,
+                    labels=extra_rec["labels"],
+                    source_id="during-reindex",
+                )
                 arrived["key"] = c("Ingest", req, token=WRITE).case_key
+
             threading.Thread(target=go, daemon=True).start()
 
     with LungSearchClient(f"127.0.0.1:{served['port']}", token=ADMIN, timeout=120) as sdk:
         # Same weights, but the live gallery was embedded in concurrent batches and the candidate's one
         # case at a time: float noise (<= 1e-5, tests/test_inference_determinism.py) can swap near-tied
         # neighbours, so the difference is near 0, not exactly 0.
-        rep = reindex(sdk, "ct-ild", same.version, records=source, probes=probes, registry_root=str(root),
-                      max_drop=0.1, echo=ingest_during_reindex)
+        rep = reindex(
+            sdk,
+            "ct-ild",
+            same.version,
+            records=source,
+            probes=probes,
+            registry_root=str(root),
+            max_drop=0.1,
+            echo=ingest_during_reindex,
+        )
         assert rep.gate is not None and rep.gate.passed and rep.activated, rep.gate.summary()
         assert all(abs(v["diff"]) <= 0.05 for v in rep.gate.metrics.values()), rep.gate.summary()
         assert rep.built == len(source) and rep.live == old and rep.rollback.endswith(f"ct-ild@{old}")
         assert "key" in arrived, "the concurrent ingest did not finish"
         for version in (old, same.version):  # written to both while staged
-            got = c("GetCase", gateway_pb2.GetCaseRequest(model=common_pb2.ModelRef(profile="ct-ild", version=version),
-                                                          case_key=arrived["key"]))
+            got = c(
+                "GetCase",
+                gateway_pb2.GetCaseRequest(
+                    model=common_pb2.ModelRef(profile="ct-ild", version=version), case_key=arrived["key"]
+                ),
+            )
             assert got.case.case_key == arrived["key"]
         assert not (root / "ct-ild" / "STAGED").exists()
         assert sdk.activate_model("ct-ild", old).live.version == old  # the rollback
@@ -562,13 +762,24 @@ def test_gated_reindex_writes_ingests_to_both_switches_and_rolls_back(served, in
         rng = np.random.default_rng(0)
         labels = [r.labels for r in source]
         shuffled = [dataclasses.replace(r, labels=labels[i]) for r, i in zip(source, rng.permutation(len(source)))]
-        refused = reindex(sdk, "ct-ild", bad.version, records=shuffled, probes=probes, registry_root=str(root),
-                          max_drop=0.02, settle_s=0.0)
+        refused = reindex(
+            sdk,
+            "ct-ild",
+            bad.version,
+            records=shuffled,
+            probes=probes,
+            registry_root=str(root),
+            max_drop=0.02,
+            settle_s=0.0,
+        )
         print(f"\n{rep.gate.summary()}\n{refused.gate.summary()}")
         assert not refused.gate.passed and not refused.activated
         assert refused.gate.metrics["p10"]["candidate"] < refused.gate.metrics["p10"]["live"]
-    assert next(m for m in c("ListModels", gateway_pb2.ListModelsRequest(profile="ct-ild")).models if m.live
-                ).model.version == old
+    assert (
+        next(m for m in c("ListModels", gateway_pb2.ListModelsRequest(profile="ct-ild")).models if m.live).model.version
+        == old
+    )
+
 
 def test_restart_keeps_acknowledged_cases(served, ingested, phantom_sets):
     """Delete the app and start it again on the same milvus-lite file: every acknowledged case
@@ -583,12 +794,18 @@ def test_restart_keeps_acknowledged_cases(served, ingested, phantom_sets):
     print(f"restarted in {time.perf_counter() - t0:.1f} s")
     assert {p: _count(c, p) for p in counts} == counts
     key, rec = next(iter(ingested["cxr-clip"].items()))
-    top = c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"), images=_images(rec),
-                                                top_k=1)).hits[0]
+    top = c(
+        "Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="cxr-clip"), images=_images(rec), top_k=1)
+    ).hits[0]
     assert top.case.case_key == key
     for profile, keys in ingested.items():
         for k in list(keys)[:5]:
-            assert c("GetCase", gateway_pb2.GetCaseRequest(model=common_pb2.ModelRef(profile=profile), case_key=k)).case.case_key == k
+            assert (
+                c(
+                    "GetCase", gateway_pb2.GetCaseRequest(model=common_pb2.ModelRef(profile=profile), case_key=k)
+                ).case.case_key
+                == k
+            )
 
 
 def test_an_ingested_report_is_stored_and_answered_de_identified(served, ingested, phantom_sets):
@@ -597,25 +814,43 @@ def test_an_ingested_report_is_stored_and_answered_de_identified(served, ingeste
     from ray import serve
 
     needles = ("Thaddeus", "Kirkpatrick", "77120431", "11/02/2018", "(317) 555-0187")
-    report = ("FINDINGS: No pneumothorax. Heart size normal. IMPRESSION: Stable since 11/02/2018. "
-              "Discussed with Dr. Thaddeus Kirkpatrick at (317) 555-0187. MRN 77120431.")
+    report = (
+        "FINDINGS: No pneumothorax. Heart size normal. IMPRESSION: Stable since 11/02/2018. "
+        "Discussed with Dr. Thaddeus Kirkpatrick at (317) 555-0187. MRN 77120431."
+    )
     c = served["client"]
     rec = phantom_sets["cxr"][0]
     ref = common_pb2.ModelRef(profile="cxr-report")
-    res = c("Ingest", gateway_pb2.IngestRequest(model=ref, images=_images(rec), labels=rec["labels"],
-                                                report=common_pb2.Report(text=report), source_id="phi-report-1"),
-            token=WRITE)
+    res = c(
+        "Ingest",
+        gateway_pb2.IngestRequest(
+            model=ref,
+            images=_images(rec),
+            labels=rec["labels"],
+            report=common_pb2.Report(text=report),
+            source_id="phi-report-1",
+        ),
+        token=WRITE,
+    )
     case = c("GetCase", gateway_pb2.GetCaseRequest(model=ref, case_key=res.case_key)).case
     assert "No pneumothorax." in case.report_excerpt
-    hits = c("Search", gateway_pb2.SearchRequest(model=ref, images=_images(rec), report=common_pb2.Report(text="pneumothorax"),
-                                                top_k=5))
+    hits = c(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=ref, images=_images(rec), report=common_pb2.Report(text="pneumothorax"), top_k=5
+        ),
+    )
     answers = str(case) + str(hits)
     text = serve.get_deployment_handle("Gateway", app_name="lungsearch").metrics_text.remote().result()
     for needle in needles:
         assert needle not in answers and needle not in text, needle
     removed = [ln for ln in text.splitlines() if ln.startswith("lungsearch_gateway_report_phi_removed_total")]
-    assert {c for c in ("name", "identifier", "date", "phone") if any(f'category="{c}"' in ln for ln in removed)} == \
-        {"name", "identifier", "date", "phone"}
+    assert {c for c in ("name", "identifier", "date", "phone") if any(f'category="{c}"' in ln for ln in removed)} == {
+        "name",
+        "identifier",
+        "date",
+        "phone",
+    }
     c("DeleteCase", gateway_pb2.DeleteCaseRequest(model=ref, case_key=res.case_key), token=WRITE)
     audit = (Path(served["args"]["hmac_key_file"]).parent / "audit" / "gateway.jsonl").read_text()
     for needle in needles + ("phi-report-1",):
@@ -638,12 +873,24 @@ def test_every_external_call_on_cases_is_in_the_audit_log(served, ingested, phan
     n = len(lines)
     rec = phantom_sets["ct"][0]
     c("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(rec), top_k=4))
-    c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"),
-                                                images=[common_pb2.Image(data=b"not an image")]))
-    c.error("Search", gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(rec)),
-            token="wrong-token-" + "z" * 24)
+    c.error(
+        "Search",
+        gateway_pb2.SearchRequest(
+            model=common_pb2.ModelRef(profile="ct-ild"), images=[common_pb2.Image(data=b"not an image")]
+        ),
+    )
+    c.error(
+        "Search",
+        gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=_images(rec)),
+        token="wrong-token-" + "z" * 24,
+    )
     new = [json.loads(x) for x in path.read_text().splitlines()][n:]
     assert [(ln["event"], ln["who"], ln["outcome"]) for ln in new] == [
-        ("search", "viewer", "ok"), ("search", "viewer", "invalid_image"), ("search", "anonymous", "unauthenticated")]
+        ("search", "viewer", "ok"),
+        ("search", "viewer", "invalid_image"),
+        ("search", "anonymous", "unauthenticated"),
+    ]
     assert new[0]["hits"] == 4 and new[0]["top_k"] == 4 and new[0]["model"].startswith("ct-ild@")
-    assert all(set(ln) <= {"ts", "event", "outcome", "who", "model", "hits", "top_k", "case_key", "images"} for ln in new)
+    assert all(
+        set(ln) <= {"ts", "event", "outcome", "who", "model", "hits", "top_k", "case_key", "images"} for ln in new
+    )

@@ -6,11 +6,10 @@ import asyncio
 
 import numpy as np
 import pytest
+from services_fixtures import PROFILES, build_registry
 
 from lungsearch._proto.v1 import common_pb2, ranking_pb2
 from lungsearch.serving import convert
-
-from services_fixtures import PROFILES, build_registry
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +29,27 @@ def test_rank_records_similarity_and_drift_against_the_live_gallery(registry, tm
     mean = rng.standard_normal(card.embedding_dim).astype(np.float32)
 
     def record(i):
-        case = common_pb2.Case(case_key=f"{i:032x}", modality=common_pb2.MODALITY_CT, labels=["ggo"], model=ref, num_images=1)
+        case = common_pb2.Case(
+            case_key=f"{i:032x}", modality=common_pb2.MODALITY_CT, labels=["ggo"], model=ref, num_images=1
+        )
         emb = (mean + 0.3 * rng.standard_normal(card.embedding_dim)).astype(np.float32)
-        return ranking_pb2.CaseRecord(case=case, embedding=convert.tensor_to_proto(emb),
-                                      code=convert.code_to_proto(rng.integers(0, 256, 8, dtype=np.uint8).tobytes(), 64))
+        return ranking_pb2.CaseRecord(
+            case=case,
+            embedding=convert.tensor_to_proto(emb),
+            code=convert.code_to_proto(rng.integers(0, 256, 8, dtype=np.uint8).tobytes(), 64),
+        )
 
     async def go():
         await rk.Upsert(ranking_pb2.UpsertRequest(model=ref, records=[record(i) for i in range(40)]))
         assert rk.quality.reference("ct-ild").size == 40
         for _ in range(25):
             q = (-mean + 0.3 * rng.standard_normal(card.embedding_dim)).astype(np.float32)  # far from the gallery
-            req = ranking_pb2.RankRequest(model=ref, embedding=convert.tensor_to_proto(q),
-                                          code=convert.code_to_proto(rng.integers(0, 256, 8, dtype=np.uint8).tobytes(), 64),
-                                          top_k=3)
+            req = ranking_pb2.RankRequest(
+                model=ref,
+                embedding=convert.tensor_to_proto(q),
+                code=convert.code_to_proto(rng.integers(0, 256, 8, dtype=np.uint8).tobytes(), 64),
+                top_k=3,
+            )
             assert len((await rk.Rank(req)).results) == 3
 
     asyncio.run(go())

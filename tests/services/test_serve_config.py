@@ -57,8 +57,9 @@ def test_every_stage_admits_what_the_gateways_send(doc):
 
 def test_every_rpc_has_a_method_on_the_gateway():
     """Serve routes by method name to the ingress: every RPC of every listed service must exist."""
-    from lungsearch._proto.v1 import encoding_pb2, fusion_pb2, gateway_pb2, hashing_pb2, ranking_pb2
     from grpc_health.v1 import health_pb2
+
+    from lungsearch._proto.v1 import encoding_pb2, fusion_pb2, gateway_pb2, hashing_pb2, ranking_pb2
     from services.gateway import Gateway
 
     cls = Gateway.func_or_class

@@ -1,7 +1,6 @@
 """Fixtures for the serving library tests (helpers in serving_fixtures.py)."""
 
 import pytest
-
 from serving_fixtures import build_tiny_models
 
 

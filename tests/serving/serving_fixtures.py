@@ -43,8 +43,9 @@ def make_study(modality: str, slices: int = 1, size: int = 80, seed: int = 0):
     for s in range(slices):
         if modality == "ct":
             body = np.where((yy - size / 2) ** 2 / 0.9 + (xx - size / 2) ** 2 < (size * 0.45) ** 2, 40.0, -1000.0)
-            lungs = ((yy - size / 2) ** 2 + (xx - size * 0.3) ** 2 < (size * 0.15) ** 2) | \
-                    ((yy - size / 2) ** 2 + (xx - size * 0.7) ** 2 < (size * 0.15) ** 2)
+            lungs = ((yy - size / 2) ** 2 + (xx - size * 0.3) ** 2 < (size * 0.15) ** 2) | (
+                (yy - size / 2) ** 2 + (xx - size * 0.7) ** 2 < (size * 0.15) ** 2
+            )
             px = np.where(lungs, -850.0, body) + rng.normal(0, 30, (size, size))
             meta = ImageMeta(modality="ct", view="AXIAL", slice_position=float(s), hu=True)
         else:

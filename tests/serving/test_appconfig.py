@@ -15,10 +15,15 @@ def test_args_defaults_and_errors():
 
 
 def test_deployment_options_from_profile():
-    cfg = load_profile("cxr-hash", ["serve.deployments.encoding.num_cpus=0.5",
-                                    "serve.deployments.encoding.max_batch_size=32",
-                                    "serve.deployments.encoding.max_ongoing_requests=8",
-                                    "serve.deployments.encoding.num_gpus=1"])
+    cfg = load_profile(
+        "cxr-hash",
+        [
+            "serve.deployments.encoding.num_cpus=0.5",
+            "serve.deployments.encoding.max_batch_size=32",
+            "serve.deployments.encoding.max_ongoing_requests=8",
+            "serve.deployments.encoding.num_gpus=1",
+        ],
+    )
     enc = deployment_options(cfg, "encoding")
     assert enc["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1.0}
     assert enc["user_config"]["max_batch_size"] == 32
@@ -27,14 +32,17 @@ def test_deployment_options_from_profile():
 
 
 def test_autoscaling():
-    cfg = load_profile("cxr-hash", ["serve.deployments.gateway.num_replicas=auto",
-                                    "serve.deployments.gateway.max_replicas=4"])
+    cfg = load_profile(
+        "cxr-hash", ["serve.deployments.gateway.num_replicas=auto", "serve.deployments.gateway.max_replicas=4"]
+    )
     g = deployment_options(cfg, "gateway")
     assert "num_replicas" not in g and g["autoscaling_config"]["max_replicas"] == 4
 
 
 def test_default_graph_fits_on_two_cpus():
     cfg = load_profile("cxr-hash")
-    total = sum(deployment_options(cfg, n)["ray_actor_options"]["num_cpus"]
-                for n in ("gateway", "encoding", "fusion", "hashing", "ranking"))
+    total = sum(
+        deployment_options(cfg, n)["ray_actor_options"]["num_cpus"]
+        for n in ("gateway", "encoding", "fusion", "hashing", "ranking")
+    )
     assert total <= 2.0

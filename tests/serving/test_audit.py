@@ -15,8 +15,12 @@ def _ref(profile="ct-ild", version="20260101-000000-abcdef"):
 
 
 def test_fields_per_method():
-    ingest = gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=[common_pb2.Image(data=b"x")] * 3,
-                                       report=common_pb2.Report(text="Dr. Smith saw it"), source_id="MRN-123")
+    ingest = gateway_pb2.IngestRequest(
+        model=common_pb2.ModelRef(profile="ct-ild"),
+        images=[common_pb2.Image(data=b"x")] * 3,
+        report=common_pb2.Report(text="Dr. Smith saw it"),
+        source_id="MRN-123",
+    )
     got = audit_fields("Ingest", ingest, gateway_pb2.IngestResponse(case_key="a" * 32, model=_ref()))
     assert got == {"model": "ct-ild@20260101-000000-abcdef", "case_key": "a" * 32, "images": 3}
     search = gateway_pb2.SearchRequest(model=common_pb2.ModelRef(profile="ct-ild"), top_k=5)
@@ -30,9 +34,15 @@ def test_fields_per_method():
 
 def test_lines_are_written_and_nothing_free_text_gets_in(tmp_path):
     audit = GatewayAudit(tmp_path / "audit" / "gateway.jsonl")
-    req = gateway_pb2.IngestRequest(model=common_pb2.ModelRef(profile="ct-ild"), images=[common_pb2.Image(data=b"x")],
-                                    report=common_pb2.Report(text="Patient John Doe"), source_id="MRN-123")
-    asyncio.run(audit.record("Ingest", "bridge", "ok", req, gateway_pb2.IngestResponse(case_key="c" * 32, model=_ref())))
+    req = gateway_pb2.IngestRequest(
+        model=common_pb2.ModelRef(profile="ct-ild"),
+        images=[common_pb2.Image(data=b"x")],
+        report=common_pb2.Report(text="Patient John Doe"),
+        source_id="MRN-123",
+    )
+    asyncio.run(
+        audit.record("Ingest", "bridge", "ok", req, gateway_pb2.IngestResponse(case_key="c" * 32, model=_ref()))
+    )
     asyncio.run(audit.record("Health", "bridge", "ok", req, None))  # not an audited RPC: no line
     # an unsafe value (a token name with free text) is refused by the log: the call is not broken
     asyncio.run(audit.record("Search", "Dr. <John Doe>; DOB 1950", "ok", req, None))

@@ -13,11 +13,17 @@ READ, WRITE, ADMIN = "r" * 20 + "-read", "w" * 20 + "-write", "a" * 20 + "-admin
 @pytest.fixture
 def tokens_file(tmp_path):
     p = tmp_path / "tokens.yaml"
-    p.write_text(yaml.safe_dump({"tokens": [
-        {"name": "viewer", "role": "read", "token": READ},
-        {"name": "bridge", "role": "write", "sha256": auth.hash_token(WRITE)},
-        {"name": "ops", "role": "admin", "token": ADMIN},
-    ]}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "tokens": [
+                    {"name": "viewer", "role": "read", "token": READ},
+                    {"name": "bridge", "role": "write", "sha256": auth.hash_token(WRITE)},
+                    {"name": "ops", "role": "admin", "token": ADMIN},
+                ]
+            }
+        )
+    )
     return p
 
 
@@ -42,8 +48,17 @@ def test_roles_nest(tokens_file):
         a.authorize("SomethingNew", md(WRITE))  # unknown methods need admin
 
 
-@pytest.mark.parametrize("metadata", [[], [("authorization", "Basic abc")], [("authorization", "Bearer ")],
-                                      md("not-a-known-token-at-all"), md(READ + "x"), md(READ[:-1])])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [],
+        [("authorization", "Basic abc")],
+        [("authorization", "Bearer ")],
+        md("not-a-known-token-at-all"),
+        md(READ + "x"),
+        md(READ[:-1]),
+    ],
+)
 def test_unauthenticated(tokens_file, metadata):
     a = auth.Authenticator.from_file(tokens_file)
     with pytest.raises(UnauthenticatedError) as e:
@@ -72,16 +87,21 @@ def test_compare_is_against_every_entry(tokens_file, monkeypatch):
     assert len(calls) == 3  # ...and still compares against all of them
 
 
-@pytest.mark.parametrize("doc,msg", [
-    ({"tokens": []}, "non-empty"),
-    ({"tokens": [{"role": "root", "token": READ}]}, "role"),
-    ({"tokens": [{"role": "read", "token": "short"}]}, "shorter"),
-    ({"tokens": [{"role": "read", "sha256": "zz"}]}, "64 hex"),
-    ({"tokens": [{"role": "read"}]}, "exactly one"),
-    ({"tokens": [{"role": "read", "token": READ, "extra": 1}]}, "unknown"),
-    ({"tokens": [{"name": "x", "role": "read", "token": READ}, {"name": "x", "role": "read", "token": WRITE}]},
-     "duplicate"),
-])
+@pytest.mark.parametrize(
+    "doc,msg",
+    [
+        ({"tokens": []}, "non-empty"),
+        ({"tokens": [{"role": "root", "token": READ}]}, "role"),
+        ({"tokens": [{"role": "read", "token": "short"}]}, "shorter"),
+        ({"tokens": [{"role": "read", "sha256": "zz"}]}, "64 hex"),
+        ({"tokens": [{"role": "read"}]}, "exactly one"),
+        ({"tokens": [{"role": "read", "token": READ, "extra": 1}]}, "unknown"),
+        (
+            {"tokens": [{"name": "x", "role": "read", "token": READ}, {"name": "x", "role": "read", "token": WRITE}]},
+            "duplicate",
+        ),
+    ],
+)
 def test_bad_token_files(tmp_path, doc, msg):
     p = tmp_path / "t.yaml"
     p.write_text(yaml.safe_dump(doc))
@@ -109,8 +129,17 @@ def test_reload_failure_keeps_previous_tokens(tokens_file):
     assert a.authorize("Search", md(READ)).name == "viewer"
 
 
-@pytest.mark.parametrize("host,ok", [("127.0.0.1", True), ("localhost", True), ("::1", True),
-                                     ("0.0.0.0", False), ("10.1.2.3", False), ("example.org", False)])
+@pytest.mark.parametrize(
+    "host,ok",
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("0.0.0.0", False),
+        ("10.1.2.3", False),
+        ("example.org", False),
+    ],
+)
 def test_check_bind(host, ok):
     if ok:
         auth.check_bind(host, secured=False, insecure_local=True)
@@ -122,10 +151,20 @@ def test_check_bind(host, ok):
         auth.check_bind("127.0.0.1", secured=False, insecure_local=False)
 
 
-@pytest.mark.parametrize("peer,ok", [("ipv4:127.0.0.1:5000", True), ("ipv6:[::1]:5000", True),
-                                     ("ipv6:%5B::1%5D:5000", True), ("ipv6:[::ffff:127.0.0.1]:80", True),
-                                     ("unix:/tmp/s", True), ("ipv4:10.0.0.7:5000", False),
-                                     ("ipv6:[2001:db8::1]:5000", False), ("", False), ("garbage", False)])
+@pytest.mark.parametrize(
+    "peer,ok",
+    [
+        ("ipv4:127.0.0.1:5000", True),
+        ("ipv6:[::1]:5000", True),
+        ("ipv6:%5B::1%5D:5000", True),
+        ("ipv6:[::ffff:127.0.0.1]:80", True),
+        ("unix:/tmp/s", True),
+        ("ipv4:10.0.0.7:5000", False),
+        ("ipv6:[2001:db8::1]:5000", False),
+        ("", False),
+        ("garbage", False),
+    ],
+)
 def test_peer_is_loopback(peer, ok):
     assert auth.peer_is_loopback(peer) is ok
 

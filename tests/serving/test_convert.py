@@ -10,8 +10,12 @@ from lungsearch.serving import convert
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(st.sampled_from([np.float32, np.float16, np.uint8, np.int64]),
-                  hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)))
+@given(
+    hnp.arrays(
+        st.sampled_from([np.float32, np.float16, np.uint8, np.int64]),
+        hnp.array_shapes(min_dims=0, max_dims=4, max_side=5),
+    )
+)
 def test_tensor_round_trip(arr):
     back = convert.tensor_from_proto(convert.tensor_to_proto(arr))
     assert back.dtype == arr.dtype and back.shape == arr.shape
@@ -31,11 +35,14 @@ def test_float64_and_torch_are_sent_as_float32():
     assert list(t.shape) == [2, 3] and t.dtype == common_pb2.DTYPE_FLOAT32
 
 
-@pytest.mark.parametrize("bad", [
-    common_pb2.Tensor(shape=[2], dtype=common_pb2.DTYPE_FLOAT32, data=b"\0" * 7),
-    common_pb2.Tensor(shape=[2], data=b"\0" * 8),
-    common_pb2.Tensor(shape=[-1], dtype=common_pb2.DTYPE_UINT8, data=b""),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        common_pb2.Tensor(shape=[2], dtype=common_pb2.DTYPE_FLOAT32, data=b"\0" * 7),
+        common_pb2.Tensor(shape=[2], data=b"\0" * 8),
+        common_pb2.Tensor(shape=[-1], dtype=common_pb2.DTYPE_UINT8, data=b""),
+    ],
+)
 def test_malformed_tensors_are_invalid_argument(bad):
     with pytest.raises(InvalidRequestError):
         convert.tensor_from_proto(bad)
@@ -88,8 +95,9 @@ def test_case_and_record_round_trip():
     case = convert.case_to_proto(_Case(), profile="cxr-hash")
     assert case.model.profile == "cxr-hash" and case.model.version == "v1"
     assert case.ingested_at.seconds == 1700000000
-    rec = ranking_pb2.CaseRecord(case=case, embedding=convert.tensor_to_proto(np.ones(8, np.float32)),
-                                 code=convert.code_to_proto(b"\xff", 8))
+    rec = ranking_pb2.CaseRecord(
+        case=case, embedding=convert.tensor_to_proto(np.ones(8, np.float32)), code=convert.code_to_proto(b"\xff", 8)
+    )
     fields = convert.case_fields_from_proto(rec, embedding_dim=8, code_bits=8)
     assert fields["labels"] == ["Nodule", "Effusion"] and fields["code"] == b"\xff"
     assert abs(fields["ingested_at"] - 1700000000.5) < 1e-3
@@ -101,8 +109,9 @@ def test_case_and_record_round_trip():
 
 
 def test_filter():
-    f = convert.filter_from_proto(common_pb2.Filter(modality=common_pb2.MODALITY_CT, labels_any=["ggo"],
-                                                    labels_none=["normal"]))
+    f = convert.filter_from_proto(
+        common_pb2.Filter(modality=common_pb2.MODALITY_CT, labels_any=["ggo"], labels_none=["normal"])
+    )
     assert f == {"modality": "ct", "labels_any": ["ggo"], "labels_none": ["normal"]}
     assert f.matches("ct", "AXIAL", ["ggo"]) and not f.matches("ct", "", ["ggo", "normal"])
     assert not f.matches("cxr", "", ["ggo"])

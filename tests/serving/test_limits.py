@@ -5,8 +5,7 @@ from lungsearch.config import LimitsConfig
 from lungsearch.errors import InvalidReportError, InvalidRequestError, LimitExceededError
 from lungsearch.serving import limits
 
-LIM = LimitsConfig(max_message_bytes=4096, max_image_bytes=2048, max_series_images=3, max_report_chars=50,
-                   max_top_k=20)
+LIM = LimitsConfig(max_message_bytes=4096, max_image_bytes=2048, max_series_images=3, max_report_chars=50, max_top_k=20)
 
 
 def _img(n):
@@ -80,10 +79,12 @@ def _stream(*parts):
 
 def test_chunk_assembler_reassembles_in_order():
     asm = limits.ChunkAssembler(LIM)
-    parts = _stream(gateway_pb2.IngestRequest(labels=["ggo"], source_id="s1"),
-                    gateway_pb2.ImageChunk(image_index=0, data=b"ab", format=common_pb2.IMAGE_FORMAT_DICOM),
-                    gateway_pb2.ImageChunk(image_index=0, data=b"cd", last=True),
-                    gateway_pb2.ImageChunk(image_index=1, data=b"ef", last=True))
+    parts = _stream(
+        gateway_pb2.IngestRequest(labels=["ggo"], source_id="s1"),
+        gateway_pb2.ImageChunk(image_index=0, data=b"ab", format=common_pb2.IMAGE_FORMAT_DICOM),
+        gateway_pb2.ImageChunk(image_index=0, data=b"cd", last=True),
+        gateway_pb2.ImageChunk(image_index=1, data=b"ef", last=True),
+    )
     for p in parts:
         asm.add(p)
     req = asm.finish()
@@ -91,18 +92,36 @@ def test_chunk_assembler_reassembles_in_order():
     assert req.images[0].format == common_pb2.IMAGE_FORMAT_DICOM and list(req.labels) == ["ggo"]
 
 
-@pytest.mark.parametrize("parts,exc", [
-    ([gateway_pb2.ImageChunk(image_index=0, data=b"a", last=True)], InvalidRequestError),  # no header
-    ([gateway_pb2.IngestRequest(), gateway_pb2.ImageChunk(image_index=1, data=b"a")], InvalidRequestError),
-    ([gateway_pb2.IngestRequest(), gateway_pb2.ImageChunk(image_index=0, data=b"a"),
-      gateway_pb2.ImageChunk(image_index=1, data=b"b")], InvalidRequestError),  # image 0 not closed
-    ([gateway_pb2.IngestRequest(), gateway_pb2.ImageChunk(image_index=0, data=b"x" * 1500),
-      gateway_pb2.ImageChunk(image_index=0, data=b"x" * 1500)], LimitExceededError),
-    ([gateway_pb2.IngestRequest()] + [gateway_pb2.ImageChunk(image_index=i, data=b"x", last=True) for i in range(4)],
-     LimitExceededError),
-    ([gateway_pb2.IngestRequest(), gateway_pb2.IngestRequest()], InvalidRequestError),
-    ([gateway_pb2.IngestRequest(images=[common_pb2.Image(data=b"a")])], InvalidRequestError),
-])
+@pytest.mark.parametrize(
+    "parts,exc",
+    [
+        ([gateway_pb2.ImageChunk(image_index=0, data=b"a", last=True)], InvalidRequestError),  # no header
+        ([gateway_pb2.IngestRequest(), gateway_pb2.ImageChunk(image_index=1, data=b"a")], InvalidRequestError),
+        (
+            [
+                gateway_pb2.IngestRequest(),
+                gateway_pb2.ImageChunk(image_index=0, data=b"a"),
+                gateway_pb2.ImageChunk(image_index=1, data=b"b"),
+            ],
+            InvalidRequestError,
+        ),  # image 0 not closed
+        (
+            [
+                gateway_pb2.IngestRequest(),
+                gateway_pb2.ImageChunk(image_index=0, data=b"x" * 1500),
+                gateway_pb2.ImageChunk(image_index=0, data=b"x" * 1500),
+            ],
+            LimitExceededError,
+        ),
+        (
+            [gateway_pb2.IngestRequest()]
+            + [gateway_pb2.ImageChunk(image_index=i, data=b"x", last=True) for i in range(4)],
+            LimitExceededError,
+        ),
+        ([gateway_pb2.IngestRequest(), gateway_pb2.IngestRequest()], InvalidRequestError),
+        ([gateway_pb2.IngestRequest(images=[common_pb2.Image(data=b"a")])], InvalidRequestError),
+    ],
+)
 def test_chunk_assembler_refuses_bad_streams(parts, exc):
     asm = limits.ChunkAssembler(LIM)
     with pytest.raises(exc):

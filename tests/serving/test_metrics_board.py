@@ -37,7 +37,10 @@ def test_every_replica_counted_once_whatever_the_number_of_publications():
     got = _requests(board.exposition("lungsearch"))
     assert got == {("gateway", "Search"): 7.0, ("encoding", "Search"): 7.0}
     assert {r: m["pid"] for r, m in board.replicas("lungsearch").items()} == {
-        "lungsearch#Encoding#c": 13, "lungsearch#Gateway#a": 11, "lungsearch#Gateway#b": 12}
+        "lungsearch#Encoding#c": 13,
+        "lungsearch#Gateway#a": 11,
+        "lungsearch#Gateway#b": 12,
+    }
 
 
 def test_a_replica_that_stops_publishing_is_dropped():
@@ -87,8 +90,12 @@ def test_publishers_reach_the_collector_actor(ray_cluster):
 
     from lungsearch.serving import metrics_board
 
-    pubs = [Publisher(f"test-app#Gateway#{i}", "test-app", "Gateway", lambda i=i: _replica("gateway", i + 1),
-                      interval_s=0.2) for i in range(2)]
+    pubs = [
+        Publisher(
+            f"test-app#Gateway#{i}", "test-app", "Gateway", lambda i=i: _replica("gateway", i + 1), interval_s=0.2
+        )
+        for i in range(2)
+    ]
     for p in pubs:
         p.publish_once()
     assert _requests(metrics_board.graph_exposition("test-app")) == {("gateway", "Search"): 3.0}

@@ -9,10 +9,24 @@ from lungsearch.serving.models import ModelSet, parse_profiles
 def registry(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("registry")
     model, cfg = tiny_models["cxr-hash"]
-    v1 = save_model(model, cfg, metrics={"val_map10": 0.1}, data_fingerprint="t", synthetic_data=True, root=root,
-                    version="20260101-000000-aaaaaa")
-    v2 = save_model(model, cfg, metrics={"val_map10": 0.2}, data_fingerprint="t", synthetic_data=True, root=root,
-                    version="20260102-000000-bbbbbb")
+    v1 = save_model(
+        model,
+        cfg,
+        metrics={"val_map10": 0.1},
+        data_fingerprint="t",
+        synthetic_data=True,
+        root=root,
+        version="20260101-000000-aaaaaa",
+    )
+    v2 = save_model(
+        model,
+        cfg,
+        metrics={"val_map10": 0.2},
+        data_fingerprint="t",
+        synthetic_data=True,
+        root=root,
+        version="20260102-000000-bbbbbb",
+    )
     return root, v1.version, v2.version
 
 
@@ -67,8 +81,15 @@ def test_errors(registry):
 def test_eviction_keeps_live(registry, tiny_models, tmp_path):
     root, v1, v2 = registry
     model, cfg = tiny_models["cxr-hash"]
-    v3 = save_model(model, cfg, metrics={}, data_fingerprint="t", synthetic_data=True, root=tmp_path,
-                    version="20260103-000000-cccccc").version
+    v3 = save_model(
+        model,
+        cfg,
+        metrics={},
+        data_fingerprint="t",
+        synthetic_data=True,
+        root=tmp_path,
+        version="20260103-000000-cccccc",
+    ).version
     for v in (v1, v2):
         save_model(model, cfg, metrics={}, data_fingerprint="t", synthetic_data=True, root=tmp_path, version=v)
     ms = ModelSet([f"cxr-hash@{v1}"], root=tmp_path, load_weights=False, max_versions=2)

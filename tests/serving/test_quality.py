@@ -50,14 +50,18 @@ def test_drift_and_psi_rise_for_a_shifted_query_distribution():
     def run(queries):
         qm = QualityMonitor(sites=("north",), alpha=0.02, warmup=20)
         qm.set_reference("cxr", ref)
-        out = [qm.observe("cxr", "north", q, scores=[0.9, 0.8], code=c.tobytes())
-               for q, c in zip(queries, _codes(queries, planes))]
+        out = [
+            qm.observe("cxr", "north", q, scores=[0.9, 0.8], code=c.tobytes())
+            for q, c in zip(queries, _codes(queries, planes))
+        ]
         return [s.drift for s in out], [s.psi for s in out]
 
     same_drift, same_psi = run(_cluster(rng, 400, mean))
     # A new scanner: the same anatomy, moved along a direction the gallery never shows.
     shift = rng.standard_normal(D)
-    shifted_drift, shifted_psi = run(_cluster(rng, 400, mean + 1.5 * shift / np.linalg.norm(shift) * np.linalg.norm(mean)))
+    shifted_drift, shifted_psi = run(
+        _cluster(rng, 400, mean + 1.5 * shift / np.linalg.norm(shift) * np.linalg.norm(mean))
+    )
     assert same_drift[:19] == [None] * 19 and same_drift[19] is not None  # warm-up
     assert max(same_drift[100:]) < 0.1
     assert min(shifted_drift[200:]) > 5 * max(same_drift[100:])
@@ -128,5 +132,5 @@ def test_drift_rises_for_phantoms_from_a_shifted_scanner(tmp_path):
 
     same = final_drift(_pixel_embeddings(queries))
     ramp = np.linspace(0.0, 0.25, 16)[None, :]
-    shifted = final_drift(_pixel_embeddings(queries, scanner=lambda x: x ** 0.6 + ramp))
+    shifted = final_drift(_pixel_embeddings(queries, scanner=lambda x: x**0.6 + ramp))
     assert shifted > 3 * same, (same, shifted)

@@ -3,19 +3,18 @@ RadiomicsRoi (convert) -> the SDK's results; profiles without radiomics never se
 The same through the real Serve app: tests/services/test_gateway.py::test_radiomics_fallback_*."""
 
 import numpy as np
+from serving_fixtures import make_study
 
 from lungsearch._proto.v1 import encoding_pb2, gateway_pb2
 from lungsearch.client import Classification, IngestResult, RadiomicsRoi, SearchResult
 from lungsearch.serving import convert, pipeline
-
-from serving_fixtures import make_study
 
 
 def _no_lung_ct(slices: int = 2):
     """A CT series of soft tissue only (an abdomen-like slice: body, no lung): the mask is empty."""
     study = make_study("ct", slices=slices, seed=3)
     yy, xx = np.mgrid[:80, :80]
-    body = (yy - 40) ** 2 / 0.9 + (xx - 40) ** 2 < 36 ** 2
+    body = (yy - 40) ** 2 / 0.9 + (xx - 40) ** 2 < 36**2
     rng = np.random.default_rng(3)
     for im in study.images:
         im.pixels[...] = np.where(body, 40.0, -1000.0) + rng.normal(0, 10, body.shape)
@@ -45,7 +44,10 @@ def test_embed_cases_keeps_the_flag(tiny_models):
 
     model, cfg = tiny_models["ct-ild"]
     ex = model.radiomics.extractor
-    cases = [prepare_case(_no_lung_ct(), cfg, extractor=ex), prepare_case(make_study("ct", slices=2), cfg, extractor=ex)]
+    cases = [
+        prepare_case(_no_lung_ct(), cfg, extractor=ex),
+        prepare_case(make_study("ct", slices=2), cfg, extractor=ex),
+    ]
     out = embed_cases(model, cases)
     assert (out[0].roi_fallback, out[0].roi_reason) == (True, "empty")
     assert (out[1].roi_fallback, out[1].roi_reason) == (False, "")

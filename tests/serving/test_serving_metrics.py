@@ -91,14 +91,23 @@ def test_replica_exposition_carries_the_process_mask_counters():
 
     def value(text: str) -> float:
         fams = {f.name: f for f in text_string_to_metric_families(text)}
-        return sum(s.value for s in fams["lungsearch_data_radiomics_roi_fallbacks"].samples
-                   if s.labels == {"modality": "cxr", "reason": "empty"} and s.name.endswith("_total"))
+        return sum(
+            s.value
+            for s in fams["lungsearch_data_radiomics_roi_fallbacks"].samples
+            if s.labels == {"modality": "cxr", "reason": "empty"} and s.name.endswith("_total")
+        )
 
     m = ServingMetrics("encoding", ray_export=False)
     before = value(m.render()) if "roi_fallbacks" in m.render() else 0.0
     count_fallback("cxr", "empty")
     text = m.render()
     assert value(text) == before + 1
-    assert value(merge_expositions([ServingMetrics("gateway", ray_export=False).render().split("# HELP lungsearch_data_")[0],
-                                    text])) == before + 1
+    assert (
+        value(
+            merge_expositions(
+                [ServingMetrics("gateway", ray_export=False).render().split("# HELP lungsearch_data_")[0], text]
+            )
+        )
+        == before + 1
+    )
     assert "lungsearch_data_lung_masks" in text

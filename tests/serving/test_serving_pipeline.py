@@ -3,11 +3,10 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from serving_fixtures import make_study
 
 from lungsearch.errors import InvalidRequestError
 from lungsearch.serving import pipeline
-
-from serving_fixtures import make_study
 
 
 def _items(models, profile, studies, texts=None):
@@ -59,8 +58,12 @@ def test_ct_slices_are_pooled_per_case_and_radiomics_extracted(tiny_models):
 
 def test_fuse_embeddings_probabilities_and_mixed_batches(tiny_models):
     model, _ = tiny_models["cxr-clip"]
-    items = _items(tiny_models, "cxr-clip", [make_study("cxr", seed=0), None],
-                   texts=["small nodule right upper lobe", "cardiomegaly"])
+    items = _items(
+        tiny_models,
+        "cxr-clip",
+        [make_study("cxr", seed=0), None],
+        texts=["small nodule right upper lobe", "cardiomegaly"],
+    )
     feats = pipeline.encode_batch(model, items)
     assert "image_pooled" in feats[0] and "image_pooled" not in feats[1] and "report_pooled" in feats[1]
     fused = pipeline.fuse_batch(model, feats)  # two kinds of query in one batch: fused group by group
@@ -69,7 +72,9 @@ def test_fuse_embeddings_probabilities_and_mixed_batches(tiny_models):
         assert abs(f["probabilities"].sum() - 1) < 1e-4  # cxr-clip is single-label: softmax
     hm, _ = tiny_models["cxr-hash"]
     f2 = pipeline.fuse_batch(hm, pipeline.encode_batch(hm, _items(tiny_models, "cxr-hash", [make_study("cxr")])))[0]
-    assert ((f2["probabilities"] > 0) & (f2["probabilities"] < 1)).all() and f2["probabilities"].sum() != pytest.approx(1)
+    assert ((f2["probabilities"] > 0) & (f2["probabilities"] < 1)).all() and f2["probabilities"].sum() != pytest.approx(
+        1
+    )
 
 
 def test_hash_codes_learned_and_lsh(tiny_models):
@@ -79,7 +84,9 @@ def test_hash_codes_learned_and_lsh(tiny_models):
     feats = pipeline.encode_batch(hm, _items(tiny_models, "cxr-hash", [make_study("cxr")]))[0]
     fused = pipeline.fuse_batch(hm, [feats])[0]
     from_logits = pipeline.hash_code(hm, hash_logits=feats["hash_logits"])
-    assert from_logits == pack_codes(np.where(feats["hash_logits"] >= 0, 1, -1)[None]).tobytes() and len(from_logits) == 8
+    assert (
+        from_logits == pack_codes(np.where(feats["hash_logits"] >= 0, 1, -1)[None]).tobytes() and len(from_logits) == 8
+    )
     assert pipeline.hash_code(hm, embedding=fused["embedding"]) == from_logits  # sign(tanh(bz)) == sign(z)
     with pytest.raises(InvalidRequestError):
         pipeline.hash_code(hm, hash_logits=np.ones(32))
@@ -125,8 +132,11 @@ def test_case_key_precedence():
 
 
 def test_knn_vote():
-    vote = dict(pipeline.knn_vote([["Nodule"], ["Nodule", "Effusion"], ["Normal"], ["Nodule"]],
-                                  ["Normal", "Nodule", "Effusion", "Opacity"]))
+    vote = dict(
+        pipeline.knn_vote(
+            [["Nodule"], ["Nodule", "Effusion"], ["Normal"], ["Nodule"]], ["Normal", "Nodule", "Effusion", "Opacity"]
+        )
+    )
     assert vote == {"Normal": 0.25, "Nodule": 0.75, "Effusion": 0.25, "Opacity": 0.0}
     assert pipeline.knn_vote([], ["a"]) == [("a", 0.0)]
     assert [lab for lab, _ in pipeline.knn_vote([["x"]], ["a"])] == ["a", "x"]

@@ -68,7 +68,7 @@ def test_apply_status_sets_code_details_and_binary_trailer():
     ctx = _Ctx()
     apply_status(ctx, status_for(errors.InvalidImageError("not a DICOM", code="bad_magic")))
     assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT and ctx.details == "not a DICOM"
-    (key, value), = ctx.trailing
+    ((key, value),) = ctx.trailing
     assert key == ERROR_METADATA_KEY and key.endswith("-bin")
     detail = common_pb2.ErrorDetail.FromString(value)
     assert detail.reason == common_pb2.ERROR_REASON_INVALID_IMAGE and detail.code == "bad_magic"

@@ -23,7 +23,7 @@ _SECTIONS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "ind
 
 
 def milvus_importable() -> str:
-    """"" when the ``milvus`` wheel is installed, else why not (for a skip reason)."""
+    """ "" when the ``milvus`` wheel is installed, else why not (for a skip reason)."""
     try:
         import milvus  # noqa: F401
     except ImportError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from _milvus_server import EmbeddedMilvus, milvus_importable
 
 

@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from test_milvus import BITS, DIM, make_cases
 
 from lungsearch.store import MilvusStore
 from lungsearch.store.follow import IndexFollower
 from lungsearch.store.snapshot import index_from_store
-from test_milvus import BITS, DIM, make_cases
 
 pytestmark = [pytest.mark.milvus_server, pytest.mark.slow]
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from lungsearch.errors import InvalidRequestError
-from lungsearch.store import CaseIndex, SearchFilter, StoredCase
-from lungsearch.store import _kernels
+from lungsearch.store import CaseIndex, SearchFilter, StoredCase, _kernels
 from lungsearch.store.index import OVERFETCH_MAX
 
 BACKENDS = ["numpy"] + (["faiss"] if _kernels.have_faiss() else [])
@@ -104,13 +103,16 @@ def test_hamming_candidates_then_cosine_rerank(backend):
 
 
 FILTERS = [
-    (SearchFilter(modality="ct"), lambda m, v, l: m == "ct"),
-    (SearchFilter(view="AXIAL", modality="cxr"), lambda m, v, l: v == "AXIAL" and m == "cxr"),
-    (SearchFilter(labels_any=("L1", "L5")), lambda m, v, l: bool({"L1", "L5"} & set(l))),
-    (SearchFilter(labels_all=("L0", "L2", "L3")), lambda m, v, l: {"L0", "L2", "L3"} <= set(l)),  # selective: gather path
-    (SearchFilter(labels_none=("L4",)), lambda m, v, l: "L4" not in l),  # broad: bitmap path
-    (SearchFilter(labels_all=("L0", "unknown")), lambda m, v, l: False),
-    (SearchFilter(modality="mr"), lambda m, v, l: False),
+    (SearchFilter(modality="ct"), lambda m, v, labs: m == "ct"),
+    (SearchFilter(view="AXIAL", modality="cxr"), lambda m, v, labs: v == "AXIAL" and m == "cxr"),
+    (SearchFilter(labels_any=("L1", "L5")), lambda m, v, labs: bool({"L1", "L5"} & set(labs))),
+    (
+        SearchFilter(labels_all=("L0", "L2", "L3")),
+        lambda m, v, labs: {"L0", "L2", "L3"} <= set(labs),
+    ),  # selective: gather path
+    (SearchFilter(labels_none=("L4",)), lambda m, v, labs: "L4" not in labs),  # broad: bitmap path
+    (SearchFilter(labels_all=("L0", "unknown")), lambda m, v, labs: False),
+    (SearchFilter(modality="mr"), lambda m, v, labs: False),
 ]
 
 
@@ -118,7 +120,7 @@ FILTERS = [
 @pytest.mark.parametrize("flt,pred", FILTERS)
 def test_filters_applied_before_topk(backend, flt, pred):
     idx, (keys, emb, codes, mods, views, labels) = build(backend, n=3000)
-    ok = np.array([pred(m, v, l) for m, v, l in zip(mods, views, labels)])
+    ok = np.array([pred(m, v, labs) for m, v, labs in zip(mods, views, labels)])
     e16 = unit16(emb)
     rng = np.random.default_rng(4)
     q = rng.standard_normal(emb.shape[1]).astype(np.float32)
@@ -231,8 +233,12 @@ def test_concurrent_readers_with_one_writer(backend):
     try:
         for step in range(60):  # writer: appends, overwrites, deletes (with compactions)
             new = [f"w{step}-{i}" for i in range(50)]
-            idx.add_arrays(new, rng.standard_normal((50, emb.shape[1])), rng.integers(0, 256, (50, 8), dtype=np.uint8),
-                           modalities=["cxr"] * 50)
+            idx.add_arrays(
+                new,
+                rng.standard_normal((50, emb.shape[1])),
+                rng.integers(0, 256, (50, 8), dtype=np.uint8),
+                modalities=["cxr"] * 50,
+            )
             idx.add_arrays(keys[step * 10 : step * 10 + 10], emb[:10], codes[:10], modalities=["ct"] * 10)
             idx.delete(new[:25])
     finally:

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from lungsearch.errors import InvalidRequestError, NotFoundError, StoreUnavailableError
-from lungsearch.store import CaseIndex, MilvusStore, SearchFilter, StoreCapabilities, StoredCase, collection_name, is_lite_uri
+from lungsearch.store import (
+    CaseIndex,
+    MilvusStore,
+    SearchFilter,
+    StoreCapabilities,
+    StoredCase,
+    collection_name,
+    is_lite_uri,
+)
 from lungsearch.store.milvus import CollectionInfo, _split_result, collection_index_params, collection_schema
 
 PROFILE, VERSION = "cxr-hash", "20261124-0001-test"
@@ -22,12 +30,20 @@ def make_cases(n, seed=0, start=0):
     out = []
     for i in range(start, start + n):
         labs = [LABELS[j] for j in range(len(LABELS)) if rng.random() < 0.3]
-        out.append(StoredCase(
-            case_key=f"case{i:05d}", modality="cxr" if i % 3 else "ct", view=("PA", "AP", "LATERAL")[i % 3], labels=labs,
-            report_excerpt=f"synthetic report {i} ü", embedding=rng.standard_normal(DIM).astype(np.float32),
-            code=rng.integers(0, 256, BITS // 8, dtype=np.uint8).tobytes(), ingested_at=1.7e9 + i, num_images=1 + i % 4,
-            model_version=VERSION,
-        ))
+        out.append(
+            StoredCase(
+                case_key=f"case{i:05d}",
+                modality="cxr" if i % 3 else "ct",
+                view=("PA", "AP", "LATERAL")[i % 3],
+                labels=labs,
+                report_excerpt=f"synthetic report {i} ü",
+                embedding=rng.standard_normal(DIM).astype(np.float32),
+                code=rng.integers(0, 256, BITS // 8, dtype=np.uint8).tobytes(),
+                ingested_at=1.7e9 + i,
+                num_images=1 + i % 4,
+                model_version=VERSION,
+            )
+        )
     return out
 
 
@@ -86,13 +102,22 @@ def test_persistence_across_reopen(db_path):
         for c in cases:
             b = back[c.case_key]
             assert (b.modality, b.view, b.labels, b.report_excerpt, b.code, b.num_images, b.model_version) == (
-                c.modality, c.view, c.labels, c.report_excerpt, c.code, c.num_images, c.model_version)
+                c.modality,
+                c.view,
+                c.labels,
+                c.report_excerpt,
+                c.code,
+                c.num_images,
+                c.model_version,
+            )
             np.testing.assert_allclose(b.embedding, c.embedding, rtol=1e-6)
             assert b.ingested_at == c.ingested_at
         s.wait_for_index(PROFILE, VERSION, timeout=60)
         for c in cases[:40]:  # Milvus's own HNSW finds each case by its embedding
             assert s.search(PROFILE, VERSION, c.embedding, top_k=1)[0].key == c.case_key
-        assert sorted(k.case_key for k in s.iterate(PROFILE, VERSION, batch_rows=64)) == sorted(c.case_key for c in cases)
+        assert sorted(k.case_key for k in s.iterate(PROFILE, VERSION, batch_rows=64)) == sorted(
+            c.case_key for c in cases
+        )
         idx = CaseIndex.from_store(s, PROFILE, VERSION, batch_rows=50)
     assert len(idx) == 300
     for c in cases:  # the rebuilt in-memory index finds every case, by code+embedding and by code alone
@@ -130,9 +155,15 @@ def test_filters_are_exact_and_injection_safe(store):
 
     checks = [
         (SearchFilter(modality="ct"), lambda c: c.modality == "ct"),
-        (SearchFilter(view="PA", labels_any=("Nodule", "it's")), lambda c: c.view == "PA" and {"Nodule", "it's"} & set(c.labels)),
+        (
+            SearchFilter(view="PA", labels_any=("Nodule", "it's")),
+            lambda c: c.view == "PA" and {"Nodule", "it's"} & set(c.labels),
+        ),
         (SearchFilter(labels_all=("Effusion", "back\\slash")), lambda c: {"Effusion", "back\\slash"} <= set(c.labels)),
-        (SearchFilter(labels_none=("Nodule",), modality="cxr"), lambda c: c.modality == "cxr" and "Nodule" not in c.labels),
+        (
+            SearchFilter(labels_none=("Nodule",), modality="cxr"),
+            lambda c: c.modality == "cxr" and "Nodule" not in c.labels,
+        ),
         (SearchFilter(labels_any=('x" or 1==1 or "',)), lambda c: 'x" or 1==1 or "' in c.labels),
         (SearchFilter(labels_any=("é 肺",)), lambda c: "é 肺" in c.labels),
         (SearchFilter(labels_any=("x",)), lambda c: False),  # a substring of a label is not the label
@@ -226,7 +257,6 @@ def test_collection_released_behind_the_store_is_reloaded_on_the_next_call(store
     assert store.count(PROFILE, VERSION) == 3
 
 
-
 def test_ensure_loaded_reloads_what_was_released_without_a_failed_call(store):
     """The health check's way: ask the server's load state, not this process's memory, so no call
     has to fail first."""
@@ -237,6 +267,7 @@ def test_ensure_loaded_reloads_what_was_released_without_a_failed_call(store):
     store.ensure_loaded(PROFILE, VERSION)
     assert store._client.get_load_state(name)["state"].name == "Loaded"
     assert set(store.get_many(PROFILE, VERSION, [c.case_key for c in cases])) == {c.case_key for c in cases}
+
 
 def test_lite_index_creation_logs_no_grpc_traceback(db_path, caplog):
     """pymilvus asks milvus-lite's in-process server for AllocTimestamp while it waits for a new

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_milvus import BITS, DIM, make_cases
 
 from lungsearch.errors import InvalidRequestError, NotFoundError
 from lungsearch.store import CaseIndex, MilvusStore, SearchFilter, StoredCase, collection_name
 from lungsearch.store.schema import HAMMING_NLIST, companion_name
-from test_milvus import BITS, DIM, make_cases
 
 pytestmark = [pytest.mark.milvus_server, pytest.mark.slow]
 
@@ -77,7 +77,13 @@ def test_upsert_get_search_delete_count_round_trip(store):
     for c in cases:
         b = back[c.case_key]
         assert (b.modality, b.view, b.labels, b.report_excerpt, b.code, b.num_images) == (
-            c.modality, c.view, c.labels, c.report_excerpt, c.code, c.num_images)
+            c.modality,
+            c.view,
+            c.labels,
+            c.report_excerpt,
+            c.code,
+            c.num_images,
+        )
         np.testing.assert_allclose(b.embedding, c.embedding, rtol=1e-6)
     for c in cases[:20]:  # the server's own HNSW finds each case by its embedding, and by its code
         assert store.search(profile, VERSION, c.embedding, top_k=1, consistency="Strong")[0].key == c.case_key
@@ -86,14 +92,20 @@ def test_upsert_get_search_delete_count_round_trip(store):
     flt = SearchFilter(modality="ct", labels_any=("Nodule",))
     want = sorted(c.case_key for c in cases if c.modality == "ct" and "Nodule" in c.labels)
     assert store.query_keys(profile, VERSION, flt) == want
-    assert {h.key for h in store.search(profile, VERSION, cases[0].embedding, top_k=10, filter=flt, consistency="Strong")} <= set(want)
+    assert {
+        h.key for h in store.search(profile, VERSION, cases[0].embedding, top_k=10, filter=flt, consistency="Strong")
+    } <= set(want)
     gone = [cases[0].case_key, cases[1].case_key]
     assert store.delete(profile, VERSION, gone + ["never-stored"]) == 2
     assert store.count(profile, VERSION) == 298
     with pytest.raises(NotFoundError):
         store.get(profile, VERSION, gone[0])
-    assert gone[0] not in {h.key for h in store.search_codes(profile, VERSION, cases[0].code, top_k=5, consistency="Strong")}
-    assert sorted(c.case_key for c in store.iterate(profile, VERSION, batch_rows=64)) == sorted(c.case_key for c in cases[2:])
+    assert gone[0] not in {
+        h.key for h in store.search_codes(profile, VERSION, cases[0].code, top_k=5, consistency="Strong")
+    }
+    assert sorted(c.case_key for c in store.iterate(profile, VERSION, batch_rows=64)) == sorted(
+        c.case_key for c in cases[2:]
+    )
 
 
 def test_server_hamming_search_agrees_with_a_numpy_popcount_oracle(store):
@@ -108,7 +120,9 @@ def test_server_hamming_search_agrees_with_a_numpy_popcount_oracle(store):
         keep = (lambda c: True) if trial % 2 == 0 else (lambda c: c.modality == "cxr")
         flt = None if trial % 2 == 0 else SearchFilter(modality="cxr")
         truth = _popcount_oracle(cases, query, keep)
-        hits = store.search_codes(profile, VERSION, query, top_k=15, filter=flt, nprobe=HAMMING_NLIST, consistency="Strong")
+        hits = store.search_codes(
+            profile, VERSION, query, top_k=15, filter=flt, nprobe=HAMMING_NLIST, consistency="Strong"
+        )
         assert len(hits) == 15
         for h in hits:  # each distance is the true popcount distance of that case
             assert h.hamming == truth[h.key] and h.score == pytest.approx(1 - truth[h.key] / BITS)
@@ -139,10 +153,13 @@ def test_index_rebuilt_from_the_server_answers_like_one_built_from_the_cases(sto
     for c in cases[::20]:
         # Row order differs (pages by bucket), so compare what ties cannot change: cosine over every
         # candidate, and the Hamming distances of a code-only search.
-        assert rebuilt.search(c.embedding, c.code, top_k=10, candidates=400) == direct.search(c.embedding, c.code, top_k=10, candidates=400)
+        assert rebuilt.search(c.embedding, c.code, top_k=10, candidates=400) == direct.search(
+            c.embedding, c.code, top_k=10, candidates=400
+        )
         flt = SearchFilter(view="PA")
-        assert [h.hamming for h in rebuilt.search(None, c.code, top_k=10, filter=flt)] == \
-            [h.hamming for h in direct.search(None, c.code, top_k=10, filter=flt)]
+        assert [h.hamming for h in rebuilt.search(None, c.code, top_k=10, filter=flt)] == [
+            h.hamming for h in direct.search(None, c.code, top_k=10, filter=flt)
+        ]
 
 
 def test_data_and_generation_survive_a_server_restart(milvus_server):
@@ -156,7 +173,9 @@ def test_data_and_generation_survive_a_server_restart(milvus_server):
     with MilvusStore(milvus_server.uri, timeout=60.0) as s:
         assert s.count(profile, VERSION) == 120
         assert s.write_generation(profile, VERSION) == generation
-        assert s.search_codes(profile, VERSION, cases[9].code, top_k=1, consistency="Strong")[0].key == cases[9].case_key
+        assert (
+            s.search_codes(profile, VERSION, cases[9].code, top_k=1, consistency="Strong")[0].key == cases[9].case_key
+        )
         assert s.get(profile, VERSION, cases[3].case_key).labels == cases[3].labels
 
 
@@ -173,15 +192,21 @@ def test_two_replicas_on_one_server_agree_through_server_side_search(store, milv
             new = make_cases(1, seed=300 + i, start=3000 + i)[0]
             store.upsert(profile, VERSION, [new])  # ingest through replica A
             for replica in (store, other):  # search through both, at once
-                assert replica.search_codes(profile, VERSION, new.code, top_k=1, consistency="Strong")[0].key == new.case_key
+                assert (
+                    replica.search_codes(profile, VERSION, new.code, top_k=1, consistency="Strong")[0].key
+                    == new.case_key
+                )
             a = store.search_codes(profile, VERSION, base[i].code, top_k=10, consistency="Strong")
             b = other.search_codes(profile, VERSION, base[i].code, top_k=10, consistency="Strong")
             assert [h.hamming for h in a] == [h.hamming for h in b]
-            assert store.search(profile, VERSION, new.embedding, top_k=5, consistency="Strong") == \
-                other.search(profile, VERSION, new.embedding, top_k=5, consistency="Strong")
+            assert store.search(profile, VERSION, new.embedding, top_k=5, consistency="Strong") == other.search(
+                profile, VERSION, new.embedding, top_k=5, consistency="Strong"
+            )
         assert other.delete(profile, VERSION, [base[0].case_key]) == 1  # a delete through replica B
         assert store.count(profile, VERSION) == other.count(profile, VERSION) == 202
-        assert base[0].case_key not in {h.key for h in store.search_codes(profile, VERSION, base[0].code, top_k=3, consistency="Strong")}
+        assert base[0].case_key not in {
+            h.key for h in store.search_codes(profile, VERSION, base[0].code, top_k=3, consistency="Strong")
+        }
         after = other.write_generation(profile, VERSION)
         assert after != before and store.write_generation(profile, VERSION) == after
         assert other.clean_generation(profile, VERSION) == after and store.clean_generation(profile, VERSION) is None

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_milvus import PROFILE, VERSION, make_cases
 
 from lungsearch.store import CaseIndex, MilvusStore, SearchFilter, collection_name
 from lungsearch.store.snapshot import index_from_store, load_snapshot
-from test_milvus import PROFILE, VERSION, make_cases
 
-FILTERS = [None, SearchFilter(modality="ct"), SearchFilter(labels_any=("Nodule",)), SearchFilter(view="PA", labels_none=("Effusion",))]
+FILTERS = [
+    None,
+    SearchFilter(modality="ct"),
+    SearchFilter(labels_any=("Nodule",)),
+    SearchFilter(view="PA", labels_none=("Effusion",)),
+]
 
 
 def _answers(idx: CaseIndex, cases) -> list:
@@ -46,7 +51,12 @@ def test_restart_loads_the_snapshot_and_answers_like_a_rebuild(db):
     extra = make_cases(5, seed=99, start=5000)
     extra[0].labels = ["a label never seen before"]
     assert loaded.upsert(extra).inserted == 5
-    assert loaded.search(extra[0].embedding, extra[0].code, top_k=1, filter=SearchFilter(labels_any=("a label never seen before",)))[0].key == extra[0].case_key
+    assert (
+        loaded.search(
+            extra[0].embedding, extra[0].code, top_k=1, filter=SearchFilter(labels_any=("a label never seen before",))
+        )[0].key
+        == extra[0].case_key
+    )
 
 
 def test_a_write_after_the_snapshot_forces_a_rebuild(db):

@@ -15,10 +15,13 @@ from lungsearch.training.indexing import record_case_key
 KEY = bytes(range(32))
 
 
-@pytest.mark.parametrize(("profile", "overrides"), [
-    ("ct-ild", ["data.phantom.n=4", "data.phantom.size=64", "data.phantom.slices=2"]),
-    ("cxr-hash", ["data.phantom.n=4", "data.phantom.size=64"]),
-])
+@pytest.mark.parametrize(
+    ("profile", "overrides"),
+    [
+        ("ct-ild", ["data.phantom.n=4", "data.phantom.size=64", "data.phantom.slices=2"]),
+        ("cxr-hash", ["data.phantom.n=4", "data.phantom.size=64"]),
+    ],
+)
 def test_dataset_key_equals_gateway_key(profile, overrides, tmp_path):
     cfg = load_profile(profile, [*overrides, f"data.root={tmp_path}"])
     records = load_records(cfg.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lstrain_helpers import synthetic_table, tiny_cfg
 
 import lungsearch.data as data
 from lungsearch.config import load_profile
@@ -11,12 +12,17 @@ from lungsearch.data.types import CaseRecord, DecodedImage, ImageMeta, Study
 from lungsearch.errors import ConfigError, InvalidRequestError
 from lungsearch.training.cases import CaseTable, augment_images, data_fingerprint, encode_labels, prepare_cases
 
-from lstrain_helpers import synthetic_table, tiny_cfg
-
 
 def _rec(i, labels, modality="cxr", report="r"):
-    return CaseRecord(case_id=f"c{i}", image_paths=(f"/x/c{i}.png",), labels=tuple(labels), group=f"g{i // 2}",
-                      report=report, modality=modality, synthetic=True)
+    return CaseRecord(
+        case_id=f"c{i}",
+        image_paths=(f"/x/c{i}.png",),
+        labels=tuple(labels),
+        group=f"g{i // 2}",
+        report=report,
+        modality=modality,
+        synthetic=True,
+    )
 
 
 def test_encode_labels_single_and_multi():
@@ -38,10 +44,20 @@ def test_fingerprint_is_order_free_and_label_sensitive():
 
 def _study(rng, modality, slices=1, size=40):
     if modality == "ct":
-        imgs = [DecodedImage(pixels=rng.uniform(-1000, 200, (size, size)).astype(np.float32),
-                             meta=ImageMeta(modality="ct", view="AXIAL", hu=True, slice_position=float(k))) for k in range(slices)]
+        imgs = [
+            DecodedImage(
+                pixels=rng.uniform(-1000, 200, (size, size)).astype(np.float32),
+                meta=ImageMeta(modality="ct", view="AXIAL", hu=True, slice_position=float(k)),
+            )
+            for k in range(slices)
+        ]
     else:
-        imgs = [DecodedImage(pixels=rng.uniform(0, 1, (size, size)).astype(np.float32), meta=ImageMeta(modality="cxr", view="PA", source_format="png"))]
+        imgs = [
+            DecodedImage(
+                pixels=rng.uniform(0, 1, (size, size)).astype(np.float32),
+                meta=ImageMeta(modality="cxr", view="PA", source_format="png"),
+            )
+        ]
     return Study(images=imgs)
 
 

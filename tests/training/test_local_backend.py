@@ -9,8 +9,14 @@ import pytest
 
 from lungsearch import constants
 
-TINY = ["data.phantom.n=24", "data.phantom.size=64", "data.image_size=32", "train.epochs=2", "train.batch_size=8",
-        "train.torch_threads=1"]
+TINY = [
+    "data.phantom.n=24",
+    "data.phantom.size=64",
+    "data.image_size=32",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.torch_threads=1",
+]
 
 
 def test_local_backend_trains_and_resumes_without_ray(tmp_path, monkeypatch):

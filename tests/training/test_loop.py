@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+from lstrain_helpers import synthetic_table, tiny_cfg
 
 from lungsearch.training.loop import LocalContext, build_optimizer, run_local, validation_metrics
 from lungsearch.training.recipes import Stage, stages_for
 
-from lstrain_helpers import synthetic_table, tiny_cfg
-
 
 def _config(cfg, train, **extra):
-    return {"cfg": cfg.model_dump(mode="json"), "stages": [asdict(s) for s in stages_for(cfg)],
-            "radiomics_fit": train.radiomics, **extra}
+    return {
+        "cfg": cfg.model_dump(mode="json"),
+        "stages": [asdict(s) for s in stages_for(cfg)],
+        "radiomics_fit": train.radiomics,
+        **extra,
+    }
 
 
 def _run(cfg, n_train=16, n_val=8, slices=2, **extra):
@@ -24,13 +27,16 @@ def _run(cfg, n_train=16, n_val=8, slices=2, **extra):
     return run_local(_config(cfg, tr, **extra), {"train": tr.rows(), "val": va.rows()}), tr, va
 
 
-@pytest.mark.parametrize("profile,stages", [
-    ("cxr-cnn", ["train"]),
-    ("cxr-report", ["train"]),
-    pytest.param("ct-ild", ["train"], marks=pytest.mark.slow),
-    pytest.param("cxr-hash", ["classifier", "hash"], marks=pytest.mark.slow),
-    ("cxr-clip", ["pretrain", "probe"]),
-])
+@pytest.mark.parametrize(
+    "profile,stages",
+    [
+        ("cxr-cnn", ["train"]),
+        ("cxr-report", ["train"]),
+        pytest.param("ct-ild", ["train"], marks=pytest.mark.slow),
+        pytest.param("cxr-hash", ["classifier", "hash"], marks=pytest.mark.slow),
+        ("cxr-clip", ["pretrain", "probe"]),
+    ],
+)
 def test_every_profile_trains_through_its_stages(profile, stages):
     torch.set_num_threads(1)
     cfg = tiny_cfg(profile, "train.epochs=1")
@@ -57,8 +63,15 @@ def test_learns_and_is_deterministic():
 def test_early_stopping_and_best_epoch_restored(tmp_path):
     torch.set_num_threads(1)
     # lr ~ 0: the monitored val_loss cannot improve after the first epoch -> stop after patience.
-    cfg = tiny_cfg("cxr-cnn", "train.epochs=6", "train.lr=1e-12", "train.early_stopping_patience=2", "train.monitor=val_loss",
-                   "train.monitor_mode=min", "data.augment=false")
+    cfg = tiny_cfg(
+        "cxr-cnn",
+        "train.epochs=6",
+        "train.lr=1e-12",
+        "train.early_stopping_patience=2",
+        "train.monitor=val_loss",
+        "train.monitor_mode=min",
+        "data.augment=false",
+    )
     ctx, _, _ = _run(cfg, n_train=12, n_val=6)
     assert len(ctx.reports) == 3 and ctx.reports[-1]["done"] == 1.0
 
@@ -95,7 +108,9 @@ def test_two_stage_resume_across_stage_boundary(tmp_path):
 
 
 def test_build_optimizer_lr_multipliers():
-    model = torch.nn.ModuleDict({"hasher": torch.nn.ModuleDict({"hash_global": torch.nn.Linear(2, 2)}), "body": torch.nn.Linear(2, 2)})
+    model = torch.nn.ModuleDict(
+        {"hasher": torch.nn.ModuleDict({"hash_global": torch.nn.Linear(2, 2)}), "body": torch.nn.Linear(2, 2)}
+    )
     cfg = tiny_cfg("cxr-hash", "train.optimizer=sgd")
     stage = stages_for(cfg)[1]
     opt = build_optimizer(model, stage, cfg)
@@ -110,4 +125,6 @@ def test_validation_metrics_leave_one_out():
     emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
     probs = np.eye(4)[[0, 0, 1, 1]]
     m = validation_metrics({"embedding": emb, "probs": probs}, labels, cfg, Stage("train", 1, "val_loss", "min", 1e-3))
-    assert m["val_accuracy"] == 1.0 and m["val_map10"] == 1.0 and m["val_top1_f1"] == pytest.approx(0.5)  # 2 of 4 classes present
+    assert (
+        m["val_accuracy"] == 1.0 and m["val_map10"] == 1.0 and m["val_top1_f1"] == pytest.approx(0.5)
+    )  # 2 of 4 classes present

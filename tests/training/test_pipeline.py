@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+from lstrain_helpers import synthetic_table, tiny_cfg
 
 from lungsearch.data.types import CaseRecord
 from lungsearch.training.pipeline import Dataset, make_folds, make_splits
-
-from lstrain_helpers import synthetic_table, tiny_cfg
 
 
 def _dataset(cfg, n=40):
     table = synthetic_table(cfg, n)
     # Two cases per patient: splits must keep them together.
-    records = [CaseRecord(case_id=c, image_paths=(f"{c}.png",), labels=(cfg.data.targets[int(table.labels[i])],),
-                          group=f"p{i // 2}", synthetic=True) for i, c in enumerate(table.case_ids)]
+    records = [
+        CaseRecord(
+            case_id=c,
+            image_paths=(f"{c}.png",),
+            labels=(cfg.data.targets[int(table.labels[i])],),
+            group=f"p{i // 2}",
+            synthetic=True,
+        )
+        for i, c in enumerate(table.case_ids)
+    ]
     table.groups = [r.group for r in records]
     return Dataset(records=records, table=table, fingerprint="x")
 

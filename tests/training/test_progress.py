@@ -14,8 +14,20 @@ def test_follow_reports_each_new_epoch_line_once(tmp_path):
     got: list[str] = []
     stop = threading.Event()
     t = progress.follow(path, got.append, stop, poll_s=0.05)
-    progress.append(path, {"profile": "cxr-hash", "stage": "hash", "epoch": 3, "epochs": 6, "train_loss": 0.4123,
-                           "monitor": "val_map10", "monitor_value": 0.51, "samples_per_s": 41.2, "seconds_left": 126})
+    progress.append(
+        path,
+        {
+            "profile": "cxr-hash",
+            "stage": "hash",
+            "epoch": 3,
+            "epochs": 6,
+            "train_loss": 0.4123,
+            "monitor": "val_map10",
+            "monitor_value": 0.51,
+            "samples_per_s": 41.2,
+            "seconds_left": 126,
+        },
+    )
     with open(path, "a") as fh:
         fh.write('{"profile": "half')  # a line the worker has not finished writing
     time.sleep(0.3)
@@ -32,5 +44,7 @@ def test_reporting_is_scoped():
 
 
 def test_format_line_without_optional_numbers():
-    assert progress.format_line({"profile": "ct-ild", "stage": "train", "epoch": 1, "epochs": 6, "seconds_left": 20}) \
+    assert (
+        progress.format_line({"profile": "ct-ild", "stage": "train", "epoch": 1, "epochs": 6, "seconds_left": 20})
         == "ct-ild  train 1/6  ~20 s left"
+    )

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from lungsearch.training.cases import CaseTable
-from lungsearch.training.trainer import TrainingError, default_run_name, fit, storage_uri
-
 from lstrain_helpers import synthetic_table, tiny_cfg
+
+from lungsearch.training.trainer import TrainingError, default_run_name, fit, storage_uri
 
 
 def test_run_names_and_storage(tmp_path):
@@ -26,7 +24,9 @@ def test_fit_fails_then_resumes_from_checkpoint(ray_cluster, tmp_path):
     tr, va = synthetic_table(cfg, 16, 1), synthetic_table(cfg, 8, 2)
     with pytest.raises(TrainingError, match="cxr-cnn-resume"):
         fit(cfg, tr, va, run_name="cxr-cnn-resume", storage_path=str(tmp_path), resume=False, fail_after_epoch=2)
-    assert len([p for p in (tmp_path / "cxr-cnn-resume").glob("checkpoint_*") if p.is_dir()]) == 2  # epochs 0 and 1 checkpointed
+    assert (
+        len([p for p in (tmp_path / "cxr-cnn-resume").glob("checkpoint_*") if p.is_dir()]) == 2
+    )  # epochs 0 and 1 checkpointed
 
     res = fit(cfg, tr, va, run_name="cxr-cnn-resume", storage_path=str(tmp_path))
     assert res.resumed

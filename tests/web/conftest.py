@@ -60,19 +60,38 @@ def web_app(ray_cluster, tmp_path_factory):
     from services.gateway import app
 
     work = tmp_path_factory.mktemp("web-app")
-    cards = R.build_registry(work / "artifacts", {"cxr-hash": ["data.image_size=64", "data.phantom.size=64"],
-                                                  "ct-ild": ["data.image_size=64", "data.phantom.size=64",
-                                                             "data.phantom.slices=4"]})
+    cards = R.build_registry(
+        work / "artifacts",
+        {
+            "cxr-hash": ["data.image_size=64", "data.phantom.size=64"],
+            "ct-ild": ["data.image_size=64", "data.phantom.size=64", "data.phantom.slices=4"],
+        },
+    )
     tokens = work / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({"tokens": [{"name": "viewer", "role": "read", "token": READ},
-                                                 {"name": "bridge", "role": "write", "token": WRITE},
-                                                 {"name": "ops", "role": "admin", "token": ADMIN}]}))
-    args = {"profiles": ["cxr-hash", "ct-ild"], "artifacts_dir": str(work / "artifacts"),
-            "milvus_uri": str(work / "store.db"), "hmac_key_file": str(work / "hmac.key"),
-            "tokens_file": str(tokens), "torch_threads": 1}
+    tokens.write_text(
+        yaml.safe_dump(
+            {
+                "tokens": [
+                    {"name": "viewer", "role": "read", "token": READ},
+                    {"name": "bridge", "role": "write", "token": WRITE},
+                    {"name": "ops", "role": "admin", "token": ADMIN},
+                ]
+            }
+        )
+    )
+    args = {
+        "profiles": ["cxr-hash", "ct-ild"],
+        "artifacts_dir": str(work / "artifacts"),
+        "milvus_uri": str(work / "store.db"),
+        "hmac_key_file": str(work / "hmac.key"),
+        "tokens_file": str(tokens),
+        "torch_threads": 1,
+    }
     grpc_port, http_port = R.free_port(), R.free_port()
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=http_port),
-                grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=R.GRPC_SERVICERS))
+    serve.start(
+        http_options=HTTPOptions(host="127.0.0.1", port=http_port),
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=R.GRPC_SERVICERS),
+    )
     try:
         serve.run(app(args), name=R.APP_NAME, route_prefix="/" + R.APP_NAME, blocking=False)
         deadline = time.monotonic() + 300
@@ -90,8 +109,13 @@ def web_app(ray_cluster, tmp_path_factory):
         with LungSearchClient(f"127.0.0.1:{grpc_port}", token=WRITE, timeout=120) as c:
             # the first few records of each kind stay out of the gallery: they are the queries
             for r in cxr[4:]:
-                c.ingest(r["image_paths"][0], report=r.get("report") or None, labels=r["labels"], source_id=r["case_id"],
-                         model="cxr-hash")
+                c.ingest(
+                    r["image_paths"][0],
+                    report=r.get("report") or None,
+                    labels=r["labels"],
+                    source_id=r["case_id"],
+                    model="cxr-hash",
+                )
             for r in ct[2:]:
                 c.ingest_series(r["image_paths"], labels=r["labels"], model="ct-ild")
         print(f"\nweb gallery: {N_CXR - 4} CXR + {N_CT - 2} CT cases ingested in {time.perf_counter() - t0:.1f} s")
@@ -131,11 +155,21 @@ def _pad_index(target: str, cards, n: int, labels: list) -> int:
             for i in range(start, min(n, start + 500)):
                 emb = rng.standard_normal(card.embedding_dim).astype(np.float32)
                 emb /= np.linalg.norm(emb)
-                case = common_pb2.Case(case_key=f"{i:032x}", modality=common_pb2.MODALITY_CXR, view=common_pb2.VIEW_PA,
-                                       labels=labels[i % len(labels)], model=ref, num_images=1)
-                req.records.add(case=case, embedding=convert.tensor_to_proto(emb),
-                                code=convert.code_to_proto(rng.integers(0, 256, card.code_bits // 8, dtype=np.uint8)
-                                                           .tobytes(), card.code_bits))
+                case = common_pb2.Case(
+                    case_key=f"{i:032x}",
+                    modality=common_pb2.MODALITY_CXR,
+                    view=common_pb2.VIEW_PA,
+                    labels=labels[i % len(labels)],
+                    model=ref,
+                    num_images=1,
+                )
+                req.records.add(
+                    case=case,
+                    embedding=convert.tensor_to_proto(emb),
+                    code=convert.code_to_proto(
+                        rng.integers(0, 256, card.code_bits // 8, dtype=np.uint8).tobytes(), card.code_bits
+                    ),
+                )
             stub.Upsert(req, timeout=300, metadata=[("authorization", f"Bearer {ADMIN}")])
     print(f"web gallery: {n} filler rows upserted in {time.perf_counter() - t0:.1f} s")
     return n

@@ -89,8 +89,7 @@ def test_explain_match_async(web_app):
 
 
 def test_explain_match_errors(web_app, client):
-    from lungsearch.client import InvalidArgument, NotFound, Unauthenticated
-    from lungsearch.client import LungSearchClient
+    from lungsearch.client import InvalidArgument, LungSearchClient, NotFound, Unauthenticated
 
     q = web_app.data["cxr"][0]["image_paths"][0]
     with pytest.raises(NotFound):
@@ -110,8 +109,24 @@ def test_cli_explain_match(web_app, client, tmp_path, capsys):
     q = web_app.data["cxr"][2]["image_paths"][0]
     key = client.search(image=q, top_k=1, model="cxr-hash")[0].case.case_key
     out = tmp_path / "why.png"
-    rc = main(["explain", "--target", web_app.target, "--token", web_app.read_token, "--model", "cxr-hash",
-               "--image", q, "--match", key, "--out", str(out), "--json"])
+    rc = main(
+        [
+            "explain",
+            "--target",
+            web_app.target,
+            "--token",
+            web_app.read_token,
+            "--model",
+            "cxr-hash",
+            "--image",
+            q,
+            "--match",
+            key,
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["case"]["case_key"] == key and doc["case_image_available"]

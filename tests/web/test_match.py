@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from lungsearch.web.match import (Span, choose_label, predicted_labels, shared_labels, shared_phrases, tokens)
+from lungsearch.web.match import Span, choose_label, predicted_labels, shared_labels, shared_phrases, tokens
 
 
 def _text(t: str, spans: list[Span]) -> list[str]:
-    return [t[s.start:s.end] for s in spans]
+    return [t[s.start : s.end] for s in spans]
 
 
 def test_trigram_with_spans_in_both():
@@ -74,13 +74,16 @@ def test_tokens_keep_hyphenated_words():
     assert [t[0] for t in tokens("Ground-glass opacity")] == ["ground-glass", "opacity"]
 
 
-@pytest.mark.parametrize("scores, expected", [
-    ({"A": 0.9, "B": 0.6, "C": 0.1}, ["A", "B"]),
-    ({"A": 0.2, "B": 0.4, "C": 0.3}, ["B"]),       # softmax over several classes: none above 0.5
-    ({}, []),
-    ({"A": 0.0, "B": 0.0}, []),                     # a kNN vote with no neighbours
-    ([("x", 0.5), ("y", 0.7)], ["y", "x"]),
-])
+@pytest.mark.parametrize(
+    "scores, expected",
+    [
+        ({"A": 0.9, "B": 0.6, "C": 0.1}, ["A", "B"]),
+        ({"A": 0.2, "B": 0.4, "C": 0.3}, ["B"]),  # softmax over several classes: none above 0.5
+        ({}, []),
+        ({"A": 0.0, "B": 0.0}, []),  # a kNN vote with no neighbours
+        ([("x", 0.5), ("y", 0.7)], ["y", "x"]),
+    ],
+)
 def test_predicted_labels(scores, expected):
     assert [lab for lab, _ in predicted_labels(scores)] == expected
 
@@ -90,6 +93,6 @@ def test_shared_and_chosen_label():
     assert shared_labels(["Effusion", "Opacity"], ["Opacity", "Effusion", "Other"]) == ["Effusion", "Opacity"]
     assert choose_label("", ["Effusion"], ["Opacity"], targets) == "Effusion"
     assert choose_label("Normal", ["Effusion"], ["Opacity"], targets) == "Normal"
-    assert choose_label("", [], ["Other", "Opacity"], targets) == "Opacity"   # the case's first known label
-    assert choose_label("", [], ["Other"], targets, "Normal") == "Normal"   # else the query's top label
+    assert choose_label("", [], ["Other", "Opacity"], targets) == "Opacity"  # the case's first known label
+    assert choose_label("", [], ["Other"], targets, "Normal") == "Normal"  # else the query's top label
     assert choose_label("", [], [], []) == ""

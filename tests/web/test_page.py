@@ -13,12 +13,11 @@ uploads; all numbers are on synthetic phantoms with untrained tiny models.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import time
 from pathlib import Path
 
 import pytest
+
 
 def _helpers():
     import importlib.util
@@ -53,9 +52,18 @@ def browser(tmp_path_factory):
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to download a browser or driver
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1360,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1360,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     drv = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
@@ -100,8 +108,11 @@ def _sign_in(drv, web_app):
     _wait(drv, lambda d: d.find_element(*_by("#login")).is_displayed(), what="the token form")
     drv.find_element(*_by("#token")).send_keys(web_app.read_token)
     drv.find_element(*_by("#login-form button")).click()
-    _wait(drv, lambda d: d.find_element(*_by("#app")).is_displayed()
-          and d.find_elements(*_by("#profile option")), what="the signed-in page")
+    _wait(
+        drv,
+        lambda d: d.find_element(*_by("#app")).is_displayed() and d.find_elements(*_by("#profile option")),
+        what="the signed-in page",
+    )
 
 
 def _select(drv, css, value):
@@ -168,7 +179,9 @@ def test_cxr_cards_heat_maps_and_phrases(browser, web_app, tmp_path):
     cards = _check_cards(browser)
     # the classification table is filled (probabilities + kNN vote)
     assert browser.find_elements(*_by("#classification tbody tr"))
-    marked = [c for c in cards if c.find_elements(*_by(".case-excerpt mark")) and c.find_elements(*_by(".query-excerpt mark"))]
+    marked = [
+        c for c in cards if c.find_elements(*_by(".case-excerpt mark")) and c.find_elements(*_by(".query-excerpt mark"))
+    ]
     assert marked, "no card highlights a phrase shared by both reports"
     for c in marked:
         case_marks = {m.text.lower() for m in c.find_elements(*_by(".case-excerpt mark"))}
@@ -190,10 +203,12 @@ def test_upload_to_first_cards_time(browser, web_app, capsys):
     p50 = statistics.median(times)
     load = os.getloadavg()[0]
     with capsys.disabled():
-        print(f"\nupload-to-first-cards (cxr-hash index of {len(web_app.data['cxr']) - 4 + web_app.filler_rows} rows: "
-              f"{len(web_app.data['cxr']) - 4} ingested CXR + {web_app.filler_rows} filler; synthetic phantoms, untrained "
-              f"64-px models): p50 {p50:.0f} ms, all {[round(t) for t in times]} ms; every card explained (k={K}): p50 "
-              f"{statistics.median(explained):.0f} ms; load average {load:.2f}")
+        print(
+            f"\nupload-to-first-cards (cxr-hash index of {len(web_app.data['cxr']) - 4 + web_app.filler_rows} rows: "
+            f"{len(web_app.data['cxr']) - 4} ingested CXR + {web_app.filler_rows} filler; synthetic phantoms, untrained "
+            f"64-px models): p50 {p50:.0f} ms, all {[round(t) for t in times]} ms; every card explained (k={K}): p50 "
+            f"{statistics.median(explained):.0f} ms; load average {load:.2f}"
+        )
     assert p50 < 10_000  # a bound that catches a hang; the 1 s target is reported, not asserted on a shared CI box
 
 
@@ -220,14 +235,19 @@ def test_ct_series_slider_and_no_phi(browser, web_app, tmp_path):
     _screenshot(browser, tmp_path, "ct-cards")
     # the case record opens from a card
     browser.find_element(*_by(".card a.record")).click()
-    _wait(browser, lambda d: d.find_element(*_by("#record")).is_displayed()
-          and d.find_elements(*_by("#record-body table")), what="the case record")
+    _wait(
+        browser,
+        lambda d: d.find_element(*_by("#record")).is_displayed() and d.find_elements(*_by("#record-body table")),
+        what="the case record",
+    )
     assert browser.find_elements(*_by("#record-body img"))
     # no planted PHI anywhere the browser saw: the DOM, the URLs it requested, the console
     page = browser.page_source
     logs = [e["message"] for kind in ("browser", "performance") for e in browser.get_log(kind)]
     urls = [m for m in logs if '"url"' in m]
-    found = R.find_needles({"page": page, "console+network": "\n".join(logs), "url": browser.current_url}, R.phi_needles())
+    found = R.find_needles(
+        {"page": page, "console+network": "\n".join(logs), "url": browser.current_url}, R.phi_needles()
+    )
     assert not found, found
     assert urls, "the performance log recorded no request (the check above would be vacuous)"
     browser.find_element(*_by("#record form button")).click()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lungsearch.errors import InvalidRequestError
-from lungsearch.web.thumbs import (ThumbnailStore, default_path, dequantize, pick_slices, quantize, record_thumbnail)
+from lungsearch.web.thumbs import ThumbnailStore, default_path, dequantize, pick_slices, quantize, record_thumbnail
 
 
 def _pixels(s=1, size=64, seed=0):

@@ -27,8 +27,11 @@ def _pki(tmp_path: Path) -> dict[str, Path]:
     ca_key, srv_key = mod._key(), mod._key()
     ca = mod._cert("lungsearch-test-ca", ca_key, ca=True)
     srv = mod._cert("localhost", srv_key, ca, ca_key, server=True)
-    out = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM),
-           "server.crt": srv.public_bytes(serialization.Encoding.PEM), "server.key": mod._pem_key(srv_key)}
+    out = {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "server.crt": srv.public_bytes(serialization.Encoding.PEM),
+        "server.key": mod._pem_key(srv_key),
+    }
     for name, data in out.items():
         (tmp_path / name).write_bytes(data)
     return {name: tmp_path / name for name in out}
@@ -59,8 +62,13 @@ def test_page_over_tls(tmp_path):
     web = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
     threading.Thread(target=web.serve_forever, daemon=True).start()
     port = _port()
-    proxy = TLSProxy(listen_port=port, upstream=f"127.0.0.1:{_port()}", cert_file=pki["server.crt"],
-                     key_file=pki["server.key"], http_upstream=f"127.0.0.1:{web.server_address[1]}")
+    proxy = TLSProxy(
+        listen_port=port,
+        upstream=f"127.0.0.1:{_port()}",
+        cert_file=pki["server.crt"],
+        key_file=pki["server.key"],
+        http_upstream=f"127.0.0.1:{web.server_address[1]}",
+    )
     assert "location /lungsearch/" in proxy.render_config(tmp_path)
     try:
         proxy.start()
@@ -73,5 +81,6 @@ def test_page_over_tls(tmp_path):
     finally:
         proxy.stop()
         web.shutdown()
-    assert "location /lungsearch/" not in TLSProxy(listen_port=1, upstream="x:1", cert_file=pki["server.crt"],
-                                                  key_file=pki["server.key"]).render_config(tmp_path)
+    assert "location /lungsearch/" not in TLSProxy(
+        listen_port=1, upstream="x:1", cert_file=pki["server.crt"], key_file=pki["server.key"]
+    ).render_config(tmp_path)

@@ -17,8 +17,13 @@ from lungsearch.web.app import _enum_tail, case_json, filter_from_json, query_fr
 
 
 def test_query_and_filter_from_json():
-    ref, images, report = query_from_json({"profile": "ct-ild@v1", "report": "r",
-                                           "images": [{"data": base64.b64encode(b"abc").decode(), "format": "dicom"}]})
+    ref, images, report = query_from_json(
+        {
+            "profile": "ct-ild@v1",
+            "report": "r",
+            "images": [{"data": base64.b64encode(b"abc").decode(), "format": "dicom"}],
+        }
+    )
     assert (ref.profile, ref.version, report.text) == ("ct-ild", "v1", "r")
     assert images[0].data == b"abc" and images[0].format == common_pb2.IMAGE_FORMAT_DICOM
     f = filter_from_json({"modality": "CT", "view": "axial", "labels_any": "ggo, normal", "labels_none": ["x"]})
@@ -40,12 +45,18 @@ def test_case_json_names():
 
 
 def _call(url, token=None, body=None):
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"}
-                                                                                 if token else {})})
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, dict(r.headers), json.loads(r.read() or b"null") if "json" in r.headers.get("content-type", "") else None
+            return (
+                r.status,
+                dict(r.headers),
+                json.loads(r.read() or b"null") if "json" in r.headers.get("content-type", "") else None,
+            )
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), json.loads(e.read() or b"null")
 
@@ -55,14 +66,20 @@ def _call(url, token=None, body=None):
 def test_http_api(web_app):
     base = web_app.http
     status, headers, _ = _call(base)
-    assert status == 200 and headers["cache-control"] == "no-store" and "script-src 'self'" in headers["content-security-policy"]
+    assert (
+        status == 200
+        and headers["cache-control"] == "no-store"
+        and "script-src 'self'" in headers["content-security-policy"]
+    )
     assert _call(base + "api/models")[0] == 401
     assert _call(base + "api/models", token="wrong-token-wrong-token")[0] == 401
     status, _, doc = _call(base + "api/models", token=web_app.read_token)
     assert status == 200 and {m["profile"] for m in doc["models"]} == {"cxr-hash", "ct-ild"}
     q = web_app.data["cxr"][0]
     img = {"data": base64.b64encode(Path(q["image_paths"][0]).read_bytes()).decode(), "format": "png"}
-    status, _, doc = _call(base + "api/search", web_app.read_token, {"profile": "cxr-hash", "images": [img], "top_k": 3})
+    status, _, doc = _call(
+        base + "api/search", web_app.read_token, {"profile": "cxr-hash", "images": [img], "top_k": 3}
+    )
     assert status == 200 and len(doc["hits"]) == 3 and doc["query"]["slices"]
     # the same hits as the gRPC API
     from lungsearch.client import LungSearchClient
@@ -72,22 +89,32 @@ def test_http_api(web_app):
     assert [h["case"]["case_key"] for h in doc["hits"]] == grpc_keys
     # filters reach the ranking: labels_none excludes what it names
     lab = doc["hits"][0]["case"]["labels"][0]
-    status, _, f = _call(base + "api/search", web_app.read_token, {"profile": "cxr-hash", "images": [img], "top_k": 5,
-                                                                    "filter": {"labels_none": [lab]}})
+    status, _, f = _call(
+        base + "api/search",
+        web_app.read_token,
+        {"profile": "cxr-hash", "images": [img], "top_k": 5, "filter": {"labels_none": [lab]}},
+    )
     assert status == 200 and all(lab not in h["case"]["labels"] for h in f["hits"])
-    status, _, e = _call(base + "api/explain_match", web_app.read_token,
-                         {"profile": "cxr-hash", "images": [img], "case_key": doc["hits"][0]["case"]["case_key"]})
+    status, _, e = _call(
+        base + "api/explain_match",
+        web_app.read_token,
+        {"profile": "cxr-hash", "images": [img], "case_key": doc["hits"][0]["case"]["case_key"]},
+    )
     assert status == 200 and e["case_overlay_png"] and e["query_overlay_png"]
     status, _, cls = _call(base + "api/classify", web_app.read_token, {"profile": "cxr-hash", "images": [img]})
     assert status == 200 and cls["probabilities"] and cls["radiomics_roi"] is None  # cxr-hash has no radiomics
     status, _, rec = _call(base + f"api/case/{doc['hits'][0]['case']['case_key']}?profile=cxr-hash", web_app.read_token)
     assert status == 200 and rec["slices"]
     # errors are mapped, PHI-free, and never a traceback
-    status, _, err = _call(base + "api/explain_match", web_app.read_token,
-                           {"profile": "cxr-hash", "images": [img], "case_key": "0" * 32})
+    status, _, err = _call(
+        base + "api/explain_match", web_app.read_token, {"profile": "cxr-hash", "images": [img], "case_key": "0" * 32}
+    )
     assert status == 404 and err["error"]["code"] == "NOT_FOUND"
     status, _, err = _call(base + "api/search", web_app.read_token, {"profile": "cxr-hash", "images": [{"data": "@@"}]})
     assert status == 400 and "Traceback" not in json.dumps(err)
-    status, _, err = _call(base + "api/search", web_app.read_token,
-                           {"profile": "cxr-hash", "images": [{"data": base64.b64encode(b"not an image").decode()}]})
+    status, _, err = _call(
+        base + "api/search",
+        web_app.read_token,
+        {"profile": "cxr-hash", "images": [{"data": base64.b64encode(b"not an image").decode()}]},
+    )
     assert status == 400 and err["error"]["reason"] == "INVALID_IMAGE"

@@ -38,7 +38,15 @@ from lungsearch.errors import ConfigError, InvalidImageError
 if TYPE_CHECKING:
     from lungsearch.config import DataConfig, LimitsConfig
 
-__all__ = ["DatasetAdapter", "get_adapter", "list_adapters", "load_records", "load_study", "map_labels", "register_adapter"]
+__all__ = [
+    "DatasetAdapter",
+    "get_adapter",
+    "list_adapters",
+    "load_records",
+    "load_study",
+    "map_labels",
+    "register_adapter",
+]
 
 _REGISTRY: dict[str, str | Callable[[], DatasetAdapter]] = {
     "phantom": "lungsearch.data.datasets.phantom:PhantomAdapter",

@@ -119,8 +119,9 @@ def _is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def find_files(folder: Path, suffixes: set[str] | None = None, *, skip_dirs: Iterable[str] = (),
-               dicom_without_suffix: bool = False) -> list[Path]:
+def find_files(
+    folder: Path, suffixes: set[str] | None = None, *, skip_dirs: Iterable[str] = (), dicom_without_suffix: bool = False
+) -> list[Path]:
     """Image files under ``folder`` (sorted, hidden files and ``skip_dirs`` folders left out).
 
     Symlinked folders are not followed (a loop or an escape from the dataset root).
@@ -163,8 +164,13 @@ class DatasetAdapter:
 
     def _finish(self, records: list[CaseRecord], dropped: int, missing: int = 0) -> list[CaseRecord]:
         if dropped or missing:
-            log.info("%s: %d cases kept, %d without a target label, %d image files missing",
-                     self.name, len(records), dropped, missing)
+            log.info(
+                "%s: %d cases kept, %d without a target label, %d image files missing",
+                self.name,
+                len(records),
+                dropped,
+                missing,
+            )
         if not records:
             raise ConfigError(f"data.source {self.name!r}: no usable cases found (check data.root and data.targets)")
         return records

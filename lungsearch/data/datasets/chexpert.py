@@ -48,6 +48,14 @@ class ChexpertAdapter(DatasetAdapter):
                 dropped += 1
                 continue
             case_id = rel.replace("/", "_").rsplit(".", 1)[0]
-            records.append(CaseRecord(case_id=case_id, image_paths=(str(path),), labels=labels, group=f"chexpert-{pid}",
-                                      modality="cxr", view=str(view).upper()))
+            records.append(
+                CaseRecord(
+                    case_id=case_id,
+                    image_paths=(str(path),),
+                    labels=labels,
+                    group=f"chexpert-{pid}",
+                    modality="cxr",
+                    view=str(view).upper(),
+                )
+            )
         return self._finish(records, dropped, missing)

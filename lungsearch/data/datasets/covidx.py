@@ -24,8 +24,14 @@ if TYPE_CHECKING:
 __all__ = ["CovidxAdapter", "label_files"]
 
 #: COVIDx class word -> raw label handed to :func:`map_labels`.
-_CLASSES = {"covid-19": "COVID-19", "covid": "COVID-19", "positive": "COVID-19", "pneumonia": "Pneumonia",
-            "normal": "Normal", "negative": "negative"}
+_CLASSES = {
+    "covid-19": "COVID-19",
+    "covid": "COVID-19",
+    "positive": "COVID-19",
+    "pneumonia": "Pneumonia",
+    "normal": "Normal",
+    "negative": "negative",
+}
 
 
 def label_files(root: Path) -> list[tuple[str, Path]]:
@@ -43,7 +49,9 @@ def label_files(root: Path) -> list[tuple[str, Path]]:
 
 class CovidxAdapter(DatasetAdapter):
     name = "covidx"
-    description = "COVIDx CXR: <root>/{train,val,test}.txt ('<patient> <file> <class> <source>') + <root>/<split>/<file>"
+    description = (
+        "COVIDx CXR: <root>/{train,val,test}.txt ('<patient> <file> <class> <source>') + <root>/<split>/<file>"
+    )
 
     def load(self, cfg: "DataConfig") -> list[CaseRecord]:
         root = require_root(cfg, self.name)
@@ -71,6 +79,14 @@ class CovidxAdapter(DatasetAdapter):
                 if labels is None:
                     dropped += 1
                     continue
-                records.append(CaseRecord(case_id=Path(name).stem, image_paths=(str(img),), labels=labels,
-                                          group=f"covidx-{pid}", modality="cxr", extra={"split": split}))
+                records.append(
+                    CaseRecord(
+                        case_id=Path(name).stem,
+                        image_paths=(str(img),),
+                        labels=labels,
+                        group=f"covidx-{pid}",
+                        modality="cxr",
+                        extra={"split": split},
+                    )
+                )
         return self._finish(records, dropped, missing)

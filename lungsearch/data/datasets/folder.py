@@ -48,5 +48,7 @@ class FolderAdapter(DatasetAdapter):
                 patient = parts[0] if len(parts) >= 2 and parts[0].lower() not in ("images", "image") else None
                 case_id = stable_id(self.name, rel) if self.hash_ids else p.stem
                 group = stable_id(self.name, cdir.name, patient) if patient else case_id
-                records.append(CaseRecord(case_id=case_id, image_paths=(str(p),), labels=labels, group=group, modality="cxr"))
+                records.append(
+                    CaseRecord(case_id=case_id, image_paths=(str(p),), labels=labels, group=group, modality="cxr")
+                )
         return self._finish(records, dropped)

@@ -39,6 +39,14 @@ class IldCtAdapter(DatasetAdapter):
                 group = stable_id(self.name, cdir.name, pdir.name)
                 for sdir, files in sorted(series.items()):
                     rel = sdir.relative_to(root).as_posix()
-                    records.append(CaseRecord(case_id=stable_id(self.name, rel), image_paths=tuple(str(f) for f in files),
-                                              labels=labels, group=group, modality="ct", view="AXIAL"))
+                    records.append(
+                        CaseRecord(
+                            case_id=stable_id(self.name, rel),
+                            image_paths=tuple(str(f) for f in files),
+                            labels=labels,
+                            group=group,
+                            modality="ct",
+                            view="AXIAL",
+                        )
+                    )
         return self._finish(records, dropped)

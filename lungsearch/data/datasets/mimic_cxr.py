@@ -24,7 +24,9 @@ __all__ = ["MimicCxrAdapter"]
 
 class MimicCxrAdapter(DatasetAdapter):
     name = "mimic-cxr"
-    description = "MIMIC-CXR-JPG: <root>/mimic-cxr-2.0.0-{chexpert,metadata}.csv.gz + files/pXX/.../*.jpg (+ sSTUDY.txt reports)"
+    description = (
+        "MIMIC-CXR-JPG: <root>/mimic-cxr-2.0.0-{chexpert,metadata}.csv.gz + files/pXX/.../*.jpg (+ sSTUDY.txt reports)"
+    )
 
     def load(self, cfg: "DataConfig") -> list[CaseRecord]:
         root = require_root(cfg, self.name)
@@ -33,8 +35,9 @@ class MimicCxrAdapter(DatasetAdapter):
         if chex is None or meta is None:
             raise ConfigError(f"mimic-cxr: needs mimic-cxr-2.0.0-chexpert.csv.gz and -metadata.csv.gz under {root}")
         files = root / "files"
-        ds = xrv_datasets().MIMIC_Dataset(imgpath=str(files), csvpath=str(chex), metacsvpath=str(meta),
-                                          views=["PA", "AP"], unique_patients=False)
+        ds = xrv_datasets().MIMIC_Dataset(
+            imgpath=str(files), csvpath=str(chex), metacsvpath=str(meta), views=["PA", "AP"], unique_patients=False
+        )
         records, dropped, missing = [], 0, 0
         no_finding = ds.csv["No Finding"].tolist() if "No Finding" in ds.csv else [None] * len(ds.csv)
         cols = zip(ds.csv["subject_id"], ds.csv["study_id"], ds.csv["dicom_id"], ds.csv["view"])
@@ -56,8 +59,18 @@ class MimicCxrAdapter(DatasetAdapter):
                 if rp.is_file():
                     report = _read_report(rp)
                     break
-            records.append(CaseRecord(case_id=str(dicom_id), image_paths=(str(path),), labels=labels, group=f"mimic-{subject}",
-                                      report=report, modality="cxr", view=str(view).upper(), extra={"study_id": str(study)}))
+            records.append(
+                CaseRecord(
+                    case_id=str(dicom_id),
+                    image_paths=(str(path),),
+                    labels=labels,
+                    group=f"mimic-{subject}",
+                    report=report,
+                    modality="cxr",
+                    view=str(view).upper(),
+                    extra={"study_id": str(study)},
+                )
+            )
         return self._finish(records, dropped, missing)
 
 
@@ -69,6 +82,9 @@ def _read_report(path: Path) -> str:
     for sec in ("FINDINGS:", "IMPRESSION:"):
         i = up.find(sec)
         if i >= 0:
-            j = min([k for k in (up.find(s, i + len(sec)) for s in ("FINDINGS:", "IMPRESSION:", "RECOMMENDATION")) if k > i] or [len(text)])
+            j = min(
+                [k for k in (up.find(s, i + len(sec)) for s in ("FINDINGS:", "IMPRESSION:", "RECOMMENDATION")) if k > i]
+                or [len(text)]
+            )
             parts.append(" ".join(text[i:j].split()))
     return " ".join(parts) if parts else " ".join(text.split())

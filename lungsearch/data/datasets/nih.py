@@ -28,8 +28,12 @@ class NihAdapter(DatasetAdapter):
         root = require_root(cfg, self.name)
         xds = xrv_datasets()
         csv = first_existing(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv"])
-        ds = xds.NIH_Dataset(imgpath=str(root), csvpath=str(csv) if csv else xds.USE_INCLUDED_FILE,
-                             views=["PA", "AP"], unique_patients=False)
+        ds = xds.NIH_Dataset(
+            imgpath=str(root),
+            csvpath=str(csv) if csv else xds.USE_INCLUDED_FILE,
+            views=["PA", "AP"],
+            unique_patients=False,
+        )
         files = {p.name: p for p in find_files(root, {".png"})}
         records, dropped, missing = [], 0, 0
         names = ds.csv["Image Index"].tolist()
@@ -44,6 +48,14 @@ class NihAdapter(DatasetAdapter):
             if labels is None:
                 dropped += 1
                 continue
-            records.append(CaseRecord(case_id=path.stem, image_paths=(str(path),), labels=labels, group=f"nih-{pids[i]}",
-                                      modality="cxr", view=str(views[i]).upper()))
+            records.append(
+                CaseRecord(
+                    case_id=path.stem,
+                    image_paths=(str(path),),
+                    labels=labels,
+                    group=f"nih-{pids[i]}",
+                    modality="cxr",
+                    view=str(views[i]).upper(),
+                )
+            )
         return self._finish(records, dropped, missing)

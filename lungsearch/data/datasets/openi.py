@@ -22,7 +22,9 @@ __all__ = ["OpeniAdapter"]
 
 class OpeniAdapter(DatasetAdapter):
     name = "openi"
-    description = "OpenI / NLMCXR (IU X-ray): <root>/**/<image id>.png + NLMCXR_reports.tgz (torchxrayvision Openi_Dataset)"
+    description = (
+        "OpenI / NLMCXR (IU X-ray): <root>/**/<image id>.png + NLMCXR_reports.tgz (torchxrayvision Openi_Dataset)"
+    )
 
     def load(self, cfg: "DataConfig") -> list[CaseRecord]:
         from lungsearch.data.phantoms._reports import iter_report_xml
@@ -30,8 +32,9 @@ class OpeniAdapter(DatasetAdapter):
         root = require_root(cfg, self.name)
         xds = xrv_datasets()
         tgz = first_existing(root, ["NLMCXR_reports.tgz"])
-        ds = xds.Openi_Dataset(imgpath=str(root), xmlpath=str(tgz) if tgz else xds.USE_INCLUDED_FILE,
-                               views=["PA"], unique_patients=False)
+        ds = xds.Openi_Dataset(
+            imgpath=str(root), xmlpath=str(tgz) if tgz else xds.USE_INCLUDED_FILE, views=["PA"], unique_patients=False
+        )
         texts = {uid: text for uid, text, _, _ in iter_report_xml(str(tgz) if tgz else None)}
         files = {p.stem: p for p in find_files(root, {".png"})}
         records, dropped, missing = [], 0, 0
@@ -44,6 +47,15 @@ class OpeniAdapter(DatasetAdapter):
             if labels is None:
                 dropped += 1
                 continue
-            records.append(CaseRecord(case_id=str(imageid), image_paths=(str(path),), labels=labels, group=f"openi-{uid}",
-                                      report=texts.get(str(uid)) or None, modality="cxr", view="PA"))
+            records.append(
+                CaseRecord(
+                    case_id=str(imageid),
+                    image_paths=(str(path),),
+                    labels=labels,
+                    group=f"openi-{uid}",
+                    report=texts.get(str(uid)) or None,
+                    modality="cxr",
+                    view="PA",
+                )
+            )
         return self._finish(records, dropped, missing)

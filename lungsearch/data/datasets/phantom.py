@@ -68,7 +68,19 @@ class PhantomAdapter(DatasetAdapter):
             if labels is None:
                 dropped += 1
                 continue
-            out.append(r if labels == r.labels else CaseRecord(
-                case_id=r.case_id, image_paths=r.image_paths, labels=labels, group=r.group, report=r.report,
-                modality=r.modality, view=r.view, synthetic=r.synthetic, extra=r.extra))
+            out.append(
+                r
+                if labels == r.labels
+                else CaseRecord(
+                    case_id=r.case_id,
+                    image_paths=r.image_paths,
+                    labels=labels,
+                    group=r.group,
+                    report=r.report,
+                    modality=r.modality,
+                    view=r.view,
+                    synthetic=r.synthetic,
+                    extra=r.extra,
+                )
+            )
         return self._finish(out, dropped)

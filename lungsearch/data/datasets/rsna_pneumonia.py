@@ -31,7 +31,9 @@ LABEL_FILES = ["stage_2_train_labels.csv", "stage_1_train_labels.csv"]
 
 class RsnaPneumoniaAdapter(DatasetAdapter):
     name = "rsna-pneumonia"
-    description = "RSNA Pneumonia: <root>/stage_2_train_labels.csv + <patientId>.dcm|png|jpg (binary Pneumonia / No Pneumonia)"
+    description = (
+        "RSNA Pneumonia: <root>/stage_2_train_labels.csv + <patientId>.dcm|png|jpg (binary Pneumonia / No Pneumonia)"
+    )
 
     def load(self, cfg: "DataConfig") -> list[CaseRecord]:
         root = require_root(cfg, self.name)
@@ -57,5 +59,7 @@ class RsnaPneumoniaAdapter(DatasetAdapter):
             if labels is None:
                 dropped += 1
                 continue
-            records.append(CaseRecord(case_id=pid, image_paths=(str(path),), labels=labels, group=f"rsna-{pid}", modality="cxr"))
+            records.append(
+                CaseRecord(case_id=pid, image_paths=(str(path),), labels=labels, group=f"rsna-{pid}", modality="cxr")
+            )
         return self._finish(records, dropped, missing)

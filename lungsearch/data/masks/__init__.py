@@ -102,8 +102,10 @@ class LungMaskResult:
         if self.outcome == "empty":
             raise EmptyLungMask(f"no lung found in the {self.modality} image", code="empty")
         if self.outcome != "ok":
-            raise ImplausibleLungMask(f"{self.modality} lung mask failed its checks: {', '.join(self.reasons)}",
-                                      code=self.reasons[0] if self.reasons else "implausible")
+            raise ImplausibleLungMask(
+                f"{self.modality} lung mask failed its checks: {', '.join(self.reasons)}",
+                code=self.reasons[0] if self.reasons else "implausible",
+            )
         return self
 
 
@@ -138,10 +140,16 @@ def lung_mask_checked(pixels: np.ndarray, *, modality: str) -> LungMaskResult:
             from lungsearch.data.masks._ct import segment_ct
 
             fit = segment_ct(x)
-            lung_px = int(fit.mask[::fit._step, ::fit._step].sum())
+            lung_px = int(fit.mask[:: fit._step, :: fit._step].sum())
             reasons, stats = ct_reasons(fit.mask, lung_px / max(int(fit._body.sum()), 1))
-            res = LungMaskResult(mask=fit.mask, modality=kind, outcome=_outcome(reasons), reasons=reasons,
-                                 stats=stats, _thorax=lambda fit=fit: fit.body)
+            res = LungMaskResult(
+                mask=fit.mask,
+                modality=kind,
+                outcome=_outcome(reasons),
+                reasons=reasons,
+                stats=stats,
+                _thorax=lambda fit=fit: fit.body,
+            )
         else:
             from lungsearch.data.masks._cxr import segment_cxr
 
@@ -152,8 +160,15 @@ def lung_mask_checked(pixels: np.ndarray, *, modality: str) -> LungMaskResult:
                 # can pass the shape checks (pydicom's examples_overlay.dcm, a head, did).
                 reasons = reasons + ("modality",)
             stats["layout_score"] = fit.score
-            res = LungMaskResult(mask=fit.mask, modality=kind, outcome=_outcome(reasons), reasons=reasons,
-                                 stats=stats, inverted=fit.inverted, _thorax=lambda fit=fit: fit.thorax)
+            res = LungMaskResult(
+                mask=fit.mask,
+                modality=kind,
+                outcome=_outcome(reasons),
+                reasons=reasons,
+                stats=stats,
+                inverted=fit.inverted,
+                _thorax=lambda fit=fit: fit.thorax,
+            )
     count_mask(modality, res.outcome)
     return res
 

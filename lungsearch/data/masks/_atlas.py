@@ -21,10 +21,10 @@ _PATH = os.path.join(os.path.dirname(__file__), "atlas.npz")
 
 @dataclass(frozen=True)
 class Atlas:
-    masks: np.ndarray      # float32 [N, C, C], 0/1
-    aspect: np.ndarray     # float32 [N]
-    mean: np.ndarray       # float32 [C, C]: lung probability in the box frame
-    zmasks: np.ndarray     # float32 [N, C*C]: each mask z-scored (for correlation)
+    masks: np.ndarray  # float32 [N, C, C], 0/1
+    aspect: np.ndarray  # float32 [N]
+    mean: np.ndarray  # float32 [C, C]: lung probability in the box frame
+    zmasks: np.ndarray  # float32 [N, C*C]: each mask z-scored (for correlation)
 
     @property
     def canon(self) -> int:

@@ -51,8 +51,10 @@ def frame_stats(mask: np.ndarray) -> dict[str, float]:
     cents = [ndi.center_of_mass(lab == k) for k in order]
     left_first = cents[0][1] <= cents[1][1]
     (a_img_left, c_left), (a_img_right, c_right) = (
-        ((areas[order[0] - 1], cents[0]), (areas[order[1] - 1], cents[1])) if left_first
-        else ((areas[order[1] - 1], cents[1]), (areas[order[0] - 1], cents[0])))
+        ((areas[order[0] - 1], cents[0]), (areas[order[1] - 1], cents[1]))
+        if left_first
+        else ((areas[order[1] - 1], cents[1]), (areas[order[0] - 1], cents[0]))
+    )
     split = 0.5 * (c_left[1] + c_right[1])
     return {
         "area_total": float(mask.sum()) / (h * w),
@@ -92,7 +94,10 @@ def build(out: str | None = None, *, show: bool = False) -> dict:
     canon = []
     for i in keep:
         m = bank.mask(int(i))
-        small = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((ATLAS_CANON, ATLAS_CANON), Image.BILINEAR)) > 127
+        small = (
+            np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((ATLAS_CANON, ATLAS_CANON), Image.BILINEAR))
+            > 127
+        )
         canon.append(np.packbits(small.ravel()))
     stats = []
     for _, raw in _zip_members(_zip_path()):
@@ -104,10 +109,13 @@ def build(out: str | None = None, *, show: bool = False) -> dict:
             stats.append(frame_stats(fm))
     keys = sorted(stats[0])
     table = np.array([[s[k] for k in keys] for s in stats])
-    ranges = {k: (float(np.percentile(table[:, j], 1)), float(np.percentile(table[:, j], 99))) for j, k in enumerate(keys)}
+    ranges = {
+        k: (float(np.percentile(table[:, j], 1)), float(np.percentile(table[:, j], 99))) for j, k in enumerate(keys)
+    }
     out = out or os.path.join(os.path.dirname(__file__), "atlas.npz")
-    np.savez_compressed(out, packed=np.stack(canon), aspect=bank.aspect[keep].astype(np.float32),
-                        canon=np.array(ATLAS_CANON))
+    np.savez_compressed(
+        out, packed=np.stack(canon), aspect=bank.aspect[keep].astype(np.float32), canon=np.array(ATLAS_CANON)
+    )
     if show:
         print(f"atlas: {len(keep)} of {len(bank)} canonical masks -> {out}")
         print(f"frame statistics over {len(stats)} frontal two-lung masks (1st, 99th percentile):")

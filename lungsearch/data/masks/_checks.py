@@ -20,14 +20,14 @@ __all__ = ["LEARNED_RANGES", "TOLERANCE", "REASONS", "CT_MIN_BODY_FRACTION", "cx
 
 #: quantity -> (1st percentile, 99th percentile) over the torchxrayvision masks (see above).
 LEARNED_RANGES: dict[str, tuple[float, float]] = {
-    "area_total": (0.200, 0.565),   # both lungs / image
-    "cx_left": (0.187, 0.401),      # image-left lung centroid, fraction of width
+    "area_total": (0.200, 0.565),  # both lungs / image
+    "cx_left": (0.187, 0.401),  # image-left lung centroid, fraction of width
     "cx_right": (0.593, 0.808),
-    "cy_left": (0.315, 0.595),      # centroid height, fraction of height
+    "cy_left": (0.315, 0.595),  # centroid height, fraction of height
     "cy_right": (0.326, 0.620),
-    "half_left": (0.171, 0.557),    # one lung / its half of the image
+    "half_left": (0.171, 0.557),  # one lung / its half of the image
     "half_right": (0.199, 0.604),
-    "ratio": (0.654, 0.998),        # smaller lung / larger lung
+    "ratio": (0.654, 0.998),  # smaller lung / larger lung
 }
 #: Slack on each learned range, as a fraction of its span. 0.1 keeps RG1 (a real full PA
 #: radiograph: 27 % lung) and rejects RG3 (a leg radiograph whose two soft-tissue strips cover
@@ -64,8 +64,11 @@ def cxr_reasons(mask: np.ndarray) -> tuple[tuple[str, ...], dict[str, float]]:
         return ("components",), stats
     stats.update(frame_stats(m))
     reasons = []
-    if not (_within("area_total", stats["area_total"]) and _within("half_left", stats["half_left"])
-            and _within("half_right", stats["half_right"])):
+    if not (
+        _within("area_total", stats["area_total"])
+        and _within("half_left", stats["half_left"])
+        and _within("half_right", stats["half_right"])
+    ):
         reasons.append("area")
     if not all(_within(k, stats[k]) for k in ("cx_left", "cx_right", "cy_left", "cy_right")):
         reasons.append("position")

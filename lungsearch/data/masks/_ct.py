@@ -29,10 +29,10 @@ import numpy as np
 
 __all__ = ["CtFit", "segment_ct", "AIR_HU", "PURE_AIR_HU"]
 
-AIR_HU = -400.0        # air-like below this
-PURE_AIR_HU = -930.0   # "pure air" below this (some scanners read outside air at -950)
+AIR_HU = -400.0  # air-like below this
+PURE_AIR_HU = -930.0  # "pure air" below this (some scanners read outside air at -950)
 PURE_AIR_FRACTION = 0.4
-MIN_AREA_FRACTION = 0.001   # of the slice
+MIN_AREA_FRACTION = 0.001  # of the slice
 MIN_HULL_FRACTION = 0.1
 #: A lung abuts the chest wall: a *small* air-like component (under SMALL_FRACTION of the hull)
 #: must come within this fraction of the body's size (sqrt of the hull area) of the hull's edge
@@ -44,8 +44,8 @@ SMALL_FRACTION = 0.02
 
 @dataclass
 class CtFit:
-    mask: np.ndarray    # bool [H, W]
-    _body: np.ndarray   # bool, working size: body tissue and lungs
+    mask: np.ndarray  # bool [H, W]
+    _body: np.ndarray  # bool, working size: body tissue and lungs
     _step: int
     _shape: tuple[int, int]
 
@@ -61,7 +61,7 @@ class CtFit:
 
 def _disk(radius: int) -> np.ndarray:
     r = max(1, int(radius))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return (yy * yy + xx * xx) <= r * r
 
 
@@ -100,8 +100,12 @@ def segment_ct(hu: np.ndarray) -> CtFit:
         pure = ndi.mean(small < PURE_AIR_HU, alab, index=idx)
         in_hull = ndi.mean(hull, alab, index=idx)
         near_wall = (ndi.mean(band, alab, index=idx) > 0) | (areas >= SMALL_FRACTION * hull.sum())
-        keep = idx[(areas >= MIN_AREA_FRACTION * sh * sw) & (pure < PURE_AIR_FRACTION) & (in_hull >= MIN_HULL_FRACTION)
-                   & near_wall]
+        keep = idx[
+            (areas >= MIN_AREA_FRACTION * sh * sw)
+            & (pure < PURE_AIR_FRACTION)
+            & (in_hull >= MIN_HULL_FRACTION)
+            & near_wall
+        ]
         r_close = max(1, round(side * 0.025))
         disk = _disk(r_close)
         boxes = ndi.find_objects(alab)
@@ -110,7 +114,7 @@ def segment_ct(hu: np.ndarray) -> CtFit:
             comp = alab[sl] == lab
             # Closed in its own padded box: cheap, and a lung at the edge is not clipped.
             padded = ndi.binary_closing(np.pad(comp, r_close + 1), structure=disk)
-            comp = ndi.binary_fill_holes(padded)[r_close + 1:-(r_close + 1), r_close + 1:-(r_close + 1)]
+            comp = ndi.binary_fill_holes(padded)[r_close + 1 : -(r_close + 1), r_close + 1 : -(r_close + 1)]
             mask[sl] |= comp
     if step > 1:
         mask = np.repeat(np.repeat(mask, step, axis=0), step, axis=1)[:H, :W]

@@ -32,18 +32,18 @@ import numpy as np
 
 __all__ = ["CxrFit", "segment_cxr"]
 
-WORK = 128        # working side (px)
-COARSE = 32       # side of the coarse search (32 and 48 px gave the same phantom Dice)
+WORK = 128  # working side (px)
+COARSE = 32  # side of the coarse search (32 and 48 px gave the same phantom Dice)
 # Box sizes searched, as fractions of the exposed field (width, height). The torchxrayvision
 # masks span 0.30-0.95 of their image width; real radiographs with neck and abdomen sit lower.
 _W_FRACS = np.linspace(0.45, 0.95, 8)
 _H_FRACS = np.linspace(0.35, 0.95, 9)
 # Context margin around the lung box in the template (chest wall, shoulders, diaphragm).
 _MARGIN = (0.10, 0.10, 0.12)  # (top, bottom, sides) as fractions of the box
-TOP_K = 20         # atlas masks fused
+TOP_K = 20  # atlas masks fused
 PRIOR_WEIGHT = 1.0
 LLR_WEIGHT = 0.7
-LLR_CLIP = (1.0, 4.0)   # (bright side, dark side): bright can still be lung field
+LLR_CLIP = (1.0, 4.0)  # (bright side, dark side): bright can still be lung field
 PRIOR_BLUR = 0.03
 BOTTOM_RANGE = np.arange(0.9, 1.31, 0.025)
 ASPECT_WEIGHT = 0.2
@@ -55,10 +55,10 @@ BIAS = 0.0
 class CxrFit:
     """What the fit found, in the coordinates of the input image."""
 
-    mask: np.ndarray           # bool [H, W]
-    thorax: np.ndarray         # bool [H, W]: the lung box with its margin (the fallback ROI)
-    score: float               # NCC of the layout match (-1..1)
-    inverted: bool             # the image was dark-mediastinum (MONOCHROME1 not applied)
+    mask: np.ndarray  # bool [H, W]
+    thorax: np.ndarray  # bool [H, W]: the lung box with its margin (the fallback ROI)
+    score: float  # NCC of the layout match (-1..1)
+    inverted: bool  # the image was dark-mediastinum (MONOCHROME1 not applied)
     field: tuple[int, int, int, int]  # exposed field (r0, r1, c0, c1) in input pixels
 
 
@@ -131,7 +131,7 @@ def _template(mean: np.ndarray, h: int, w: int) -> tuple[np.ndarray, tuple[int, 
         return hit[1], hit[2]
     mt, mb, ms = (max(1, round(_MARGIN[0] * h)), max(1, round(_MARGIN[1] * h)), max(1, round(_MARGIN[2] * w)))
     t = np.zeros((h + mt + mb, w + 2 * ms), dtype=np.float32)
-    t[mt:mt + h, ms:ms + w] = _resize(mean, (h, w))
+    t[mt : mt + h, ms : ms + w] = _resize(mean, (h, w))
     t.setflags(write=False)
     if len(_TEMPLATES) > 4096:  # bounded: odd image shapes add sizes to the fine search
         _TEMPLATES.clear()
@@ -150,8 +150,12 @@ def _integrals(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _ncc(image: np.ndarray, t: np.ndarray, integrals: tuple[np.ndarray, np.ndarray] | None = None,
-         at: tuple[int, int] = (0, 0)) -> np.ndarray:
+def _ncc(
+    image: np.ndarray,
+    t: np.ndarray,
+    integrals: tuple[np.ndarray, np.ndarray] | None = None,
+    at: tuple[int, int] = (0, 0),
+) -> np.ndarray:
     """Normalised cross-correlation of template ``t`` at every position where it fits in ``image``:
     the values of ``skimage.feature.match_template(image, t)`` (to ~2e-6), 2-5x cheaper at these
     sizes (window sums from integral images, no padding; direct sums for small windows, FFT
@@ -174,8 +178,12 @@ def _ncc(image: np.ndarray, t: np.ndarray, integrals: tuple[np.ndarray, np.ndarr
     ny, nx = img.shape[0] - th + 1, img.shape[1] - tw + 1
 
     def window_sums(c: np.ndarray) -> np.ndarray:
-        return (c[oy + th:oy + th + ny, ox + tw:ox + tw + nx] - c[oy:oy + ny, ox + tw:ox + tw + nx]
-                - c[oy + th:oy + th + ny, ox:ox + nx] + c[oy:oy + ny, ox:ox + nx])
+        return (
+            c[oy + th : oy + th + ny, ox + tw : ox + tw + nx]
+            - c[oy : oy + ny, ox + tw : ox + tw + nx]
+            - c[oy + th : oy + th + ny, ox : ox + nx]
+            + c[oy : oy + ny, ox : ox + nx]
+        )
 
     s1, s2 = window_sums(c1), window_sums(c2)
     if s1.size * n <= 400_000:
@@ -211,11 +219,11 @@ def _search(d: np.ndarray, mean: np.ndarray, w_fracs, h_fracs, centre=None, radi
     for h, w in sizes:
         t, (mt, ms) = _template(mean, h, w)
         oy, ox = big_t - mt, big_s - ms
-        pad = padded[oy:big_t + H + mt, ox:big_s + W + ms]
+        pad = padded[oy : big_t + H + mt, ox : big_s + W + ms]
         y_lo = x_lo = 0
         if centre is not None:
             y_lo, x_lo = max(0, centre[0] - radius), max(0, centre[1] - radius)
-            pad = pad[y_lo:y_lo + t.shape[0] + 2 * radius, x_lo:x_lo + t.shape[1] + 2 * radius]
+            pad = pad[y_lo : y_lo + t.shape[0] + 2 * radius, x_lo : x_lo + t.shape[1] + 2 * radius]
         if t.shape[0] > pad.shape[0] or t.shape[1] > pad.shape[1]:
             continue
         r = _ncc(pad, t, sums, (oy + y_lo, ox + x_lo))
@@ -243,7 +251,7 @@ def _refine_bottom(dark: np.ndarray, prior_c: np.ndarray, by0: int, bx0: int, bh
     """
     fh, fw = dark.shape
     atlas_mu, atlas_sd = _ASPECT_STATS
-    cols = np.r_[0:max(1, int(0.35 * bw)), int(0.65 * bw):bw]
+    cols = np.r_[0 : max(1, int(0.35 * bw)), int(0.65 * bw) : bw]
     best, best_h = -9.0, bh
     for f in BOTTOM_RANGE:
         h = max(4, round(bh * f))
@@ -319,8 +327,14 @@ def segment_cxr(pixels: np.ndarray) -> CxrFit:
     hf0, wf0 = hc / ch, wc / cw
     step_h, step_w = (_H_FRACS[1] - _H_FRACS[0]) / 2, (_W_FRACS[1] - _W_FRACS[0]) / 2
     centre = (round((y0c) / ch * fh), round((x0c) / cw * fw))
-    fine = _search(dark, atlas.mean, [wf0 - step_w, wf0, wf0 + step_w], [hf0 - step_h, hf0, hf0 + step_h],
-                   centre=centre, radius=max(3, round(0.04 * max(fh, fw))))[1.0]
+    fine = _search(
+        dark,
+        atlas.mean,
+        [wf0 - step_w, wf0, wf0 + step_w],
+        [hf0 - step_h, hf0, hf0 + step_h],
+        centre=centre,
+        radius=max(3, round(0.04 * max(fh, fw))),
+    )[1.0]
     score, y0, x0, bh, bw = fine if fine[0] > -9 else (sc, centre[0], centre[1], round(hf0 * fh), round(wf0 * fw))
     # the template's context margins, reused for the thorax box (the fallback ROI)
     mt = max(1, round(_MARGIN[0] * bh))
@@ -337,11 +351,11 @@ def segment_cxr(pixels: np.ndarray) -> CxrFit:
     ys0, xs0 = max(by0, 0), max(bx0, 0)
     ys1, xs1 = min(by0 + bh, fh), min(bx0 + bw, fw)
     if ys1 > ys0 and xs1 > xs0:
-        prior[ys0:ys1, xs0:xs1] = pb[ys0 - by0:ys1 - by0, xs0 - bx0:xs1 - bx0]
+        prior[ys0:ys1, xs0:xs1] = pb[ys0 - by0 : ys1 - by0, xs0 - bx0 : xs1 - bx0]
     # 6. prior + clipped intensity evidence
     core, outside = prior > 0.8, (prior < 0.1)
     box = np.zeros_like(core)
-    box[max(by0 - mt, 0):min(by0 + bh + mt, fh), max(bx0 - ms, 0):min(bx0 + bw + ms, fw)] = True
+    box[max(by0 - mt, 0) : min(by0 + bh + mt, fh), max(bx0 - ms, 0) : min(bx0 + bw + ms, fw)] = True
     outside &= box
     v = ndi.uniform_filter(eq, size=3)
     if core.sum() >= 8 and outside.sum() >= 8:
@@ -377,5 +391,10 @@ def segment_cxr(pixels: np.ndarray) -> CxrFit:
     else:
         mask, thorax = mask_small > 0.5, thor_small > 0.5
     inv = 1.0 / s
-    return CxrFit(mask=mask, thorax=thorax, score=float(score), inverted=bool(inverted),
-                  field=(int(r0 * inv), int(r1 * inv), int(c0 * inv), int(c1 * inv)))
+    return CxrFit(
+        mask=mask,
+        thorax=thorax,
+        score=float(score),
+        inverted=bool(inverted),
+        field=(int(r0 * inv), int(r1 * inv), int(c0 * inv), int(c1 * inv)),
+    )

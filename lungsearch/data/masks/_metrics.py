@@ -17,11 +17,14 @@ __all__ = ["LUNG_MASKS", "ROI_FALLBACKS", "count_mask", "count_fallback"]
 
 log = logging.getLogger(__name__)
 
-LUNG_MASKS = Counter("lungsearch_data_lung_masks", "Lung masks computed, by modality and plausibility outcome.",
-                     ("modality", "outcome"))
-ROI_FALLBACKS = Counter("lungsearch_data_radiomics_roi_fallbacks",
-                        "Cases whose radiomics ran on the whole thorax because the lung mask failed its checks.",
-                        ("modality", "reason"))
+LUNG_MASKS = Counter(
+    "lungsearch_data_lung_masks", "Lung masks computed, by modality and plausibility outcome.", ("modality", "outcome")
+)
+ROI_FALLBACKS = Counter(
+    "lungsearch_data_radiomics_roi_fallbacks",
+    "Cases whose radiomics ran on the whole thorax because the lung mask failed its checks.",
+    ("modality", "reason"),
+)
 
 _MODALITIES = {"ct", "cxr", "mr"}
 _ray: dict[str, object] = {}

@@ -40,7 +40,16 @@ import numpy as np
 from lungsearch.data.types import CaseRecord
 from lungsearch.errors import ConfigError, LungsearchError
 
-__all__ = ["CT_TARGETS", "CXR4_TARGETS", "CXR_TARGETS", "GENERATOR_VERSION", "KINDS", "generate", "read_manifest", "targets_for"]
+__all__ = [
+    "CT_TARGETS",
+    "CXR4_TARGETS",
+    "CXR_TARGETS",
+    "GENERATOR_VERSION",
+    "KINDS",
+    "generate",
+    "read_manifest",
+    "targets_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +105,17 @@ def _make_cxr(task: dict) -> dict:
     img, _ = render_cxr(rng, task["size"], _BANK, findings)
     rel = f"images/{task['case_id']}.png"
     (Path(task["out"]) / rel).write_bytes(_png_bytes(img))
-    return {"case_id": task["case_id"], "image_paths": [rel], "labels": task["labels"], "group": task["group"],
-            "report": task["report"], "modality": "cxr", "view": "PA", "synthetic": True,
-            "extra": {"report_uid": task["group"], "mesh": task["mesh"]}}
+    return {
+        "case_id": task["case_id"],
+        "image_paths": [rel],
+        "labels": task["labels"],
+        "group": task["group"],
+        "report": task["report"],
+        "modality": "cxr",
+        "view": "PA",
+        "synthetic": True,
+        "extra": {"report_uid": task["group"], "mesh": task["mesh"]},
+    }
 
 
 def _make_cxr4(task: dict) -> dict:
@@ -108,8 +125,17 @@ def _make_cxr4(task: dict) -> dict:
     img, _ = render_cxr4(rng, task["size"], _BANK, task["labels"][0])
     rel = f"images/{task['case_id']}.png"
     (Path(task["out"]) / rel).write_bytes(_png_bytes(img))
-    return {"case_id": task["case_id"], "image_paths": [rel], "labels": task["labels"], "group": task["group"],
-            "report": None, "modality": "cxr", "view": "PA", "synthetic": True, "extra": {}}
+    return {
+        "case_id": task["case_id"],
+        "image_paths": [rel],
+        "labels": task["labels"],
+        "group": task["group"],
+        "report": None,
+        "modality": "cxr",
+        "view": "PA",
+        "synthetic": True,
+        "extra": {},
+    }
 
 
 def _make_ct(task: dict) -> dict:
@@ -126,13 +152,29 @@ def _make_ct(task: dict) -> dict:
     series_uid = generate_uid(entropy_srcs=ent + ["series"])
     sop_uids = [generate_uid(entropy_srcs=ent + ["sop", str(j)]) for j in range(hu.shape[0])]
     rel_dir = f"ct/{label}/{case_id}"
-    names = write_ct_series(Path(task["out"]) / rel_dir, hu, patient_id=task["group"], patient_name=f"PHANTOM^{case_id.upper()}",
-                            study_uid=study_uid, series_uid=series_uid, sop_uids=sop_uids, accession=f"PH{task['i']:06d}")
+    names = write_ct_series(
+        Path(task["out"]) / rel_dir,
+        hu,
+        patient_id=task["group"],
+        patient_name=f"PHANTOM^{case_id.upper()}",
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uids=sop_uids,
+        accession=f"PH{task['i']:06d}",
+    )
     mask_rel = f"masks/{case_id}.npz"
     np.savez_compressed(Path(task["out"]) / mask_rel, lung=np.packbits(masks, axis=-1), shape=np.array(masks.shape))
-    return {"case_id": case_id, "image_paths": [f"{rel_dir}/{n}" for n in names], "labels": task["labels"],
-            "group": task["group"], "report": None, "modality": "ct", "view": "AXIAL", "synthetic": True,
-            "extra": {"mask_path": mask_rel}}
+    return {
+        "case_id": case_id,
+        "image_paths": [f"{rel_dir}/{n}" for n in names],
+        "labels": task["labels"],
+        "group": task["group"],
+        "report": None,
+        "modality": "ct",
+        "view": "AXIAL",
+        "synthetic": True,
+        "extra": {"mask_path": mask_rel},
+    }
 
 
 _MAKERS = {"cxr": _make_cxr, "cxr4": _make_cxr4, "ct": _make_ct}
@@ -179,14 +221,32 @@ def _plan(kind: str, n: int, out: Path, seed: int, size: int, slices: int, signa
             rep = reports[int(order[i % len(reports)])]
             # More cases than reports: a report is reused with a new image; its id stays the
             # group, so both images land on the same side of every split.
-            tasks.append({**base, "i": i, "case_id": f"cxr-{i:06d}", "group": rep.uid, "labels": list(rep.labels),
-                          "report": rep.text, "mesh": list(rep.mesh), "findings": [asdict(f) for f in rep.findings]})
+            tasks.append(
+                {
+                    **base,
+                    "i": i,
+                    "case_id": f"cxr-{i:06d}",
+                    "group": rep.uid,
+                    "labels": list(rep.labels),
+                    "report": rep.text,
+                    "mesh": list(rep.mesh),
+                    "findings": [asdict(f) for f in rep.findings],
+                }
+            )
     else:
         vocab = CXR4_TARGETS if kind == "cxr4" else CT_TARGETS
         classes = [vocab[i % len(vocab)] for i in range(n)]  # balanced, then shuffled
         classes = [classes[j] for j in rng.permutation(n)]
         for i in range(n):
-            tasks.append({**base, "i": i, "case_id": f"{kind}-{i:06d}", "group": f"{kind}-patient-{i:06d}", "labels": [classes[i]]})
+            tasks.append(
+                {
+                    **base,
+                    "i": i,
+                    "case_id": f"{kind}-{i:06d}",
+                    "group": f"{kind}-patient-{i:06d}",
+                    "labels": [classes[i]],
+                }
+            )
     return tasks
 
 
@@ -209,21 +269,29 @@ def _run_pool(tasks: list[dict], nw: int, bank, chunk: int, stall_s: float, on_d
     timeout too, so a worker stuck without exiting (seen: a pipe left half-written while a Serve
     app competed for the machine) cannot block the caller forever either.
     """
-    pool = ProcessPoolExecutor(max_workers=nw, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(bank,))
+    pool = ProcessPoolExecutor(
+        max_workers=nw, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(bank,)
+    )
     ok = False
     try:
-        pending = {pool.submit(_run_chunk, tasks[i:i + chunk]) for i in range(0, len(tasks), chunk)}
+        pending = {pool.submit(_run_chunk, tasks[i : i + chunk]) for i in range(0, len(tasks), chunk)}
         while pending:
             done, pending = wait(pending, timeout=stall_s, return_when=FIRST_COMPLETED)
             if not done:
-                raise LungsearchError(f"phantom generation: no worker finished a case in {stall_s:.0f} s "
-                                      f"(LUNGSEARCH_PHANTOM_STALL_S); the run is stopped", code="phantom_worker_stalled")
+                raise LungsearchError(
+                    f"phantom generation: no worker finished a case in {stall_s:.0f} s "
+                    f"(LUNGSEARCH_PHANTOM_STALL_S); the run is stopped",
+                    code="phantom_worker_stalled",
+                )
             for fut in done:
                 try:
                     recs = fut.result()
                 except BrokenProcessPool:
-                    raise LungsearchError("phantom generation: a worker process died (killed, out of memory or crashed); "
-                                          "no dataset was written", code="phantom_worker_died") from None
+                    raise LungsearchError(
+                        "phantom generation: a worker process died (killed, out of memory or crashed); "
+                        "no dataset was written",
+                        code="phantom_worker_died",
+                    ) from None
                 for rec in recs:
                     on_done(rec)
         ok = True
@@ -236,9 +304,20 @@ def _run_pool(tasks: list[dict], nw: int, bank, chunk: int, stall_s: float, on_d
         pool.shutdown(wait=ok, cancel_futures=True)
 
 
-def generate(kind: str, n: int, out_dir: str | os.PathLike, *, seed: int = 0, size: int = 224, slices: int = 8,
-             workers: int | None = None, progress: bool = False, signal: float = 1.0,
-             stall_timeout_s: float | None = None, _faults: dict[int, str] | None = None) -> Path:
+def generate(
+    kind: str,
+    n: int,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    size: int = 224,
+    slices: int = 8,
+    workers: int | None = None,
+    progress: bool = False,
+    signal: float = 1.0,
+    stall_timeout_s: float | None = None,
+    _faults: dict[int, str] | None = None,
+) -> Path:
     """Generate ``n`` phantom cases of ``kind`` under ``out_dir``; returns ``out_dir``.
 
     Writes the images (PNG for cxr/cxr4, DICOM series for ct), ``manifest.jsonl`` (one
@@ -274,7 +353,9 @@ def generate(kind: str, n: int, out_dir: str | os.PathLike, *, seed: int = 0, si
     if not 0.0 <= float(signal) <= 10.0:
         raise ConfigError(f"phantoms: signal must be in [0, 10] (got {signal})")
     if n < 1 or not 32 <= size <= 1024 or not 1 <= slices <= 256:
-        raise ConfigError(f"phantoms: need n >= 1, 32 <= size <= 1024, 1 <= slices <= 256 (got n={n}, size={size}, slices={slices})")
+        raise ConfigError(
+            f"phantoms: need n >= 1, 32 <= size <= 1024, 1 <= slices <= 256 (got n={n}, size={size}, slices={slices})"
+        )
     from lungsearch import __version__
 
     t0 = time.perf_counter()
@@ -324,12 +405,28 @@ def generate(kind: str, n: int, out_dir: str | os.PathLike, *, seed: int = 0, si
         bar.close()
     elapsed = time.perf_counter() - t0
     provenance = {
-        "synthetic": True, "kind": kind, "n": n, "seed": seed, "size": size, "slices": slices if kind == "ct" else None,
-        "targets": list(targets_for(kind)), "generator_version": GENERATOR_VERSION, "lungsearch_version": __version__,
-        "workers": nw, "seconds": round(elapsed, 3), "signal": float(signal),
-        "sources": ({"reports": "torchxrayvision data/NLMCXR_reports.tgz (IU X-ray / OpenI, CC BY-NC-ND 4.0)",
-                     "lung_shapes": "torchxrayvision data/semantic_masks_v7labs_lungs.zip"} if kind == "cxr"
-                    else {"lung_shapes": "torchxrayvision data/semantic_masks_v7labs_lungs.zip"} if kind == "cxr4" else {}),
+        "synthetic": True,
+        "kind": kind,
+        "n": n,
+        "seed": seed,
+        "size": size,
+        "slices": slices if kind == "ct" else None,
+        "targets": list(targets_for(kind)),
+        "generator_version": GENERATOR_VERSION,
+        "lungsearch_version": __version__,
+        "workers": nw,
+        "seconds": round(elapsed, 3),
+        "signal": float(signal),
+        "sources": (
+            {
+                "reports": "torchxrayvision data/NLMCXR_reports.tgz (IU X-ray / OpenI, CC BY-NC-ND 4.0)",
+                "lung_shapes": "torchxrayvision data/semantic_masks_v7labs_lungs.zip",
+            }
+            if kind == "cxr"
+            else {"lung_shapes": "torchxrayvision data/semantic_masks_v7labs_lungs.zip"}
+            if kind == "cxr4"
+            else {}
+        ),
     }
     (out / "phantom.json").write_text(json.dumps(provenance, indent=2) + "\n")
     tmp = out / "manifest.jsonl.tmp"
@@ -363,9 +460,19 @@ def read_manifest(root: str | os.PathLike, *, absolute: bool = True) -> list[Cas
             extra = dict(d.get("extra") or {})
             if absolute and "mask_path" in extra:
                 extra["mask_path"] = str(root / extra["mask_path"])
-            records.append(CaseRecord(case_id=d["case_id"], image_paths=paths, labels=tuple(d["labels"]), group=d["group"],
-                                      report=d.get("report"), modality=d.get("modality", "cxr"), view=d.get("view", ""),
-                                      synthetic=bool(d.get("synthetic", False)), extra=extra))
+            records.append(
+                CaseRecord(
+                    case_id=d["case_id"],
+                    image_paths=paths,
+                    labels=tuple(d["labels"]),
+                    group=d["group"],
+                    report=d.get("report"),
+                    modality=d.get("modality", "cxr"),
+                    view=d.get("view", ""),
+                    synthetic=bool(d.get("synthetic", False)),
+                    extra=extra,
+                )
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}:{lineno}: malformed manifest line ({type(exc).__name__})") from None
     return records

@@ -26,8 +26,13 @@ def simple_image_stats(path: str) -> list[float]:
     a = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
     h, w = (a.shape[0] // 4) * 4, (a.shape[1] // 4) * 4
     b = a[:h, :w].reshape(4, h // 4, 4, w // 4)
-    return [float(a.mean()), float(a.std()), *np.percentile(a, [5, 25, 50, 75, 95]).tolist(),
-            *b.mean(axis=(1, 3)).ravel().tolist(), *b.std(axis=(1, 3)).ravel().tolist()]
+    return [
+        float(a.mean()),
+        float(a.std()),
+        *np.percentile(a, [5, 25, 50, 75, 95]).tolist(),
+        *b.mean(axis=(1, 3)).ravel().tolist(),
+        *b.std(axis=(1, 3)).ravel().tolist(),
+    ]
 
 
 def _cv_metrics(X, y, groups, make) -> dict:
@@ -38,9 +43,11 @@ def _cv_metrics(X, y, groups, make) -> dict:
     prob = cross_val_predict(make(), X, y, groups=groups, cv=cv, method="predict_proba")
     classes = np.unique(y)
     pred = classes[prob.argmax(1)]
-    return {"accuracy": round(float(accuracy_score(y, pred)), 4),
-            "balanced_accuracy": round(float(balanced_accuracy_score(y, pred)), 4),
-            "macro_auc_ovr": round(float(roc_auc_score(y, prob, multi_class="ovr", labels=classes)), 4)}
+    return {
+        "accuracy": round(float(accuracy_score(y, pred)), 4),
+        "balanced_accuracy": round(float(balanced_accuracy_score(y, pred)), 4),
+        "macro_auc_ovr": round(float(roc_auc_score(y, prob, multi_class="ovr", labels=classes)), 4),
+    }
 
 
 def check_phantoms(root: str | Path) -> dict:
@@ -50,8 +57,15 @@ def check_phantoms(root: str | Path) -> dict:
     root = Path(root)
     prov = json.loads((root / "phantom.json").read_text())
     recs = read_manifest(root)
-    out: dict = {"synthetic": True, "kind": prov["kind"], "n": len(recs), "size": prov["size"], "seed": prov["seed"],
-                 "generation_seconds": prov.get("seconds"), "workers": prov.get("workers")}
+    out: dict = {
+        "synthetic": True,
+        "kind": prov["kind"],
+        "n": len(recs),
+        "size": prov["size"],
+        "seed": prov["seed"],
+        "generation_seconds": prov.get("seconds"),
+        "workers": prov.get("workers"),
+    }
     if prov["kind"] == "ct":
         out.update(_check_ct(recs))
         return out
@@ -63,16 +77,29 @@ def check_phantoms(root: str | Path) -> dict:
     groups = [r.group for r in recs]
     classes, counts = np.unique(y, return_counts=True)
     out["class_counts"] = {str(c): int(n) for c, n in zip(classes, counts)}
-    out["chance"] = {"majority_accuracy": round(float(counts.max() / counts.sum()), 4),
-                     "balanced_accuracy": round(1.0 / len(classes), 4), "macro_auc_ovr": 0.5}
+    out["chance"] = {
+        "majority_accuracy": round(float(counts.max() / counts.sum()), 4),
+        "balanced_accuracy": round(1.0 / len(classes), 4),
+        "macro_auc_ovr": 0.5,
+    }
     X = np.array([simple_image_stats(r.image_paths[0]) for r in recs])
-    out["image_stats_logreg"] = _cv_metrics(X, y, groups, lambda: make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced")))
+    out["image_stats_logreg"] = _cv_metrics(
+        X,
+        y,
+        groups,
+        lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced")),
+    )
     if all(r.report for r in recs):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        out["report_tfidf_logreg"] = _cv_metrics(np.array([r.report for r in recs], dtype=object), y, groups, lambda: make_pipeline(
-            TfidfVectorizer(min_df=2), LogisticRegression(max_iter=3000, C=10, class_weight="balanced")))
+        out["report_tfidf_logreg"] = _cv_metrics(
+            np.array([r.report for r in recs], dtype=object),
+            y,
+            groups,
+            lambda: make_pipeline(
+                TfidfVectorizer(min_df=2), LogisticRegression(max_iter=3000, C=10, class_weight="balanced")
+            ),
+        )
     return out
 
 
@@ -85,7 +112,7 @@ def _check_ct(recs) -> dict:
         vol = study.volume()
         with np.load(r.extra["mask_path"]) as z:
             shape = tuple(int(v) for v in z["shape"])
-            truth = np.unpackbits(z["lung"], axis=-1)[..., :shape[-1]].astype(bool)
+            truth = np.unpackbits(z["lung"], axis=-1)[..., : shape[-1]].astype(bool)
         # the generator writes apex first (z = -10 mm * i); read_study orders by position, feet first
         truth = truth[::-1]
         pred = np.stack([lung_mask(s, modality="ct") for s in vol])
@@ -93,6 +120,9 @@ def _check_ct(recs) -> dict:
         dices.append(d)
         per_class.setdefault(r.labels[0], []).append(d)
         lung_hu.append(float(vol[truth].mean()))
-    return {"dice_mean": round(float(np.mean(dices)), 4), "dice_min": round(float(np.min(dices)), 4),
-            "dice_by_class": {k: round(float(np.mean(v)), 4) for k, v in sorted(per_class.items())},
-            "lung_hu_mean": round(float(np.mean(lung_hu)), 1)}
+    return {
+        "dice_mean": round(float(np.mean(dices)), 4),
+        "dice_min": round(float(np.min(dices)), 4),
+        "dice_by_class": {k: round(float(np.mean(v)), 4) for k, v in sorted(per_class.items())},
+        "lung_hu_mean": round(float(np.mean(lung_hu)), 1),
+    }

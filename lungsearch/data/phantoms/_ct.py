@@ -28,7 +28,7 @@ __all__ = ["CT_TARGETS", "render_ct", "write_ct_series"]
 
 CT_TARGETS = ("normal", "ggo", "reticular", "consolidation")
 FOV_MM = 360.0
-SLICE_GAP_MM = 10.0       # paper 3: thin sections reconstructed at 10 mm intervals
+SLICE_GAP_MM = 10.0  # paper 3: thin sections reconstructed at 10 mm intervals
 SLICE_THICKNESS_MM = 1.25
 #: Multiplies each case's disease severity (1 = the default phantoms, 0 = every class looks normal);
 #: ``generate(signal=x)`` sets it.
@@ -68,7 +68,7 @@ def render_ct(rng: np.random.Generator, size: int, slices: int, label: str) -> t
         body = _ellipse(yy, xx, cy, cx, b_ry, b_rx)
         hu[body] = -100.0  # subcutaneous fat
         inner = _ellipse(yy, xx, cy, cx, b_ry - 4 * k, b_rx - 5 * k)
-        hu[inner] = 40.0   # muscle / mediastinum / abdomen
+        hu[inner] = 40.0  # muscle / mediastinum / abdomen
         # table under the patient
         hu[(yy > cy + b_ry + 4 * k) & (yy < cy + b_ry + 6 * k) & (np.abs(xx - cx) < b_rx * 1.1)] = 200.0
         grow = float(np.clip(np.sin(np.pi * (0.12 + 0.85 * z)), 0.45, 1.0))
@@ -80,8 +80,14 @@ def render_ct(rng: np.random.Generator, size: int, slices: int, label: str) -> t
         lungs &= _ellipse(yy, xx, cy, cx, b_ry - 7 * k, b_rx - 8 * k)
         # mediastinum: heart (lower slices, anterior, towards the patient's left), aorta, spine
         if z > 0.45:
-            heart = _ellipse(yy, xx, cy - b_ry * 0.25, cx + b_rx * 0.12, b_ry * 0.42 * min(1.0, (z - 0.35) * 2.5),
-                             b_rx * 0.3 * min(1.0, (z - 0.35) * 2.5))
+            heart = _ellipse(
+                yy,
+                xx,
+                cy - b_ry * 0.25,
+                cx + b_rx * 0.12,
+                b_ry * 0.42 * min(1.0, (z - 0.35) * 2.5),
+                b_rx * 0.3 * min(1.0, (z - 0.35) * 2.5),
+            )
             lungs &= ~ndi.binary_dilation(heart, iterations=max(1, int(2 * k)))
             hu[heart] = 40.0
         spine = _ellipse(yy, xx, cy + b_ry * 0.62, cx, b_ry * 0.22, b_rx * 0.12)
@@ -164,9 +170,19 @@ def _draw_class(rng, hu, lungs, label, severity, z, field, yy, xx, cy, cx, b_ry,
     return hu
 
 
-def write_ct_series(out_dir, hu: np.ndarray, *, patient_id: str, patient_name: str, study_uid: str,
-                    series_uid: str, sop_uids: list[str], size_mm: float = FOV_MM, accession: str = "",
-                    description: str = "lungsearch phantom CT (synthetic)") -> list[str]:
+def write_ct_series(
+    out_dir,
+    hu: np.ndarray,
+    *,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uids: list[str],
+    size_mm: float = FOV_MM,
+    accession: str = "",
+    description: str = "lungsearch phantom CT (synthetic)",
+) -> list[str]:
     """Write a [S, H, W] HU volume as a CT Image Storage series (one file per slice, apex first).
 
     Stored values are HU + 1024 (uint16, 12 bits stored) with RescaleIntercept -1024, slope 1.
@@ -175,7 +191,7 @@ def write_ct_series(out_dir, hu: np.ndarray, *, patient_id: str, patient_name: s
     from pathlib import Path
 
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UID
+    from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ class _Anatomy:
         lungs = np.zeros((S, S), dtype=bool)
         y0, x0 = int(round(self.top)), int(round(self.cx - self.wf / 2))
         ys, xs = slice(max(y0, 0), min(y0 + h, S)), slice(max(x0, 0), min(x0 + w, S))
-        lungs[ys, xs] = small[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        lungs[ys, xs] = small[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
         self.lungs = lungs
         _, xx = _grid(S)
         # Image left = patient right.
@@ -91,15 +91,20 @@ class _Anatomy:
 def _zone_rows(ext: tuple[float, float, float, float], zone: str) -> tuple[float, float]:
     top, bot = ext[0], ext[1]
     h = bot - top
-    return {"upper": (top, top + h * 0.38), "middle": (top + h * 0.33, top + h * 0.66),
-            "lower": (top + h * 0.6, bot)}.get(zone, (top, bot))
+    return {
+        "upper": (top, top + h * 0.38),
+        "middle": (top + h * 0.33, top + h * 0.66),
+        "lower": (top + h * 0.6, bot),
+    }.get(zone, (top, bot))
 
 
-def _pick_point(rng: np.random.Generator, mask: np.ndarray, rows: tuple[float, float], margin: int = 0) -> tuple[float, float] | None:
+def _pick_point(
+    rng: np.random.Generator, mask: np.ndarray, rows: tuple[float, float], margin: int = 0
+) -> tuple[float, float] | None:
     m = mask
     if margin > 0:
         m = ndi.binary_erosion(mask, iterations=margin) if mask.sum() > 50 else mask
-    ys, xs = np.nonzero(m[int(rows[0]):int(rows[1]) + 1])
+    ys, xs = np.nonzero(m[int(rows[0]) : int(rows[1]) + 1])
     if ys.size == 0:
         ys, xs = np.nonzero(mask)
         if ys.size == 0:
@@ -131,8 +136,9 @@ def _sides(rng: np.random.Generator, side: str, p_bilateral: float = 0.25) -> li
     return ["right" if rng.random() < 0.5 else "left"]
 
 
-def _base_image(rng: np.random.Generator, size: int, an: _Anatomy, *, ctr: float, scoliosis: bool,
-                emphysema: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _base_image(
+    rng: np.random.Generator, size: int, an: _Anatomy, *, ctr: float, scoliosis: bool, emphysema: bool
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Normal anatomy. Returns (image, soft lung weight, tissue level, lung level)."""
     S = size
     yy, xx = _grid(S)
@@ -199,15 +205,27 @@ def _base_image(rng: np.random.Generator, size: int, an: _Anatomy, *, ctr: float
     if rng.random() < 0.45:
         amp = rng.uniform(0.03, 0.08)
         for sgn in (-1.0, 1.0):
-            img += amp * _blob(S, an.bottom - an.hf * 0.12, an.cx + sgn * an.wf * 0.34, an.hf * 0.16, an.wf * 0.2) * body_w
+            img += (
+                amp * _blob(S, an.bottom - an.hf * 0.12, an.cx + sgn * an.wf * 0.34, an.hf * 0.16, an.wf * 0.2) * body_w
+            )
     # gastric bubble (nuisance) under the left hemidiaphragm
     if rng.random() < 0.5:
-        img -= rng.uniform(0.05, 0.12) * _blob(S, an.bottom + 0.05 * S, an.cx + an.wf * 0.2, 0.025 * S, 0.04 * S) * body_w
+        img -= (
+            rng.uniform(0.05, 0.12) * _blob(S, an.bottom + 0.05 * S, an.cx + an.wf * 0.2, 0.025 * S, 0.04 * S) * body_w
+        )
     return img.astype(np.float32), lung_w, tissue, lung_level
 
 
-def _draw_finding(rng: np.random.Generator, img: np.ndarray, f: Finding, an: _Anatomy, lung_w: np.ndarray,
-                  tissue: float, lung_level: float, vis: float) -> np.ndarray:
+def _draw_finding(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    f: Finding,
+    an: _Anatomy,
+    lung_w: np.ndarray,
+    tissue: float,
+    lung_level: float,
+    vis: float,
+) -> np.ndarray:
     S = img.shape[0]
     k = S / 224.0
     s = f.severity * vis * rng.uniform(0.6, 1.2)
@@ -216,7 +234,9 @@ def _draw_finding(rng: np.random.Generator, img: np.ndarray, f: Finding, an: _An
     if kind in ("opacity", "edema"):
         sides = _sides(rng, f.side, p_bilateral=0.7 if kind == "edema" else 0.25)
         for side in sides:
-            zone = f.zone or ("middle" if kind == "edema" else str(rng.choice(["upper", "middle", "lower"], p=[0.2, 0.3, 0.5])))
+            zone = f.zone or (
+                "middle" if kind == "edema" else str(rng.choice(["upper", "middle", "lower"], p=[0.2, 0.3, 0.5]))
+            )
             ext = an.extent[side]
             pt = _pick_point(rng, an.side[side], _zone_rows(ext, zone))
             if pt is None:
@@ -241,8 +261,11 @@ def _draw_finding(rng: np.random.Generator, img: np.ndarray, f: Finding, an: _An
             pt = _pick_point(rng, an.side[side], _zone_rows(an.extent[side], zone), margin=max(1, int(3 * k)))
             if pt is None:
                 continue
-            r, amp = {"nodule": (rng.uniform(0.018, 0.032), 0.22), "mass": (rng.uniform(0.04, 0.065), 0.22),
-                      "granuloma": (rng.uniform(0.009, 0.016), 0.3)}[kind]
+            r, amp = {
+                "nodule": (rng.uniform(0.018, 0.032), 0.22),
+                "mass": (rng.uniform(0.04, 0.065), 0.22),
+                "granuloma": (rng.uniform(0.009, 0.016), 0.3),
+            }[kind]
             img += amp * SIGNAL * min(s, 1.2) * _disc(S, pt[0], pt[1], r * S)
     elif kind == "effusion":
         for side in _sides(rng, f.side, p_bilateral=0.35):
@@ -285,7 +308,7 @@ def _draw_finding(rng: np.random.Generator, img: np.ndarray, f: Finding, an: _An
         t = np.linspace(0.0, 1.0, int(2 * S))
         x0 = an.cx - an.wf * rng.uniform(0.1, 0.35)
         path_y = an.top - 0.06 * S + t * (an.hf * rng.uniform(0.35, 0.55))
-        path_x = x0 + (an.cx - x0) * t ** 1.5
+        path_x = x0 + (an.cx - x0) * t**1.5
         line = np.zeros_like(img)
         iy = np.clip(path_y.astype(int), 0, S - 1)
         ix = np.clip(path_x.astype(int), 0, S - 1)
@@ -334,7 +357,9 @@ def _pseudo_findings(rng: np.random.Generator, img: np.ndarray, an: _Anatomy) ->
             img += rng.uniform(0.02, 0.05) * _blob(S, pt[0], pt[1], 0.04 * S, 0.05 * S) * an.side[side]
 
 
-def render_cxr(rng: np.random.Generator, size: int, bank: ShapeBank, findings: tuple[Finding, ...]) -> tuple[np.ndarray, np.ndarray]:
+def render_cxr(
+    rng: np.random.Generator, size: int, bank: ShapeBank, findings: tuple[Finding, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """One radiograph for a report's findings. Returns (uint8 [S, S], lung mask bool [S, S])."""
     kinds = {f.kind for f in findings}
     cardio = [f for f in findings if f.kind == "cardiomegaly"]
@@ -343,8 +368,9 @@ def render_cxr(rng: np.random.Generator, size: int, bank: ShapeBank, findings: t
     ctr = float(np.clip(rng.normal(0.45, 0.035), 0.36, 0.55))
     if cardio:
         ctr += max(f.severity for f in cardio) * vis * rng.uniform(0.1, 0.2) * SIGNAL
-    img, lung_w, tissue, lung_level = _base_image(rng, size, an, ctr=min(ctr, 0.72), scoliosis="scoliosis" in kinds,
-                                                  emphysema="emphysema" in kinds)
+    img, lung_w, tissue, lung_level = _base_image(
+        rng, size, an, ctr=min(ctr, 0.72), scoliosis="scoliosis" in kinds, emphysema="emphysema" in kinds
+    )
     _pseudo_findings(rng, img, an)
     for f in findings:
         if f.kind != "cardiomegaly":
@@ -375,10 +401,20 @@ def render_cxr4(rng: np.random.Generator, size: int, bank: ShapeBank, label: str
             periph = np.clip(1.0 - np.abs(xx - lateral) / max(0.6 * (c1 - c0), 1.0), 0.0, 1.0)
             basal = np.clip((yy - top) / max(bot - top, 1.0), 0.0, 1.0)
             haze = np.clip(0.6 + 0.5 * _lowpass_noise(rng, S, 6.0 * k), 0.0, 1.5)
-            img += 0.13 * vis * rng.uniform(0.7, 1.2) * periph * basal * haze * ndi.gaussian_filter(m.astype(np.float32), 2 * k)
+            img += (
+                0.13
+                * vis
+                * rng.uniform(0.7, 1.2)
+                * periph
+                * basal
+                * haze
+                * ndi.gaussian_filter(m.astype(np.float32), 2 * k)
+            )
     elif label == "Lung_Opacity":
         for _ in range(int(rng.integers(1, 3))):
-            img = _draw_finding(rng, img, Finding(kind="opacity", label="Opacity"), an, lung_w, tissue, lung_level, vis * 1.1)
+            img = _draw_finding(
+                rng, img, Finding(kind="opacity", label="Opacity"), an, lung_w, tissue, lung_level, vis * 1.1
+            )
     elif label == "Viral_Pneumonia":
         for side in ("right", "left"):
             m = an.side[side]
@@ -387,5 +423,13 @@ def render_cxr4(rng: np.random.Generator, size: int, bank: ShapeBank, label: str
             central = np.clip(1.0 - np.abs(xx - medial) / max(0.8 * (c1 - c0), 1.0), 0.0, 1.0)
             mid = np.exp(-0.5 * ((yy - (top + bot) / 2) / (0.3 * (bot - top))) ** 2)
             tex = np.clip(np.abs(_lowpass_noise(rng, S, 0.8 * k)), 0.0, 2.5)
-            img += 0.09 * vis * rng.uniform(0.7, 1.2) * central * mid * tex * ndi.gaussian_filter(m.astype(np.float32), 1.5 * k)
+            img += (
+                0.09
+                * vis
+                * rng.uniform(0.7, 1.2)
+                * central
+                * mid
+                * tex
+                * ndi.gaussian_filter(m.astype(np.float32), 1.5 * k)
+            )
     return _finish(rng, img, an.lungs)

@@ -16,7 +16,18 @@ import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-__all__ = ["CXR_TARGETS", "EXTRA_FINDINGS", "MESH_TO_TARGET", "PRIORITY", "Finding", "ReportCase", "iter_report_xml", "load_reports", "labels_from_mesh", "parse_mesh"]
+__all__ = [
+    "CXR_TARGETS",
+    "EXTRA_FINDINGS",
+    "MESH_TO_TARGET",
+    "PRIORITY",
+    "Finding",
+    "ReportCase",
+    "iter_report_xml",
+    "load_reports",
+    "labels_from_mesh",
+    "parse_mesh",
+]
 
 #: The cxr phantom's label vocabulary (= data.targets of the cxr-* profiles).
 CXR_TARGETS = ("Normal", "Opacity", "Cardiomegaly", "Effusion", "Nodule", "Atelectasis")
@@ -58,28 +69,80 @@ EXTRA_FINDINGS: dict[str, str] = {
 }
 
 _ZONES = {
-    "upper lobe": "upper", "apex": "upper", "apices": "upper", "upper": "upper",
-    "middle lobe": "middle", "lingula": "middle", "hilum": "middle", "mid": "middle",
-    "base": "lower", "lower lobe": "lower", "lower": "lower", "retrocardiac": "lower", "costophrenic angle": "lower",
+    "upper lobe": "upper",
+    "apex": "upper",
+    "apices": "upper",
+    "upper": "upper",
+    "middle lobe": "middle",
+    "lingula": "middle",
+    "hilum": "middle",
+    "mid": "middle",
+    "base": "lower",
+    "lower lobe": "lower",
+    "lower": "lower",
+    "retrocardiac": "lower",
+    "costophrenic angle": "lower",
 }
-_LUNG_HEADS = {"opacity", "density", "airspace disease", "infiltrate", "consolidation", "nodule", "mass", "calcified granuloma", "granuloma"}
-_NOT_LUNG = {"mediastinum", "paratracheal", "abdomen", "soft tissue", "soft tissues", "neck", "breast", "bone", "spine",
-             "thoracic vertebrae", "diaphragm", "heart", "aorta", "shoulder", "ribs", "clavicle", "humerus", "trachea",
-             "lymph nodes", "thorax", "pleura", "liver", "spleen", "axilla", "chest wall"}
-_SEVERITY = {"borderline": 0.45, "minimal": 0.5, "mild": 0.65, "small": 0.65, "moderate": 0.9, "severe": 1.15, "large": 1.15}
+_LUNG_HEADS = {
+    "opacity",
+    "density",
+    "airspace disease",
+    "infiltrate",
+    "consolidation",
+    "nodule",
+    "mass",
+    "calcified granuloma",
+    "granuloma",
+}
+_NOT_LUNG = {
+    "mediastinum",
+    "paratracheal",
+    "abdomen",
+    "soft tissue",
+    "soft tissues",
+    "neck",
+    "breast",
+    "bone",
+    "spine",
+    "thoracic vertebrae",
+    "diaphragm",
+    "heart",
+    "aorta",
+    "shoulder",
+    "ribs",
+    "clavicle",
+    "humerus",
+    "trachea",
+    "lymph nodes",
+    "thorax",
+    "pleura",
+    "liver",
+    "spleen",
+    "axilla",
+    "chest wall",
+}
+_SEVERITY = {
+    "borderline": 0.45,
+    "minimal": 0.5,
+    "mild": 0.65,
+    "small": 0.65,
+    "moderate": 0.9,
+    "severe": 1.15,
+    "large": 1.15,
+}
 
 
 @dataclass(frozen=True)
 class Finding:
     """One located finding from a MeSH major term."""
 
-    kind: str               # rendered kind: opacity, edema, cardiomegaly, effusion, nodule, mass, granuloma, atelectasis, ...
-    label: str | None       # target label, None for EXTRA_FINDINGS
-    side: str = ""          # "left", "right", "bilateral" or "" (unstated: the renderer picks)
-    zone: str = ""          # "upper", "middle", "lower" or ""
-    severity: float = 0.8   # multiplier from mild/moderate/severe...
+    kind: str  # rendered kind: opacity, edema, cardiomegaly, effusion, nodule, mass, granuloma, atelectasis, ...
+    label: str | None  # target label, None for EXTRA_FINDINGS
+    side: str = ""  # "left", "right", "bilateral" or "" (unstated: the renderer picks)
+    zone: str = ""  # "upper", "middle", "lower" or ""
+    severity: float = 0.8  # multiplier from mild/moderate/severe...
     multiple: bool = False
-    pattern: str = ""       # "interstitial", "streaky", "patchy", "round" or ""
+    pattern: str = ""  # "interstitial", "streaky", "patchy", "round" or ""
 
 
 @dataclass(frozen=True)

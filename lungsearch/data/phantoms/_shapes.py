@@ -80,7 +80,7 @@ def _canonical(raw: bytes) -> tuple[np.ndarray, float] | None:
     if keep is None:
         return None
     ys, xs = np.nonzero(keep)
-    crop = keep[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    crop = keep[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     aspect = crop.shape[0] / crop.shape[1]
     if not 0.55 <= aspect <= 1.4:
         return None
@@ -100,7 +100,11 @@ def _cache_file(src: str) -> "os.PathLike | None":
         st = os.stat(src)
     except OSError:
         return None
-    return Path(constants.DATA_DIR) / "cache" / f"lung_shapes-v{_CACHE_VERSION}-{CANON}-{st.st_size}-{int(st.st_mtime)}.npz"
+    return (
+        Path(constants.DATA_DIR)
+        / "cache"
+        / f"lung_shapes-v{_CACHE_VERSION}-{CANON}-{st.st_size}-{int(st.st_mtime)}.npz"
+    )
 
 
 @functools.lru_cache(maxsize=1)
