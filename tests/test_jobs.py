@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _ports import free_port
 
 from lungsearch.cli import main as cli_main
 from lungsearch.errors import ConfigError, InvalidRequestError, UnauthenticatedError
@@ -96,19 +96,13 @@ def test_cli_dry_run(capsys):
     assert out["runtime_env"]["env_vars"]["A"] == "b"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """A separate Ray head with token auth and the dashboard on 127.0.0.1, torn down by pid."""
     ray_bin = Path(sys.executable).with_name("ray")
     token = secrets.token_hex(16)
     tmp = Path(tempfile.mkdtemp(prefix="lsj-", dir="/tmp"))  # short: Ray's socket paths are length-limited
-    dash, gcs = _free_port(), _free_port()
+    dash, gcs = free_port(), free_port()
     env = dict(
         os.environ,
         RAY_AUTH_MODE="token",
@@ -138,13 +132,13 @@ def ray_head():
         # Own agent ports: Ray's defaults (e.g. 52365) are taken by the session's other Ray cluster,
         # and a head whose job agent cannot bind answers "No available agent to submit job".
         "--dashboard-agent-listen-port",
-        str(_free_port()),
+        str(free_port()),
         "--dashboard-agent-grpc-port",
-        str(_free_port()),
+        str(free_port()),
         "--runtime-env-agent-port",
-        str(_free_port()),
+        str(free_port()),
         "--metrics-export-port",
-        str(_free_port()),
+        str(free_port()),
     ]
     log = open(tmp / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -27,20 +27,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _ports import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 LUNGSEARCH = str(Path(sys.executable).with_name("lungsearch"))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -81,7 +74,7 @@ def _alive_nodes(dash: int) -> list[dict]:
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     env = _env(tmp)
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     # short: Ray puts unix sockets under it (107-byte limit; pytest's tmp paths are too long)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
     # The second node its own temp dir, as a second machine has: by default it takes the head's, and
@@ -96,12 +89,12 @@ def cluster(tmp_path_factory):
         # nodes (and the session's other Ray), and a node whose job agent cannot bind makes the head
         # answer "No available agent to submit job".
         return [
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--node-manager-port={_free_port()}",
-            f"--object-manager-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
         ]
 
     logs = {name: open(tmp / f"{name}.log", "w") for name in ("head", "second")}
@@ -237,7 +230,7 @@ def test_a_two_worker_train_job_spans_both_nodes(cluster):
 
 def _serve_config(tmp: Path) -> Path:
     doc = yaml.safe_load((REPO / "services" / "serve_config.yaml").read_text())
-    doc["http_options"]["port"] = _free_port()
+    doc["http_options"]["port"] = free_port()
     for d in doc["applications"][0]["deployments"]:
         opts = d.setdefault("ray_actor_options", {})
         if d["name"] in ("Gateway", "Ranking"):
@@ -283,7 +276,7 @@ def _phantoms(tmp: Path, n: int) -> list[bytes]:
 def served(cluster):
     tmp, env = cluster["tmp"], cluster["env"]
     ref = _registry(tmp)
-    port = _free_port()
+    port = free_port()
     cmd = [
         LUNGSEARCH,
         "serve",

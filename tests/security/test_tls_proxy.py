@@ -7,18 +7,13 @@ from concurrent import futures
 
 import grpc
 import pytest
+from _ports import free_port
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lungsearch.errors import ConfigError
 from lungsearch.security import TLSProxy, nginx_available
 
 pytestmark = pytest.mark.skipif(not nginx_available(), reason="nginx not installed (apt-get install nginx-light)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,7 @@ def _check(channel) -> int:
 
 
 def test_tls_round_trip(pki, upstream):
-    port = _free_port()
+    port = free_port()
     with TLSProxy(listen_port=port, upstream=upstream, cert_file=pki["server.crt"], key_file=pki["server.key"]):
         creds = grpc.ssl_channel_credentials(root_certificates=pki["ca.crt"].read_bytes())
         with grpc.secure_channel(f"localhost:{port}", creds) as ch:
@@ -49,7 +44,7 @@ def test_tls_round_trip(pki, upstream):
 
 
 def test_mtls_requires_client_certificate(pki, upstream):
-    port = _free_port()
+    port = free_port()
     with TLSProxy(
         listen_port=port,
         upstream=upstream,
@@ -77,7 +72,7 @@ def test_missing_cert_is_a_config_error(tmp_path):
 
 
 def test_stop_is_clean(pki, upstream):
-    port = _free_port()
+    port = free_port()
     proxy = TLSProxy(
         listen_port=port, upstream=upstream, cert_file=pki["server.crt"], key_file=pki["server.key"]
     ).start()
