@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._serve_modes import SERVE_MODES, apply_serve_mode, compare_modes
 from benchmarks._util import format_table, latency_stats, provenance, time_interleaved, write_json
 
 __all__ = ["main", "run"]
@@ -171,6 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             threads=args.threads,
             image_size=args.image_size,
             stages=args.stages,
+            serve_mode=args.serve_mode,
+            serve_env=SERVE_MODES[args.serve_mode],
             untrained_model=True,
         )
     }
@@ -224,7 +227,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = _free_port()
         fns = yaml.safe_load((Path(__file__).resolve().parents[1] / "services" / "serve_config.yaml").read_text())
         serve.start(
-            grpc_options=gRPCOptions(port=port, grpc_servicer_functions=fns["grpc_options"]["grpc_servicer_functions"])
+            # a free HTTP port too: the benchmark can run beside a test session's Serve (port 8000)
+            http_options={"host": "127.0.0.1", "port": _free_port()},
+            grpc_options=gRPCOptions(port=port, grpc_servicer_functions=fns["grpc_options"]["grpc_servicer_functions"]),
         )
         t = time.perf_counter()
         serve.run(
@@ -410,9 +415,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model replica and in-process")
     ap.add_argument("--num-cpus", type=int, default=0, help="logical CPUs of the local Ray (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--serve-mode",
+        choices=sorted(SERVE_MODES),
+        default="default",
+        help="Ray Serve's request-path settings for this run (benchmarks/_serve_modes.py)",
+    )
+    ap.add_argument(
+        "--serve-modes",
+        default="",
+        help="comma list: run once per mode (each in its own process and Ray, alternating) and compare them",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="with --serve-modes: runs per mode, in alternation")
     ap.add_argument("--quick", action="store_true", help="2000 cases, concurrency 1 and 8, few calls")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.serve_modes:
+        return _compare(args, argv if argv is not None else sys.argv[1:])
+    apply_serve_mode(args.serve_mode)  # before Ray starts and before ray.serve is imported
     if args.quick:
         args.sizes, args.concurrency, args.requests = "2000", "1,8", 16
         args.overhead_requests, args.rank_requests = 10, 50
@@ -421,6 +441,81 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.quick else DEFAULT_OUT)
     if out:
         print(f"wrote {write_json(out, result)}")
+    return 0
+
+
+def _drop_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """argv without ``names`` (as ``--x v`` or ``--x=v``): the children get their own mode and file."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            continue
+        out.append(a)
+    return out
+
+
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """Every mode of ``--serve-modes`` in one run: per mode the median over rounds of the overhead
+    p50 and of the QPS at the highest concurrency, and their ratio to the first mode."""
+    import statistics
+
+    modes = [m.strip() for m in args.serve_modes.split(",") if m.strip()]
+    child = _drop_options(argv, ("--serve-modes", "--serve-mode", "--out", "--rounds"))
+    res = compare_modes("benchmarks.serve_latency", child, modes, rounds=args.rounds)
+    rows, summary = [], {}
+    for m in modes:
+        ok = [r for r in res["modes"][m] if "failed" not in r]
+        if not ok:
+            summary[m] = {"failed": True}
+            rows.append([m, "failed", "", "", "", "", ""])
+            continue
+        per_size = {}
+        for n in ok[0]["sizes"]:
+            over = statistics.median(r["sizes"][n]["overhead"]["overhead_p50_ms"] for r in ok)
+            grpc = statistics.median(r["sizes"][n]["overhead"]["grpc_serve"]["p50_ms"] for r in ok)
+            top = statistics.median(r["sizes"][n]["load"][-1]["qps"] for r in ok)
+            per_size[n] = {
+                "overhead_p50_ms": over,
+                "grpc_p50_ms": grpc,
+                "qps_top_concurrency": top,
+                "top_concurrency": ok[0]["sizes"][n]["load"][-1]["concurrency"],
+            }
+        summary[m] = {"runs": len(ok), "sizes": per_size}
+    base = summary.get(modes[0], {})
+    for m in modes:
+        for n, v in summary[m].get("sizes", {}).items():
+            b = base.get("sizes", {}).get(n)
+            if b:
+                v["grpc_p50_vs_first"] = v["grpc_p50_ms"] / b["grpc_p50_ms"]
+                v["qps_vs_first"] = v["qps_top_concurrency"] / b["qps_top_concurrency"]
+            rows.append(
+                [
+                    m,
+                    n,
+                    v["grpc_p50_ms"],
+                    v["overhead_p50_ms"],
+                    v.get("grpc_p50_vs_first", ""),
+                    v["qps_top_concurrency"],
+                    v.get("qps_vs_first", ""),
+                ]
+            )
+    res["summary"] = summary
+    res["provenance"] = provenance(
+        "serve_latency_modes", seed=args.seed, modes=modes, rounds=args.rounds, child_argv=child
+    )
+    print(
+        format_table(
+            rows, ["mode", "cases", "gRPC p50 ms", "overhead p50 ms", "p50 vs first", "QPS (top c)", "QPS vs first"]
+        )
+    )
+    out = args.out or DEFAULT_OUT.with_name("serve_modes.json")
+    print(f"wrote {write_json(out, res)}")
     return 0
 
 
