@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._prometheus import PROMETHEUS
+from benchmarks._serve_modes import SERVE_MODES, apply_serve_mode, compare_modes
 from benchmarks._util import format_table, latency_stats, provenance, write_json
 
 __all__ = ["main", "run", "step"]
@@ -194,6 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             num_cpus=args.num_cpus,
             step_seconds=args.step_seconds,
             p99_target_ms=args.p99_ms,
+            serve_mode=getattr(args, "serve_mode", "default"),
+            serve_env=SERVE_MODES[getattr(args, "serve_mode", "default")],
             untrained_model=True,
             client="same machine, loopback",
         )
@@ -387,9 +390,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="do not run Debian's prometheus against /metrics during the load",
     )
+    ap.add_argument(
+        "--serve-mode",
+        choices=sorted(SERVE_MODES),
+        default="default",
+        help="Ray Serve's request-path settings for this run (benchmarks/_serve_modes.py)",
+    )
+    ap.add_argument(
+        "--serve-modes",
+        default="",
+        help="comma list: run once per mode (each in its own process and Ray, alternating) and compare them",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="with --serve-modes: runs per mode, in alternation")
     ap.add_argument("--quick", action="store_true", help="2000 cases, 5 s steps, up to concurrency 8, no file")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.serve_modes:
+        return _compare(args, argv if argv is not None else sys.argv[1:])
+    apply_serve_mode(args.serve_mode)  # before Ray starts and before ray.serve is imported
     if args.quick:
         args.cases, args.step_seconds, args.max_concurrency, args.min_concurrency = 2000, 5.0, 8, 2
     result = run(args)
@@ -398,6 +416,55 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.quick else DEFAULT_OUT)
     if out:
         print(f"wrote {write_json(out, result)}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """Every mode of ``--serve-modes`` in one run: per mode the median over rounds of the max
+    sustained QPS at the p99 target and of the CPU per Search, and their ratio to the first mode."""
+    import statistics
+
+    from benchmarks.serve_latency import _drop_options
+
+    modes = [m.strip() for m in args.serve_modes.split(",") if m.strip()]
+    child = _drop_options(argv, ("--serve-modes", "--serve-mode", "--out", "--rounds"))
+    res = compare_modes("benchmarks.load", child, modes, rounds=args.rounds)
+    summary: dict[str, Any] = {}
+    for m in modes:
+        ok = [r["summary"] for r in res["modes"][m] if "failed" not in r and r["summary"]["max_qps_at_p99_target"]]
+        summary[m] = {
+            "runs": len(ok),
+            "max_qps_at_p99_target": statistics.median(s["max_qps_at_p99_target"] for s in ok) if ok else None,
+            "cpu_ms_per_search": statistics.median(s["cpu_ms_per_search"] for s in ok if "cpu_ms_per_search" in s)
+            if any("cpu_ms_per_search" in s for s in ok)
+            else None,
+            "errors_below_saturation": sum(s["errors_below_saturation"] for s in ok),
+        }
+    first = summary[modes[0]]
+    rows = []
+    for m in modes:
+        v = summary[m]
+        for key in ("max_qps_at_p99_target", "cpu_ms_per_search"):
+            if v[key] and first[key]:
+                v[f"{key}_vs_first"] = v[key] / first[key]
+        rows.append(
+            [
+                m,
+                v["runs"],
+                v["max_qps_at_p99_target"],
+                v.get("max_qps_at_p99_target_vs_first", ""),
+                v["cpu_ms_per_search"],
+                v.get("cpu_ms_per_search_vs_first", ""),
+                v["errors_below_saturation"],
+            ]
+        )
+    res["summary"] = summary
+    res["provenance"] = provenance("load_modes", seed=args.seed, modes=modes, rounds=args.rounds, child_argv=child)
+    print(
+        format_table(rows, ["mode", "runs", "max QPS (p99 target)", "vs first", "CPU ms/Search", "vs first", "errors"])
+    )
+    out = args.out or DEFAULT_OUT.with_name("load_modes.json")
+    print(f"wrote {write_json(out, res)}")
     return 0
 
 
