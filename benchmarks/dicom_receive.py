@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, out)
     print(format_table([[k, v] for k, v in res["stages_s"].items()], ["stage", "seconds"]))
     print(
-        f"bare pynetdicom SCP (answers Success, stores nothing): push {res['bare_scp_push_s']} s = "
-        f"{res['bare_scp_instances_per_s']} instances/s; lungsearch receiver's push / bare = {res['receiver_push_vs_bare_scp']}x"
+        "bare pynetdicom SCP (answers Success, stores nothing): push "
+        f"{res['bare_scp_push_s']} s = {res['bare_scp_instances_per_s']} instances/s; "
+        f"lungsearch receiver's push / bare = {res['receiver_push_vs_bare_scp']}x"
     )
     print(
         f"\n{res['instances']} CT instances ({res['size']} px, {res['platform']} platform): "

@@ -437,7 +437,8 @@ def tables(result: dict[str, Any]) -> str:
     if mask:
         out.append(
             f"lung mask per {result['dicom']['phantom']['size']}-px slice (roi_masks, CPU): "
-            f"p50 {mask['p50_ms']:.1f} ms, p90 {mask['p90_ms']:.1f} ms, n {mask['n']} (target <= {TARGET_MASK_MS:.0f} ms at 512 px)"
+            f"p50 {mask['p50_ms']:.1f} ms, p90 {mask['p90_ms']:.1f} ms, n {mask['n']} "
+            f"(target <= {TARGET_MASK_MS:.0f} ms at 512 px)"
         )
     if "radiomics_by_size" in result:
         rows = [

@@ -738,7 +738,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out",
         default=None,
-        help=f"JSON output (default {DEFAULT_OUT.relative_to(Path.cwd()) if DEFAULT_OUT.is_relative_to(Path.cwd()) else DEFAULT_OUT}; none with --quick)",
+        help=(
+            "JSON output (default "
+            f"{DEFAULT_OUT.relative_to(Path.cwd()) if DEFAULT_OUT.is_relative_to(Path.cwd()) else DEFAULT_OUT}"
+            "; none with --quick)"
+        ),
     )
     p.add_argument("--workdir", default=None, help="where milvus-lite files go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the milvus-lite files")
@@ -774,7 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(res["sizes"]))
     for t in res["targets"]:
         print(
-            f"  {'MET ' if t['met'] else ('n/a ' if t['met'] is None else 'MISS')} {t['target']}: {t['measured']:.3g} (n={t['n']})"
+            f"  {'MET ' if t['met'] else ('n/a ' if t['met'] is None else 'MISS')} "
+            f"{t['target']}: {t['measured']:.3g} (n={t['n']})"
         )
     if args.out:
         print(f"wrote {write_json(args.out, res)}", file=sys.stderr)

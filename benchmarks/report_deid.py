@@ -46,7 +46,10 @@ def run(*, limit: int | None = None, seed: int = 0, items_per_report: int = 2) -
     res.update(
         {
             "scrubber": "presidio-analyzer/anonymizer 2.2 pattern recognizers + lungsearch patterns (no NLP model)",
-            "corpus": "IU X-ray (OpenI NLMCXR) reports from torchxrayvision; PHI synthetic, inserted at random sentence boundaries",
+            "corpus": (
+                "IU X-ray (OpenI NLMCXR) reports from torchxrayvision; "
+                "PHI synthetic, inserted at random sentence boundaries"
+            ),
             "engine_build_s": build_s,
             "ms_per_scrub": 1e3 * seconds / max(1, 2 * len(reports)),
             "targets": {"recall": TARGET_RECALL, "kept": TARGET_KEPT},

@@ -62,7 +62,9 @@ class PhantomConfig(_Strict):
     """The built-in synthetic dataset (see docs/phantoms.md)."""
 
     kind: Literal["cxr", "cxr4", "ct"] = Field(
-        description="cxr: CXR + real IU X-ray report; cxr4: 4-class COVID/opacity/viral/normal; ct: ILD CT DICOM series."
+        description=(
+            "cxr: CXR + real IU X-ray report; cxr4: 4-class COVID/opacity/viral/normal; ct: ILD CT DICOM series."
+        )
     )
     n: int = Field(ge=4, description="Number of cases (studies) to generate.")
     size: int = Field(default=224, ge=32, le=1024, description="Generated image side in pixels.")

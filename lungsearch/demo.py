@@ -125,7 +125,8 @@ def run_demo(
     for p, cfg in cfgs.items():
         records[p] = load_records(cfg.data)
         echo(
-            f"[data]  {p:<11} {len(records[p]):>5} phantom cases ({cfg.data.phantom.kind if cfg.data.phantom else cfg.data.source})"
+            f"[data]  {p:<11} {len(records[p]):>5} phantom cases "
+            f"({cfg.data.phantom.kind if cfg.data.phantom else cfg.data.source})"
         )
     res.seconds["data"] = round(time.perf_counter() - t0, 1)
 

@@ -249,7 +249,8 @@ class JobsClient:
                 headers["Authorization"] = f"Bearer {tok}"
             elif mode == "token":
                 raise UnauthenticatedError(
-                    "RAY_AUTH_MODE=token but no token: pass --token-file, set RAY_AUTH_TOKEN or create ~/.ray/auth_token"
+                    "RAY_AUTH_MODE=token but no token: pass --token-file, "
+                    "set RAY_AUTH_TOKEN or create ~/.ray/auth_token"
                 )
         self.address = address
         self._client = self._connect(address, headers, verify)
@@ -267,7 +268,8 @@ class JobsClient:
             return fn()
         except AuthenticationError:
             raise UnauthenticatedError(
-                f"the Ray dashboard at {self.address} refused the token (check RAY_AUTH_MODE and the token on both sides)"
+                f"the Ray dashboard at {self.address} refused the token "
+                "(check RAY_AUTH_MODE and the token on both sides)"
             ) from None
         except ConnectionError as exc:
             raise ConfigError(f"cannot reach the Ray dashboard at {self.address} ({type(exc).__name__})") from None

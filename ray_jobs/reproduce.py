@@ -20,7 +20,7 @@ only with ``--publish``.
     python ray_jobs/reproduce.py --seeds 3                              # all five profiles (CPU configs)
     python ray_jobs/reproduce.py --gpu --profiles cxr-hash              # *.gpu.yaml, 20,000 phantoms, 224 px
     python ray_jobs/reproduce.py --quick --profiles cxr-cnn --publish   # also replace docs/results.md
-    python ray_jobs/reproduce.py --preset paper/5-chestxray14 data.root=/data/chestxray14   # a paper on its real dataset
+    python ray_jobs/reproduce.py --preset paper/5-chestxray14 data.root=/data/chestxray14  # a paper on its real dataset
 
 ``--preset paper/<n>-<dataset>`` (``configs/paper/``, :mod:`lungsearch.presets`) runs one paper's
 profile on its real dataset with the paper's labels, split protocol, recipe and (with
@@ -558,7 +558,8 @@ def _claims(
             for m in ("accuracy", "auc"):
                 add(f"paper 1 Table 3: ours is best: beats {other} on {m}", m, ours, other)
         add(
-            "paper 1 Table 3: the sparse gate keeps accuracy (CMA+SG vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
+            "paper 1 Table 3: the sparse gate keeps accuracy (CMA+SG "
+            "vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
             "accuracy",
             ours,
             "CMA+Bi-LSTM",
@@ -609,7 +610,8 @@ def _claims(
         for a, b in ((out_gate, ours), ("SG+Bi-LSTM, output gate", "SG+Bi-LSTM")):
             if a in runs:
                 add(
-                    f"paper 1 eq. 4: the output-gate reading beats the literal (cell-resetting) one ({a} vs {b}, accuracy)",
+                    "paper 1 eq. 4: the output-gate reading beats the "
+                    f"literal (cell-resetting) one ({a} vs {b}, accuracy)",
                     "accuracy",
                     a,
                     b,
@@ -617,7 +619,8 @@ def _claims(
                 )
         if out_gate in runs:
             add(
-                "paper 1 Table 3, output-gate reading: the sparse gate keeps accuracy (vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
+                "paper 1 Table 3, output-gate reading: the sparse gate keeps "
+                "accuracy (vs CMA+Bi-LSTM, within 2 points: lower bound > -0.02)",
                 "accuracy",
                 out_gate,
                 "CMA+Bi-LSTM",
@@ -647,7 +650,9 @@ def _claims(
                 ku = np.mean([k.get("kept_units", np.nan) for k in kept])
                 out.append(
                     {
-                        "claim": f"paper 1 Table 3: fraction of steps and units the sparse gate keeps ({name_}, test cases)",
+                        "claim": (
+                            f"paper 1 Table 3: fraction of steps and units the sparse gate keeps ({name_}, test cases)"
+                        ),
                         "verdict": "measured",
                         "numbers": f"steps kept {ks:.3f}, units kept {ku:.3f} (mean over {len(kept)} seed(s))",
                     }
@@ -661,7 +666,9 @@ def _claims(
             {
                 "claim": "paper 2 Table 5: 4-fold cross-validation",
                 "verdict": "not measured",
-                "numbers": "this harness trains seeds on one split; the K-fold table is the previous harness's (git history)",
+                "numbers": (
+                    "this harness trains seeds on one split; the K-fold table is the previous harness's (git history)"
+                ),
             }
         )
     elif profile == "ct-ild":
@@ -686,7 +693,8 @@ def _claims(
     elif profile == "cxr-clip":
         for frac in ("1%", "10%", "100%"):
             add(
-                f"paper 4 Table 1: the pretrained encoder's linear probe beats a random-init encoder's at {frac} labels (AUC)",
+                "paper 4 Table 1: the pretrained encoder's linear probe "
+                f"beats a random-init encoder's at {frac} labels (AUC)",
                 "auc",
                 f"probe pretrained {frac}",
                 f"probe random init {frac}",
@@ -808,11 +816,11 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
             if sec.get("eval_split") == "val"
             else f"Test split {n} cases (queries), gallery {sec['n_gallery']} (train + val). "
         )
-        + "Cells: seed mean "
-        f"[paired-bootstrap 95 % interval over the query cases, {n_boot} resamples] ±sd over seeds. Reference rows are fitted "
-        f"on the training split only.*",
+        + f"Cells: seed mean [paired-bootstrap 95 % interval over the query cases, {n_boot} "
+        "resamples] ±sd over seeds. Reference rows are fitted on the training split only.*",
         "",
-        f"Command: `{sec['command']}`; {sec['seconds']:.0f} s; configs: `{sec['config']}` + `{' '.join(sec['overrides']) or '(none)'}`.",
+        f"Command: `{sec['command']}`; {sec['seconds']:.0f} s; configs: "
+        f"`{sec['config']}` + `{' '.join(sec['overrides']) or '(none)'}`.",
         "",
     ]
     header = ["Row", "seeds", *cols, "collapsed?", "paper (its data)"]
@@ -862,10 +870,10 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
             for name, o in extra.items()
         ]
         lines += [
-            "Linear probes (paper 4, Table 1). Below 100 % each seed's probe is fitted on several labelled subsets "
-            "(draws); 'fits' = seeds x draws. The AUC-over-draws column is the mean AUC of those fits with the Student-t "
-            "95 % interval of that mean (spread of the labelled subset and of the training seed together); the other "
-            "cells are as in the table above.",
+            "Linear probes (paper 4, Table 1). Below 100 % each seed's probe is fitted on several "
+            "labelled subsets (draws); 'fits' = seeds x draws. The AUC-over-draws column is the mean "
+            "AUC of those fits with the Student-t 95 % interval of that mean (spread of the labelled "
+            "subset and of the training seed together); the other cells are as in the table above.",
             "",
             markdown_table(["Probe", "fits", *pcols, "AUC over draws", "labelled cases"], prow),
             "",
@@ -923,23 +931,24 @@ def _calibration_md(cal: dict) -> list[str]:
             f"`cxr` kind ({cx['n']} cases, {cx['size']} px, generator seed {cx['seed']}; labels come from the report). "
             "Patient-grouped 5-fold CV, logistic regression:",
             "",
-            "| signal knob | chance (majority acc. / balanced acc. / AUC) | 39 image statistics: acc. / balanced acc. / AUC | "
-            "report TF-IDF: acc. / balanced acc. / AUC |",
+            "| signal knob | chance (majority acc. / balanced acc. / AUC) | 39 image statistics: "
+            "acc. / balanced acc. / AUC | report TF-IDF: acc. / balanced acc. / AUC |",
             "|---|---|---|---|",
         ]
         for sig, r in cx["by_signal"].items():
             ch, im, rp = r["chance"], r["image_stats_logreg"], r.get("report_tfidf_logreg") or {}
             lines.append(
-                f"| {sig} | {ch['majority_accuracy']:.3f} / {ch['balanced_accuracy']:.3f} / 0.5 | {im['accuracy']:.3f} / "
-                f"{im['balanced_accuracy']:.3f} / {im['macro_auc_ovr']:.3f} | {rp.get('accuracy', float('nan')):.3f} / "
-                f"{rp.get('balanced_accuracy', float('nan')):.3f} / {rp.get('macro_auc_ovr', float('nan')):.3f} |"
+                f"| {sig} | {ch['majority_accuracy']:.3f} / {ch['balanced_accuracy']:.3f} / 0.5 | {im['accuracy']:.3f} "
+                f"/ {im['balanced_accuracy']:.3f} / {im['macro_auc_ovr']:.3f} | {rp.get('accuracy', float('nan')):.3f} "
+                f"/ {rp.get('balanced_accuracy', float('nan')):.3f} / {rp.get('macro_auc_ovr', float('nan')):.3f} |"
             )
         lines.append("")
     ct = cal.get("ct")
     if ct:
         lines += [
-            f"`ct` kind ({ct['n']} cases, {ct['size']} px, {ct['slices']} slices, signal {ct['signal']:g}): {ct['features']} + "
-            f"logistic regression, grouped 5-fold CV: accuracy **{ct['accuracy']:.3f}** (majority class {ct['chance_majority']:.3f}).",
+            f"`ct` kind ({ct['n']} cases, {ct['size']} px, {ct['slices']} slices, signal "
+            f"{ct['signal']:g}): {ct['features']} + logistic regression, grouped 5-fold CV: "
+            f"accuracy **{ct['accuracy']:.3f}** (majority class {ct['chance_majority']:.3f}).",
             "",
         ]
     return lines
@@ -952,22 +961,22 @@ def _page(sections: list[dict], meta: dict, n_boot: int) -> str:
         "",
         f"> **Data: {', '.join(kinds) or '(none)'}.** "
         + (
-            "Phantom numbers are synthetic: they show each method running and how "
-            "its variants compare on generated images; they say nothing clinical, and the papers' numbers (right column) are on "
-            "their own real datasets."
+            "Phantom numbers are synthetic: they show each method running and how its variants compare on generated "
+            "images; they say nothing clinical, and the papers' numbers (right column) are on their own real datasets."
             if any("PHANTOM" in k for k in kinds)
             else ""
         ),
         "",
         f"- Written {meta['written']} by `{meta['command']}`; run folder `{meta['run_dir']}`.",
-        f"- Machine: {meta['machine']}. Seeds per variant: {meta['seeds']}. Verdicts: paired bootstrap 95 % interval of the "
-        "seed-averaged difference over the test cases; **yes** only if it excludes 0 in the paper's direction, **no** if it "
-        "excludes 0 the other way, else inconclusive; a collapsed variant's comparisons are inconclusive. The margin is the "
-        "interval bound nearest 0 in the paper's direction.",
+        f"- Machine: {meta['machine']}. Seeds per variant: {meta['seeds']}. Verdicts: paired bootstrap 95 % "
+        "interval of the seed-averaged difference over the test cases; **yes** only if it excludes 0 in the "
+        "paper's direction, **no** if it excludes 0 the other way, else inconclusive; a collapsed variant's "
+        "comparisons are inconclusive. The margin is the interval bound nearest 0 in the paper's direction.",
         f"- Status: {meta['status']}.",
-        "- Re-run: `python ray_jobs/reproduce.py --quick --profiles <profile>` (2-core preset), `--seeds 3` without `--quick` "
-        "(the CPU configs), `--gpu --profiles cxr-hash` (the *.gpu.yaml recipe on 20,000 phantoms at 224 px, ~9 min budget); "
-        "`--from-run <run folder>` recomputes the verdicts from saved per-case outcomes; `--publish` copies the page here.",
+        "- Re-run: `python ray_jobs/reproduce.py --quick --profiles <profile>` (2-core preset), "
+        "`--seeds 3` without `--quick` (the CPU configs), `--gpu --profiles cxr-hash` (the "
+        "*.gpu.yaml recipe on 20,000 phantoms at 224 px, ~9 min budget); `--from-run <run folder>` "
+        "recomputes the verdicts from saved per-case outcomes; `--publish` copies the page here.",
         "",
     ]
     tally: dict[str, int] = {}
@@ -1208,7 +1217,10 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s",
         type=float,
         default=None,
-        help=f"stop starting new trainings after this many seconds (default: {GPU_BUDGET_S:.0f} with --gpu, none otherwise)",
+        help=(
+            "stop starting new trainings after this many seconds "
+            f"(default: {GPU_BUDGET_S:.0f} with --gpu, none otherwise)"
+        ),
     )
     p.add_argument("--variants", nargs="*", default=None, help="train only these rows (names as in the tables)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override applied to every profile")
@@ -1220,7 +1232,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="also measure the phantoms' image label information (cxr at signal 1 and 3) and CT first-order HU separability",
+        help=(
+            "also measure the phantoms' image label information (cxr at signal 1 and 3) "
+            "and CT first-order HU separability"
+        ),
     )
     p.add_argument(
         "--from-run",
@@ -1246,7 +1261,9 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-split",
         choices=("test", "val"),
         default=None,
-        help="split the tables are read on (default: the preset's, else val for cxr-cnn as paper 2's Table 3, else test)",
+        help=(
+            "split the tables are read on (default: the preset's, else val for cxr-cnn as paper 2's Table 3, else test)"
+        ),
     )
     p.add_argument(
         "--baseline-weights",
@@ -1323,8 +1340,10 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "quick": args.quick,
         "gpu": args.gpu,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}, Python {platform.python_version()}, "
-        f"1-min load at start {os.getloadavg()[0]:.1f}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}, "
+            f"Python {platform.python_version()}, 1-min load at start {os.getloadavg()[0]:.1f}"
+        ),
         "status": "running",
     }
     _say(f"run folder {_rel(run_dir)}; seeds {args.seeds}; profiles {args.profiles}")

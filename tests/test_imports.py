@@ -29,6 +29,9 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, lungsearch, lungsearch.errors, lungsearch.constants; print(sorted(m for m in ('torch','ray','pymilvus') if m in sys.modules))"
+    code = (
+        "import sys, lungsearch, lungsearch.errors, lungsearch.constants; "
+        "print(sorted(m for m in ('torch','ray','pymilvus') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -154,7 +154,8 @@ if step == "evaluate":
     result["report"] = report.read_text()[:200000] if report.is_file() else ""
     result["report_dir"] = str(metrics_file.parent)
 if step == "build-index":
-    result["index"] = {k: summary[k] for k in ("collection", "cases", "inserted", "updated", "count_in_store") if k in summary}
+    keys = ("collection", "cases", "inserted", "updated", "count_in_store")
+    result["index"] = {k: summary[k] for k in keys if k in summary}
 result["version"] = version
 print("LUNGSEARCH_RESULT " + json.dumps(result, sort_keys=True, default=str), flush=True)
 '''

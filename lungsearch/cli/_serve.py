@@ -288,9 +288,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  store:   {app_args['milvus_uri']}")
     gw = next((d for d in doc["applications"][0].get("deployments") or [] if d.get("name") == "Gateway"), {})
     print(f"  gateway: {'autoscaling' if 'autoscaling_config' in gw else gw.get('num_replicas', 1)} replica(s)")
-    print(
-        f"  auth:    {'bearer tokens from ' + app_args['tokens_file'] if secured else 'insecure local mode (loopback clients only)'}"
-    )
+    auth = "bearer tokens from " + app_args["tokens_file"] if secured else "insecure local mode (loopback clients only)"
+    print(f"  auth:    {auth}")
     if args.check:
         return 0
     import signal
@@ -316,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  gRPC:    {args.host}:{args.grpc_port} (plaintext; reflection and grpc.health.v1 on)")
         http = doc.get("http_options") or {}
         print(
-            f"  web:     http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ (the page; same tokens)"
+            f"  web:     http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/lungsearch/ "
+            "(the page; same tokens)"
         )
         if args.metrics_port:
             from lungsearch.serving.metrics_board import graph_exposition

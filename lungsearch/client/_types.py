@@ -223,7 +223,8 @@ class Filter(_Result):
             unknown = set(value) - {f.name for f in fields(cls)}
             if unknown:
                 raise ValueError(
-                    f"unknown filter field(s) {sorted(unknown)}; expected modality, view, labels_any, labels_all, labels_none"
+                    f"unknown filter field(s) {sorted(unknown)}; expected "
+                    "modality, view, labels_any, labels_all, labels_none"
                 )
             return cls(**value)
         raise TypeError(f"filters must be a Filter or a mapping, not {type(value).__name__}")

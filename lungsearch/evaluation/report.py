@@ -1,6 +1,7 @@
 """The evaluation report folder: ``metrics.json``, figures, ``report.md`` with tables laid out
-like the seed papers' tables and ``report.html`` (the same tables with the figures beside them). Every table states the dataset it ran on (phantom or real) and the
-seeds; every file carries provenance (lungsearch version, profile, model version, config hash).
+like the seed papers' tables and ``report.html`` (the same tables with the figures beside them).
+Every table states the dataset it ran on (phantom or real) and the seeds; every file carries
+provenance (lungsearch version, profile, model version, config hash).
 
 =========== =====================================================================================
 profile     tables
@@ -133,7 +134,8 @@ def render_tables(inp: ReportInput) -> str:
                 ]
                 for n, m in abl + main
             ],
-            "T_infer: the whole model's wall time per test case (text features included), the variants timed interleaved on the same cases, median of 3 rounds, this machine's CPU, batch 32.",
+            "T_infer: the whole model's wall time per test case (text features included), the variants "
+            "timed interleaved on the same cases, median of 3 rounds, this machine's CPU, batch 32.",
         )
     elif p == "cxr-cnn":
         section(

@@ -118,7 +118,8 @@ class ComposedModel(LungModel):
             self.code_bits = cfg.index.code_bits
         if cfg.index is not None and cfg.index.kind in ("hamming", "lsh") and cfg.index.code_bits != self.code_bits:
             raise ConfigError(
-                f"{cfg.profile}: index.code_bits ({cfg.index.code_bits}) differs from the model's code bits ({self.code_bits})"
+                f"{cfg.profile}: index.code_bits ({cfg.index.code_bits}) "
+                f"differs from the model's code bits ({self.code_bits})"
             )
 
         self.pretraining = PRETRAINING.build(m.pretraining.name, m.pretraining.params, ctx) if m.pretraining else None

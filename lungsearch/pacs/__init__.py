@@ -8,9 +8,9 @@ are computed through the SDK's ``Search``/``Classify``/``Explain``. Needs the ``
 
 Modules: :mod:`~lungsearch.pacs.config` (the receiver's YAML), :mod:`~lungsearch.pacs.scp` (the
 receiver), :mod:`~lungsearch.pacs.spool` (crash-safe instance store), :mod:`~lungsearch.pacs.dicomweb`
-(QIDO-RS/WADO-RS pull), :mod:`~lungsearch.pacs.stow` (STOW-RS receive), :mod:`~lungsearch.pacs.results` (SR + SC, send back),
-:mod:`~lungsearch.pacs.audit`, :mod:`~lungsearch.pacs.metrics`; ``python -m lungsearch.pacs`` runs
-the receiver as its own process.
+(QIDO-RS/WADO-RS pull), :mod:`~lungsearch.pacs.stow` (STOW-RS receive),
+:mod:`~lungsearch.pacs.results` (SR + SC, send back), :mod:`~lungsearch.pacs.audit`,
+:mod:`~lungsearch.pacs.metrics`; ``python -m lungsearch.pacs`` runs the receiver as its own process.
 """
 
 from __future__ import annotations

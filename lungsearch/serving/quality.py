@@ -104,7 +104,8 @@ class GalleryReference:
     def from_arrays(
         cls, embeddings: np.ndarray, codes: np.ndarray | None = None, *, code_bits: int = 0
     ) -> "GalleryReference":
-        """From gallery embeddings ``[N, D]`` and optional packed codes ``[N, code_bits // 8]`` (uint8 or uint64 words)."""
+        """From gallery embeddings ``[N, D]`` and optional packed codes ``[N, code_bits // 8]``
+        (uint8 or uint64 words)."""
         emb = np.asarray(embeddings, dtype=np.float64)
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise ValueError("gallery embeddings must be a non-empty [N, D] array")

@@ -194,7 +194,8 @@ def probe_server(client, base: StoreCapabilities, *, timeout: float = 30.0) -> S
         probed=True,
     )
     log.info(
-        "Milvus capabilities: binary_vector=%s multi_vector=%s numeric_index=%s varchar_index=%s array_index=%s strong=%s",
+        "Milvus capabilities: binary_vector=%s multi_vector=%s "
+        "numeric_index=%s varchar_index=%s array_index=%s strong=%s",
         caps.binary_vector,
         caps.multi_vector,
         caps.numeric_index_type,

@@ -195,7 +195,8 @@ class MilvusStore:
             Path(self._lite_path).parent.mkdir(parents=True, exist_ok=True)
             if _lite_lock_held_elsewhere(self._lite_path):
                 raise StoreUnavailableError(
-                    "the milvus-lite file is open in another process (one process per file; use a Milvus server to share)",
+                    "the milvus-lite file is open in another process "
+                    "(one process per file; use a Milvus server to share)",
                     code="store_locked",
                 )
         try:
@@ -297,7 +298,8 @@ class MilvusStore:
                 ) from None
             kind = type(exc).__name__
             raise StoreUnavailableError(
-                f"vector store call {op} failed ({self._base_caps.backend}: {kind}{'' if code is None else f' code {code}'})",
+                f"vector store call {op} failed ({self._base_caps.backend}: "
+                f"{kind}{'' if code is None else f' code {code}'})",
                 code="store_call_failed",
             ) from None
 
@@ -380,7 +382,8 @@ class MilvusStore:
             info = self.collection_info(profile, version)
             if (info.embedding_dim, info.code_bits) != (embedding_dim, code_bits):
                 raise InvalidRequestError(
-                    f"collection has dim {info.embedding_dim}/{info.code_bits} bits, asked for {embedding_dim}/{code_bits}",
+                    f"collection has dim {info.embedding_dim}/{info.code_bits} "
+                    f"bits, asked for {embedding_dim}/{code_bits}",
                     code="dimension_mismatch",
                 )
             return info

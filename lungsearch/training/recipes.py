@@ -16,8 +16,9 @@ cxr-hash     classifier, hash          BCE (eq. 5); weighted pairwise Bayes + ta
 
 Earlier stages monitor ``val_loss``; the last one ``train.monitor``. The hash stage follows
 paper 5: Adam for the classifier stage, then ``train.optimizer`` (SGD with momentum 0.9 in the GPU
-config) with a 10x learning rate on the hash layers, ``beta`` raised per epoch (``model.on_epoch_start``). The probe stage of the CLIP
-profile trains only the linear probe on frozen (cached) embeddings.
+config) with a 10x learning rate on the hash layers, ``beta`` raised per epoch
+(``model.on_epoch_start``). The probe stage of the CLIP profile trains only the linear probe on
+frozen (cached) embeddings.
 
 Variants (:func:`variants`) are config overrides used by ``ray_jobs/reproduce.py`` for the
 papers' comparison tables (image-only vs fused, the CMA/SG ablation with both readings of paper 1's

@@ -38,8 +38,9 @@ MAX_NGRAM = 3
 MAX_PHRASES = 20
 
 # Function words, section headers and report boilerplate that every report shares (a match on
-# "the", "seen" or IU X-ray's de-identification mark "XXXX" says nothing). Negations ("no", "without") stay out of this list on purpose: "no effusion" and
-# "effusion" are different findings, and keeping "no" lets the trigram tell them apart.
+# "the", "seen" or IU X-ray's de-identification mark "XXXX" says nothing). Negations ("no",
+# "without") stay out of this list on purpose: "no effusion" and "effusion" are different
+# findings, and keeping "no" lets the trigram tell them apart.
 STOPWORDS = frozenset(
     """
 a an and are as at be been being by for from has have in is it its of on or that the there these this to was were

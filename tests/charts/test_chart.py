@@ -299,7 +299,8 @@ def test_gpu_values(render):
     assert entrypoint_errors(job["spec"]["entrypoint"]) == []
     assert job["metadata"]["name"] == "lungsearch-train-gpu1"
     assert job["spec"]["entrypoint"] == (
-        "python ray_jobs/train.py --config configs/cxr-report.yaml train.num_workers=2 train.use_gpu=true train.gpus_per_worker=1"
+        "python ray_jobs/train.py --config configs/cxr-report.yaml "
+        "train.num_workers=2 train.use_gpu=true train.gpus_per_worker=1"
     )
     (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert (group["groupName"], group["replicas"], group["minReplicas"], group["maxReplicas"]) == ("gpu", 2, 2, 2)

@@ -98,7 +98,8 @@ def test_nih(tmp_path):
 def test_chexpert(tmp_path):
     header = (
         "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
-        "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+        "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,"
+        "Pleural Other,Fracture,Support Devices"
     )
     rows = [
         header,
@@ -121,12 +122,18 @@ def test_chexpert(tmp_path):
 
 
 def test_mimic_cxr_with_reports(tmp_path):
-    chex = "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices\n"
+    chex = (
+        "subject_id,study_id,Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,"
+        "Lung Lesion,Lung Opacity,No Finding,Pleural Effusion,Pleural Other,Pneumonia,Pneumothorax,Support Devices\n"
+    )
     chex += "10000032,50414267,,,,,,,,,1.0,,,,,\n10000033,50414268,1.0,,,,,,,,,,,,,\n"
     meta = (
         "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime\n"
     )
-    meta += "aaa-1,10000032,50414267,CHEST,PA,10,10,21800506,213014\nbbb-2,10000033,50414268,CHEST,AP,10,10,21800507,213014\n"
+    meta += (
+        "aaa-1,10000032,50414267,CHEST,PA,10,10,21800506,213014\n"
+        "bbb-2,10000033,50414268,CHEST,AP,10,10,21800507,213014\n"
+    )
     for name, text in (("mimic-cxr-2.0.0-chexpert.csv.gz", chex), ("mimic-cxr-2.0.0-metadata.csv.gz", meta)):
         with gzip.open(tmp_path / name, "wt") as fh:
             fh.write(text)

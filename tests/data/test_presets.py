@@ -271,7 +271,8 @@ def _mimic_tree(root: Path, n: int = 20) -> None:
         meta.append(f"d-{i},{subject},{study},CHEST,PA,10,10,21800506,213014")
         _jpg(root / f"files/p{str(subject)[:2]}/p{subject}/s{study}/d-{i}.jpg")
         (root / f"files/p{str(subject)[:2]}/p{subject}/s{study}.txt").write_text(
-            f"FINAL REPORT\n FINDINGS: {'Heart is enlarged.' if lab == 'Cardiomegaly' else 'Lungs are clear.'}\n IMPRESSION: none.\n"
+            "FINAL REPORT\n FINDINGS: "
+            f"{'Heart is enlarged.' if lab == 'Cardiomegaly' else 'Lungs are clear.'}\n IMPRESSION: none.\n"
         )
     for name, text in (("mimic-cxr-2.0.0-chexpert.csv.gz", chex), ("mimic-cxr-2.0.0-metadata.csv.gz", meta)):
         with gzip.open(root / name, "wt") as fh:
@@ -281,7 +282,8 @@ def _mimic_tree(root: Path, n: int = 20) -> None:
 def _chexpert_tree(root: Path) -> None:
     header = (
         "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
-        "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+        "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,"
+        "Pleural Other,Fracture,Support Devices"
     )
     base = root / "CheXpert-v1.0-small"
     rows = [header]

@@ -183,9 +183,13 @@ def test_sr_and_secondary_capture_land_in_the_study(clean_orthanc, fresh_platfor
     assert sc.StudyInstanceUID == found["CT"][0].StudyInstanceUID and sc.PatientID == found["CT"][0].PatientID
     assert sc.pixel_array.shape[-1] == 3
     # Orthanc's own REST view of the SR names its series
-    tags = orthanc.get(
-        f"/instances/{[i for s in orthanc.get(f'/studies/{study_id}/series') for i in s['Instances'] if s['MainDicomTags'].get('Modality') == 'SR'][0]}/simplified-tags"
-    )
+    sr_instance = [
+        i
+        for s in orthanc.get(f"/studies/{study_id}/series")
+        for i in s["Instances"]
+        if s["MainDicomTags"].get("Modality") == "SR"
+    ][0]
+    tags = orthanc.get(f"/instances/{sr_instance}/simplified-tags")
     assert tags["SeriesDescription"] == "lungsearch similar cases" and tags["CompletionFlag"] == "COMPLETE"
 
 

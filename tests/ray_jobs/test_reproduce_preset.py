@@ -81,8 +81,8 @@ def test_page_says_validation_split_and_matches_published_rows_by_name():
         [sec], {"written": "now", "command": "c", "run_dir": "r", "seeds": 1, "machine": "m", "status": "s"}, 50
     )
     assert (
-        f"Validation split (the paper's Table 3 reading; it also drove early stopping) {N} cases (queries), gallery 450 (train)"
-        in page
+        "Validation split (the paper's Table 3 reading; it also drove "
+        f"early stopping) {N} cases (queries), gallery 450 (train)" in page
     )
     row = next(line for line in page.splitlines() if line.startswith("| VGG16 (from scratch) |"))
     assert "acc 0.702" in row  # the paper's (ImageNet) VGG16 number beside ours
