@@ -9,11 +9,13 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 PYTEST_ARGS ?=
 
-.PHONY: venv kfp-venv test test-fast demo bench protos protos-check chart-check rayjobs kubeflow lock clean help
+.PHONY: venv kfp-venv lint format test test-fast demo bench protos protos-check chart-check rayjobs kubeflow lock clean help
 
 help:
 	@echo "make demo        run the main job end to end on phantom data (local Ray, milvus-lite)"
-	@echo "make test        run the test suite (sets up .venv first)"
+	@echo "make test        lint, then run the test suite (sets up .venv first)"
+	@echo "make lint        ruff check and ruff format --check (config in pyproject.toml)"
+	@echo "make format      ruff format and the safe ruff fixes"
 	@echo "make bench       run the benchmarks (JSON results under benchmarks/results/)"
 	@echo "make protos      regenerate lungsearch/_proto from protos/"
 	@echo "make chart-check render, lint and validate the Helm chart and k8s manifests offline"
@@ -23,8 +25,17 @@ help:
 venv:
 	@bash tools/ensure-venv.sh
 
+# Lint first (seconds): a red lint fails the run before the half hour of tests.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
 # .venv-kfp too: the suite recompiles the Kubeflow pipeline and compares it with the committed YAML.
-test: venv kfp-venv
+test: venv kfp-venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
