@@ -60,6 +60,7 @@ __all__ = [
     "LIVE_FILE",
     "STAGED_FILE",
     "POINTER_REFRESH_S",
+    "live_written_at",
     "stage",
     "staged_version",
     "unstage",
@@ -376,6 +377,15 @@ def live_version(profile: str, root: str | Path | None = None) -> str | None:
     if name:
         log.warning("%s names missing version %s; falling back to the newest", path, name)
     return None
+
+
+def live_written_at(profile: str, root: str | Path | None = None) -> int:
+    """When ``<profile>/LIVE`` was last written (``st_mtime_ns``; 0 when there is none): a cheap
+    way for a server to notice another process's switch (``lungsearch.serving.pointers``)."""
+    try:
+        return (_root(root) / _check_name("profile", profile) / LIVE_FILE).stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def resolve(profile: str, version: str | None = None, root: str | Path | None = None) -> ModelCard:

@@ -44,6 +44,7 @@ from lungsearch.serving.auth import Authenticator
 from lungsearch.serving.logs import route_to_serve_log
 from lungsearch.serving.metrics import ServingMetrics, merge_expositions
 from lungsearch.serving.models import ModelSet, ServedModel, check_version, parse_profiles
+from lungsearch.serving.pointers import RegistryPointers
 from lungsearch.serving.rpc import rpc
 
 __all__ = ["Gateway", "app", "HEALTH_SERVICES"]
@@ -85,10 +86,7 @@ class Gateway:
         self.models.load()
         self.hmac_key = load_or_create_key(self.args.hmac_key_file)
         self.encoding, self.fusion, self.hashing, self.ranking = encoding, fusion, hashing, ranking
-        self._live_mtime = {p: self._live_file_mtime(p) for p in self.models.profiles}
-        self._live_checked = time.monotonic()
-        self.staged: dict[str, str] = {}  # profile -> the version a re-index is building (registry STAGED)
-        self._read_staged()
+        self.pointers = RegistryPointers(self.args.artifacts_dir, self.models.profiles)  # LIVE and STAGED
         self._publish_models()
         self.thumbs = self._open_thumbnails()
         self.audit = self._open_audit()
@@ -125,44 +123,14 @@ class Gateway:
         return build_web_app(self)
 
     # --- model resolution ------------------------------------------------------------------------
-    def _live_file_mtime(self, profile: str) -> float:
-        from lungsearch.registry import LIVE_FILE
-
-        try:
-            return (Path(self.args.artifacts_dir) / profile / LIVE_FILE).stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _read_staged(self) -> None:
-        from lungsearch.registry import staged_version
-
-        for p in self.models.profiles:
-            v = staged_version(p, root=self.args.artifacts_dir) or ""
-            if v != self.staged.get(p, ""):
-                log.info("re-index of %s: %s", p, f"ingests also go to {v}" if v else "ended")
-            self.staged[p] = v
-
     def _refresh_live(self) -> None:
-        """Follow the registry's LIVE file when it changed (another gateway replica or an operator
-        switched versions), and its STAGED file (a re-index under way): cheap stat and read calls,
-        at most every few seconds (``lungsearch.reindex`` waits that long after staging)."""
-        from lungsearch.registry import POINTER_REFRESH_S
-
-        if time.monotonic() - self._live_checked < POINTER_REFRESH_S:
-            return
-        self._live_checked = time.monotonic()
-        self._read_staged()
-        from lungsearch.registry import live_version
-
-        for p in self.models.profiles:
-            mtime = self._live_file_mtime(p)
-            if mtime != self._live_mtime.get(p):
-                self._live_mtime[p] = mtime
-                v = live_version(p, root=self.args.artifacts_dir)
-                if v and v != self.models.live.get(p):
-                    self.models.activate(p, v)
-                    log.info("following LIVE: %s@%s", p, v)
-                    self._publish_models()
+        """Follow a switch or a re-index another replica, an operator or ``lungsearch.reindex`` made
+        (``lungsearch.serving.pointers``: a re-read at most every ``registry.POINTER_REFRESH_S``)."""
+        for p, v in self.pointers.poll().items():
+            if v != self.models.live.get(p):
+                self.models.activate(p, v)
+                log.info("following LIVE: %s@%s", p, v)
+                self._publish_models()
 
     def _served(self, ref: common_pb2.ModelRef) -> ServedModel:
         self._refresh_live()
@@ -269,7 +237,7 @@ class Gateway:
     def _staged_for(self, served: ServedModel, requested_version: str) -> ServedModel | None:
         """The staged version to write an ingest to as well: only when the ingest targets the live
         version (unpinned, or pinned to it) and a different version is staged."""
-        version = self.staged.get(served.profile, "")
+        version = self.pointers.staged_for(served.profile)
         if not version or version == served.version or served.version != self.models.live.get(served.profile):
             return None
         return self.models.get(served.profile, version)
@@ -552,7 +520,7 @@ class Gateway:
         )
         await asyncio.to_thread(registry.set_live, profile, version, self.args.artifacts_dir)
         previous, live = self.models.activate(profile, version)
-        self._live_mtime[profile] = self._live_file_mtime(profile)
+        self.pointers.wrote_live(profile)
         self._publish_models()
         log.info("activated %s@%s (was %s)", profile, live, previous or "-")
         # The other Gateway replicas re-read LIVE at most POINTER_REFRESH_S apart: answering after that
