@@ -41,6 +41,7 @@ from lungsearch.errors import ConfigError, InvalidImageError, InvalidRequestErro
 from lungsearch.serving import convert, limits, pipeline
 from lungsearch.serving.appconfig import AppArgs, deployment_options
 from lungsearch.serving.auth import Authenticator
+from lungsearch.serving.health import HEALTH_SERVICES, health_status
 from lungsearch.serving.logs import route_to_serve_log
 from lungsearch.serving.metrics import ServingMetrics, merge_expositions
 from lungsearch.serving.models import ModelSet, ServedModel, check_version, parse_profiles
@@ -51,15 +52,6 @@ __all__ = ["Gateway", "app", "HEALTH_SERVICES"]
 
 log = logging.getLogger("lungsearch.services.gateway")
 
-#: Service names the health service answers for ("" = the server as a whole).
-HEALTH_SERVICES = (
-    "",
-    "lungsearch.v1.LungSearch",
-    "lungsearch.v1.Encoding",
-    "lungsearch.v1.Fusion",
-    "lungsearch.v1.Hashing",
-    "lungsearch.v1.Ranking",
-)
 _READY_TIMEOUT_S = 3.0
 
 
@@ -341,10 +333,7 @@ class Gateway:
             enc, gateway_pb2.ClassifyResponse(model=fus.model, probabilities=list(fus.probabilities))
         )
         resp.knn_vote.extend(common_pb2.LabelScore(label=lab, score=float(s)) for lab, s in vote)
-        if fus.probabilities:
-            resp.top_label = max(fus.probabilities, key=lambda p: p.score).label
-        elif any(s > 0 for _, s in vote):
-            resp.top_label = max(vote, key=lambda v: v[1])[0]
+        resp.top_label = pipeline.top_label([(p.label, p.score) for p in fus.probabilities], vote)
         return resp
 
     @rpc("Explain", gateway_pb2.ExplainResponse)
@@ -597,31 +586,19 @@ class Gateway:
         )
         return out
 
-    def _health_status(self, service: str, ready: dict[str, str]) -> int:
-        parts = {
-            "": list(ready),
-            "lungsearch.v1.LungSearch": list(ready),
-            "lungsearch.v1.Encoding": ["encoding"],
-            "lungsearch.v1.Fusion": ["fusion"],
-            "lungsearch.v1.Hashing": ["hashing"],
-            "lungsearch.v1.Ranking": ["ranking"],
-        }[service]
-        ok = all(not ready.get(p) for p in parts)
-        return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-
     @rpc("Check", health_pb2.HealthCheckResponse, authorize=False)
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context=None) -> health_pb2.HealthCheckResponse:
         if request.service not in HEALTH_SERVICES:
             raise NotFoundError("unknown service", code="unknown_service", field="service")
         ready = await self.readiness()
-        return health_pb2.HealthCheckResponse(status=self._health_status(request.service, ready))
+        return health_pb2.HealthCheckResponse(status=health_status(request.service, ready))
 
     @rpc("List", health_pb2.HealthListResponse, authorize=False)
     async def List(self, request: health_pb2.HealthListRequest, grpc_context=None) -> health_pb2.HealthListResponse:
         ready = await self.readiness()
         resp = health_pb2.HealthListResponse()
         for service in HEALTH_SERVICES:
-            resp.statuses[service].status = self._health_status(service, ready)
+            resp.statuses[service].status = health_status(service, ready)
         return resp
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, grpc_context=None):
@@ -633,7 +610,7 @@ class Gateway:
         last = None
         deadline = time.monotonic() + 60.0
         while True:
-            status = self._health_status(request.service, await self.readiness())
+            status = health_status(request.service, await self.readiness())
             if status != last:
                 last = status
                 yield health_pb2.HealthCheckResponse(status=status)

@@ -40,6 +40,7 @@ __all__ = [
     "explain_study",
     "derive_case_key",
     "knn_vote",
+    "top_label",
     "report_excerpt",
     "heatmap_png",
     "overlay_png",
@@ -310,6 +311,17 @@ def knn_vote(neighbour_labels: Sequence[Sequence[str]], targets: Sequence[str]) 
         for lab in set(labels):
             counts[lab] = counts.get(lab, 0) + 1
     return [(lab, (c / n) if n else 0.0) for lab, c in counts.items()]
+
+
+def top_label(probabilities: Sequence[tuple[str, float]], vote: Sequence[tuple[str, float]]) -> str:
+    """Classify's answer: the classifier head's most probable label; for a profile without a head
+    (retrieval only), the label most neighbours carry; "" when neither says anything (no head and
+    no neighbour with a label). Ties go to the earlier label (target order)."""
+    if probabilities:
+        return max(probabilities, key=lambda p: p[1])[0]
+    if any(s > 0 for _, s in vote):
+        return max(vote, key=lambda v: v[1])[0]
+    return ""
 
 
 def _png(arr: np.ndarray) -> bytes:

@@ -169,3 +169,13 @@ def test_fuse_pads_token_sequences_of_different_lengths(tiny_models):
     together = pipeline.fuse_batch(model, [fa[0], fb[0]])  # requests from two batches fused as one
     alone = pipeline.fuse_batch(model, fa)[0]
     np.testing.assert_allclose(together[0]["embedding"], alone["embedding"], rtol=1e-4, atol=1e-5)
+
+
+def test_top_label_prefers_the_head_then_the_neighbours_then_nothing():
+    from lungsearch.serving.pipeline import top_label
+
+    vote = [("normal", 0.2), ("ggo", 0.6), ("fibrosis", 0.6)]
+    assert top_label([("normal", 0.1), ("ggo", 0.7), ("fibrosis", 0.2)], vote) == "ggo"
+    assert top_label([], vote) == "ggo"  # no head: the most shared label, the earlier one on a tie
+    assert top_label([], [("normal", 0.0), ("ggo", 0.0)]) == ""  # no neighbour carries a label
+    assert top_label([], []) == ""
