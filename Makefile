@@ -44,8 +44,9 @@ test-fast: venv
 demo: venv
 	$(VENV)/bin/lungsearch demo
 
+# BENCH="serve_latency load" picks some; QUICK=1 passes --quick (small sizes, no result files).
 bench: venv
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(if $(QUICK),--quick) $(BENCH)
 
 protos: venv
 	$(PY) tools/gen_protos.py
