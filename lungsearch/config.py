@@ -70,6 +70,16 @@ class PhantomConfig(_Strict):
     size: int = Field(default=224, ge=32, le=1024, description="Generated image side in pixels.")
     slices: int = Field(default=8, ge=1, le=256, description="CT slices per series (ct only).")
     seed: int = Field(default=0, description="Generator seed; the same seed gives the same files.")
+    signal: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description=(
+            "Signal strength: how strongly each finding marks the image (1 = the calibrated default; "
+            "higher is easier, lower is harder; docs/phantoms.md). The reproduction harness's oracle "
+            "and calibration rows use it."
+        ),
+    )
 
 
 class DataConfig(_Strict):
@@ -248,6 +258,9 @@ class ProfileConfig(_Strict):
         Where it runs is left out: the ``serve`` section (replicas, batch waits, limits) and the
         workers' placement. Changing a replica count must not make ``make demo`` retrain."""
         data = self.model_dump(mode="json", exclude={"serve": True, "train": {"placement_strategy"}})
+        phantom = (data.get("data") or {}).get("phantom")
+        if phantom and phantom.get("signal") == 1.0:
+            del phantom["signal"]  # the default: models registered before the knob keep their fingerprint
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 

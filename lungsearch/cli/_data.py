@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     p.add_argument("--slices", type=int, default=8, help="slices per CT series (ct only)")
+    p.add_argument(
+        "--signal", type=float, default=1.0, help="finding strength (1 = calibrated default; docs/phantoms.md)"
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_phantoms)
@@ -67,6 +70,7 @@ def _phantoms(args: argparse.Namespace) -> int:
         seed=args.seed,
         size=args.size,
         slices=args.slices,
+        signal=args.signal,
         workers=args.workers,
         progress=not args.no_progress,
     )
@@ -77,6 +81,7 @@ def _phantoms(args: argparse.Namespace) -> int:
                 "kind": args.kind,
                 "n": args.n,
                 "seed": args.seed,
+                "signal": args.signal,
                 "synthetic": True,
                 "seconds": round(time.perf_counter() - t0, 2),
             }

@@ -134,3 +134,34 @@ def test_image_alone_is_imperfect_evidence(tmp_path):
     text = make_pipeline(TfidfVectorizer(min_df=2), LogisticRegression(max_iter=3000, C=10, class_weight="balanced"))
     tpred = cross_val_predict(text, [r.report for r in recs], y, cv=cv)
     assert balanced_accuracy_score(y, tpred) > bal + 0.15
+
+
+def test_the_signal_knob_reaches_the_images_through_the_config(tmp_path):
+    """data.phantom.signal: a stronger signal gives other images (and another cache folder); the
+    default keeps the fingerprint and the folder of configs written before the knob existed."""
+    import numpy as np
+    import pydicom
+
+    from lungsearch.config import PhantomConfig, load_profile
+    from lungsearch.data.datasets.phantom import PhantomAdapter, phantom_dir
+
+    cfg = load_profile("ct-ild", ["data.phantom.n=4", "data.phantom.size=64", "data.phantom.slices=2"])
+    strong = cfg.with_overrides(["data.phantom.signal=3"])
+    assert (
+        cfg.fingerprint()
+        == load_profile(
+            "ct-ild", ["data.phantom.n=4", "data.phantom.size=64", "data.phantom.slices=2", "data.phantom.signal=1"]
+        ).fingerprint()
+    )
+    assert strong.fingerprint() != cfg.fingerprint()
+    pc = cfg.data.phantom
+    assert phantom_dir(pc, tmp_path) == phantom_dir(PhantomConfig(**pc.model_dump(exclude={"signal"})), tmp_path)
+    assert phantom_dir(strong.data.phantom, tmp_path) != phantom_dir(pc, tmp_path)
+
+    def pixels(c):
+        d = c.data.model_copy(update={"root": str(tmp_path)})
+        recs = PhantomAdapter().load(d)
+        return np.stack([pydicom.dcmread(r.image_paths[0]).pixel_array for r in recs]).astype(np.float32)
+
+    a, b = pixels(cfg), pixels(strong)
+    assert a.shape == b.shape and np.abs(a - b).mean() > 1.0  # same cases, other findings' contrast

@@ -32,6 +32,8 @@ def phantom_dir(pc: "PhantomConfig", base: str | os.PathLike | None = None) -> P
     key = {"kind": pc.kind, "n": pc.n, "size": pc.size, "seed": pc.seed, "v": GENERATOR_VERSION}
     if pc.kind == "ct":
         key["slices"] = pc.slices
+    if pc.signal != 1.0:  # the default stays out: folders generated before the knob stay valid
+        key["signal"] = pc.signal
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(base) if base else Path(constants.DATA_DIR) / "phantoms"
     return root / f"{pc.kind}-{digest}"
@@ -54,7 +56,9 @@ class PhantomAdapter(DatasetAdapter):
                     if not (folder / "manifest.jsonl").exists():
                         tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
                         shutil.rmtree(tmp, ignore_errors=True)
-                        phantoms.generate(pc.kind, pc.n, tmp, seed=pc.seed, size=pc.size, slices=pc.slices)
+                        phantoms.generate(
+                            pc.kind, pc.n, tmp, seed=pc.seed, size=pc.size, slices=pc.slices, signal=pc.signal
+                        )
                         shutil.rmtree(folder, ignore_errors=True)
                         os.replace(tmp, folder)
                 finally:
