@@ -794,6 +794,63 @@ def _data_kind(splits) -> str:
     return "PHANTOM (synthetic)" if splits.test.synthetic else "REAL"
 
 
+#: Where a page's figures go, relative to the page (the run folder's results.md and docs/results.md).
+FIG_DIR = "img"
+BITS_FIGURE = "results-cxr-hash-map-vs-bits.png"
+
+
+def _bits_points(sec: dict, n_boot: int) -> tuple[list[tuple[int, float, float, float]], float | None]:
+    """cxr-hash: (bits, mAP@10, 95 % low, high) of each "ours, N bits" row with outcomes, and the
+    chance row's mAP@10 (None without one)."""
+    import re
+
+    from lungsearch.evaluation.percase import from_json
+    from lungsearch.evaluation.stats import bootstrap_interval
+
+    n = sec["n_test"]
+    points = []
+    for name, outs in sec["outcomes"].items():
+        m = re.fullmatch(r"ours, (\d+) bits", name)
+        sc = _scores([from_json(o) for o in outs], "map10") if m and outs else None
+        if sc:
+            val, lo, hi = bootstrap_interval(sc, n, n_boot=n_boot)
+            points.append((int(m.group(1)), float(val), float(lo), float(hi)))
+    chance = None
+    for name, o in sec["references"].items():
+        if name.startswith("chance"):
+            sc = _scores([from_json(o)], "map10")
+            chance = float(sc[0](np.arange(n))) if sc else None
+    return sorted(points), chance
+
+
+def _bits_figure(sec: dict, n_boot: int, out: Path) -> bool:
+    """Paper 5's mAP@10 against code length, with the intervals and the chance line, as a PNG
+    (Agg backend, no display); False when fewer than two code lengths have outcomes."""
+    points, chance = _bits_points(sec, n_boot)
+    if len(points) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bits, val, lo, hi = (np.array(c) for c in zip(*points))
+    fig, ax = plt.subplots(figsize=(4.8, 3.2), dpi=120)
+    ax.errorbar(bits, val, yerr=[val - lo, hi - val], marker="o", capsize=3, label="ours (seed mean, 95 % CI)")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.3f})")
+    ax.set_xticks(bits)
+    ax.set_xlabel("code length (bits)")
+    ax.set_ylabel("mAP@10")
+    ax.set_title(f"cxr-hash: mAP@10 by code length ({sec['data_kind']} data)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
 def _profile_md(sec: dict, n_boot: int) -> list[str]:
     from lungsearch.evaluation.percase import from_json
 
@@ -843,6 +900,8 @@ def _profile_md(sec: dict, n_boot: int) -> list[str]:
     from lungsearch.evaluation import markdown_table
 
     lines += [markdown_table(header, rows), ""]
+    if sec.get("bits_figure"):
+        lines += [f"![cxr-hash mAP@10 against code length, with the chance line]({FIG_DIR}/{BITS_FIGURE})", ""]
     if prof == "cxr-clip":
         from lungsearch.evaluation.probes import over_draws
 
@@ -1197,12 +1256,22 @@ def recompute(run_dir: Path, n_boot: int) -> list[dict]:
 
 def _write(run_dir: Path, sections: list[dict], meta: dict, args) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    for s in sections:
+        if s["profile"] == "cxr-hash":
+            s["bits_figure"] = _bits_figure(s, args.boot, run_dir / FIG_DIR / BITS_FIGURE)
     md = _page(sections, meta, args.boot)
     (run_dir / "results.md").write_text(md)
     slim = [{k: v for k, v in s.items() if k not in ("outcomes", "references", "extra_outcomes")} for s in sections]
     (run_dir / "results.json").write_text(json.dumps({"meta": meta, "sections": slim}, indent=1, default=str))
     for s in sections:
         (run_dir / f"{s['profile']}.outcomes.json").write_text(json.dumps(s, default=str))
+
+
+def _publish(run_dir: Path) -> None:
+    """docs/results.md and its figures (docs/img/) from a run folder."""
+    shutil.copyfile(run_dir / "results.md", REPO / "docs" / "results.md")
+    for fig in (run_dir / FIG_DIR).glob("results-*.png"):
+        shutil.copyfile(fig, REPO / "docs" / FIG_DIR / fig.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1317,7 +1386,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in s["claims"]:
                 _say(f"{s['profile']}: {c['verdict']:>12}: {c['claim']}: {c['numbers']}")
         if args.publish:
-            shutil.copyfile(run_dir / "results.md", REPO / "docs" / "results.md")
+            _publish(run_dir)
             _say("published to docs/results.md")
         return 0
     t_start = time.time()
@@ -1375,7 +1444,7 @@ def main(argv: list[str] | None = None) -> int:
     _write(run_dir, sections, meta, args)
     _say(f"results: {_rel(run_dir / 'results.md')}")
     if args.publish:
-        shutil.copyfile(run_dir / "results.md", REPO / "docs" / "results.md")
+        _publish(run_dir)
         _say("published to docs/results.md")
     return 0
 

@@ -145,3 +145,23 @@ def test_calibration_section():
     page = _page([], meta, 100)
     assert "| 1 | 0.485 / 0.167 / 0.5 | 0.320 / 0.330 / 0.660 | 0.870 / 0.780 / 0.970 |" in page
     assert "accuracy **0.900** (majority class 0.250)" in page
+
+
+def test_the_bit_sweep_is_drawn_with_its_intervals_and_the_chance_line(tmp_path):
+    import argparse
+
+    from ray_jobs.reproduce import BITS_FIGURE, FIG_DIR, _bits_points
+
+    sec = _section("PHANTOM (synthetic)")
+    sec["outcomes"] = {
+        f"ours, {b} bits": [to_json(_retrieval(p, 10 * b + s)) for s in range(3)]
+        for b, p in ((16, 0.5), (32, 0.6), (64, 0.9))
+    }
+    points, chance = _bits_points(sec, 200)
+    assert [b for b, *_ in points] == [16, 32, 64] and abs(chance - 0.45) < 1e-9
+    assert all(lo <= v <= hi for _, v, lo, hi in points) and points[0][1] < points[-1][1]
+    meta = {"written": "now", "command": "cmd", "run_dir": str(tmp_path), "seeds": 3, "machine": "m", "status": "s"}
+    _write(tmp_path / "run", [sec], meta, argparse.Namespace(boot=100))
+    png = tmp_path / "run" / FIG_DIR / BITS_FIGURE
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({FIG_DIR}/{BITS_FIGURE})" in (tmp_path / "run" / "results.md").read_text()
