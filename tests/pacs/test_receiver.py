@@ -250,7 +250,8 @@ def test_no_phi_in_any_log_line_audit_line_or_spool_path(make_receiver, fresh_pl
     assert _pacs.scu_store(r.port, series + [_pacs.to_bytes(bad)])[-1] == scp.CANNOT_UNDERSTAND
     with pytest.raises(ConnectionRefusedError):
         _pacs.scu_store(r.port, series[:1], calling="STRANGER")
-    _pacs.wait_for(lambda: _stored(fresh_platform), 10)
+    # the receiver logs "ingested" just after the platform acknowledged the case: wait for both
+    _pacs.wait_for(lambda: _stored(fresh_platform) and any("ingested" in line for line in all_logs.lines), 10)
     text = (
         "\n".join(all_logs.lines)
         + "\n"
