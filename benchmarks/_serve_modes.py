@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lungsearch.runtime import SERVE_MODES as SHIPPED
+
 __all__ = ["SERVE_MODES", "apply_serve_mode", "compare_modes"]
 
 #: mode name -> the environment it sets (every variable of any mode is cleared first).
@@ -29,9 +31,9 @@ SERVE_MODES: dict[str, dict[str, str]] = {
     "grpc-handles": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"},
     # user code and the router on the replica's own event loop (no thread hop per request)
     "one-loop": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
-    # all of the throughput-optimized mode (gRPC handles, one loop, log buffering, GC freeze) but the
-    # proxy kept: clients still reach one gRPC port
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+    # the mode lungsearch ships (lungsearch.runtime.SERVE_MODES): the throughput-optimized mode with
+    # the proxy kept (clients still reach one gRPC port) and log lines written at once
+    "throughput": dict(SHIPPED["throughput"]),
 }
 _ALL_VARS = sorted({k for env in SERVE_MODES.values() for k in env})
 
@@ -47,6 +49,7 @@ def apply_serve_mode(mode: str) -> dict[str, str]:
     for k in _ALL_VARS:
         os.environ.pop(k, None)
     os.environ.update(SERVE_MODES[mode])
+    os.environ["LUNGSEARCH_SERVE_MODE"] = "inherit"  # init_ray adds nothing of its own
     return dict(SERVE_MODES[mode])
 
 

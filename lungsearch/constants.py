@@ -24,6 +24,7 @@ __all__ = [
     "METRICS_PORT",
     "TARGET",
     "TOKEN",
+    "serve_mode",
 ]
 
 
@@ -57,3 +58,10 @@ METRICS_PORT = int(_env("METRICS_PORT", "9100") or 9100)
 TARGET = _env("TARGET", f"localhost:{GRPC_PORT}")
 #: Bearer token the CLI sends when neither --token nor --token-file is given (keeps it off `ps`).
 TOKEN = _env("TOKEN", "")
+
+
+def serve_mode() -> str:
+    """``LUNGSEARCH_SERVE_MODE``: Ray Serve's request-path mode for a Ray this process starts
+    (``lungsearch.runtime.SERVE_MODES``; "" = the shipped default; "inherit" = set nothing). Read at
+    each call, not at import: the benchmarks choose it per process after importing the package."""
+    return (_env("SERVE_MODE", "") or "").strip().lower()

@@ -18,6 +18,16 @@ misses its registration ("The current node timed out during startup"). So:
   attempt left, in a temp folder of its own (``<tmp>/ray-ls-*``: no port file, socket or
   ``session_latest`` link of the failed attempt is read again) with a longer GCS wait, saying so in
   one log line. Any other failure raises at once.
+
+Ray Serve's request path runs in its **throughput-optimized mode** (``SERVE_MODES``; Ray 2.60):
+handles call replicas over gRPC, user code and the router share the replica's event loop, GC is
+frozen after start-up. Serve reads these variables when it is imported, in every process, so they
+are set for the whole cluster: here, before a local Ray starts (its processes inherit this
+process's environment; an operator's own value of a variable wins); on Kubernetes, by the chart on
+every Ray container (``ray.serveMode``). Direct ingress stays off: it would remove the proxy, the
+one address clients, the TLS terminator and the chart's Service use. Measured side by side with the
+default by ``benchmarks.serve_latency --serve-modes`` and ``benchmarks.load --serve-modes``
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from typing import Any
 
 from lungsearch import constants
 
-__all__ = ["init_ray", "shutdown_ray", "is_startup_timeout"]
+__all__ = ["SERVE_MODES", "init_ray", "serve_mode_env", "shutdown_ray", "is_startup_timeout"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +56,33 @@ _STARTUP_TIMEOUTS = (
 #: Seconds the retry gives the GCS to publish its port (Ray's default: 30).
 _RETRY_GCS_WAIT_S = 90
 
+#: Serve's request-path settings by mode name (``LUNGSEARCH_SERVE_MODE``; "inherit" sets nothing).
+SERVE_MODES: dict[str, dict[str, str]] = {
+    "default": {},
+    "throughput": {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",  # keep the proxy: one address for clients and TLS
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",  # log lines written at once (a crash loses none)
+    },
+}
+DEFAULT_SERVE_MODE = "throughput"
+
 _state: dict[str, Any] = {"temp_dir": None, "atexit": False}
+
+
+def serve_mode_env(mode: str | None = None) -> dict[str, str]:
+    """The environment of Serve mode ``mode`` (default: ``LUNGSEARCH_SERVE_MODE``, else
+    ``throughput``); {} for "inherit" (the caller set the variables itself, as the benchmarks do).
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    mode = mode or constants.serve_mode() or DEFAULT_SERVE_MODE
+    if mode == "inherit":
+        return {}
+    if mode not in SERVE_MODES:
+        raise ValueError(f"unknown Serve mode {mode!r}; expected one of {', '.join(SERVE_MODES)} or inherit")
+    return dict(SERVE_MODES[mode])
 
 
 def is_startup_timeout(exc: BaseException) -> bool:
@@ -75,6 +111,7 @@ def init_ray(
     namespace: str = "lungsearch",
     runtime_env: dict[str, Any] | None = None,
     log_to_driver: bool = True,
+    serve_mode: str | None = None,
     **kwargs: Any,
 ):
     """Attach to a running Ray (``address``) or start a local one; idempotent.
@@ -86,6 +123,8 @@ def init_ray(
             Defaults to ``LUNGSEARCH_RAY_NUM_CPUS`` or the machine's CPU count.
         namespace: Ray namespace, so named actors (Serve, the store owner) are found again.
         runtime_env: Passed to ``ray.init`` (working_dir, pip, env_vars).
+        serve_mode: Serve's request-path mode of a locally started cluster (:func:`serve_mode_env`;
+            ignored when attaching: a running cluster has its own environment).
         **kwargs: Passed to ``ray.init`` (``include_dashboard=True`` to have the dashboard).
 
     Returns:
@@ -104,6 +143,8 @@ def init_ray(
         log.info("attaching to Ray at %s", address)
         opts["address"] = address
         return ray.init(**opts)
+    for k, v in serve_mode_env(serve_mode).items():
+        os.environ.setdefault(k, v)  # before Ray starts: its processes inherit it
     opts["num_cpus"] = num_cpus or constants.RAY_NUM_CPUS or os.cpu_count() or 1
     opts.setdefault("include_dashboard", False)
     caller_temp_dir = "_temp_dir" in opts

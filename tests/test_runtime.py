@@ -158,3 +158,16 @@ def test_ten_local_starts_back_to_back(tmp_path):
             print(p.stderr[-2000:])
     print(times)
     assert ok == 10
+
+
+def test_serve_mode_env_names_the_shipped_mode_and_refuses_unknown_ones(monkeypatch):
+    from lungsearch.runtime import SERVE_MODES, serve_mode_env
+
+    monkeypatch.delenv("LUNGSEARCH_SERVE_MODE", raising=False)
+    shipped = serve_mode_env()
+    assert shipped == SERVE_MODES["throughput"] and shipped["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    assert serve_mode_env("default") == {} and serve_mode_env("inherit") == {}
+    monkeypatch.setenv("LUNGSEARCH_SERVE_MODE", "default")
+    assert serve_mode_env() == {}
+    with pytest.raises(ValueError, match="unknown Serve mode"):
+        serve_mode_env("fastest")

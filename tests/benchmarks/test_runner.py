@@ -27,12 +27,13 @@ def test_an_unknown_name_is_refused_before_anything_runs(capsys):
 
 def test_a_serve_mode_clears_every_other_modes_variables(monkeypatch):
     monkeypatch.delitem(sys.modules, "ray.serve", raising=False)
-    monkeypatch.setenv("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")  # inherited from a shell
-    for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_DIRECT_INGRESS"):
+    for k in (*_serve_modes._ALL_VARS, "LUNGSEARCH_SERVE_MODE"):  # restored after the test
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")  # inherited from a shell
     assert _serve_modes.apply_serve_mode("default") == {}
     assert "RAY_SERVE_USE_GRPC_BY_DEFAULT" not in os.environ
     _serve_modes.apply_serve_mode("throughput")
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    assert os.environ["LUNGSEARCH_SERVE_MODE"] == "inherit"  # init_ray adds nothing to the mode measured
     with pytest.raises(ValueError, match="unknown serve mode"):
         _serve_modes.apply_serve_mode("fastest")

@@ -262,6 +262,29 @@ def test_rayservice_defaults(render):
     assert one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+@pytest.mark.parametrize("mode", ["throughput", "default"])
+def test_serve_mode_env_is_the_runtimes_on_every_serving_container_and_on_no_job(render, mode):
+    """ray.serveMode sets Serve's request-path variables on the head and every worker of the serving
+    cluster, the same variables lungsearch.runtime starts a local Ray with; the RayJobs (no Serve)
+    carry none."""
+    from lungsearch.runtime import SERVE_MODES
+
+    want = SERVE_MODES[mode]
+    docs = render({"ray": {"serveMode": mode}, "jobs": {"train": {"enabled": True}}})
+    cluster = one(docs, "RayService")["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for template in templates:
+        env = _env(_ray_container(template))
+        got = {k: v["value"] for k, v in env.items() if k.startswith("RAY_SERVE_")}
+        assert got == want, (template["metadata"].get("labels"), got)
+    for job in by_kind(docs, "RayJob"):
+        for group in [
+            job["spec"]["rayClusterSpec"]["headGroupSpec"],
+            *job["spec"]["rayClusterSpec"]["workerGroupSpecs"],
+        ]:
+            assert not [k for k in _env(_ray_container(group["template"])) if k.startswith("RAY_SERVE_")]
+
+
 def test_serve_config_is_valid_for_ray_serve(render):
     cfg = yaml.safe_load(one(render(), "RayService")["spec"]["serveConfigV2"])
     assert k8s_checks.serve_config_errors(yaml.safe_dump(cfg)) == []

@@ -214,6 +214,24 @@ args (artifacts_dir, milvus_uri) filled in when left empty.
 {{- end }}
 {{- end }}
 
+{{/*
+Ray Serve's request-path mode on every container of the serving cluster (Serve reads it at import in
+each process: controller, proxies, replicas). The same variables as lungsearch.runtime.SERVE_MODES
+(tests/charts/test_chart.py compares them).
+*/}}
+{{- define "lungsearch.serveModeEnv" -}}
+{{- if eq .Values.ray.serveMode "throughput" }}
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+# keep the proxy: one address for clients, the TLS terminator and the serve Service
+- name: RAY_SERVE_ENABLE_DIRECT_INGRESS
+  value: "0"
+# log lines written at once (a crashed replica loses none)
+- name: RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE
+  value: "1"
+{{- end }}
+{{- end }}
+
 {{- define "lungsearch.rayEnvFrom" -}}
 {{- with .Values.registry.objectStore.secretName }}
 envFrom:
@@ -313,6 +331,9 @@ The Ray container must be the first container of the pod (KubeRay's RayContainer
       containerPort: {{ $root.Values.metrics.port }}
   env:
     {{- include "lungsearch.rayEnv" $root | nindent 4 }}
+    {{- if .serve }}
+    {{- include "lungsearch.serveModeEnv" $root | nindent 4 }}
+    {{- end }}
   {{- with (include "lungsearch.rayEnvFrom" $root) }}
   {{- . | nindent 2 }}
   {{- end }}
