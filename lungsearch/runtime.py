@@ -63,6 +63,10 @@ SERVE_MODES: dict[str, dict[str, str]] = {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",  # keep the proxy: one address for clients and TLS
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",  # log lines written at once (a crash loses none)
+        # Serve's replica stderr stays a stream: the mode's default (stderr redirected into Serve's
+        # logger) lost every Ranking log line after the milvus-lite client started (seen in
+        # tests/reliability/test_live_app.py's log controls)
+        "RAY_SERVE_LOG_TO_STDERR": "1",
     },
 }
 DEFAULT_SERVE_MODE = "throughput"

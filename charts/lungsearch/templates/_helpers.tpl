@@ -229,6 +229,9 @@ each process: controller, proxies, replicas). The same variables as lungsearch.r
 # log lines written at once (a crashed replica loses none)
 - name: RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE
   value: "1"
+# replica stderr stays a stream (redirected into Serve's logger, later log lines were lost)
+- name: RAY_SERVE_LOG_TO_STDERR
+  value: "1"
 {{- end }}
 {{- end }}
 
