@@ -22,7 +22,7 @@ from typing import Any
 
 from lungsearch.runtime import SERVE_MODES as SHIPPED
 
-__all__ = ["SERVE_MODES", "apply_serve_mode", "compare_modes"]
+__all__ = ["SERVE_MODES", "add_mode_arguments", "apply_serve_mode", "compare_modes"]
 
 #: mode name -> the environment it sets (every variable of any mode is cleared first).
 SERVE_MODES: dict[str, dict[str, str]] = {
@@ -36,6 +36,23 @@ SERVE_MODES: dict[str, dict[str, str]] = {
     "throughput": dict(SHIPPED["throughput"]),
 }
 _ALL_VARS = sorted({k for env in SERVE_MODES.values() for k in env})
+
+
+def add_mode_arguments(ap) -> None:
+    """``--serve-mode`` (default: the shipped one, so a plain run measures what ships),
+    ``--serve-modes`` and ``--rounds`` on a benchmark's argument parser."""
+    ap.add_argument(
+        "--serve-mode",
+        choices=sorted(SERVE_MODES),
+        default="throughput",
+        help="Ray Serve's request-path settings for this run (default: throughput, the shipped mode)",
+    )
+    ap.add_argument(
+        "--serve-modes",
+        default="",
+        help="comma list: run once per mode (each in its own process and Ray, alternating) and compare them",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="with --serve-modes: runs per mode, in alternation")
 
 
 def apply_serve_mode(mode: str) -> dict[str, str]:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._prometheus import PROMETHEUS
-from benchmarks._serve_modes import SERVE_MODES, apply_serve_mode, compare_modes
+from benchmarks._serve_modes import SERVE_MODES, add_mode_arguments, apply_serve_mode, compare_modes
 from benchmarks._util import format_table, latency_stats, provenance, write_json
 
 __all__ = ["main", "run", "step"]
@@ -195,8 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             num_cpus=args.num_cpus,
             step_seconds=args.step_seconds,
             p99_target_ms=args.p99_ms,
-            serve_mode=getattr(args, "serve_mode", "default"),
-            serve_env=SERVE_MODES[getattr(args, "serve_mode", "default")],
+            serve_mode=getattr(args, "serve_mode", "throughput"),
+            serve_env=SERVE_MODES[getattr(args, "serve_mode", "throughput")],
             untrained_model=True,
             client="same machine, loopback",
         )
@@ -390,18 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="do not run Debian's prometheus against /metrics during the load",
     )
-    ap.add_argument(
-        "--serve-mode",
-        choices=sorted(SERVE_MODES),
-        default="default",
-        help="Ray Serve's request-path settings for this run (benchmarks/_serve_modes.py)",
-    )
-    ap.add_argument(
-        "--serve-modes",
-        default="",
-        help="comma list: run once per mode (each in its own process and Ray, alternating) and compare them",
-    )
-    ap.add_argument("--rounds", type=int, default=1, help="with --serve-modes: runs per mode, in alternation")
+    add_mode_arguments(ap)
     ap.add_argument("--quick", action="store_true", help="2000 cases, 5 s steps, up to concurrency 8, no file")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._serve_modes import SERVE_MODES, apply_serve_mode, compare_modes
+from benchmarks._serve_modes import SERVE_MODES, add_mode_arguments, apply_serve_mode, compare_modes
 from benchmarks._util import format_table, latency_stats, provenance, time_interleaved, write_json
 
 __all__ = ["main", "run"]
@@ -415,18 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per model replica and in-process")
     ap.add_argument("--num-cpus", type=int, default=0, help="logical CPUs of the local Ray (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--serve-mode",
-        choices=sorted(SERVE_MODES),
-        default="default",
-        help="Ray Serve's request-path settings for this run (benchmarks/_serve_modes.py)",
-    )
-    ap.add_argument(
-        "--serve-modes",
-        default="",
-        help="comma list: run once per mode (each in its own process and Ray, alternating) and compare them",
-    )
-    ap.add_argument("--rounds", type=int, default=1, help="with --serve-modes: runs per mode, in alternation")
+    add_mode_arguments(ap)
     ap.add_argument("--quick", action="store_true", help="2000 cases, concurrency 1 and 8, few calls")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
