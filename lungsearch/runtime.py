@@ -27,7 +27,7 @@ process's environment; an operator's own value of a variable wins); on Kubernete
 every Ray container (``ray.serveMode``). Direct ingress stays off: it would remove the proxy, the
 one address clients, the TLS terminator and the chart's Service use. Measured side by side with the
 default by ``benchmarks.serve_latency --serve-modes`` and ``benchmarks.load --serve-modes``
-(docs/performance.md).
+(docs/serving.md, "Serve's request-path mode").
 """
 
 from __future__ import annotations
