@@ -237,6 +237,33 @@ def build_web_app(gateway: Any):
         meta = [("authorization", header)] if header is not None else []
         return gateway.auth.authorize(method, meta, _peer(request))
 
+    async def audit(method: str, who: str, outcome: Any, message: Any, response: Any) -> None:
+        """One audit line, as the gRPC path writes (lungsearch.serving.rpc): the page is an external
+        caller reading cases like any other. ``outcome`` is "ok" or the exception that ended the call."""
+        trail = getattr(gateway, "audit", None)
+        if trail is None or isinstance(outcome, asyncio.CancelledError):
+            return
+        if isinstance(outcome, BaseException):
+            st = status_for(outcome)
+            outcome = str(st.reason or st.code_name).lower()
+        await trail.record(method, who, outcome, message, response)
+
+    async def audited(request: Request, method: str, build, call):
+        """Authorize ``method``, build its request message from the HTTP request (``build``, async),
+        run ``call(message)`` on the Gateway and audit the outcome, failures included (a refused
+        token, a bad body, an unknown case). Returns ``(message, response)``."""
+        who, message = "anonymous", None
+        try:
+            principal = authorize(request, method)
+            who = principal.name if principal is not None else who
+            message = await build()
+            response = await call(message)
+        except BaseException as exc:
+            await audit(method, who, exc, message, None)
+            raise
+        await audit(method, who, "ok", message, response)
+        return message, response
+
     async def body(request: Request) -> dict[str, Any]:
         size = int(request.headers.get("content-length") or 0)
         if size > MAX_BODY_BYTES:
@@ -320,17 +347,26 @@ def build_web_app(gateway: Any):
     @web.post("/api/search")
     async def search(request: Request):
         try:
-            authorize(request, "Search")
-            doc = await body(request)
-            ref, images, report = query_from_json(doc)
-            req = gateway_pb2.SearchRequest(
-                model=ref,
-                images=images,
-                report=report,
-                top_k=int_field(doc, "top_k", 5),
-                filter=filter_from_json(doc.get("filter")),
-            )
-            res, prev = await asyncio.gather(gateway.Search(req), preview(ref, images))
+
+            async def build():
+                doc = await body(request)
+                ref, images, report = query_from_json(doc)
+                return gateway_pb2.SearchRequest(
+                    model=ref,
+                    images=images,
+                    report=report,
+                    top_k=int_field(doc, "top_k", 5),
+                    filter=filter_from_json(doc.get("filter")),
+                )
+
+            shown: dict[str, Any] = {}
+
+            async def run(req):  # the query's preview beside the search; the audit sees the Search answer
+                res, shown["query"] = await asyncio.gather(gateway.Search(req), preview(req.model, req.images))
+                return res
+
+            _, res = await audited(request, "Search", build, run)
+            prev = shown["query"]
             return respond(
                 {
                     "model": {"profile": res.model.profile, "version": res.model.version},
@@ -352,12 +388,15 @@ def build_web_app(gateway: Any):
     @web.post("/api/classify")
     async def classify(request: Request):
         try:
-            authorize(request, "Classify")
-            doc = await body(request)
-            ref, images, report = query_from_json(doc)
-            r = await gateway.Classify(
-                gateway_pb2.ClassifyRequest(model=ref, images=images, report=report, knn_k=int_field(doc, "knn_k", 10))
-            )
+
+            async def build():
+                doc = await body(request)
+                ref, images, report = query_from_json(doc)
+                return gateway_pb2.ClassifyRequest(
+                    model=ref, images=images, report=report, knn_k=int_field(doc, "knn_k", 10)
+                )
+
+            _, r = await audited(request, "Classify", build, gateway.Classify)
             return respond(
                 {
                     "model": {"profile": r.model.profile, "version": r.model.version},
@@ -378,15 +417,18 @@ def build_web_app(gateway: Any):
     @web.post("/api/explain_match")
     async def explain_match(request: Request):
         try:
-            authorize(request, "ExplainMatch")
-            doc = await body(request)
-            ref, images, report = query_from_json(doc)
-            key, label = doc.get("case_key"), doc.get("label") or ""
-            if not isinstance(key, str) or not isinstance(label, str):
-                raise InvalidRequestError("case_key and label must be strings", code="bad_body", field="case_key")
-            r = await gateway.ExplainMatch(
-                gateway_pb2.ExplainMatchRequest(model=ref, images=images, report=report, case_key=key, label=label)
-            )
+
+            async def build():
+                doc = await body(request)
+                ref, images, report = query_from_json(doc)
+                key, label = doc.get("case_key"), doc.get("label") or ""
+                if not isinstance(key, str) or not isinstance(label, str):
+                    raise InvalidRequestError("case_key and label must be strings", code="bad_body", field="case_key")
+                return gateway_pb2.ExplainMatchRequest(
+                    model=ref, images=images, report=report, case_key=key, label=label
+                )
+
+            _, r = await audited(request, "ExplainMatch", build, gateway.ExplainMatch)
             return respond(explain_json(r))
         except Exception as exc:  # noqa: BLE001 - mapped like the gRPC API
             return fail(exc)
@@ -394,10 +436,13 @@ def build_web_app(gateway: Any):
     @web.get("/api/case/{case_key}")
     async def get_case(request: Request, case_key: str, profile: str = ""):
         try:
-            authorize(request, "GetCase")
             name, _, version = profile.partition("@")
             ref = common_pb2.ModelRef(profile=name, version=version)
-            r = await gateway.GetCase(gateway_pb2.GetCaseRequest(model=ref, case_key=case_key))
+
+            async def build():
+                return gateway_pb2.GetCaseRequest(model=ref, case_key=case_key)
+
+            _, r = await audited(request, "GetCase", build, gateway.GetCase)
             out = case_json(r.case)
             out["slices"] = []
             if gateway.thumbs is not None:

@@ -118,3 +118,20 @@ def test_http_api(web_app):
         {"profile": "cxr-hash", "images": [{"data": base64.b64encode(b"not an image").decode()}]},
     )
     assert status == 400 and err["error"]["reason"] == "INVALID_IMAGE"
+    # every page call that reads cases is in the gateway's audit trail, under the token's name, with
+    # its outcome, as the gRPC calls are (and a refused token too)
+    assert _call(base + "api/search", "wrong-token-wrong-token", {"profile": "cxr-hash", "images": [img]})[0] == 401
+    lines = [json.loads(x) for x in (web_app.workdir / "audit" / "gateway.jsonl").read_text().splitlines() if x]
+    viewer = [(x["event"], x["outcome"]) for x in lines if x.get("who") == "viewer"]
+    for seen in (
+        ("search", "ok"),
+        ("classify", "ok"),
+        ("explain", "ok"),
+        ("get_case", "ok"),
+        ("explain", "not_found"),
+        ("search", "invalid_image"),
+    ):
+        assert seen in viewer, (seen, viewer[-12:])
+    assert ("search", "unauthenticated") in [(x["event"], x["outcome"]) for x in lines if x.get("who") == "anonymous"]
+    searches = [x for x in lines if x.get("who") == "viewer" and x["event"] == "search" and x["outcome"] == "ok"]
+    assert {x.get("hits") for x in searches} >= {3}  # the answer's facts, as on the gRPC path
