@@ -43,7 +43,9 @@ def outcome_from_ranking(
     labels: np.ndarray | None = None,
     gallery_labels: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-query retrieval outcome of a ranking ``order`` ``[Q, N]`` (indices into the gallery)."""
+    """Per-query retrieval outcome of a ranking ``order`` ``[Q, R]`` (indices into the gallery of
+    ``rel_all``'s ``N`` columns; ``R <= N``: an LSH profile ranks only its candidates, so NDCG is
+    over those R positions, against the ideal ordering's first R)."""
     ranked = np.take_along_axis(rel_all, order, axis=1)
     k = min(k, ranked.shape[1])
     r = (ranked[:, :k] > 0).astype(np.float64)
@@ -53,7 +55,7 @@ def outcome_from_ranking(
     g = ranked.astype(np.float64)
     disc = 1.0 / np.log2(np.arange(2, g.shape[1] + 2))
     dcg = ((2.0**g - 1) * disc).sum(1)
-    ideal = -np.sort(-rel_all.astype(np.float64), axis=1)
+    ideal = -np.sort(-rel_all.astype(np.float64), axis=1)[:, : g.shape[1]]
     idcg = ((2.0**ideal - 1) * disc).sum(1)
     out = {
         "ap10": ap,
